@@ -1,0 +1,1 @@
+//! IKEv2 control plane (in progress: see the IKE issue).

@@ -1,0 +1,4 @@
+//! The iketcp packet path.
+pub mod crypto;
+pub mod sa;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! Shared helpers for iketcp end-to-end tests.
