@@ -1,1 +1,39 @@
-fn main() {}
+//! iketcp benchmarks. Every scenario runs with its baseline in the same process and run, so the
+//! ratios mean something on a noisy machine; absolute numbers only with the machine named.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod crypto;
+mod report;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "iketcp-bench",
+    about = "iketcp benchmarks (release builds only give real numbers)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Bare AEAD seal/open and full ESP encap/decap per backend, suite and size.
+    Crypto(crypto::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Crypto(a) => crypto::run(&a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iketcp-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
