@@ -235,7 +235,7 @@ fn pair(suite: Suite, backend: Backend, esn: bool, mode: Mode) -> (OutboundSa, I
 }
 
 #[test]
-fn reserved_spis_refused() {
+fn r_3_2_a_reserved_spis_refused() {
     let km = keymat_for(Suite::Aes128Gcm16, 1);
     for spi in [0, 1, 255] {
         let p = params(
