@@ -1,0 +1,99 @@
+//! TCP transports for the ciphertext side. A transport owns TCP connections and moves their bytes;
+//! it knows nothing of RFC 9329 framing or ESP, which the worker's engine does the same way for
+//! every transport:
+//! - [`smol`]: a userspace TCP stack (smoltcp) over a [`Port`](crate::port::Port), one small
+//!   interface per connection behind an O(1) 4-tuple table;
+//! - [`kernel`]: the kernel's TCP sockets (non-blocking, epoll), for hosts that cannot give a NIC to
+//!   userspace, and as the bench's baseline.
+
+pub mod kernel;
+pub mod smol;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// A connection of one transport. Slot index and generation, so a stale id never names a newer
+/// connection that reused the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    /// Slot in the transport's table.
+    pub slot: u32,
+    /// Bumped each time the slot is reused.
+    pub generation: u32,
+}
+
+/// Which end opened the connection (RFC 9329 §1.2).
+pub use crate::wire::frame::TcpRole;
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side (FIN) and we closed ours.
+    Fin,
+    /// The peer reset the connection.
+    Reset,
+    /// Retransmissions or the connect timed out.
+    Timeout,
+    /// We closed or aborted it.
+    Local,
+}
+
+/// What happened to connections during a poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A connection is established (an accepted one for a Responder, a completed connect for an
+    /// Originator).
+    Up {
+        /// The connection.
+        conn: ConnId,
+        /// Our end.
+        local: SocketAddr,
+        /// The peer's end.
+        peer: SocketAddr,
+        /// Who opened it.
+        role: TcpRole,
+    },
+    /// The connection is gone; its id is dead.
+    Down {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// The operations the worker needs from a TCP transport. Never blocks.
+pub trait Transport {
+    /// Moves packets or syscalls forward: receive from the wire, run TCP, transmit. Appends
+    /// connection events. `now` is the worker's monotonic clock.
+    fn poll(&mut self, now: Instant, events: &mut Vec<TransportEvent>) -> io::Result<()>;
+
+    /// Accepts connections on `local` (a Responder; RFC 9329 §2 port 4500 by default).
+    fn listen(&mut self, local: SocketAddr) -> io::Result<()>;
+
+    /// Opens a connection to `remote` (an Originator). The id is valid at once; `Up` or `Down` follows.
+    fn connect(&mut self, local: Option<SocketAddr>, remote: SocketAddr) -> io::Result<ConnId>;
+
+    /// Appends the connections that have received bytes waiting.
+    fn readable(&mut self, out: &mut Vec<ConnId>);
+
+    /// Hands the received bytes of `conn` that lie contiguous in the receive buffer to `f`, which
+    /// returns how many it consumed; returns that number (0 if nothing is waiting).
+    fn recv<F: FnOnce(&mut [u8]) -> usize>(&mut self, conn: ConnId, f: F) -> io::Result<usize>;
+
+    /// Bytes `send` would accept now.
+    fn send_capacity(&self, conn: ConnId) -> usize;
+
+    /// Queues bytes for sending; returns how many were taken (may be fewer than `data.len()`).
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> io::Result<usize>;
+
+    /// Graceful close (FIN).
+    fn close(&mut self, conn: ConnId);
+
+    /// Abortive close (RST).
+    fn abort(&mut self, conn: ConnId);
+
+    /// Number of open connections.
+    fn connections(&self) -> usize;
+}
