@@ -4,3 +4,4 @@ pub mod port;
 pub mod sa;
 pub mod transport;
 pub mod wire;
+pub mod worker;

@@ -1,0 +1,875 @@
+//! The transport-independent heart of a worker: RFC 9329 framing per connection, the SA tables,
+//! the SPD, the IKE-SA-to-connection binding, and the RFC 9329 §6.1 connection rules. The same
+//! engine runs over smoltcp and over kernel sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::handle::{
+    Command, Conn, Direction, Event, ExpiryCause, IkeSaId, Lifetime, RemovedSa, WorkerChannels,
+};
+use super::spd::{FlowKey, Spd};
+use super::stats::{WorkerStats, bump};
+use crate::port::{HEADROOM, Packet, PacketPool};
+use crate::sa::{DecapError, Decapped, EncapError, InboundSa, OutboundSa};
+use crate::transport::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
+use crate::wire::esp::parse_header;
+use crate::wire::frame::{
+    FrameDecoder, FrameEncoder, FrameKind, FrameLoc, FrameRef, LENGTH_FIELD_LEN,
+    MAX_IKE_MESSAGE_LEN, NON_ESP_MARKER, StreamError, encode_esp_in_place,
+};
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Consecutive ESP frames with unknown SPIs tolerated before the connection is closed as
+    /// corrupt. A few are normal around rekeys (RFC 9329 §6.1, R-6.1-p); many mean a desynchronised
+    /// or injected stream (R-6.1-o, R-10-a).
+    pub unknown_spi_limit: u32,
+    /// Consecutive frames that are neither IKE nor ESP before the connection is closed (R-6.1-o).
+    pub unparseable_limit: u32,
+    /// Frames queued per connection waiting for TCP send space; past it the worker stops reading
+    /// plaintext (backpressure) instead of dropping.
+    pub conn_queue: usize,
+    /// Frames of IKE waiting per connection beyond `conn_queue` before IKE messages are dropped.
+    pub ike_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            unknown_spi_limit: 16,
+            unparseable_limit: 4,
+            conn_queue: 512,
+            ike_queue: 64,
+        }
+    }
+}
+
+/// Hasher for SPIs and ids we chose ourselves (random, so no attacker controls the distribution
+/// of stored keys): one multiply instead of SipHash on the per-packet lookup.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// One TCP connection as the engine sees it.
+#[derive(Debug)]
+struct ConnState {
+    role: TcpRole,
+    token: Option<u64>,
+    decoder: FrameDecoder,
+    /// Frames (and the prefix) waiting for send space; `sent` bytes of the front one are gone.
+    out: VecDeque<Packet>,
+    sent: usize,
+    /// IKE SAs bound to this connection (one, two during an IKE SA rekey; RFC 9329 §6.1).
+    ike_sas: Vec<IkeSaId>,
+    health: Health,
+}
+
+/// RFC 9329 §6.1 corruption tracking of one connection.
+#[derive(Debug, Default)]
+struct Health {
+    unknown_spi_run: u32,
+    unparseable_run: u32,
+    /// Set when the connection must be closed (`Some(true)`: with RST); acted on after the
+    /// current receive.
+    doomed: Option<bool>,
+}
+
+#[derive(Debug)]
+struct InEntry {
+    sa: Box<InboundSa>,
+    ike_sa: IkeSaId,
+    lifetime: Lifetime,
+    soft_sent: bool,
+    dead: bool,
+}
+
+#[derive(Debug)]
+struct OutEntry {
+    sa: Box<OutboundSa>,
+    ike_sa: IkeSaId,
+    lifetime: Lifetime,
+    soft_sent: bool,
+    dead: bool,
+}
+
+/// Which connection an IKE SA and its Child SAs use now.
+#[derive(Debug, Default)]
+struct Group {
+    /// Where outbound traffic goes: the connection that most recently carried a valid message
+    /// (RFC 9329 §6.1, R-6.1-t), or the one control bound.
+    active: Option<ConnId>,
+}
+
+/// Per-worker state and logic; see the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    index: u16,
+    cfg: EngineConfig,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    stats: Arc<WorkerStats>,
+    conns: FastMap<ConnId, ConnState>,
+    inbound: FastMap<u32, InEntry>,
+    outbound: FastMap<u32, OutEntry>,
+    spd: Spd<u32>,
+    groups: FastMap<IkeSaId, Group>,
+    connect_tokens: FastMap<ConnId, u64>,
+    /// Decrypted inner packets for the plaintext port.
+    pub(crate) plain_out: VecDeque<Packet>,
+    /// Buffers of this worker.
+    pub(crate) pool: PacketPool,
+    /// Plaintext packets read but not yet sent because a connection queue was full.
+    held: VecDeque<Packet>,
+    frames: Vec<FrameRef>,
+    readable: Vec<ConnId>,
+    to_close: Vec<(ConnId, bool)>,
+}
+
+impl Engine {
+    /// An engine for the worker whose channels these are.
+    pub fn new(ch: WorkerChannels, cfg: EngineConfig, pool: PacketPool) -> Self {
+        Engine {
+            index: ch.index,
+            cfg,
+            commands: ch.commands,
+            events: ch.events,
+            stats: ch.stats,
+            conns: FastMap::default(),
+            inbound: FastMap::default(),
+            outbound: FastMap::default(),
+            spd: Spd::default(),
+            groups: FastMap::default(),
+            connect_tokens: FastMap::default(),
+            plain_out: VecDeque::new(),
+            pool,
+            held: VecDeque::new(),
+            frames: Vec::with_capacity(256),
+            readable: Vec::with_capacity(256),
+            to_close: Vec::new(),
+        }
+    }
+
+    /// Worker index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    fn conn(&self, id: ConnId) -> Conn {
+        Conn {
+            worker: self.index,
+            id,
+        }
+    }
+
+    fn emit(&self, ev: Event) {
+        // Never block the packet path on control: a full event queue drops the event (control
+        // that far behind resynchronises from stats and connection state).
+        let _ = self.events.try_send(ev);
+    }
+
+    fn ack(&self, ack: u64, result: Result<(), String>) {
+        self.emit(Event::Ack {
+            worker: self.index,
+            ack,
+            result,
+        });
+    }
+
+    /// Plaintext packets are held back (a connection queue is full): do not read more.
+    pub fn backpressured(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Emits a stats snapshot event.
+    pub fn report_stats(&self) {
+        self.emit(Event::Stats {
+            worker: self.index,
+            stats: self.stats.snapshot(),
+        });
+    }
+
+    /// Applies every queued command. Returns false on `Shutdown`.
+    pub fn handle_commands<T: Transport>(&mut self, t: &mut T) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            bump(&self.stats.commands, 1);
+            if !self.apply(t, cmd) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn apply<T: Transport>(&mut self, t: &mut T, cmd: Command) -> bool {
+        match cmd {
+            Command::Listen { local, ack } => {
+                let r = t
+                    .listen(local)
+                    .map_err(|e| format!("listen on {local}: {e}"));
+                self.ack(ack, r);
+            }
+            Command::Connect {
+                local,
+                remote,
+                token,
+            } => match t.connect(local, remote) {
+                Ok(id) => {
+                    self.connect_tokens.insert(id, token);
+                }
+                Err(_) => self.emit(Event::ConnDown {
+                    conn: self.conn(ConnId {
+                        slot: u32::MAX,
+                        generation: 0,
+                    }),
+                    reason: CloseReason::Local,
+                    token: Some(token),
+                }),
+            },
+            Command::Close { conn, abort } => {
+                if self.conns.contains_key(&conn) {
+                    self.flush_conn(t, conn);
+                    if abort { t.abort(conn) } else { t.close(conn) }
+                }
+            }
+            Command::InstallInbound {
+                sa,
+                ike_sa,
+                lifetime,
+                ack,
+            } => {
+                let spi = sa.spi();
+                self.groups.entry(ike_sa).or_default();
+                self.inbound.insert(
+                    spi,
+                    InEntry {
+                        sa,
+                        ike_sa,
+                        lifetime,
+                        soft_sent: false,
+                        dead: false,
+                    },
+                );
+                self.ack(ack, Ok(()));
+            }
+            Command::InstallOutbound {
+                sa,
+                ike_sa,
+                selectors,
+                lifetime,
+                ack,
+            } => {
+                let spi = sa.spi();
+                self.groups.entry(ike_sa).or_default();
+                if let Some(old) = self.outbound.insert(
+                    spi,
+                    OutEntry {
+                        sa,
+                        ike_sa,
+                        lifetime,
+                        soft_sent: false,
+                        dead: false,
+                    },
+                ) {
+                    self.spd.remove(spi);
+                    self.emit(Event::SaRemoved(RemovedSa::Outbound(old.sa)));
+                }
+                // The newest SA for these selectors wins (rekey: RFC 7296 §2.8).
+                self.spd.insert_front(selectors, spi);
+                self.ack(ack, Ok(()));
+            }
+            Command::BindIkeSa { ike_sa, conn } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if !c.ike_sas.contains(&ike_sa) {
+                        c.ike_sas.push(ike_sa);
+                    }
+                    self.groups.entry(ike_sa).or_default().active = Some(conn);
+                }
+            }
+            Command::DeleteSa { spi, dir, ack } => {
+                let removed = match dir {
+                    Direction::Inbound => {
+                        self.inbound.remove(&spi).map(|e| RemovedSa::Inbound(e.sa))
+                    }
+                    Direction::Outbound => {
+                        self.spd.remove(spi);
+                        self.outbound
+                            .remove(&spi)
+                            .map(|e| RemovedSa::Outbound(e.sa))
+                    }
+                };
+                match removed {
+                    Some(r) => {
+                        self.emit(Event::SaRemoved(r));
+                        self.ack(ack, Ok(()));
+                    }
+                    None => self.ack(ack, Err(format!("no {dir:?} SA with SPI {spi:#010x}"))),
+                }
+            }
+            Command::ForgetIkeSa { ike_sa } => {
+                self.groups.remove(&ike_sa);
+                for c in self.conns.values_mut() {
+                    c.ike_sas.retain(|x| *x != ike_sa);
+                }
+            }
+            Command::SendIke { conn, msg } => self.queue_ike(t, conn, &msg),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn queue_ike<T: Transport>(&mut self, t: &mut T, conn: ConnId, msg: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if msg.is_empty()
+            || msg.len() > MAX_IKE_MESSAGE_LEN
+            || c.out.len() >= self.cfg.conn_queue + self.cfg.ike_queue
+        {
+            bump(&self.stats.queue_full, 1);
+            return;
+        }
+        // RFC 9329 §3.1: Length ‖ non-ESP marker ‖ IKE message.
+        let need = HEADROOM + LENGTH_FIELD_LEN + NON_ESP_MARKER.len() + msg.len();
+        let mut p = if need <= self.pool.buf_size() {
+            self.pool.get()
+        } else {
+            Packet::with_size(need + 64)
+        };
+        let body = LENGTH_FIELD_LEN + NON_ESP_MARKER.len() + msg.len();
+        let out = p.prepare(body);
+        if crate::wire::frame::encode_ike(msg, out).is_err() {
+            return;
+        }
+        c.out.push_back(p);
+        bump(&self.stats.ike_out, 1);
+        self.flush_conn(t, conn);
+    }
+
+    /// Handles connection events from the transport.
+    pub fn on_transport_events<T: Transport>(
+        &mut self,
+        t: &mut T,
+        events: &mut Vec<TransportEvent>,
+    ) {
+        for ev in events.drain(..) {
+            match ev {
+                TransportEvent::Up {
+                    conn,
+                    local,
+                    peer,
+                    role,
+                } => self.conn_up(t, conn, local, peer, role),
+                TransportEvent::Down { conn, reason } => self.conn_down(conn, reason),
+            }
+        }
+    }
+
+    fn conn_up<T: Transport>(
+        &mut self,
+        t: &mut T,
+        id: ConnId,
+        local: SocketAddr,
+        peer: SocketAddr,
+        role: TcpRole,
+    ) {
+        bump(&self.stats.conns_up, 1);
+        let token = self.connect_tokens.remove(&id);
+        let mut st = ConnState {
+            role,
+            token,
+            decoder: FrameDecoder::new(role),
+            out: VecDeque::new(),
+            sent: 0,
+            ike_sas: Vec::new(),
+            health: Health::default(),
+        };
+        // RFC 9329 §4, §6.1: an Originator's stream starts with the prefix, on every connection.
+        let mut enc = FrameEncoder::new(role);
+        let prefix = enc.pending_prefix();
+        if !prefix.is_empty() {
+            let mut p = self.pool.get();
+            if p.fill_from(prefix) {
+                st.out.push_back(p);
+            }
+            enc.mark_prefix_sent();
+        }
+        self.conns.insert(id, st);
+        self.flush_conn(t, id);
+        self.emit(Event::ConnUp {
+            conn: self.conn(id),
+            local,
+            peer,
+            role,
+            token,
+        });
+    }
+
+    fn conn_down(&mut self, id: ConnId, reason: CloseReason) {
+        let token = self.connect_tokens.remove(&id);
+        if let Some(mut st) = self.conns.remove(&id) {
+            bump(&self.stats.conns_down, 1);
+            // A frame cut off by the end of the stream is discarded (RFC 9329 §6.1).
+            st.decoder.finish();
+            for p in st.out.drain(..) {
+                self.pool.put(p);
+            }
+            // The SAs stay (RFC 9329 §6.1, R-6.1-f); only the path is gone until a new
+            // connection carries a valid message or control binds one.
+            for g in self.groups.values_mut() {
+                if g.active == Some(id) {
+                    g.active = None;
+                }
+            }
+            self.emit(Event::ConnDown {
+                conn: self.conn(id),
+                reason,
+                token: st.token.or(token),
+            });
+        } else if token.is_some() {
+            self.emit(Event::ConnDown {
+                conn: self.conn(id),
+                reason,
+                token,
+            });
+        }
+    }
+
+    /// Reads every readable connection, deframes, decapsulates ESP into `plain_out`, passes IKE to
+    /// control, and enforces the corruption rules.
+    pub fn receive<T: Transport>(&mut self, t: &mut T) {
+        self.readable.clear();
+        t.readable(&mut self.readable);
+        let mut readable = std::mem::take(&mut self.readable);
+        for &id in &readable {
+            // Bounded per connection per loop so one busy peer cannot starve the others.
+            for _ in 0..64 {
+                let got = t.recv(id, |buf| {
+                    self.process_rx(id, buf);
+                    buf.len()
+                });
+                match got {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.health.doomed.is_some())
+                {
+                    break;
+                }
+            }
+        }
+        readable.clear();
+        self.readable = readable;
+        for (id, abort) in std::mem::take(&mut self.to_close) {
+            if abort { t.abort(id) } else { t.close(id) }
+        }
+    }
+
+    fn process_rx(&mut self, id: ConnId, buf: &mut [u8]) {
+        // Out of the map while its frames are handled, so the frame bytes (which may live in the
+        // decoder's carry buffer) and the rest of the engine can be borrowed together.
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        if c.health.doomed.is_none() {
+            let keepalives = c.decoder.stats().keepalive;
+            self.frames.clear();
+            let res = c.decoder.decode(buf, &mut self.frames);
+            let frames = std::mem::take(&mut self.frames);
+            for f in &frames {
+                if c.health.doomed.is_some() {
+                    break;
+                }
+                let bytes: &mut [u8] = match f.loc {
+                    FrameLoc::Input => match buf.get_mut(f.range.clone()) {
+                        Some(b) => b,
+                        None => continue,
+                    },
+                    FrameLoc::Carry => match c.decoder.carry_mut().get_mut(f.range.clone()) {
+                        Some(b) => b,
+                        None => continue,
+                    },
+                };
+                match f.kind {
+                    FrameKind::Ike => {
+                        c.health.unparseable_run = 0;
+                        bump(&self.stats.ike_in, 1);
+                        let msg = bytes.to_vec();
+                        self.emit(Event::IkeMessage {
+                            conn: self.conn(id),
+                            msg,
+                        });
+                    }
+                    FrameKind::Esp => {
+                        c.health.unparseable_run = 0;
+                        self.rx_esp(id, c.role, bytes, &mut c.health, &mut c.ike_sas);
+                    }
+                    FrameKind::Unparseable => {
+                        bump(&self.stats.frames_unparseable, 1);
+                        c.health.unparseable_run += 1;
+                        // RFC 9329 §6.1 (R-6.1-o): too many consecutive frames that are neither
+                        // IKE nor ESP mean the stream is corrupt.
+                        if c.health.unparseable_run >= self.cfg.unparseable_limit {
+                            bump(&self.stats.closed_corrupt, 1);
+                            c.health.doomed = Some(true);
+                        }
+                    }
+                }
+            }
+            self.frames = frames;
+            // RFC 9329 §6.6: keepalives are dropped silently; only counted.
+            bump(
+                &self.stats.keepalives_in,
+                c.decoder.stats().keepalive - keepalives,
+            );
+            if let Err(e) = res {
+                // RFC 9329 §3.1/§3.2 (Length 0 or 1) and §6.1 (no prefix, R-6.1-n): close the
+                // connection; the SAs survive (R-6.1-f).
+                bump(&self.stats.closed_stream_error, 1);
+                c.health.doomed = Some(matches!(e, StreamError::BadPrefix));
+            }
+            if let Some(abort) = c.health.doomed {
+                self.to_close.push((id, abort));
+            }
+        }
+        self.conns.insert(id, c);
+    }
+
+    #[inline]
+    fn rx_esp(
+        &mut self,
+        id: ConnId,
+        role: TcpRole,
+        bytes: &mut [u8],
+        health: &mut Health,
+        ike_sas: &mut Vec<IkeSaId>,
+    ) {
+        let spi = parse_header(bytes).map_or(0, |h| h.0);
+        let Some(e) = self.inbound.get_mut(&spi).filter(|e| !e.dead) else {
+            bump(&self.stats.unknown_spi, 1);
+            health.unknown_spi_run += 1;
+            if health.unknown_spi_run == 1 {
+                let _ = self.events.try_send(Event::UnknownSpi {
+                    conn: Conn {
+                        worker: self.index,
+                        id,
+                    },
+                    spi,
+                });
+            }
+            // A few unknown SPIs are tolerated (R-6.1-p); a run of them means the stream is
+            // corrupt or injected (R-6.1-o, R-10-a).
+            if health.unknown_spi_run >= self.cfg.unknown_spi_limit {
+                bump(&self.stats.closed_corrupt, 1);
+                health.doomed = Some(true);
+            }
+            return;
+        };
+        let len = bytes.len();
+        match e.sa.decap(bytes, 0..len) {
+            Ok(d) => {
+                health.unknown_spi_run = 0;
+                bump(&self.stats.esp_in, 1);
+                // Authentic and not a replay: on the Responder this connection is now the IKE
+                // SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e). The
+                // Originator keeps the connection it chose, unless it has none.
+                let g = self.groups.entry(e.ike_sa).or_default();
+                if g.active != Some(id) && (role == TcpRole::Responder || g.active.is_none()) {
+                    g.active = Some(id);
+                    if !ike_sas.contains(&e.ike_sa) {
+                        ike_sas.push(e.ike_sa);
+                    }
+                }
+                match d {
+                    Decapped::Packet { range, .. } => {
+                        let mut p = self.pool.get();
+                        if bytes.get(range).is_some_and(|inner| p.fill_from(inner)) {
+                            bump(&self.stats.bytes_decap, p.len() as u64);
+                            self.plain_out.push_back(p);
+                        } else {
+                            bump(&self.stats.bad_payload, 1);
+                            self.pool.put(p);
+                        }
+                    }
+                    Decapped::Dummy { .. } => bump(&self.stats.dummies, 1),
+                }
+                let (packets, bytes) = e.sa.counters();
+                let (events, index) = (&self.events, self.index);
+                check_lifetime(
+                    e.lifetime,
+                    packets,
+                    bytes,
+                    &mut e.soft_sent,
+                    &mut e.dead,
+                    |hard, cause| {
+                        let _ = events.try_send(Event::SaExpired {
+                            worker: index,
+                            spi,
+                            dir: Direction::Inbound,
+                            hard,
+                            cause,
+                        });
+                    },
+                );
+            }
+            Err(DecapError::Authentication) => {
+                // RFC 9329 §6.1 (R-6.1-o): a failed ICV on a known SPI means corruption: close.
+                bump(&self.stats.icv_failures, 1);
+                bump(&self.stats.closed_corrupt, 1);
+                health.doomed = Some(true);
+            }
+            Err(DecapError::Replay(_)) => {
+                health.unknown_spi_run = 0;
+                bump(&self.stats.replays, 1);
+            }
+            Err(_) => {
+                // Too short to be ESP, or authentic but unusable (padding, Next Header, inner
+                // packet): dropped, not corruption of the stream.
+                bump(&self.stats.bad_payload, 1);
+            }
+        }
+    }
+
+    /// Encapsulates plaintext packets (SPD → SA → ESP → frame) into their connections' queues.
+    /// Packets that do not fit a full queue are held; call [`backpressured`](Self::backpressured).
+    pub fn send_plain<T: Transport>(&mut self, t: &mut T, burst: &mut Vec<Packet>) {
+        let mut pending = std::mem::take(&mut self.held);
+        pending.extend(burst.drain(..));
+        let mut touched: Vec<ConnId> = Vec::new();
+        while let Some(mut p) = pending.pop_front() {
+            match self.encap_one(&mut p) {
+                Ok(conn) => {
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        self.pool.put(p);
+                        continue;
+                    };
+                    c.out.push_back(p);
+                    if !touched.contains(&conn) {
+                        touched.push(conn);
+                    }
+                    if c.out.len() >= self.cfg.conn_queue {
+                        self.flush_conn(t, conn);
+                        if self
+                            .conns
+                            .get(&conn)
+                            .is_some_and(|c| c.out.len() >= self.cfg.conn_queue)
+                        {
+                            // Backpressure: keep the rest for the next loop.
+                            self.held = pending;
+                            break;
+                        }
+                    }
+                }
+                Err(counter) => {
+                    if let Some(c) = counter {
+                        bump(c, 1);
+                    }
+                    self.pool.put(p);
+                }
+            }
+        }
+        for id in touched {
+            self.flush_conn(t, id);
+        }
+    }
+
+    /// SPD lookup and ESP encapsulation of one packet, in place, turned into an RFC 9329 frame.
+    /// Returns the connection to send it on, or the counter to bump.
+    fn encap_one(
+        &mut self,
+        p: &mut Packet,
+    ) -> Result<ConnId, Option<&std::sync::atomic::AtomicU64>> {
+        bump(&self.stats.plain_in, 1);
+        let Some(key) = FlowKey::parse(p.data()) else {
+            return Err(Some(&self.stats.encap_errors));
+        };
+        let Some(spi) = self.spd.lookup(&key) else {
+            return Err(Some(&self.stats.no_sa));
+        };
+        let Some(e) = self.outbound.get_mut(&spi).filter(|e| !e.dead) else {
+            return Err(Some(&self.stats.no_sa));
+        };
+        let Some(conn) = self.groups.get(&e.ike_sa).and_then(|g| g.active) else {
+            return Err(Some(&self.stats.no_connection));
+        };
+        let inner_len = p.len() as u64;
+        let (buf, range) = p.buffer_mut();
+        let esp = match e.sa.encap(buf, range) {
+            Ok(r) => r,
+            Err(EncapError::SequenceExhausted) => {
+                e.dead = true;
+                self.emit_expiry(spi, Direction::Outbound, true, ExpiryCause::Sequence);
+                return Err(Some(&self.stats.encap_errors));
+            }
+            Err(_) => return Err(Some(&self.stats.encap_errors)),
+        };
+        // RFC 9329 §3.2: Length in front of the ESP packet, in the headroom.
+        let Ok(frame) = encode_esp_in_place(buf, esp) else {
+            return Err(Some(&self.stats.encap_errors));
+        };
+        p.set_range(frame);
+        bump(&self.stats.esp_out, 1);
+        bump(&self.stats.bytes_encap, inner_len);
+        let (packets, bytes) = e.sa.counters();
+        let seq_soft = e.sa.seq_remaining() < e.sa.seq_max() / 8;
+        let mut fired = Vec::new();
+        check_lifetime(
+            e.lifetime,
+            packets,
+            bytes,
+            &mut e.soft_sent,
+            &mut e.dead,
+            |hard, cause| fired.push((hard, cause)),
+        );
+        if seq_soft && !e.soft_sent {
+            e.soft_sent = true;
+            fired.push((false, ExpiryCause::Sequence));
+        }
+        for (hard, cause) in fired {
+            self.emit_expiry(spi, Direction::Outbound, hard, cause);
+        }
+        Ok(conn)
+    }
+
+    fn emit_expiry(&self, spi: u32, dir: Direction, hard: bool, cause: ExpiryCause) {
+        self.emit(Event::SaExpired {
+            worker: self.index,
+            spi,
+            dir,
+            hard,
+            cause,
+        });
+    }
+
+    /// Writes queued frames of every connection that has some.
+    pub fn flush<T: Transport>(&mut self, t: &mut T) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.out.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush_conn(t, id);
+        }
+    }
+
+    fn flush_conn<T: Transport>(&mut self, t: &mut T, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while let Some(front) = c.out.front() {
+            let data = front.data().get(c.sent..).unwrap_or(&[]);
+            if data.is_empty() {
+                if let Some(p) = c.out.pop_front() {
+                    self.pool.put(p);
+                }
+                c.sent = 0;
+                continue;
+            }
+            match t.send(id, data) {
+                Ok(n) if n == data.len() => {
+                    if let Some(p) = c.out.pop_front() {
+                        self.pool.put(p);
+                    }
+                    c.sent = 0;
+                }
+                Ok(n) => {
+                    c.sent += n;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Plaintext packets waiting to be written, and the pool, for the worker loop.
+    pub fn plain_out_and_pool(&mut self) -> (&mut VecDeque<Packet>, &mut PacketPool) {
+        (&mut self.plain_out, &mut self.pool)
+    }
+
+    /// The pool (for reading plaintext bursts).
+    pub fn pool_mut(&mut self) -> &mut PacketPool {
+        &mut self.pool
+    }
+
+    /// Open connections the engine tracks.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connection an IKE SA's traffic uses now (for tests and diagnostics).
+    pub fn active_conn(&self, ike_sa: IkeSaId) -> Option<ConnId> {
+        self.groups.get(&ike_sa).and_then(|g| g.active)
+    }
+}
+
+/// Soft/hard traffic limits; `fire(hard, cause)` once per crossing.
+#[inline]
+fn check_lifetime(
+    l: Lifetime,
+    packets: u64,
+    bytes: u64,
+    soft_sent: &mut bool,
+    dead: &mut bool,
+    mut fire: impl FnMut(bool, ExpiryCause),
+) {
+    if *dead {
+        return;
+    }
+    if packets >= l.hard_packets || bytes >= l.hard_bytes {
+        *dead = true;
+        fire(
+            true,
+            if packets >= l.hard_packets {
+                ExpiryCause::Packets
+            } else {
+                ExpiryCause::Bytes
+            },
+        );
+    } else if !*soft_sent && (packets >= l.soft_packets || bytes >= l.soft_bytes) {
+        *soft_sent = true;
+        fire(
+            false,
+            if packets >= l.soft_packets {
+                ExpiryCause::Packets
+            } else {
+                ExpiryCause::Bytes
+            },
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! The control interface of the data plane: commands to each worker and events back, over bounded
+//! crossbeam channels. Workers drain commands once per loop iteration and never block on control;
+//! control never touches a socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::spd::Selectors;
+use super::stats::{StatsSnapshot, WorkerStats};
+use crate::sa::{InboundSa, OutboundSa};
+use crate::transport::{CloseReason, ConnId, TcpRole};
+
+/// A connection anywhere in the data plane: the worker that owns it and its id there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Conn {
+    /// Worker index.
+    pub worker: u16,
+    /// Id within that worker's transport.
+    pub id: ConnId,
+}
+
+/// Control's name for an IKE SA. All Child SAs of one IKE SA share its connection (RFC 9329 §6.1,
+/// §6.8); the worker tracks which connection that currently is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IkeSaId(pub u64);
+
+/// Direction of an ESP SA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// We decrypt with it.
+    Inbound,
+    /// We encrypt with it.
+    Outbound,
+}
+
+/// Soft and hard limits of a Child SA by traffic (RFC 7296 §2.8; time limits are control's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Packets after which the soft expiry event fires (rekey time).
+    pub soft_packets: u64,
+    /// Packets after which the SA stops working.
+    pub hard_packets: u64,
+    /// Inner bytes, soft.
+    pub soft_bytes: u64,
+    /// Inner bytes, hard.
+    pub hard_bytes: u64,
+}
+
+impl Lifetime {
+    /// No traffic limits (sequence-number exhaustion still applies).
+    pub const UNLIMITED: Lifetime = Lifetime {
+        soft_packets: u64::MAX,
+        hard_packets: u64::MAX,
+        soft_bytes: u64::MAX,
+        hard_bytes: u64::MAX,
+    };
+}
+
+/// What a worker is told to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Accept RFC 9329 connections on this address (TCP Responder).
+    Listen {
+        /// Local address and port (4500 by default, RFC 9329 §2).
+        local: SocketAddr,
+        /// Answered with [`Event::Ack`].
+        ack: u64,
+    },
+    /// Open a connection (TCP Originator); `Event::ConnUp` carries `token`.
+    Connect {
+        /// Local address, or any.
+        local: Option<SocketAddr>,
+        /// The peer's address and port.
+        remote: SocketAddr,
+        /// Correlates the resulting `ConnUp`/`ConnDown`.
+        token: u64,
+    },
+    /// Close a connection (`abort` = RST). The SAs stay (RFC 9329 §6.1).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Send RST instead of FIN.
+        abort: bool,
+    },
+    /// Install an inbound SA. Acknowledged once installed, so control can send the IKE response
+    /// that lets the peer use it.
+    InstallInbound {
+        /// The SA, key schedule already expanded.
+        sa: Box<InboundSa>,
+        /// The IKE SA it belongs to.
+        ike_sa: IkeSaId,
+        /// Traffic limits.
+        lifetime: Lifetime,
+        /// Answered with [`Event::Ack`].
+        ack: u64,
+    },
+    /// Install an outbound SA with its selectors, bound to a connection of its IKE SA.
+    InstallOutbound {
+        /// The SA, key schedule already expanded.
+        sa: Box<OutboundSa>,
+        /// The IKE SA it belongs to.
+        ike_sa: IkeSaId,
+        /// Packets matching these use this SA; it takes precedence over older SAs with the same
+        /// selectors (the new SA of a rekey).
+        selectors: Selectors,
+        /// Traffic limits.
+        lifetime: Lifetime,
+        /// Answered with [`Event::Ack`].
+        ack: u64,
+    },
+    /// Bind an IKE SA to a connection (the one its IKE messages arrived on or were sent on).
+    /// Used by control after an authenticated IKE message (RFC 9329 §6.1, R-6.1-t).
+    BindIkeSa {
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// Its connection on this worker.
+        conn: ConnId,
+    },
+    /// Delete an SA; the removed SA goes back to control in [`Event::SaRemoved`] (so its key is
+    /// freed and zeroized off the worker).
+    DeleteSa {
+        /// SPI of the SA.
+        spi: u32,
+        /// Which table.
+        dir: Direction,
+        /// Answered with [`Event::Ack`].
+        ack: u64,
+    },
+    /// Forget an IKE SA's connection binding (after its Child SAs were deleted).
+    ForgetIkeSa {
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+    },
+    /// Send an IKE message (without the non-ESP marker) on a connection.
+    SendIke {
+        /// The connection.
+        conn: ConnId,
+        /// The IKE message.
+        msg: Vec<u8>,
+    },
+    /// Stop the worker loop.
+    Shutdown,
+}
+
+/// Why an SA expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpiryCause {
+    /// Packet count.
+    Packets,
+    /// Byte count.
+    Bytes,
+    /// The sequence number space ran out (RFC 4303 §3.3.3) or is about to.
+    Sequence,
+}
+
+/// What a worker reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A command with an `ack` number was applied (or failed, with the reason).
+    Ack {
+        /// Worker index.
+        worker: u16,
+        /// The command's `ack`.
+        ack: u64,
+        /// Ok, or why not.
+        result: Result<(), String>,
+    },
+    /// An IKE message arrived (marker stripped).
+    IkeMessage {
+        /// Where.
+        conn: Conn,
+        /// The message.
+        msg: Vec<u8>,
+    },
+    /// A connection is up.
+    ConnUp {
+        /// The connection.
+        conn: Conn,
+        /// Our end.
+        local: SocketAddr,
+        /// The peer's end.
+        peer: SocketAddr,
+        /// Who opened it.
+        role: TcpRole,
+        /// The `Connect` token for an Originator connection.
+        token: Option<u64>,
+    },
+    /// A connection is gone. SAs survive (RFC 9329 §6.1).
+    ConnDown {
+        /// The connection.
+        conn: Conn,
+        /// Why.
+        reason: CloseReason,
+        /// The `Connect` token, if we opened it.
+        token: Option<u64>,
+    },
+    /// An SA passed its soft limit (rekey now) or hard limit (it no longer works).
+    SaExpired {
+        /// Worker index.
+        worker: u16,
+        /// SPI.
+        spi: u32,
+        /// Direction.
+        dir: Direction,
+        /// Hard (true) or soft.
+        hard: bool,
+        /// Why.
+        cause: ExpiryCause,
+    },
+    /// ESP arrived for an SPI this worker does not have (it may live on another worker, or be
+    /// gone). Rate-limited per connection.
+    UnknownSpi {
+        /// Where.
+        conn: Conn,
+        /// The SPI.
+        spi: u32,
+    },
+    /// An SA removed by `DeleteSa`, handed back to be dropped off the worker.
+    SaRemoved(RemovedSa),
+    /// Periodic counters.
+    Stats {
+        /// Worker index.
+        worker: u16,
+        /// The counters.
+        stats: StatsSnapshot,
+    },
+}
+
+/// A removed SA, dropped (and its key zeroized) by whoever receives it.
+#[derive(Debug)]
+pub enum RemovedSa {
+    /// Inbound.
+    Inbound(Box<InboundSa>),
+    /// Outbound.
+    Outbound(Box<OutboundSa>),
+}
+
+/// Capacity of each worker's command channel: enough for a rekey storm.
+pub const COMMAND_QUEUE: usize = 4096;
+/// Capacity of the shared event channel.
+pub const EVENT_QUEUE: usize = 65536;
+
+/// Control's side: one command sender per worker, the shared event receiver, the live counters.
+#[derive(Debug, Clone)]
+pub struct DataplaneHandle {
+    commands: Vec<Sender<Command>>,
+    events: Receiver<Event>,
+    stats: Vec<Arc<WorkerStats>>,
+}
+
+/// A worker's side of the channels.
+#[derive(Debug)]
+pub struct WorkerChannels {
+    /// Worker index.
+    pub index: u16,
+    /// Commands for it.
+    pub commands: Receiver<Command>,
+    /// Where it reports.
+    pub events: Sender<Event>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Creates the channels for `workers` workers.
+pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
+    let mut commands = Vec::new();
+    let mut stats = Vec::new();
+    let mut sides = Vec::new();
+    for index in 0..workers {
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let st = Arc::new(WorkerStats::default());
+        commands.push(tx);
+        stats.push(st.clone());
+        sides.push(WorkerChannels {
+            index,
+            commands: rx,
+            events: ev_tx.clone(),
+            stats: st,
+        });
+    }
+    (
+        DataplaneHandle {
+            commands,
+            events: ev_rx,
+            stats,
+        },
+        sides,
+    )
+}
+
+/// Sending a command failed: the worker's queue is full (try later) or the worker is gone.
+#[derive(Debug)]
+pub enum SendError {
+    /// Queue full; the command comes back.
+    Full(Box<Command>),
+    /// No such worker, or it has stopped.
+    Gone,
+}
+
+impl DataplaneHandle {
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Sends a command without blocking (control must never stall on a busy worker).
+    pub fn send(&self, worker: u16, cmd: Command) -> Result<(), SendError> {
+        let tx = self
+            .commands
+            .get(usize::from(worker))
+            .ok_or(SendError::Gone)?;
+        tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(c) => SendError::Full(Box::new(c)),
+            TrySendError::Disconnected(_) => SendError::Gone,
+        })
+    }
+
+    /// The event stream of all workers.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// Sums the counters of all workers (read without stopping them).
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = StatsSnapshot::default();
+        for w in &self.stats {
+            s.add(&w.snapshot());
+        }
+        s
+    }
+
+    /// One worker's counters.
+    pub fn worker_stats(&self, worker: u16) -> Option<StatsSnapshot> {
+        self.stats.get(usize::from(worker)).map(|s| s.snapshot())
+    }
+}

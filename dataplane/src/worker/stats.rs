@@ -1,0 +1,96 @@
+//! Per-worker counters: one writer (the worker), read by a stats thread without stopping it.
+//! Each counter sits on its own cache line so the reader never bounces the writer's lines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::utils::CachePadded;
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters of one worker.
+        #[derive(Debug, Default)]
+        pub struct WorkerStats {
+            $( $(#[$doc])* pub $name: CachePadded<AtomicU64>, )*
+        }
+
+        /// A copy of [`WorkerStats`] at one moment (each field read atomically, the set not).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl WorkerStats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Field-wise sum (to aggregate workers).
+            pub fn add(&mut self, o: &StatsSnapshot) {
+                $( self.$name += o.$name; )*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Inner packets read from the plaintext port.
+    plain_in,
+    /// Inner packets written to the plaintext port.
+    plain_out,
+    /// Inner bytes encapsulated.
+    bytes_encap,
+    /// Inner bytes decapsulated and delivered.
+    bytes_decap,
+    /// ESP packets sent.
+    esp_out,
+    /// ESP packets received and authentic.
+    esp_in,
+    /// IKE frames received (passed to control).
+    ike_in,
+    /// IKE frames sent.
+    ike_out,
+    /// NAT-keepalives received (RFC 9329 §6.6, dropped silently).
+    keepalives_in,
+    /// Frames neither IKE nor ESP.
+    frames_unparseable,
+    /// ESP frames with an SPI we do not have.
+    unknown_spi,
+    /// Replayed or too-old ESP packets (RFC 4303 §3.4.3).
+    replays,
+    /// ESP packets whose ICV failed.
+    icv_failures,
+    /// Authentic ESP packets dropped after the ICV (padding, Next Header, inner packet).
+    bad_payload,
+    /// Dummy packets (Next Header 59).
+    dummies,
+    /// Inner packets with no outbound SA (SPD miss).
+    no_sa,
+    /// Inner packets whose SA has no live connection.
+    no_connection,
+    /// Inner packets that could not be encapsulated (sequence exhausted, malformed).
+    encap_errors,
+    /// Inner packets dropped because the connection's queue was full.
+    queue_full,
+    /// Connections closed for corruption (RFC 9329 §6.1).
+    closed_corrupt,
+    /// Connections closed for a fatal stream error (bad prefix, Length 0/1).
+    closed_stream_error,
+    /// Connections that came up.
+    conns_up,
+    /// Connections that went down.
+    conns_down,
+    /// Control commands applied.
+    commands,
+    /// Worker loop iterations.
+    loops,
+}
+
+/// Increments a counter; the worker is its only writer, so a load and a store suffice (no locked
+/// read-modify-write on the packet path).
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}

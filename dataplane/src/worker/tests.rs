@@ -1,0 +1,688 @@
+//! Engine tests against a scripted transport: the test plays the peer byte by byte, so every
+//! RFC 9329 §6.1 connection rule can be exercised exactly.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use super::engine::{Engine, EngineConfig};
+use super::handle::{
+    Command, DataplaneHandle, Direction, Event, ExpiryCause, IkeSaId, Lifetime, channels,
+};
+use super::spd::{Selectors, TrafficSelector};
+use crate::crypto::{Backend, Keymat, Suite};
+use crate::port::PacketPool;
+use crate::sa::{Decapped, InboundSa, OutboundSa, SaParams};
+use crate::transport::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
+use crate::wire::frame::{
+    FrameDecoder, FrameKind, FrameRef, STREAM_PREFIX, TcpRole as Role, encode_esp, encode_ike,
+};
+
+#[derive(Default)]
+struct FakeConn {
+    /// Bytes the engine will read.
+    rx: VecDeque<u8>,
+    /// Bytes the engine wrote.
+    tx: Vec<u8>,
+    closed: Option<bool>,
+}
+
+#[derive(Default)]
+struct FakeTransport {
+    conns: HashMap<ConnId, FakeConn>,
+    events: Vec<TransportEvent>,
+    next: u32,
+}
+
+impl FakeTransport {
+    fn open(&mut self, role: TcpRole, peer: SocketAddr) -> ConnId {
+        let id = ConnId {
+            slot: self.next,
+            generation: 1,
+        };
+        self.next += 1;
+        self.conns.insert(id, FakeConn::default());
+        let local: SocketAddr = "192.0.2.1:4500".parse().expect("addr");
+        self.events.push(TransportEvent::Up {
+            conn: id,
+            local,
+            peer,
+            role,
+        });
+        id
+    }
+    fn feed(&mut self, id: ConnId, bytes: &[u8]) {
+        self.conns.get_mut(&id).expect("conn").rx.extend(bytes);
+    }
+    fn take_tx(&mut self, id: ConnId) -> Vec<u8> {
+        std::mem::take(&mut self.conns.get_mut(&id).expect("conn").tx)
+    }
+    fn closed(&self, id: ConnId) -> Option<bool> {
+        self.conns.get(&id).and_then(|c| c.closed)
+    }
+    fn drop_conn(&mut self, id: ConnId, reason: CloseReason) {
+        self.events.push(TransportEvent::Down { conn: id, reason });
+    }
+}
+
+impl Transport for FakeTransport {
+    fn poll(&mut self, _now: Instant, events: &mut Vec<TransportEvent>) -> io::Result<()> {
+        events.append(&mut self.events);
+        Ok(())
+    }
+    fn listen(&mut self, _local: SocketAddr) -> io::Result<()> {
+        Ok(())
+    }
+    fn connect(&mut self, _local: Option<SocketAddr>, remote: SocketAddr) -> io::Result<ConnId> {
+        Ok(self.open(TcpRole::Originator, remote))
+    }
+    fn readable(&mut self, out: &mut Vec<ConnId>) {
+        let mut ids: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.rx.is_empty() && c.closed.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        out.extend(ids);
+    }
+    fn recv<F: FnOnce(&mut [u8]) -> usize>(&mut self, conn: ConnId, f: F) -> io::Result<usize> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(0);
+        };
+        if c.rx.is_empty() {
+            return Ok(0);
+        }
+        let n = f(c.rx.make_contiguous());
+        c.rx.drain(..n);
+        Ok(n)
+    }
+    fn send_capacity(&self, _conn: ConnId) -> usize {
+        usize::MAX
+    }
+    fn send(&mut self, conn: ConnId, data: &[u8]) -> io::Result<usize> {
+        match self.conns.get_mut(&conn) {
+            Some(c) if c.closed.is_none() => {
+                c.tx.extend_from_slice(data);
+                Ok(data.len())
+            }
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.closed = Some(false);
+        }
+    }
+    fn abort(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.closed = Some(true);
+        }
+    }
+    fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+const IKE: IkeSaId = IkeSaId(7);
+const SPI_IN: u32 = 0x1111_0001; // ours: the peer encrypts with it
+const SPI_OUT: u32 = 0x2222_0001; // the peer's: we encrypt with it
+
+fn params(spi: u32, seed: u8) -> SaParams {
+    let km: Vec<u8> = (0..36u8).map(|i| i.wrapping_mul(seed)).collect();
+    SaParams::new(
+        spi,
+        Keymat::new(Suite::Aes256Gcm16, &km).expect("km"),
+        Backend::AwsLc,
+    )
+}
+
+fn inner(n: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 48];
+    p[0] = 0x45;
+    p[3] = 48;
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[198, 51, 100, 1]);
+    p[16..20].copy_from_slice(&[203, 0, 113, 1]);
+    p[28..32].copy_from_slice(&n.to_be_bytes());
+    p
+}
+
+/// The test's peer: the other end of both SAs.
+struct Peer {
+    out: OutboundSa, // encrypts with SPI_IN
+    inb: InboundSa,  // decrypts SPI_OUT
+}
+
+impl Peer {
+    fn new() -> Self {
+        Peer {
+            out: OutboundSa::new(&params(SPI_IN, 3)).expect("sa"),
+            inb: InboundSa::new(&params(SPI_OUT, 5)).expect("sa"),
+        }
+    }
+    /// One RFC 9329 ESP frame carrying inner packet `n`.
+    fn esp_frame(&mut self, n: u32) -> Vec<u8> {
+        let pkt = inner(n);
+        let mut buf = vec![0u8; 64 + pkt.len() + 32];
+        buf[64..64 + pkt.len()].copy_from_slice(&pkt);
+        let r = self.out.encap(&mut buf, 64..64 + pkt.len()).expect("encap");
+        let mut frame = vec![0u8; r.len() + 2];
+        let n = encode_esp(&buf[r], &mut frame).expect("frame");
+        frame.truncate(n);
+        frame
+    }
+    /// Decrypts every ESP frame in `bytes` (a Responder-side stream: no prefix) into inner numbers.
+    fn read(&mut self, bytes: &[u8], role_of_sender: Role) -> (Vec<u32>, Vec<Vec<u8>>) {
+        let mut dec = FrameDecoder::new(match role_of_sender {
+            Role::Originator => Role::Responder,
+            Role::Responder => Role::Originator,
+        });
+        let mut frames: Vec<FrameRef> = Vec::new();
+        dec.decode(bytes, &mut frames).expect("stream");
+        let (mut nums, mut ikes) = (Vec::new(), Vec::new());
+        for f in frames {
+            let mut b = bytes[f.range.clone()].to_vec();
+            match f.kind {
+                FrameKind::Esp => {
+                    let n = b.len();
+                    if let Ok(Decapped::Packet { range, .. }) = self.inb.decap(&mut b, 0..n) {
+                        nums.push(u32::from_be_bytes(
+                            b[range.start + 28..range.start + 32].try_into().expect("4"),
+                        ));
+                    }
+                }
+                FrameKind::Ike => ikes.push(b),
+                FrameKind::Unparseable => {}
+            }
+        }
+        (nums, ikes)
+    }
+}
+
+struct Rig {
+    engine: Engine,
+    t: FakeTransport,
+    handle: DataplaneHandle,
+    peer: Peer,
+    ack: u64,
+}
+
+impl Rig {
+    fn new(cfg: EngineConfig) -> Self {
+        let (handle, mut sides) = channels(1);
+        let engine = Engine::new(sides.remove(0), cfg, PacketPool::new(4096, 64));
+        let mut rig = Rig {
+            engine,
+            t: FakeTransport::default(),
+            handle,
+            peer: Peer::new(),
+            ack: 0,
+        };
+        rig.install(Lifetime::UNLIMITED);
+        rig
+    }
+    fn cmd(&mut self, c: Command) {
+        self.handle.send(0, c).expect("send");
+        self.step();
+    }
+    fn install(&mut self, lifetime: Lifetime) {
+        self.ack += 1;
+        let ack = self.ack;
+        let inb = Box::new(InboundSa::new(&params(SPI_IN, 3)).expect("sa"));
+        self.cmd(Command::InstallInbound {
+            sa: inb,
+            ike_sa: IKE,
+            lifetime,
+            ack,
+        });
+        let out = Box::new(OutboundSa::new(&params(SPI_OUT, 5)).expect("sa"));
+        let sel = Selectors {
+            local: vec![TrafficSelector::any(false)],
+            remote: vec![TrafficSelector::any(false)],
+        };
+        self.cmd(Command::InstallOutbound {
+            sa: out,
+            ike_sa: IKE,
+            selectors: sel,
+            lifetime,
+            ack: ack + 1000,
+        });
+        let acks: Vec<_> = self
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Ack { result: Ok(()), .. }))
+            .collect();
+        assert_eq!(acks.len(), 2, "both installs acknowledged");
+    }
+    fn step(&mut self) {
+        assert!(self.engine.handle_commands(&mut self.t));
+        let mut ev = Vec::new();
+        self.t.poll(Instant::now(), &mut ev).expect("poll");
+        self.engine.on_transport_events(&mut self.t, &mut ev);
+        self.engine.receive(&mut self.t);
+        self.engine.flush(&mut self.t);
+        let mut ev = Vec::new();
+        self.t.poll(Instant::now(), &mut ev).expect("poll");
+        self.engine.on_transport_events(&mut self.t, &mut ev);
+    }
+    fn events(&self) -> Vec<Event> {
+        self.handle.events().try_iter().collect()
+    }
+    /// Inner packet numbers the engine delivered to the plaintext side.
+    fn delivered(&mut self) -> Vec<u32> {
+        let (q, pool) = self.engine.plain_out_and_pool();
+        let v = q
+            .iter()
+            .map(|p| u32::from_be_bytes(p.data()[28..32].try_into().expect("4")))
+            .collect();
+        for p in q.drain(..) {
+            pool.put(p);
+        }
+        v
+    }
+    /// Sends plaintext packet `n` through the engine.
+    fn send_plain(&mut self, n: u32) {
+        let mut p = self.engine.pool_mut().get();
+        assert!(p.fill_from(&inner(n)));
+        let mut burst = vec![p];
+        self.engine.send_plain(&mut self.t, &mut burst);
+    }
+    fn responder_conn(&mut self, peer: &str) -> ConnId {
+        let id = self.t.open(TcpRole::Responder, peer.parse().expect("addr"));
+        self.t.feed(id, &STREAM_PREFIX);
+        self.step();
+        id
+    }
+}
+
+#[test]
+fn r_6_1_h_r_6_1_t_new_connection_from_new_address_takes_over() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    assert_eq!(r.engine.active_conn(IKE), Some(a));
+    // The Originator reconnects from another address and port (NAT rebinding): accepted (R-6.1-h).
+    let b = r.responder_conn("198.51.100.77:51234");
+    let f = r.peer.esp_frame(2);
+    r.t.feed(b, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![2]);
+    // The Responder now sends on the connection with the latest valid message (R-6.1-t).
+    assert_eq!(r.engine.active_conn(IKE), Some(b));
+    r.send_plain(100);
+    r.step();
+    assert!(r.t.take_tx(a).is_empty());
+    assert_eq!(r.peer.read(&r.t.take_tx(b), Role::Responder).0, vec![100]);
+}
+
+#[test]
+fn r_6_1_u_old_connection_still_accepted_until_closed() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let b = r.responder_conn("192.0.2.10:40001");
+    let (f1, f2, f3) = (
+        r.peer.esp_frame(1),
+        r.peer.esp_frame(2),
+        r.peer.esp_frame(3),
+    );
+    r.t.feed(b, &f1);
+    r.step();
+    r.t.feed(a, &f2);
+    r.step();
+    r.t.feed(b, &f3);
+    r.step();
+    assert_eq!(
+        r.delivered(),
+        vec![1, 2, 3],
+        "ESP accepted on old and new connections"
+    );
+    // IKE on the old one too.
+    let mut ike = vec![0u8; 40];
+    let n = encode_ike(&[0x42; 28], &mut ike).expect("ike");
+    r.t.feed(a, &ike[..n]);
+    r.step();
+    assert!(r.events().iter().any(
+        |e| matches!(e, Event::IkeMessage { conn, msg } if conn.id == a && msg == &[0x42; 28])
+    ));
+    assert_eq!(r.t.closed(a), None);
+}
+
+#[test]
+fn r_10_e_replay_or_forgery_does_not_move_the_send_path() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let b = r.responder_conn("192.0.2.10:40001");
+    let f1 = r.peer.esp_frame(1);
+    r.t.feed(a, &f1);
+    r.step();
+    // A replay of packet 1 on b: dropped, path stays on a.
+    r.t.feed(b, &f1);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    assert_eq!(r.engine.active_conn(IKE), Some(a));
+    assert_eq!(r.engine.stats().snapshot().replays, 1);
+    assert_eq!(r.t.closed(b), None, "a replay is not corruption");
+}
+
+#[test]
+fn r_6_1_p_a_few_unknown_spis_tolerated() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    for i in 0..3u32 {
+        let mut bogus = r.peer.esp_frame(i + 10);
+        bogus[2..6].copy_from_slice(&0x0bad_0000u32.to_be_bytes());
+        r.t.feed(a, &bogus);
+    }
+    let f = r.peer.esp_frame(13);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.t.closed(a), None);
+    assert_eq!(r.delivered(), vec![13]);
+    let s = r.engine.stats().snapshot();
+    assert_eq!(s.unknown_spi, 3);
+    assert!(r.events().iter().any(|e| matches!(
+        e,
+        Event::UnknownSpi {
+            spi: 0x0bad_0000,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn r_6_1_o_r_10_a_many_unknown_spis_close_the_connection_sas_survive() {
+    let mut r = Rig::new(EngineConfig {
+        unknown_spi_limit: 8,
+        ..EngineConfig::default()
+    });
+    let a = r.responder_conn("192.0.2.10:40000");
+    let mut bogus = r.peer.esp_frame(1);
+    bogus[2..6].copy_from_slice(&0x0bad_0000u32.to_be_bytes());
+    for _ in 0..8 {
+        r.t.feed(a, &bogus);
+    }
+    r.step();
+    assert_eq!(r.t.closed(a), Some(true));
+    assert_eq!(r.engine.stats().snapshot().closed_corrupt, 1);
+    // SA state is intact: a new connection carries the next packet.
+    r.t.drop_conn(a, CloseReason::Local);
+    let b = r.responder_conn("192.0.2.10:40001");
+    let f = r.peer.esp_frame(2);
+    r.t.feed(b, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![2]);
+}
+
+#[test]
+fn r_6_1_o_bad_icv_on_known_spi_closes() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let mut f = r.peer.esp_frame(1);
+    let last = f.len() - 1;
+    f[last] ^= 1;
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.t.closed(a), Some(true));
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.icv_failures, s.closed_corrupt), (1, 1));
+    assert!(r.delivered().is_empty());
+}
+
+#[test]
+fn r_6_1_o_unparseable_frames_close_at_the_limit() {
+    let mut r = Rig::new(EngineConfig {
+        unparseable_limit: 3,
+        ..EngineConfig::default()
+    });
+    let a = r.responder_conn("192.0.2.10:40000");
+    r.t.feed(a, &[0, 4, 1, 2, 0, 4, 1, 2]);
+    r.step();
+    assert_eq!(r.t.closed(a), None, "two garbage frames tolerated");
+    r.t.feed(a, &[0, 4, 1, 2]);
+    r.step();
+    assert_eq!(r.t.closed(a), Some(true));
+}
+
+#[test]
+fn r_3_1_b_r_3_2_c_length_0_or_1_closes_connection_sas_survive() {
+    for bad in [[0u8, 0], [0, 1]] {
+        let mut r = Rig::new(EngineConfig::default());
+        let a = r.responder_conn("192.0.2.10:40000");
+        let f = r.peer.esp_frame(1);
+        r.t.feed(a, &f);
+        r.t.feed(a, &bad);
+        r.step();
+        assert_eq!(
+            r.delivered(),
+            vec![1],
+            "frames before the fault still count"
+        );
+        assert!(r.t.closed(a).is_some());
+        assert_eq!(r.engine.stats().snapshot().closed_stream_error, 1);
+        r.t.drop_conn(a, CloseReason::Local);
+        let b = r.responder_conn("192.0.2.10:40001");
+        let f = r.peer.esp_frame(2);
+        r.t.feed(b, &f);
+        r.step();
+        assert_eq!(r.delivered(), vec![2]);
+    }
+}
+
+#[test]
+fn r_6_1_n_no_prefix_no_service() {
+    let mut r = Rig::new(EngineConfig::default());
+    let id = r.t.open(
+        TcpRole::Responder,
+        "192.0.2.10:40000".parse().expect("addr"),
+    );
+    r.step();
+    let f = r.peer.esp_frame(1);
+    r.t.feed(id, &f);
+    r.step();
+    assert!(
+        r.delivered().is_empty(),
+        "valid ESP for a live SPI refused without the prefix"
+    );
+    assert_eq!(r.t.closed(id), Some(true));
+    assert_eq!(r.engine.stats().snapshot().esp_in, 0);
+}
+
+#[test]
+fn r_6_6_b_keepalives_dropped_silently() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    r.t.feed(a, &[0, 3, 0xff, 0, 2, 0, 3, 0xff]);
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    assert_eq!(r.engine.stats().snapshot().keepalives_in, 2);
+    assert_eq!(r.t.closed(a), None);
+}
+
+#[test]
+fn r_6_1_f_r_10_d_fin_or_rst_keeps_sas_and_sequence_numbers() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    r.send_plain(1);
+    r.step();
+    assert_eq!(r.peer.read(&r.t.take_tx(a), Role::Responder).0, vec![1]);
+    r.t.drop_conn(a, CloseReason::Reset);
+    r.step();
+    // No connection: outbound traffic is dropped and counted, nothing panics, SAs stay.
+    r.send_plain(2);
+    assert_eq!(r.engine.stats().snapshot().no_connection, 1);
+    let b = r.responder_conn("192.0.2.10:40001");
+    let f = r.peer.esp_frame(2);
+    r.t.feed(b, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![2]);
+    r.send_plain(3);
+    r.step();
+    // The peer's inbound SA accepts it: the sequence number continued (2), no SA was lost.
+    assert_eq!(r.peer.read(&r.t.take_tx(b), Role::Responder).0, vec![3]);
+    assert_eq!(r.peer.inb.window().top(), 2);
+}
+
+#[test]
+fn r_6_1_a_r_6_1_k_originator_sends_prefix_first_on_every_connection() {
+    let mut r = Rig::new(EngineConfig::default());
+    for port in [4500u16, 4501] {
+        r.cmd(Command::Connect {
+            local: None,
+            remote: SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), port)),
+            token: u64::from(port),
+        });
+        r.step();
+        let up = r.events().into_iter().find_map(|e| match e {
+            Event::ConnUp {
+                conn,
+                role: TcpRole::Originator,
+                token: Some(t),
+                ..
+            } if t == u64::from(port) => Some(conn.id),
+            _ => None,
+        });
+        let id = up.expect("ConnUp with token");
+        r.cmd(Command::BindIkeSa {
+            ike_sa: IKE,
+            conn: id,
+        });
+        r.send_plain(9);
+        r.step();
+        let tx = r.t.take_tx(id);
+        assert_eq!(&tx[..6], b"IKETCP");
+        assert_eq!(r.peer.read(&tx, Role::Originator).0, vec![9]);
+        r.t.drop_conn(id, CloseReason::Reset);
+        r.step();
+    }
+}
+
+#[test]
+fn ike_messages_both_ways() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    r.cmd(Command::SendIke {
+        conn: a,
+        msg: vec![0x77; 60],
+    });
+    let (esp, ikes) = r.peer.read(&r.t.take_tx(a), Role::Responder);
+    assert!(esp.is_empty());
+    assert_eq!(ikes, vec![vec![0x77; 60]]);
+    assert_eq!(r.engine.stats().snapshot().ike_out, 1);
+}
+
+#[test]
+fn delete_returns_sa_and_stops_traffic() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    r.cmd(Command::DeleteSa {
+        spi: SPI_IN,
+        dir: Direction::Inbound,
+        ack: 99,
+    });
+    let ev = r.events();
+    assert!(ev.iter().any(|e| matches!(e, Event::SaRemoved(_))));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Ack {
+            ack: 99,
+            result: Ok(()),
+            ..
+        }
+    )));
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert!(r.delivered().is_empty());
+    assert_eq!(r.engine.stats().snapshot().unknown_spi, 1);
+    r.cmd(Command::DeleteSa {
+        spi: SPI_IN,
+        dir: Direction::Inbound,
+        ack: 100,
+    });
+    assert!(r.events().iter().any(|e| matches!(
+        e,
+        Event::Ack {
+            ack: 100,
+            result: Err(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn lifetimes_fire_soft_then_hard() {
+    let (handle, mut sides) = channels(1);
+    let engine = Engine::new(
+        sides.remove(0),
+        EngineConfig::default(),
+        PacketPool::new(4096, 64),
+    );
+    let mut r = Rig {
+        engine,
+        t: FakeTransport::default(),
+        handle,
+        peer: Peer::new(),
+        ack: 0,
+    };
+    r.install(Lifetime {
+        soft_packets: 2,
+        hard_packets: 3,
+        soft_bytes: u64::MAX,
+        hard_bytes: u64::MAX,
+    });
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(0);
+    r.t.feed(a, &f);
+    r.step();
+    for n in 1..=4 {
+        r.send_plain(n);
+    }
+    r.step();
+    let ev = r.events();
+    let exp: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::SaExpired {
+                dir: Direction::Outbound,
+                hard,
+                cause: ExpiryCause::Packets,
+                ..
+            } => Some(*hard),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exp, vec![false, true]);
+    assert_eq!(
+        r.peer.read(&r.t.take_tx(a), Role::Responder).0,
+        vec![1, 2, 3],
+        "nothing after the hard limit"
+    );
+}
+
+#[test]
+fn garbage_streams_never_panic() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::default();
+    runner
+        .run(&proptest::collection::vec(any::<u8>(), 0..600), |bytes| {
+            let mut r = Rig::new(EngineConfig::default());
+            let a = r.responder_conn("192.0.2.10:40000");
+            r.t.feed(a, &bytes);
+            r.step();
+            let _ = r.delivered();
+            Ok(())
+        })
+        .expect("no panic");
+}
