@@ -82,7 +82,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         for &suite in &suites {
             for &size in &a.sizes {
                 let b = Bench::new(backend, suite, size, a.pool_kib.max(1) * 1024)?;
-                for (op, packets, gbps) in b.measure(budget)? {
+                for (op, packets, gbps) in b.measure(budget, &OPS)? {
                     rows.push(Row {
                         backend: backend.name().into(),
                         suite: suite.name().into(),
@@ -341,15 +341,19 @@ impl Bench {
 
     /// Runs the four ops interleaved, one pool pass each in turn, so drift on a shared machine
     /// hits them alike; each op's rate is its median pass.
-    fn measure(&self, budget: Duration) -> Result<Vec<(&'static str, u64, f64)>, String> {
+    fn measure(
+        &self,
+        budget: Duration,
+        names: &[&'static str],
+    ) -> Result<Vec<(&'static str, u64, f64)>, String> {
         let mut ops = Vec::new();
-        for name in OPS {
+        for &name in names {
             ops.push((name, self.op(name)?, Vec::<Duration>::new()));
         }
         let (mut out_e, mut out_d) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
         let wall = Instant::now();
         let mut spent = Duration::ZERO;
-        while spent < budget * OPS.len() as u32 || ops.iter().any(|o| o.2.len() < 5) {
+        while spent < budget * names.len() as u32 || ops.iter().any(|o| o.2.len() < 5) {
             for (_, op, times) in ops.iter_mut() {
                 let d = self.round(op, &mut out_e, &mut out_d)?;
                 spent += d;
@@ -369,6 +373,20 @@ impl Bench {
             })
             .collect())
     }
+}
+
+/// Throughput of ESP decapsulation alone (the pipeline bench's `crypto-only` ceiling).
+pub fn decap_only(
+    backend: Backend,
+    suite: Suite,
+    size: usize,
+    budget: Duration,
+) -> Result<(u64, f64), String> {
+    let b = Bench::new(backend, suite, size, 256 * 1024)?;
+    let r = b.measure(budget, &["decap"])?;
+    r.first()
+        .map(|x| (x.1, x.2))
+        .ok_or_else(|| "no measurement".to_owned())
 }
 
 type EncapResult = Result<Range<usize>, iketcp_dataplane::sa::EncapError>;

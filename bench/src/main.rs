@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crypto;
+mod pipeline;
 mod report;
+mod traffic;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,12 +24,15 @@ struct Cli {
 enum Cmd {
     /// Bare AEAD seal/open and full ESP encap/decap per backend, suite and size.
     Crypto(crypto::Args),
+    /// The packet path end to end (crypto-only, tcp-only, pipeline, kernel) in one run.
+    Pipeline(pipeline::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Crypto(a) => crypto::run(&a),
+        Cmd::Pipeline(a) => pipeline::run(&a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

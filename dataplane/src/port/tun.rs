@@ -1,1 +1,415 @@
-//! (in progress)
+//! Linux TUN device: the plaintext side, raw IP packets ([`Medium::Ip`]).
+//!
+//! [`TunTapFd`] is the part TUN and TAP share (open, burst read/write, counters); [`Tun`] and
+//! [`Tap`](super::tap::Tap) only pick the device kind and the medium. Opening a device neither sets
+//! addresses nor brings the link up: the operator (or a test) does that with `ip`. A device that was
+//! not made persistent disappears when its last descriptor closes, i.e. when the port is dropped.
+//!
+//! One `read`/`write` per packet. Future work: `readv`/`writev` batches, or `IFF_VNET_HDR` with
+//! TSO/GRO offload, to move 64 KiB super-packets per syscall.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::{Medium, Packet, PacketPool, Port};
+use std::collections::VecDeque;
+
+/// The clone device that creates TUN/TAP interfaces.
+pub const TUN_CLONE_DEVICE: &str = "/dev/net/tun";
+
+/// How to open a TUN (or TAP) device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Interface name, at most 15 bytes; empty lets the kernel pick (`tun%d`, `tap%d`).
+    pub name: String,
+    /// What [`Port::mtu`] reports: the largest IP packet (TUN) or Ethernet frame without FCS
+    /// (TAP). Not applied to the interface, whose MTU is set with `ip link set … mtu`.
+    pub mtu: usize,
+    /// `IFF_MULTI_QUEUE`: open the same name once per worker, each open attaching one more queue
+    /// of the same interface; the kernel spreads packets it sends over the queues by flow. Every
+    /// open of a name must agree on this flag.
+    pub multi_queue: bool,
+}
+
+impl TunConfig {
+    /// A single-queue device.
+    pub fn new(name: &str, mtu: usize) -> Self {
+        TunConfig {
+            name: name.to_owned(),
+            mtu,
+            multi_queue: false,
+        }
+    }
+}
+
+/// Counters of a TUN/TAP port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunTapStats {
+    /// Packets read.
+    pub rx_packets: u64,
+    /// Packets read that did not fit a pool buffer (dropped).
+    pub rx_truncated: u64,
+    /// Packets written.
+    pub tx_packets: u64,
+    /// Packets the kernel refused (`EINVAL`, `EMSGSIZE`, `EIO` on a down link…), dropped.
+    pub tx_dropped: u64,
+}
+
+/// Which device `TUNSETIFF` creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Tun,
+    Tap,
+}
+
+/// `struct ifreq` as `TUNSETIFF` reads it: the name and the flags member of the union, padded to
+/// the kernel's 40 bytes.
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl IfReq {
+    fn new(name: &str, flags: libc::c_short) -> io::Result<Self> {
+        let bytes = name.as_bytes();
+        // The kernel needs room for the terminating NUL.
+        if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "interface name must be under 16 bytes, without NUL",
+            ));
+        }
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags,
+            _pad: [0; 22],
+        };
+        for (dst, &b) in req.name.iter_mut().zip(bytes) {
+            *dst = b as libc::c_char;
+        }
+        Ok(req)
+    }
+
+    fn name(&self) -> String {
+        let bytes: Vec<u8> = self
+            .name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// An open, non-blocking TUN or TAP queue; closed on drop.
+#[derive(Debug)]
+pub struct TunTapFd {
+    file: File,
+    name: String,
+    mtu: usize,
+    stats: TunTapStats,
+}
+
+impl TunTapFd {
+    /// Opens `/dev/net/tun` and attaches it to the interface `cfg.name` (created if needed) with
+    /// `IFF_NO_PI`.
+    pub(crate) fn open(cfg: &TunConfig, kind: Kind) -> io::Result<Self> {
+        let mut flags = libc::IFF_NO_PI
+            | match kind {
+                Kind::Tun => libc::IFF_TUN,
+                Kind::Tap => libc::IFF_TAP,
+            };
+        if cfg.multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        let flags = libc::c_short::try_from(flags)
+            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "TUN flags out of range"))?;
+        let mut req = IfReq::new(&cfg.name, flags)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(TUN_CLONE_DEVICE)?;
+        // SAFETY: `file` is an open descriptor of /dev/net/tun; TUNSETIFF reads and writes one
+        // `struct ifreq` (40 bytes), which `req` is, laid out as the kernel expects (`repr(C)`, name
+        // then the flags member of the union), and it lives until the call returns.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &raw mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TunTapFd {
+            file,
+            name: req.name(),
+            mtu: cfg.mtu,
+            stats: TunTapStats::default(),
+        })
+    }
+
+    /// The interface's name (the kernel's choice if the config left it empty).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What [`Port::mtu`] reports.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TunTapStats {
+        self.stats
+    }
+
+    /// Reads up to `max` packets until the kernel has none.
+    pub(crate) fn recv_burst(
+        &mut self,
+        pool: &mut PacketPool,
+        out: &mut Vec<Packet>,
+        max: usize,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        // Bounded by attempts, so EINTR or truncated packets cannot keep us here.
+        for _ in 0..max {
+            let mut p = pool.get();
+            let cap = p.max_len();
+            match (&self.file).read(p.prepare(cap)) {
+                // The kernel returns a packet's full length even when it only copied `cap` bytes.
+                Ok(len) if len > cap => {
+                    self.stats.rx_truncated += 1;
+                    pool.put(p);
+                }
+                Ok(0) => {
+                    pool.put(p);
+                    break;
+                }
+                Ok(len) => {
+                    p.truncate(len);
+                    out.push(p);
+                    n += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => pool.put(p),
+                Err(e) => {
+                    pool.put(p);
+                    if e.kind() == ErrorKind::WouldBlock || n > 0 {
+                        break;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.stats.rx_packets += n as u64;
+        Ok(n)
+    }
+
+    /// Writes packets from the front of `pkts` until the kernel pushes back; refused packets are
+    /// dropped and counted. Returns how many were written.
+    pub(crate) fn send_burst(
+        &mut self,
+        pool: &mut PacketPool,
+        pkts: &mut VecDeque<Packet>,
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        while let Some(p) = pkts.pop_front() {
+            match (&self.file).write(p.data()) {
+                Ok(_) => {
+                    sent += 1;
+                    pool.put(p);
+                }
+                // Full, or interrupted: leave the rest for the next call.
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                    pkts.push_front(p);
+                    break;
+                }
+                Err(_) => {
+                    self.stats.tx_dropped += 1;
+                    pool.put(p);
+                }
+            }
+        }
+        self.stats.tx_packets += sent as u64;
+        Ok(sent)
+    }
+}
+
+impl AsFd for TunTapFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for TunTapFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// A TUN queue: IP packets without any header (`IFF_TUN | IFF_NO_PI`).
+#[derive(Debug)]
+pub struct Tun {
+    dev: TunTapFd,
+}
+
+impl Tun {
+    /// Opens (creating if needed) the single-queue TUN interface `name`; `mtu` is what
+    /// [`Port::mtu`] reports.
+    pub fn open(name: &str, mtu: usize) -> io::Result<Tun> {
+        Tun::open_with(&TunConfig::new(name, mtu))
+    }
+
+    /// Opens a TUN queue as `cfg` says (e.g. one of several `multi_queue` queues).
+    pub fn open_with(cfg: &TunConfig) -> io::Result<Tun> {
+        Ok(Tun {
+            dev: TunTapFd::open(cfg, Kind::Tun)?,
+        })
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        self.dev.name()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TunTapStats {
+        self.dev.stats()
+    }
+}
+
+impl AsFd for Tun {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dev.as_fd()
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
+    }
+}
+
+impl Port for Tun {
+    fn recv_burst(
+        &mut self,
+        pool: &mut PacketPool,
+        out: &mut Vec<Packet>,
+        max: usize,
+    ) -> io::Result<usize> {
+        self.dev.recv_burst(pool, out, max)
+    }
+
+    fn send_burst(
+        &mut self,
+        pool: &mut PacketPool,
+        pkts: &mut VecDeque<Packet>,
+    ) -> io::Result<usize> {
+        self.dev.send_burst(pool, pkts)
+    }
+
+    fn medium(&self) -> Medium {
+        Medium::Ip
+    }
+
+    fn mtu(&self) -> usize {
+        self.dev.mtu()
+    }
+}
+
+/// Helpers for tests that need a TUN/TAP device: they run in a fresh network namespace, so they
+/// touch nothing on the host, and skip when the machine does not allow it.
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// Runs `f` on a new thread moved into a new, empty network namespace; returns None (after
+    /// printing why) when that or `/dev/net/tun` is not available.
+    pub(crate) fn in_fresh_netns<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        if !std::path::Path::new(super::TUN_CLONE_DEVICE).exists() {
+            println!("SKIP: no {}", super::TUN_CLONE_DEVICE);
+            return None;
+        }
+        std::thread::spawn(move || {
+            // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread (namespaces
+            // are per task) into a new namespace, which ends with the thread and its descriptors.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            if rc != 0 {
+                println!(
+                    "SKIP: cannot create a network namespace: {}",
+                    std::io::Error::last_os_error()
+                );
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::in_fresh_netns;
+    use super::*;
+
+    #[test]
+    fn rejects_bad_names_before_any_syscall() {
+        for name in ["sixteen-bytes-xx", "a\0b"] {
+            let err = Tun::open(name, 1500).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn opens_reads_nothing_and_drops_refused_writes() {
+        in_fresh_netns(|| {
+            let mut tun = match Tun::open("", 1400) {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("SKIP: cannot open a TUN device: {e}");
+                    return;
+                }
+            };
+            assert!(tun.name().starts_with("tun"), "{}", tun.name());
+            assert_eq!(tun.medium(), Medium::Ip);
+            assert_eq!(tun.mtu(), 1400);
+            assert!(tun.as_raw_fd() >= 0);
+            let mut pool = PacketPool::default();
+            let mut out = Vec::new();
+            assert_eq!(tun.recv_burst(&mut pool, &mut out, 8).unwrap(), 0);
+            assert_eq!(tun.recv_burst(&mut pool, &mut out, 0).unwrap(), 0);
+            // The link is down: the kernel refuses what we write, and we drop it.
+            let mut garbage = pool.get();
+            assert!(garbage.fill_from(&[0xff; 3]));
+            let mut q = VecDeque::from([garbage, pool.get()]);
+            tun.send_burst(&mut pool, &mut q).unwrap();
+            let s = tun.stats();
+            assert!(q.is_empty());
+            assert_eq!(s.tx_packets + s.tx_dropped, 2, "{s:?}");
+        });
+    }
+
+    #[test]
+    fn multi_queue_attaches_several_queues() {
+        in_fresh_netns(|| {
+            let cfg = TunConfig {
+                multi_queue: true,
+                ..TunConfig::new("ikmq0", 1500)
+            };
+            let q0 = match Tun::open_with(&cfg) {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("SKIP: cannot open a TUN device: {e}");
+                    return;
+                }
+            };
+            let q1 = Tun::open_with(&cfg).unwrap();
+            assert_eq!(q0.name(), "ikmq0");
+            assert_eq!(q1.name(), "ikmq0");
+            assert_ne!(q0.as_raw_fd(), q1.as_raw_fd());
+            // A single-queue open of a multi-queue device is refused.
+            assert!(Tun::open("ikmq0", 1500).is_err());
+        });
+    }
+}

@@ -167,10 +167,10 @@ where
 {
     let name = format!("iketcp-worker-{}", ch.index);
     std::thread::Builder::new().name(name).spawn(move || {
-        if let Some(core) = cfg.core {
-            if !core_affinity::set_for_current(core) {
-                return Err(io::Error::other(format!("cannot pin to core {}", core.id)));
-            }
+        if let Some(core) = cfg.core
+            && !core_affinity::set_for_current(core)
+        {
+            return Err(io::Error::other(format!("cannot pin to core {}", core.id)));
         }
         let (t, p) = make()?;
         Worker::new(ch, t, p, cfg).run()

@@ -1,0 +1,661 @@
+//! `pipeline`: the packet path end to end, with its baselines in the same run.
+//!
+//! - `crypto-only`: the same suite decrypting the same packets, no TCP (the crypto bench's `decap`).
+//! - `tcp-only`: RFC 9329 framing over smoltcp over the mem port, no crypto: a sender thread frames
+//!   ESP-sized bodies, a receiver thread deframes them.
+//! - `pipeline`: a sender worker (core 0: SPD, encap, frame, smoltcp) and a receiver worker (core 1:
+//!   smoltcp, deframe, decrypt, replay check) over the mem port with static SAs.
+//! - `kernel`: the same two workers over the kernel-TCP transport on loopback.
+//!
+//! Gbit/s counts inner payload delivered; latency is per packet from generation (just before encap)
+//! to delivery (just after decap), as hdrhistogram percentiles.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use iketcp_dataplane::crypto::{Backend, Keymat, Suite};
+use iketcp_dataplane::port::mem::{MemConfig, pair};
+use iketcp_dataplane::sa::{InboundSa, OutboundSa, SaParams};
+use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
+use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
+use iketcp_dataplane::transport::{TcpRole, Transport};
+use iketcp_dataplane::wire::frame::{FrameDecoder, STREAM_PREFIX};
+use iketcp_dataplane::worker::handle::{
+    Command, DataplaneHandle, Event, IkeSaId, Lifetime, channels,
+};
+use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector};
+use iketcp_dataplane::worker::{WorkerConfig, spawn};
+use serde::Serialize;
+
+use crate::report::Machine;
+use crate::traffic::{Generator, MIN_SIZE, Shared, Sink};
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Inner packet sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 512, 1400])]
+    sizes: Vec<usize>,
+    /// Backends (default: both).
+    #[arg(long, value_delimiter = ',')]
+    backends: Vec<Backend>,
+    /// ESP suite.
+    #[arg(long, default_value = "aes-256-gcm")]
+    suite: Suite,
+    /// Scenarios to run (default: all four).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Measured seconds per run (after a warm-up of a quarter of it).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Spread the load over this many connections (one IKE SA and SA pair each).
+    #[arg(long, default_value_t = 1)]
+    connections: u16,
+    /// Extra open but idle connections on the receiver.
+    #[arg(long, default_value_t = 0)]
+    idle_connections: u32,
+    /// MTU of the mem link (the outer IP packets).
+    #[arg(long, default_value_t = 1500)]
+    mtu: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: &'static str,
+    backend: String,
+    suite: String,
+    size: usize,
+    gbps: f64,
+    mpps: f64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+    packets: u64,
+    misordered: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    machine: Machine,
+    seconds: f64,
+    connections: u16,
+    idle_connections: u32,
+    mtu: usize,
+    results: Vec<Row>,
+}
+
+const SCENARIOS: [&str; 4] = ["crypto-only", "tcp-only", "pipeline", "kernel"];
+const RECEIVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const SENDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let backends = if a.backends.is_empty() {
+        Backend::ALL.to_vec()
+    } else {
+        a.backends.clone()
+    };
+    let scenarios: Vec<&'static str> = if a.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        a.scenarios
+            .iter()
+            .map(|s| {
+                SCENARIOS
+                    .iter()
+                    .copied()
+                    .find(|x| x == s)
+                    .ok_or_else(|| format!("unknown scenario {s:?}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if let Some(bad) = a.sizes.iter().find(|s| !(MIN_SIZE..=9000).contains(*s)) {
+        return Err(format!("size {bad} outside {MIN_SIZE}..=9000"));
+    }
+    if a.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    let mut rows = Vec::new();
+    for &size in &a.sizes {
+        for &scenario in &scenarios {
+            // tcp-only has no crypto: one row, not one per backend.
+            let backends_here: &[Backend] = if scenario == "tcp-only" {
+                &backends[..1]
+            } else {
+                &backends
+            };
+            for &backend in backends_here {
+                eprintln!("pipeline: {scenario} {backend} {size} bytes ...");
+                let row = match scenario {
+                    "crypto-only" => crypto_only(a, backend, size)?,
+                    "tcp-only" => tcp_only(a, size)?,
+                    "pipeline" => workers(a, backend, size, false)?,
+                    _ => workers(a, backend, size, true)?,
+                };
+                rows.push(row);
+            }
+        }
+    }
+    let report = Report {
+        bench: "pipeline",
+        machine: Machine::detect(),
+        seconds: a.seconds,
+        connections: a.connections,
+        idle_connections: a.idle_connections,
+        mtu: a.mtu,
+        results: rows,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "pipeline bench on {} ({} cores, {} build), {} connection(s), {} idle, MTU {}",
+        r.machine.cpu, r.machine.cores, r.machine.profile, r.connections, r.idle_connections, r.mtu
+    );
+    println!(
+        "{:<12} {:<11} {:<12} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "scenario", "backend", "suite", "size", "Gbit/s", "Mpps", "p50 us", "p99 us", "p99.9 us"
+    );
+    let f = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    for x in &r.results {
+        println!(
+            "{:<12} {:<11} {:<12} {:>6} {:>8.2} {:>8.3} {:>9} {:>9} {:>9}",
+            x.scenario,
+            x.backend,
+            x.suite,
+            x.size,
+            x.gbps,
+            x.mpps,
+            f(x.p50_us),
+            f(x.p99_us),
+            f(x.p999_us)
+        );
+    }
+}
+
+fn crypto_only(a: &Args, backend: Backend, size: usize) -> Result<Row, String> {
+    let (packets, gbps) =
+        crate::crypto::decap_only(backend, a.suite, size, Duration::from_secs_f64(a.seconds))?;
+    Ok(Row {
+        scenario: "crypto-only",
+        backend: backend.name().into(),
+        suite: a.suite.name().into(),
+        size,
+        gbps,
+        mpps: gbps * 1e9 / (size as f64 * 8.0) / 1e6,
+        p50_us: None,
+        p99_us: None,
+        p999_us: None,
+        packets,
+        misordered: 0,
+    })
+}
+
+fn keymat(suite: Suite, i: u16) -> Result<Keymat, String> {
+    let km: Vec<u8> = (0..suite.keymat_len())
+        .map(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8))
+        .collect();
+    Keymat::new(suite, &km).map_err(|e| e.to_string())
+}
+
+/// Waits for an event matching `f`, up to `timeout`; other events are dropped.
+fn wait_for<T>(
+    h: &DataplaneHandle,
+    timeout: Duration,
+    mut f: impl FnMut(&Event) -> Option<T>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out waiting for the data plane".into());
+        }
+        match h.events().recv_timeout(left) {
+            Ok(ev) => {
+                if let Some(t) = f(&ev) {
+                    return Ok(t);
+                }
+            }
+            Err(_) => return Err("timed out waiting for the data plane".into()),
+        }
+    }
+}
+
+fn send(h: &DataplaneHandle, worker: u16, cmd: Command) -> Result<(), String> {
+    h.send(worker, cmd)
+        .map_err(|e| format!("command to worker {worker}: {e:?}"))
+}
+
+fn cores() -> (Option<core_affinity::CoreId>, Option<core_affinity::CoreId>) {
+    let ids = core_affinity::get_core_ids().unwrap_or_default();
+    (ids.first().copied(), ids.get(1).copied())
+}
+
+/// Two workers (sender on core 0, receiver on core 1) with static SAs, over smoltcp + mem port or
+/// over kernel TCP on loopback.
+fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row, String> {
+    let shared = Shared::new()?;
+    shared.running.store(false, Ordering::Relaxed);
+    let (h, mut sides) = channels(2);
+    let rx_side = sides.pop().ok_or("no channel")?;
+    let tx_side = sides.pop().ok_or("no channel")?;
+    let (c0, c1) = cores();
+    let flows = a.connections;
+    let wcfg = |core| WorkerConfig {
+        core,
+        idle_spins: 0,
+        ..WorkerConfig::default()
+    };
+    let (listen, joins): (SocketAddr, Vec<JoinHandle<std::io::Result<()>>>) = if kernel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let kcfg = KernelConfig::default();
+        let (s1, s2) = (shared.clone(), shared.clone());
+        let k1 = kcfg.clone();
+        let j1 = spawn(rx_side, wcfg(c1), move || {
+            Ok((KernelTransport::new(k1)?, Sink::new(s1, flows)))
+        })
+        .map_err(|e| e.to_string())?;
+        let j0 = spawn(tx_side, wcfg(c0), move || {
+            Ok((KernelTransport::new(kcfg)?, Generator::new(s2, size, flows)))
+        })
+        .map_err(|e| e.to_string())?;
+        (SocketAddr::from((Ipv4Addr::LOCALHOST, port)), vec![j0, j1])
+    } else {
+        let (pa, pb) = pair(MemConfig {
+            mtu: a.mtu,
+            capacity: 8192,
+            ..MemConfig::default()
+        });
+        let (s1, s2) = (shared.clone(), shared.clone());
+        let cfg_r = SmolConfig {
+            local_addrs: vec![IpAddr::V4(RECEIVER)],
+            ..SmolConfig::default()
+        };
+        let cfg_s = SmolConfig {
+            local_addrs: vec![IpAddr::V4(SENDER)],
+            ..SmolConfig::default()
+        };
+        let j1 = spawn(rx_side, wcfg(c1), move || {
+            Ok((SmolTransport::new(pb, cfg_r)?, Sink::new(s1, flows)))
+        })
+        .map_err(|e| e.to_string())?;
+        let j0 = spawn(tx_side, wcfg(c0), move || {
+            Ok((
+                SmolTransport::new(pa, cfg_s)?,
+                Generator::new(s2, size, flows),
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+        (SocketAddr::from((RECEIVER, 4500)), vec![j0, j1])
+    };
+    let result = drive(a, &h, &shared, backend, size, listen, kernel);
+    let _ = h.send(0, Command::Shutdown);
+    let _ = h.send(1, Command::Shutdown);
+    for j in joins {
+        match j.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("worker failed: {e}")),
+            Err(_) => return Err("worker panicked".into()),
+        }
+    }
+    result
+}
+
+fn drive(
+    a: &Args,
+    h: &DataplaneHandle,
+    shared: &Arc<Shared>,
+    backend: Backend,
+    size: usize,
+    listen: SocketAddr,
+    kernel: bool,
+) -> Result<Row, String> {
+    let t = Duration::from_secs(10);
+    send(
+        h,
+        1,
+        Command::Listen {
+            local: listen,
+            ack: 1,
+        },
+    )?;
+    wait_for(h, t, |e| match e {
+        Event::Ack {
+            worker: 1,
+            ack: 1,
+            result,
+        } => Some(result.clone()),
+        _ => None,
+    })??;
+    let local = None;
+    // Active connections, one IKE SA and SA pair each, flows split by destination port.
+    for i in 0..a.connections {
+        send(
+            h,
+            0,
+            Command::Connect {
+                local,
+                remote: listen,
+                token: u64::from(i),
+            },
+        )?;
+        let conn = wait_for(h, t, |e| match e {
+            Event::ConnUp {
+                conn,
+                token: Some(tok),
+                ..
+            } if *tok == u64::from(i) => Some(Ok(*conn)),
+            Event::ConnDown {
+                token: Some(tok),
+                reason,
+                ..
+            } if *tok == u64::from(i) => Some(Err(format!("connection {i} failed: {reason:?}"))),
+            _ => None,
+        })??;
+        let ike = IkeSaId(u64::from(i) + 1);
+        let spi = 0x1000_0000 + u32::from(i);
+        let mut p = SaParams::new(spi, keymat(a.suite, i)?, backend);
+        p.replay_window = 1024;
+        let out = OutboundSa::new(&p).map_err(|e| e.to_string())?;
+        let inb = InboundSa::new(&p).map_err(|e| e.to_string())?;
+        let port = 5000 + i;
+        let sel = Selectors {
+            local: vec![TrafficSelector::any(false)],
+            remote: vec![TrafficSelector {
+                protocol: 17,
+                start_port: port,
+                end_port: port,
+                ..TrafficSelector::any(false)
+            }],
+        };
+        let ack = 100 + u64::from(i) * 2;
+        send(
+            h,
+            1,
+            Command::InstallInbound {
+                sa: Box::new(inb),
+                ike_sa: ike,
+                lifetime: Lifetime::UNLIMITED,
+                ack,
+            },
+        )?;
+        send(
+            h,
+            0,
+            Command::InstallOutbound {
+                sa: Box::new(out),
+                ike_sa: ike,
+                selectors: sel,
+                lifetime: Lifetime::UNLIMITED,
+                ack: ack + 1,
+            },
+        )?;
+        send(
+            h,
+            0,
+            Command::BindIkeSa {
+                ike_sa: ike,
+                conn: conn.id,
+            },
+        )?;
+        for want in [ack, ack + 1] {
+            wait_for(h, t, |e| match e {
+                Event::Ack { ack, result, .. } if *ack == want => Some(result.clone()),
+                _ => None,
+            })??;
+        }
+    }
+    // Idle connections: open, prefixed, never used.
+    let idle = a.idle_connections;
+    for i in 0..idle {
+        send(
+            h,
+            0,
+            Command::Connect {
+                local,
+                remote: listen,
+                token: 1_000_000 + u64::from(i),
+            },
+        )?;
+    }
+    let mut up = 0u32;
+    while up < idle {
+        wait_for(h, Duration::from_secs(60), |e| match e {
+            Event::ConnUp {
+                token: Some(tok), ..
+            } if *tok >= 1_000_000 => Some(()),
+            Event::ConnDown {
+                token: Some(tok), ..
+            } if *tok >= 1_000_000 => Some(()),
+            _ => None,
+        })?;
+        up += 1;
+    }
+    // Warm up, then measure.
+    shared.running.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(a.seconds / 4.0));
+    let (p0, b0) = (
+        shared.received.load(Ordering::Relaxed),
+        shared.received_bytes.load(Ordering::Relaxed),
+    );
+    shared.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(a.seconds));
+    let (p1, b1) = (
+        shared.received.load(Ordering::Relaxed),
+        shared.received_bytes.load(Ordering::Relaxed),
+    );
+    let el = t0.elapsed().as_secs_f64();
+    shared.measuring.store(false, Ordering::Relaxed);
+    shared.running.store(false, Ordering::Relaxed);
+    let hist = shared.hist.lock().map_err(|_| "histogram lock poisoned")?;
+    let pct = |q: f64| {
+        if hist.is_empty() {
+            None
+        } else {
+            Some(hist.value_at_quantile(q) as f64 / 1000.0)
+        }
+    };
+    let packets = p1 - p0;
+    Ok(Row {
+        scenario: if kernel { "kernel" } else { "pipeline" },
+        backend: backend.name().into(),
+        suite: a.suite.name().into(),
+        size,
+        gbps: (b1 - b0) as f64 * 8.0 / el / 1e9,
+        mpps: packets as f64 / el / 1e6,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        packets,
+        misordered: shared.misordered.load(Ordering::Relaxed),
+    })
+}
+
+/// Framing and smoltcp over the mem port, no crypto: frames the size of the ESP packets the
+/// pipeline would send (inner + 16 header/IV + padding/trailer + 16 ICV), each carrying a sequence
+/// number and timestamp, from a sender thread (core 0) to a receiver thread (core 1).
+fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
+    let shared = Shared::new()?;
+    let (c0, c1) = cores();
+    let (pa, pb) = pair(MemConfig {
+        mtu: a.mtu,
+        capacity: 8192,
+        ..MemConfig::default()
+    });
+    let body = 16 + size + iketcp_dataplane::wire::esp::pad_len_for(size) + 2 + 16;
+    let listen = SocketAddr::from((RECEIVER, 4500));
+    let rx_shared = shared.clone();
+    let rx = std::thread::spawn(move || -> Result<(), String> {
+        pin(c1);
+        let cfg = SmolConfig {
+            local_addrs: vec![IpAddr::V4(RECEIVER)],
+            ..SmolConfig::default()
+        };
+        let mut t = SmolTransport::new(pb, cfg).map_err(|e| e.to_string())?;
+        t.listen(listen).map_err(|e| e.to_string())?;
+        let mut dec = FrameDecoder::new(TcpRole::Responder);
+        let (mut events, mut readable, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+        let hist_guard = &rx_shared.hist;
+        while rx_shared.running.load(Ordering::Relaxed) {
+            t.poll(Instant::now(), &mut events)
+                .map_err(|e| e.to_string())?;
+            events.clear();
+            readable.clear();
+            t.readable(&mut readable);
+            for &c in &readable {
+                loop {
+                    let n = t
+                        .recv(c, |buf| {
+                            frames.clear();
+                            let _ = dec.decode(buf, &mut frames);
+                            let now = rx_shared.origin.elapsed().as_nanos() as u64;
+                            let measuring = rx_shared.measuring.load(Ordering::Relaxed);
+                            let mut h = hist_guard.lock().ok();
+                            for f in &frames {
+                                let Some(b) = f.bytes(buf, dec.carry()) else {
+                                    continue;
+                                };
+                                if let (true, Some(h), Some(ts)) =
+                                    (measuring, h.as_mut(), b.get(8..16))
+                                {
+                                    let ts = u64::from_be_bytes(ts.try_into().unwrap_or([0; 8]));
+                                    let _ = h.record(now.saturating_sub(ts).max(1));
+                                }
+                            }
+                            rx_shared
+                                .received
+                                .fetch_add(frames.len() as u64, Ordering::Relaxed);
+                            rx_shared
+                                .received_bytes
+                                .fetch_add((frames.len() * size) as u64, Ordering::Relaxed);
+                            buf.len()
+                        })
+                        .map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    let tx_shared = shared.clone();
+    let tx = std::thread::spawn(move || -> Result<(), String> {
+        pin(c0);
+        let cfg = SmolConfig {
+            local_addrs: vec![IpAddr::V4(SENDER)],
+            ..SmolConfig::default()
+        };
+        let mut t = SmolTransport::new(pa, cfg).map_err(|e| e.to_string())?;
+        let conn = t.connect(None, listen).map_err(|e| e.to_string())?;
+        let mut events = Vec::new();
+        let mut up = false;
+        let mut frame = vec![0u8; body + 2];
+        frame[..2].copy_from_slice(&((body + 2) as u16).to_be_bytes());
+        frame[2..6].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+        let mut seq = 0u64;
+        let mut off = 0usize;
+        while tx_shared.running.load(Ordering::Relaxed) {
+            t.poll(Instant::now(), &mut events)
+                .map_err(|e| e.to_string())?;
+            for e in events.drain(..) {
+                if let iketcp_dataplane::transport::TransportEvent::Up { .. } = e {
+                    up = true;
+                    let mut sent = 0;
+                    while sent < STREAM_PREFIX.len() {
+                        sent += t
+                            .send(conn, &STREAM_PREFIX[sent..])
+                            .map_err(|e| e.to_string())?;
+                        t.poll(Instant::now(), &mut Vec::new())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            if !up {
+                continue;
+            }
+            // As many whole frames as the send buffer takes; a partial one is finished first.
+            for _ in 0..64 {
+                if off == 0 {
+                    seq += 1;
+                    let now = tx_shared.origin.elapsed().as_nanos() as u64;
+                    frame[6..10].copy_from_slice(&(seq as u32).to_be_bytes());
+                    frame[10..18].copy_from_slice(&now.to_be_bytes());
+                }
+                let n = t.send(conn, &frame[off..]).map_err(|e| e.to_string())?;
+                off += n;
+                if off < frame.len() {
+                    break;
+                }
+                off = 0;
+            }
+        }
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_secs_f64(a.seconds / 4.0));
+    let (p0, b0) = (
+        shared.received.load(Ordering::Relaxed),
+        shared.received_bytes.load(Ordering::Relaxed),
+    );
+    shared.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(a.seconds));
+    let (p1, b1) = (
+        shared.received.load(Ordering::Relaxed),
+        shared.received_bytes.load(Ordering::Relaxed),
+    );
+    let el = t0.elapsed().as_secs_f64();
+    shared.measuring.store(false, Ordering::Relaxed);
+    shared.running.store(false, Ordering::Relaxed);
+    for j in [tx, rx] {
+        j.join()
+            .map_err(|_| "tcp-only thread panicked".to_owned())??;
+    }
+    let hist = shared.hist.lock().map_err(|_| "histogram lock poisoned")?;
+    let pct = |q: f64| {
+        if hist.is_empty() {
+            None
+        } else {
+            Some(hist.value_at_quantile(q) as f64 / 1000.0)
+        }
+    };
+    let packets = p1 - p0;
+    Ok(Row {
+        scenario: "tcp-only",
+        backend: "-".into(),
+        suite: "-".into(),
+        size,
+        gbps: (b1 - b0) as f64 * 8.0 / el / 1e9,
+        mpps: packets as f64 / el / 1e6,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        packets,
+        misordered: 0,
+    })
+}
+
+fn pin(core: Option<core_affinity::CoreId>) {
+    if let Some(c) = core {
+        let _ = core_affinity::set_for_current(c);
+    }
+}
