@@ -558,9 +558,12 @@ impl<P: Port> SmolTransport<P> {
             .recv_burst(&mut self.pool, &mut batch, self.cfg.burst);
         self.stats.packets_in += batch.len() as u64;
         let mut staged = std::mem::take(&mut self.staged);
+        // Bulk bursts are mostly one connection: remember the last lookup (no slot is freed
+        // during demux, so it stays valid for the burst).
+        let mut last = None;
         for (i, pkt) in batch.drain(..).enumerate() {
             // Bursts are far below 2^32 packets.
-            self.demux(i as u32, pkt, &mut staged);
+            self.demux(i as u32, pkt, &mut staged, &mut last);
         }
         self.batch = batch;
         // By slot, then arrival: each connection sees its packets in order.
@@ -578,13 +581,24 @@ impl<P: Port> SmolTransport<P> {
         res.map(|_| ())
     }
 
-    fn demux(&mut self, idx: u32, pkt: Packet, staged: &mut Vec<(u32, u32, Packet)>) {
+    fn demux(
+        &mut self,
+        idx: u32,
+        pkt: Packet,
+        staged: &mut Vec<(u32, u32, Packet)>,
+        last: &mut Option<(Key, u32)>,
+    ) {
         let Some(seg) = demux::parse(pkt.data()) else {
             self.stats.malformed += 1;
             self.pool.put(pkt);
             return;
         };
-        if let Some(&slot) = self.map.get(&seg.key) {
+        let found = match *last {
+            Some((key, slot)) if key == seg.key => Some(slot),
+            _ => self.map.get(&seg.key).copied(),
+        };
+        if let Some(slot) = found {
+            *last = Some((seg.key, slot));
             if let Some(c) = self.conn_mut(slot) {
                 c.saw_rst |= seg.rst;
             }
