@@ -466,6 +466,13 @@ fn drive(
     let el = t0.elapsed().as_secs_f64();
     shared.measuring.store(false, Ordering::Relaxed);
     shared.running.store(false, Ordering::Relaxed);
+    if std::env::var_os("IKETCP_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "sender: {:?}\nreceiver: {:?}",
+            h.worker_stats(0),
+            h.worker_stats(1)
+        );
+    }
     let hist = shared.hist.lock().map_err(|_| "histogram lock poisoned")?;
     let pct = |q: f64| {
         if hist.is_empty() {

@@ -88,6 +88,20 @@ pub trait Transport {
     /// Queues bytes for sending; returns how many were taken (may be fewer than `data.len()`).
     fn send(&mut self, conn: ConnId, data: &[u8]) -> io::Result<usize>;
 
+    /// Queues the buffers in order, as one stream of bytes; returns how many bytes were taken.
+    /// Transports with a syscall per send override this to send a burst of frames at once.
+    fn send_vectored(&mut self, conn: ConnId, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for b in bufs {
+            let n = self.send(conn, b)?;
+            total += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
     /// Graceful close (FIN).
     fn close(&mut self, conn: ConnId);
 

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +23,9 @@ use crate::wire::frame::{
     FrameDecoder, FrameEncoder, FrameKind, FrameLoc, FrameRef, LENGTH_FIELD_LEN,
     MAX_IKE_MESSAGE_LEN, NON_ESP_MARKER, StreamError, encode_esp_in_place,
 };
+
+/// Frames handed to the transport per send call.
+const FLUSH_BURST: usize = 64;
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -788,31 +792,47 @@ impl Engine {
         }
     }
 
+    /// Writes as much of the connection's queue as TCP takes, up to 64 frames per call (one
+    /// syscall per burst on the kernel transport).
     fn flush_conn<T: Transport>(&mut self, t: &mut T, id: ConnId) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        while let Some(front) = c.out.front() {
-            let data = front.data().get(c.sent..).unwrap_or(&[]);
-            if data.is_empty() {
+        loop {
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(FLUSH_BURST);
+            let mut total = 0;
+            for (i, p) in c.out.iter().take(FLUSH_BURST).enumerate() {
+                let d = if i == 0 {
+                    p.data().get(c.sent..).unwrap_or(&[])
+                } else {
+                    p.data()
+                };
+                total += d.len();
+                iov.push(IoSlice::new(d));
+            }
+            if iov.is_empty() {
+                return;
+            }
+            let sent = match t.send_vectored(id, &iov) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            drop(iov);
+            let mut left = sent;
+            while let Some(front) = c.out.front() {
+                let rest = front.len().saturating_sub(c.sent);
+                if left < rest {
+                    c.sent += left;
+                    break;
+                }
+                left -= rest;
+                c.sent = 0;
                 if let Some(p) = c.out.pop_front() {
                     self.pool.put(p);
                 }
-                c.sent = 0;
-                continue;
             }
-            match t.send(id, data) {
-                Ok(n) if n == data.len() => {
-                    if let Some(p) = c.out.pop_front() {
-                        self.pool.put(p);
-                    }
-                    c.sent = 0;
-                }
-                Ok(n) => {
-                    c.sent += n;
-                    break;
-                }
-                Err(_) => break,
+            if sent < total {
+                return;
             }
         }
     }

@@ -30,8 +30,10 @@
 //!   make the kernel send RST instead of FIN and could cut off our last bytes.
 //! - `abort`: `SO_LINGER {on, 0}` then close, so the kernel sends RST; `Down { Local }`.
 //! - Bounds: at most `max_connections` connecting or open connections, at most as many closing
-//!   ones, [`MAX_LISTENERS`] listeners; pending events and the ready list are bounded by the slot
-//!   table (a connection has at most one `Up`, one `Down` and one ready-list entry).
+//!   ones, [`MAX_LISTENERS`] listeners; pending events and the ready and draining lists are bounded
+//!   by the slot table (a slot has at most one `Up`, one `Down` and one entry per list; `connect`
+//!   refuses while a slot table's worth of events awaits a `poll`). A closing socket discards at
+//!   most 256 KiB per wake-up and continues on later polls.
 
 mod sys;
 #[cfg(test)]
@@ -399,6 +401,41 @@ impl AsFd for KernelTransport {
 }
 
 impl KernelTransport {
+    /// One send syscall on an open, writable connection, with the shared error handling:
+    /// EAGAIN marks it unwritable until EPOLLOUT, a hard error fails the connection.
+    fn send_with(
+        &mut self,
+        conn: ConnId,
+        op: impl FnOnce(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let idx = self.slot_of(conn).ok_or_else(stale)?;
+        let Some(slot) = self.slots.get_mut(idx) else {
+            return Err(stale());
+        };
+        if slot.state != State::Open || !slot.writable {
+            return Ok(0);
+        }
+        let Some(stream) = slot.stream.as_ref() else {
+            return Ok(0);
+        };
+        match op(stream.as_fd()) {
+            Ok(n) => {
+                self.stats.bytes_out += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                slot.writable = false;
+                self.stats.write_eagain += 1;
+                Ok(0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => {
+                self.fail(idx, reason_of(&e));
+                Ok(0)
+            }
+        }
+    }
+
     /// Creates the epoll instance. Fails on a zero `recv_buffer` or `max_connections`.
     pub fn new(cfg: KernelConfig) -> io::Result<Self> {
         if cfg.recv_buffer == 0 || cfg.max_connections == 0 {
@@ -568,7 +605,8 @@ impl KernelTransport {
         }
         self.set_buffers(fd)?;
         if let Some(idle) = self.cfg.keepalive {
-            let secs = c_int::try_from(idle.as_secs().max(1)).unwrap_or(c_int::MAX);
+            // Linux rejects (EINVAL) idle times and intervals above 32767 s.
+            let secs = idle.as_secs().clamp(1, 32767) as c_int;
             sys::set_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
             sys::set_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
             sys::set_int(
@@ -1049,32 +1087,17 @@ impl Transport for KernelTransport {
     }
 
     fn send(&mut self, conn: ConnId, data: &[u8]) -> io::Result<usize> {
-        let idx = self.slot_of(conn).ok_or_else(stale)?;
-        let Some(slot) = self.slots.get_mut(idx) else {
-            return Err(stale());
-        };
-        if slot.state != State::Open || !slot.writable || data.is_empty() {
+        if data.is_empty() {
             return Ok(0);
         }
-        let Some(stream) = slot.stream.as_ref() else {
+        self.send_with(conn, |fd| sys::send(fd, data))
+    }
+
+    fn send_vectored(&mut self, conn: ConnId, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
-        };
-        match sys::send(stream.as_fd(), data) {
-            Ok(n) => {
-                self.stats.bytes_out += n as u64;
-                Ok(n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                slot.writable = false;
-                self.stats.write_eagain += 1;
-                Ok(0)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => {
-                self.fail(idx, reason_of(&e));
-                Ok(0)
-            }
         }
+        self.send_with(conn, |fd| sys::send_vectored(fd, bufs))
     }
 
     fn close(&mut self, conn: ConnId) {

@@ -173,6 +173,30 @@ pub(super) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// One non-blocking gathering send of several buffers (a burst of frames in one syscall).
+pub(super) fn send_vectored(
+    fd: BorrowedFd<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> io::Result<usize> {
+    // At most IOV_MAX (1024 on Linux) buffers per call; the rest go next time.
+    let n = bufs.len().min(1024);
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with struct iovec on Unix; the kernel only reads
+    // through the pointer, and `bufs` outlives the call.
+    msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
+    msg.msg_iovlen = n;
+    // SAFETY: `msg` points at `n` valid iovecs describing readable memory for the whole call.
+    let r = unsafe {
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &msg,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(r).map_err(|_| io::Error::last_os_error())
+}
+
 pub(super) fn epoll_create() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with an integer flag.
     owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })

@@ -588,4 +588,12 @@ fn config_is_checked() {
     let mut t = KernelTransport::new(KernelConfig::default()).unwrap();
     let v6: SocketAddr = "[::1]:1".parse().unwrap();
     assert!(t.connect(Some(v4()), v6).is_err(), "mixed families");
+    // Keep-alive times beyond the kernel's limit are clamped, not refused.
+    let addr = t.listen_bound(v4()).unwrap();
+    let mut k = KernelTransport::new(KernelConfig {
+        keepalive: Some(Duration::from_secs(1_000_000)),
+        ..KernelConfig::default()
+    })
+    .unwrap();
+    assert!(k.connect(None, addr).is_ok());
 }
