@@ -1,11 +1,13 @@
-//! A userspace TCP transport on smoltcp 0.14 over a [`Port`] of IP packets.
+//! A userspace TCP transport on smoltcp 0.14 over a [`Port`] of IP packets (TUN, mem) or
+//! Ethernet frames (TAP).
 //!
 //! smoltcp scans every socket of a `SocketSet` per packet, so this module gives each connection
 //! its own tiny `Interface` and a `SocketSet` holding only that connection's socket, and puts an
 //! O(1) demux in front:
 //! - ingress: a burst is read from the port, each packet's IP + TCP ports are peeked at and
-//!   looked up in a hash map 4-tuple → slot; packets are grouped per slot (sorted by slot, then
-//!   arrival) and each group is polled through its connection's interface only;
+//!   looked up in a hash map 4-tuple → slot (std SipHash: keyed, so not floodable); packets are
+//!   grouped per slot (sorted by slot, then arrival) and each group is polled through its
+//!   connection's interface only;
 //! - connections touched by the API (send/recv/close/abort/connect) are polled once per
 //!   [`poll`](Transport::poll); connections whose `poll_at` is due come off a binary heap of
 //!   `(poll_at, slot, generation)` whose stale entries are skipped; connections that could not
@@ -33,10 +35,14 @@
 //!   finishes FIN/TIME-WAIT (10 s) or `linger` passes; data arriving after a local close resets
 //!   it (as Linux does). A peer's FIN closes our side once the received bytes are read, then
 //!   `Down { Fin }`.
-//! - Only `Medium::Ip` ports: `new` refuses Ethernet (TAP) ports.
+//! - Ethernet (TAP) ports get a thin layer in front (`eth.rs`): header strip/add, ARP for IPv4
+//!   (answering for `local_addrs` and listening addresses, resolving destinations or `gateway`),
+//!   neighbors learned from received frames. No NDP: IPv6 over Ethernet only answers peers
+//!   that already know our MAC, and `connect` to IPv6 is refused there.
 
 mod demux;
 mod device;
+mod eth;
 #[cfg(test)]
 mod tests;
 
@@ -44,21 +50,21 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{DeviceCapabilities, Medium as SmolMedium};
 use smoltcp::socket::tcp::{self, CongestionControl, State};
 use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
+use smoltcp::wire::{ETHERNET_HEADER_LEN, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use self::demux::Key;
 use self::device::{CapsOnly, Dev};
 use super::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
 use crate::port::{DEFAULT_BUF_SIZE, HEADROOM, Medium, Packet, PacketPool, Port};
 
-/// Smallest and largest port MTU accepted (smoltcp subtracts headers from it unchecked).
+/// Smallest and largest IP MTU accepted (smoltcp subtracts headers from it unchecked).
 const MIN_MTU: usize = 576;
 const MAX_MTU: usize = 65535;
 /// smoltcp panics on receive buffers above 1 GiB.
@@ -98,6 +104,11 @@ pub struct SmolConfig {
     pub handshake_timeout: Duration,
     /// Longest a locally closed connection lingers (FIN exchange) before it is reset.
     pub linger: Duration,
+    /// Ethernet ports: our MAC (random locally administered if `None`).
+    pub mac: Option<[u8; 6]>,
+    /// Ethernet ports: IPv4 next hop for destinations we have not heard from (`None`: ARP for
+    /// the destination itself, i.e. every peer is on-link).
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl Default for SmolConfig {
@@ -115,6 +126,8 @@ impl Default for SmolConfig {
             timeout: Some(Duration::from_secs(120)),
             handshake_timeout: Duration::from_secs(30),
             linger: Duration::from_secs(60),
+            mac: None,
+            gateway: None,
         }
     }
 }
@@ -146,6 +159,14 @@ pub struct SmolStats {
     pub port_backpressure: u64,
     /// Per-connection interface polls.
     pub iface_polls: u64,
+    /// Ethernet: ARP requests sent.
+    pub arp_requests: u64,
+    /// Ethernet: ARP replies sent.
+    pub arp_replies: u64,
+    /// Ethernet: frames dropped on input (not for us, unknown type, malformed).
+    pub frames_dropped: u64,
+    /// Ethernet: IP packets dropped on output for lack of a neighbor.
+    pub no_neighbor: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,6 +299,7 @@ pub struct SmolTransport<P: Port> {
     spent: Vec<Packet>,
     entropy: Entropy,
     stats: SmolStats,
+    eth: Option<eth::Eth>,
 }
 
 impl<P: Port> fmt::Debug for SmolTransport<P> {
@@ -293,17 +315,37 @@ impl<P: Port> fmt::Debug for SmolTransport<P> {
 }
 
 impl<P: Port> SmolTransport<P> {
-    /// A transport on `port`, which must carry IP packets (`Medium::Ip`).
+    /// A transport on `port` (IP packets, or Ethernet frames with ARP for IPv4).
     pub fn new(port: P, cfg: SmolConfig) -> io::Result<Self> {
-        if port.medium() != Medium::Ip {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "smol transport: Ethernet (TAP) ports are not supported; use a Medium::Ip port",
-            ));
-        }
-        let mtu = port.mtu();
+        let mut entropy = Entropy::new()?;
+        let (mtu, eth) = match port.medium() {
+            Medium::Ip => (port.mtu(), None),
+            Medium::Ethernet => {
+                let mac = match cfg.mac {
+                    Some(mac) => mac,
+                    None => {
+                        let r = entropy.u64()?.to_le_bytes();
+                        // Locally administered, unicast.
+                        [(r[0] & 0xfe) | 0x02, r[1], r[2], r[3], r[4], r[5]]
+                    }
+                };
+                if mac[0] & 1 != 0 {
+                    return Err(invalid("MAC address is not unicast"));
+                }
+                let v4 = cfg
+                    .local_addrs
+                    .iter()
+                    .filter_map(|ip| match ip {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                let eth = eth::Eth::new(mac, v4, cfg.gateway);
+                (port.mtu().saturating_sub(ETHERNET_HEADER_LEN), Some(eth))
+            }
+        };
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-            return Err(invalid("port MTU outside 576..=65535"));
+            return Err(invalid("IP MTU outside 576..=65535"));
         }
         if cfg.rx_buffer == 0 || cfg.rx_buffer > MAX_BUFFER || cfg.tx_buffer == 0 {
             return Err(invalid(
@@ -347,15 +389,28 @@ impl<P: Port> SmolTransport<P> {
             staged: Vec::with_capacity(cfg.burst),
             dev_rx: VecDeque::with_capacity(cfg.burst),
             spent: Vec::with_capacity(cfg.burst),
-            entropy: Entropy::new()?,
+            entropy,
             stats: SmolStats::default(),
+            eth,
             cfg,
         })
     }
 
     /// Counters so far.
     pub fn stats(&self) -> SmolStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(eth) = &self.eth {
+            s.arp_requests = eth.stats.arp_requests;
+            s.arp_replies = eth.stats.arp_replies;
+            s.frames_dropped = eth.stats.frames_dropped;
+            s.no_neighbor = eth.stats.no_neighbor;
+        }
+        s
+    }
+
+    /// Our MAC address on an Ethernet port.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.eth.as_ref().map(eth::Eth::mac)
     }
 
     /// Entries in the 4-tuple table (every occupied slot, including half-open and lingering).
@@ -495,7 +550,7 @@ impl<P: Port> SmolTransport<P> {
             self.map.remove(&conn.key);
             s.generation = s.generation.wrapping_add(1);
             self.free.push(slot);
-            self.in_use -= 1;
+            self.in_use = self.in_use.saturating_sub(1);
         }
         // Freed connections leave stale entries behind; a worker that never calls `readable`,
         // or a port that stays full, must not let them pile up.
@@ -535,12 +590,20 @@ impl<P: Port> SmolTransport<P> {
 
     /// Sends what the port takes. A port error leaves the queue intact.
     fn flush(&mut self) -> io::Result<()> {
-        if self.out.is_empty() {
+        let queue = match &mut self.eth {
+            Some(eth) => {
+                let cap = self.cfg.out_queue + self.cfg.burst;
+                eth.egress(&mut self.out, &mut self.pool, cap, self.now);
+                &mut eth.framed
+            }
+            None => &mut self.out,
+        };
+        if queue.is_empty() {
             return Ok(());
         }
-        let sent = self.port.send_burst(&mut self.pool, &mut self.out)?;
+        let sent = self.port.send_burst(&mut self.pool, queue)?;
         self.stats.packets_out += sent as u64;
-        if !self.out.is_empty() {
+        if !queue.is_empty() {
             self.stats.port_backpressure += 1;
         }
         Ok(())
@@ -549,7 +612,8 @@ impl<P: Port> SmolTransport<P> {
     /// Reads one burst, demultiplexes it and polls the connections it touched.
     fn ingress(&mut self) -> io::Result<()> {
         // Room for one reply per packet read, so reply tokens never overrun the bound.
-        if self.out.len() > self.cfg.out_queue {
+        let framed = self.eth.as_ref().map_or(0, |e| e.framed.len());
+        if self.out.len() > self.cfg.out_queue || framed > self.cfg.out_queue {
             return Ok(());
         }
         let mut batch = std::mem::take(&mut self.batch);
@@ -562,6 +626,13 @@ impl<P: Port> SmolTransport<P> {
         // during demux, so it stays valid for the burst).
         let mut last = None;
         for (i, pkt) in batch.drain(..).enumerate() {
+            let pkt = match &mut self.eth {
+                Some(eth) => match eth.ingress(pkt, &mut self.pool, self.now) {
+                    Some(ip) => ip,
+                    None => continue,
+                },
+                None => pkt,
+            };
             // Bursts are far below 2^32 packets.
             self.demux(i as u32, pkt, &mut staged, &mut last);
         }
@@ -607,7 +678,7 @@ impl<P: Port> SmolTransport<P> {
         }
         let key = seg.key;
         if seg.syn && !seg.ack && !seg.rst {
-            if self.listening(key.local, key.lport) && unicast(key.remote) {
+            if self.listening(key.local, key.lport) && unicast(key.local) && unicast(key.remote) {
                 if self.in_use >= self.cfg.max_connections {
                     self.stats.syn_dropped_full += 1;
                     self.pool.put(pkt);
@@ -715,7 +786,7 @@ impl<P: Port> SmolTransport<P> {
                         free = true;
                     } else {
                         conn.phase = Phase::Zombie;
-                        self.visible -= 1;
+                        self.visible = self.visible.saturating_sub(1);
                         self.stats.conns_closed += 1;
                         self.events.push(TransportEvent::Down {
                             conn: id,
@@ -760,7 +831,7 @@ impl<P: Port> SmolTransport<P> {
             };
             if let Some(reason) = reason {
                 conn.phase = Phase::Zombie;
-                self.visible -= 1;
+                self.visible = self.visible.saturating_sub(1);
                 self.stats.conns_closed += 1;
                 self.events.push(TransportEvent::Down { conn: id, reason });
             } else if !conn.readable && conn.sock_ref().recv_queue() > 0 {
@@ -886,7 +957,7 @@ impl<P: Port> SmolTransport<P> {
             sock.close();
             sock.set_timeout(Some(linger));
         }
-        self.visible -= 1;
+        self.visible = self.visible.saturating_sub(1);
         self.stats.conns_closed += 1;
         self.events.push(TransportEvent::Down {
             conn: id,
@@ -934,6 +1005,11 @@ impl<P: Port> Transport for SmolTransport<P> {
             return Err(invalid("too many listeners"));
         }
         self.listeners.insert((local.ip(), local.port()));
+        if let (Some(eth), IpAddr::V4(v4)) = (&mut self.eth, local.ip())
+            && !v4.is_unspecified()
+        {
+            eth.add_address(v4);
+        }
         Ok(())
     }
 
@@ -941,6 +1017,12 @@ impl<P: Port> Transport for SmolTransport<P> {
         let rip = remote.ip();
         if remote.port() == 0 || !unicast(rip) {
             return Err(invalid("remote must be a unicast address with a port"));
+        }
+        if self.eth.is_some() && rip.is_ipv6() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "smol transport: no IPv6 neighbor discovery on Ethernet ports",
+            ));
         }
         let lip = match local.map(|l| l.ip()).filter(|ip| !ip.is_unspecified()) {
             Some(ip) if ip.is_ipv4() == rip.is_ipv4() && unicast(ip) => ip,
