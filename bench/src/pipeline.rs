@@ -78,6 +78,11 @@ struct Row {
     p999_us: Option<f64>,
     packets: u64,
     misordered: u64,
+    /// Share of wall time the sending worker spent in iterations that did work.
+    tx_load: Option<f64>,
+    /// Same for the receiving worker: Gbit/s ÷ rx_load is what the receiving core would carry
+    /// if the sender could feed it.
+    rx_load: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,13 +173,23 @@ fn print_table(r: &Report) {
         r.machine.cpu, r.machine.cores, r.machine.profile, r.connections, r.idle_connections, r.mtu
     );
     println!(
-        "{:<12} {:<11} {:<12} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9}",
-        "scenario", "backend", "suite", "size", "Gbit/s", "Mpps", "p50 us", "p99 us", "p99.9 us"
+        "{:<12} {:<11} {:<12} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "scenario",
+        "backend",
+        "suite",
+        "size",
+        "Gbit/s",
+        "Mpps",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "tx load",
+        "rx load"
     );
     let f = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.1}"));
     for x in &r.results {
         println!(
-            "{:<12} {:<11} {:<12} {:>6} {:>8.2} {:>8.3} {:>9} {:>9} {:>9}",
+            "{:<12} {:<11} {:<12} {:>6} {:>8.2} {:>8.3} {:>9} {:>9} {:>9} {:>7} {:>7}",
             x.scenario,
             x.backend,
             x.suite,
@@ -183,9 +198,15 @@ fn print_table(r: &Report) {
             x.mpps,
             f(x.p50_us),
             f(x.p99_us),
-            f(x.p999_us)
+            f(x.p999_us),
+            load(x.tx_load),
+            load(x.rx_load)
         );
     }
+}
+
+fn load(x: Option<f64>) -> String {
+    x.map_or("-".to_owned(), |v| format!("{:.0}%", v * 100.0))
 }
 
 fn crypto_only(a: &Args, backend: Backend, size: usize) -> Result<Row, String> {
@@ -203,6 +224,8 @@ fn crypto_only(a: &Args, backend: Backend, size: usize) -> Result<Row, String> {
         p999_us: None,
         packets,
         misordered: 0,
+        tx_load: None,
+        rx_load: None,
     })
 }
 
@@ -216,22 +239,29 @@ fn keymat(suite: Suite, i: u16) -> Result<Keymat, String> {
 /// Waits for an event matching `f`, up to `timeout`; other events are dropped.
 fn wait_for<T>(
     h: &DataplaneHandle,
+    what: &str,
     timeout: Duration,
     mut f: impl FnMut(&Event) -> Option<T>,
 ) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("timed out waiting for the data plane".into());
-        }
         match h.events().recv_timeout(left) {
             Ok(ev) => {
                 if let Some(t) = f(&ev) {
                     return Ok(t);
                 }
+                if !matches!(ev, Event::Stats { .. }) && seen.len() < 8 {
+                    seen.push(format!("{ev:?}"));
+                }
             }
-            Err(_) => return Err("timed out waiting for the data plane".into()),
+            Err(_) => {
+                return Err(format!(
+                    "timed out waiting for {what} (other events: {})",
+                    seen.join("; ")
+                ));
+            }
         }
     }
 }
@@ -307,8 +337,9 @@ fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row,
         (SocketAddr::from((RECEIVER, 4500)), vec![j0, j1])
     };
     let result = drive(a, &h, &shared, backend, size, listen, kernel);
-    let _ = h.send(0, Command::Shutdown);
-    let _ = h.send(1, Command::Shutdown);
+    for w in [0, 1] {
+        let _ = h.send_timeout(w, Command::Shutdown, Duration::from_secs(10));
+    }
     for j in joins {
         match j.join() {
             Ok(Ok(())) => {}
@@ -337,7 +368,7 @@ fn drive(
             ack: 1,
         },
     )?;
-    wait_for(h, t, |e| match e {
+    wait_for(h, "the listen ack", t, |e| match e {
         Event::Ack {
             worker: 1,
             ack: 1,
@@ -357,7 +388,7 @@ fn drive(
                 token: u64::from(i),
             },
         )?;
-        let conn = wait_for(h, t, |e| match e {
+        let conn = wait_for(h, "a connection", t, |e| match e {
             Event::ConnUp {
                 conn,
                 token: Some(tok),
@@ -416,38 +447,55 @@ fn drive(
                 conn: conn.id,
             },
         )?;
-        for want in [ack, ack + 1] {
-            wait_for(h, t, |e| match e {
-                Event::Ack { ack, result, .. } if *ack == want => Some(result.clone()),
+        // Both acks, in whichever order the two workers answer.
+        let mut missing = vec![ack, ack + 1];
+        while !missing.is_empty() {
+            wait_for(h, "SA install acks", t, |e| match e {
+                Event::Ack { ack, result, .. } if missing.contains(ack) => {
+                    missing.retain(|x| x != ack);
+                    Some(result.clone())
+                }
                 _ => None,
             })??;
         }
     }
-    // Idle connections: open, prefixed, never used.
+    // Idle connections: open, prefixed, never used. At most 512 connects outstanding, so the
+    // command queue never fills; the ones that failed are counted and reported.
     let idle = a.idle_connections;
-    for i in 0..idle {
-        send(
+    let (mut issued, mut done, mut failed) = (0u32, 0u32, 0u32);
+    while done < idle {
+        while issued < idle && issued - done < 512 {
+            let token = 1_000_000 + u64::from(issued);
+            send(
+                h,
+                0,
+                Command::Connect {
+                    local,
+                    remote: listen,
+                    token,
+                },
+            )?;
+            issued += 1;
+        }
+        let ok = wait_for(
             h,
-            0,
-            Command::Connect {
-                local,
-                remote: listen,
-                token: 1_000_000 + u64::from(i),
+            "idle connections",
+            Duration::from_secs(60),
+            |e| match e {
+                Event::ConnUp {
+                    token: Some(tok), ..
+                } if *tok >= 1_000_000 => Some(true),
+                Event::ConnDown {
+                    token: Some(tok), ..
+                } if *tok >= 1_000_000 => Some(false),
+                _ => None,
             },
         )?;
+        failed += u32::from(!ok);
+        done += 1;
     }
-    let mut up = 0u32;
-    while up < idle {
-        wait_for(h, Duration::from_secs(60), |e| match e {
-            Event::ConnUp {
-                token: Some(tok), ..
-            } if *tok >= 1_000_000 => Some(()),
-            Event::ConnDown {
-                token: Some(tok), ..
-            } if *tok >= 1_000_000 => Some(()),
-            _ => None,
-        })?;
-        up += 1;
+    if failed > 0 {
+        return Err(format!("{failed} of {idle} idle connections failed"));
     }
     // Warm up, then measure.
     shared.running.store(true, Ordering::Relaxed);
@@ -457,8 +505,11 @@ fn drive(
         shared.received_bytes.load(Ordering::Relaxed),
     );
     shared.measuring.store(true, Ordering::Relaxed);
+    let busy = |w: u16| h.worker_stats(w).map_or(0, |s| s.busy_ns);
+    let (tx0, rx0) = (busy(0), busy(1));
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(a.seconds));
+    let (tx1, rx1) = (busy(0), busy(1));
     let (p1, b1) = (
         shared.received.load(Ordering::Relaxed),
         shared.received_bytes.load(Ordering::Relaxed),
@@ -494,6 +545,8 @@ fn drive(
         p999_us: pct(0.999),
         packets,
         misordered: shared.misordered.load(Ordering::Relaxed),
+        tx_load: Some((tx1 - tx0) as f64 / el / 1e9),
+        rx_load: Some((rx1 - rx0) as f64 / el / 1e9),
     })
 }
 
@@ -658,6 +711,8 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
         p999_us: pct(0.999),
         packets,
         misordered: 0,
+        tx_load: None,
+        rx_load: None,
     })
 }
 

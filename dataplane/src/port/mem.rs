@@ -115,6 +115,10 @@ pub struct MemStats {
 struct Shared {
     /// `rings[0]` carries a → b, `rings[1]` b → a.
     rings: [ArrayQueue<Packet>; 2],
+    /// `returns[d]` carries empty buffers back to the sender of `rings[d]`: packets flow one way
+    /// in bulk, so without this the sender allocates (and zeroes) a buffer per packet while the
+    /// receiver's pool overflows and frees them.
+    returns: [ArrayQueue<Packet>; 2],
     /// Per direction: forge RSTs at the sender's next poll.
     reset: [AtomicBool; 2],
 }
@@ -174,6 +178,7 @@ fn build(cfg: MemConfig, track: bool) -> (MemPort, MemPort, MemLink) {
     let cap = cfg.capacity.max(1);
     let shared = Arc::new(Shared {
         rings: [ArrayQueue::new(cap), ArrayQueue::new(cap)],
+        returns: [ArrayQueue::new(cap), ArrayQueue::new(cap)],
         reset: [AtomicBool::new(false), AtomicBool::new(false)],
     });
     let end = |dir: usize, mut imp: Impairments| {
@@ -324,7 +329,7 @@ impl MemPort {
 impl Port for MemPort {
     fn recv_burst(
         &mut self,
-        _pool: &mut PacketPool,
+        pool: &mut PacketPool,
         out: &mut Vec<Packet>,
         max: usize,
     ) -> io::Result<usize> {
@@ -341,6 +346,19 @@ impl Port for MemPort {
             }
         }
         self.stats.received += n as u64;
+        // Give the sender as many spare buffers as it gave us packets, if we have them.
+        let back = &self.shared.returns[1 - self.dir];
+        for _ in 0..n {
+            match pool.take_spare() {
+                Some(b) => {
+                    if let Err(b) = back.push(b) {
+                        pool.put(b);
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
         Ok(n)
     }
 
@@ -350,6 +368,14 @@ impl Port for MemPort {
         pkts: &mut VecDeque<Packet>,
     ) -> io::Result<usize> {
         self.flush_due();
+        // Take back empty buffers the receiver returned, so our pool need not allocate.
+        let returned = &self.shared.returns[self.dir];
+        for _ in 0..pkts.len() {
+            match returned.pop() {
+                Some(b) => pool.put(b),
+                None => break,
+            }
+        }
         let impaired = !self.imp.is_none();
         // The clock is read only when impairments need it.
         let now = impaired.then(Instant::now);

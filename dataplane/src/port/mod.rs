@@ -185,6 +185,19 @@ impl PacketPool {
         }
     }
 
+    /// A free buffer if the pool has one; never allocates (for handing buffers back to the
+    /// endpoint that sends to us, see `mem`).
+    #[inline]
+    pub fn take_spare(&mut self) -> Option<Packet> {
+        self.free.pop()
+    }
+
+    /// Free buffers held.
+    #[inline]
+    pub fn spare(&self) -> usize {
+        self.free.len()
+    }
+
     /// Buffers allocated so far (a steady state allocates none).
     pub fn allocated(&self) -> u64 {
         self.allocated

@@ -94,6 +94,8 @@ struct ConnState {
     /// IKE SAs bound to this connection (one, two during an IKE SA rekey; RFC 9329 §6.1).
     ike_sas: Vec<IkeSaId>,
     health: Health,
+    /// Listed in `Engine::backlog` (its queue was not empty after the last write).
+    in_backlog: bool,
 }
 
 /// RFC 9329 §6.1 corruption tracking of one connection.
@@ -155,6 +157,8 @@ pub struct Engine {
     frames: Vec<FrameRef>,
     readable: Vec<ConnId>,
     to_close: Vec<(ConnId, bool)>,
+    /// Connections whose queues TCP did not take in full.
+    backlog: Vec<ConnId>,
 }
 
 impl Engine {
@@ -178,6 +182,7 @@ impl Engine {
             frames: Vec::with_capacity(256),
             readable: Vec::with_capacity(256),
             to_close: Vec::new(),
+            backlog: Vec::new(),
         }
     }
 
@@ -418,6 +423,7 @@ impl Engine {
             sent: 0,
             ike_sas: Vec::new(),
             health: Health::default(),
+            in_backlog: false,
         };
         // RFC 9329 §4, §6.1: an Originator's stream starts with the prefix, on every connection.
         let mut enc = FrameEncoder::new(role);
@@ -779,22 +785,38 @@ impl Engine {
         });
     }
 
-    /// Writes queued frames of every connection that has some.
+    /// Writes queued frames of the connections that still have some (only those: with 10,000
+    /// idle connections this must not scan them all).
     pub fn flush<T: Transport>(&mut self, t: &mut T) {
-        let ids: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.out.is_empty())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.backlog);
+        for &id in &ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.in_backlog = false;
+            }
+        }
+        for &id in &ids {
             self.flush_conn(t, id);
+        }
+        ids.clear();
+        if self.backlog.is_empty() {
+            self.backlog = ids;
         }
     }
 
     /// Writes as much of the connection's queue as TCP takes, up to 64 frames per call (one
     /// syscall per burst on the kernel transport).
     fn flush_conn<T: Transport>(&mut self, t: &mut T, id: ConnId) {
+        self.write_queue(t, id);
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.out.is_empty()
+            && !c.in_backlog
+        {
+            c.in_backlog = true;
+            self.backlog.push(id);
+        }
+    }
+
+    fn write_queue<T: Transport>(&mut self, t: &mut T, id: ConnId) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };

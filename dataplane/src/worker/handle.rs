@@ -318,6 +318,24 @@ impl DataplaneHandle {
         })
     }
 
+    /// Sends a command, waiting up to `timeout` for room (for rare commands such as `Shutdown`
+    /// that must not be lost to a momentarily full queue).
+    pub fn send_timeout(
+        &self,
+        worker: u16,
+        cmd: Command,
+        timeout: std::time::Duration,
+    ) -> Result<(), SendError> {
+        let tx = self
+            .commands
+            .get(usize::from(worker))
+            .ok_or(SendError::Gone)?;
+        tx.send_timeout(cmd, timeout).map_err(|e| match e {
+            crossbeam_channel::SendTimeoutError::Timeout(c) => SendError::Full(Box::new(c)),
+            crossbeam_channel::SendTimeoutError::Disconnected(_) => SendError::Gone,
+        })
+    }
+
     /// The event stream of all workers.
     pub fn events(&self) -> &Receiver<Event> {
         &self.events

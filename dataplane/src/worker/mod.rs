@@ -141,6 +141,10 @@ impl<T: Transport, P: Port> Worker<T, P> {
                 last_stats = now;
             }
             if busy {
+                stats::bump(
+                    &self.engine.stats().busy_ns,
+                    now.elapsed().as_nanos() as u64,
+                );
                 idle = 0;
             } else {
                 idle = idle.saturating_add(1);

@@ -86,6 +86,9 @@ counters! {
     commands,
     /// Worker loop iterations.
     loops,
+    /// Nanoseconds spent in iterations that did work (the rest is polling an idle link):
+    /// `busy_ns` over wall time is the worker's load.
+    busy_ns,
 }
 
 /// Increments a counter; the worker is its only writer, so a load and a store suffice (no locked

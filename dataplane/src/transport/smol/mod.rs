@@ -1140,6 +1140,24 @@ impl<P: Port> Transport for SmolTransport<P> {
         Ok(n)
     }
 
+    fn send_vectored(&mut self, conn: ConnId, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // One slot lookup for the whole burst of frames.
+        let c = self.live_mut(conn).ok_or_else(dead)?;
+        let sock = c.sock();
+        let mut total = 0;
+        for b in bufs {
+            let n = sock.send_slice(b).unwrap_or(0);
+            total += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        if total > 0 {
+            self.mark_dirty(conn.slot);
+        }
+        Ok(total)
+    }
+
     fn close(&mut self, conn: ConnId) {
         self.end_local(conn, false);
     }
