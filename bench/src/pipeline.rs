@@ -63,6 +63,10 @@ pub struct Args {
     /// MTU of the mem link (the outer IP packets).
     #[arg(long, default_value_t = 1500)]
     mtu: usize,
+    /// Treat the mem link like a NIC with checksum offload: smoltcp skips IP/TCP checksums
+    /// (tcp-only and pipeline alike).
+    #[arg(long)]
+    checksum_offload: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +97,7 @@ struct Report {
     connections: u16,
     idle_connections: u32,
     mtu: usize,
+    checksum_offload: bool,
     results: Vec<Row>,
 }
 
@@ -154,6 +159,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         connections: a.connections,
         idle_connections: a.idle_connections,
         mtu: a.mtu,
+        checksum_offload: a.checksum_offload,
         results: rows,
     };
     if a.json {
@@ -169,8 +175,14 @@ pub fn run(a: &Args) -> Result<(), String> {
 
 fn print_table(r: &Report) {
     println!(
-        "pipeline bench on {} ({} cores, {} build), {} connection(s), {} idle, MTU {}",
-        r.machine.cpu, r.machine.cores, r.machine.profile, r.connections, r.idle_connections, r.mtu
+        "pipeline bench on {} ({} cores, {} build), {} connection(s), {} idle, MTU {}, checksum offload {}",
+        r.machine.cpu,
+        r.machine.cores,
+        r.machine.profile,
+        r.connections,
+        r.idle_connections,
+        r.mtu,
+        r.checksum_offload
     );
     println!(
         "{:<12} {:<11} {:<12} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7}",
@@ -279,6 +291,7 @@ fn cores() -> (Option<core_affinity::CoreId>, Option<core_affinity::CoreId>) {
 /// Two workers (sender on core 0, receiver on core 1) with static SAs, over smoltcp + mem port or
 /// over kernel TCP on loopback.
 fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row, String> {
+    let offload = a.checksum_offload;
     let shared = Shared::new()?;
     shared.running.store(false, Ordering::Relaxed);
     let (h, mut sides) = channels(2);
@@ -317,10 +330,12 @@ fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row,
         let (s1, s2) = (shared.clone(), shared.clone());
         let cfg_r = SmolConfig {
             local_addrs: vec![IpAddr::V4(RECEIVER)],
+            checksum_offload: offload,
             ..SmolConfig::default()
         };
         let cfg_s = SmolConfig {
             local_addrs: vec![IpAddr::V4(SENDER)],
+            checksum_offload: offload,
             ..SmolConfig::default()
         };
         let j1 = spawn(rx_side, wcfg(c1), move || {
@@ -554,6 +569,7 @@ fn drive(
 /// pipeline would send (inner + 16 header/IV + padding/trailer + 16 ICV), each carrying a sequence
 /// number and timestamp, from a sender thread (core 0) to a receiver thread (core 1).
 fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
+    let offload = a.checksum_offload;
     let shared = Shared::new()?;
     let (c0, c1) = cores();
     let (pa, pb) = pair(MemConfig {
@@ -568,6 +584,7 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
         pin(c1);
         let cfg = SmolConfig {
             local_addrs: vec![IpAddr::V4(RECEIVER)],
+            checksum_offload: offload,
             ..SmolConfig::default()
         };
         let mut t = SmolTransport::new(pb, cfg).map_err(|e| e.to_string())?;
@@ -623,6 +640,7 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
         pin(c0);
         let cfg = SmolConfig {
             local_addrs: vec![IpAddr::V4(SENDER)],
+            checksum_offload: offload,
             ..SmolConfig::default()
         };
         let mut t = SmolTransport::new(pa, cfg).map_err(|e| e.to_string())?;

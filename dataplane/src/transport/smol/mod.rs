@@ -20,7 +20,8 @@
 //! Choices:
 //! - Nagle off and delayed ACK off by default (throughput, and IKE/ESP records are latency
 //!   sensitive); Cubic (the crate feature) is selected explicitly; window scaling follows from
-//!   the rx buffer size; checksums are computed in software (ports have no offload).
+//!   the rx buffer size; checksums are computed in software unless `checksum_offload` says the
+//!   port does them.
 //! - Every interface gets its own `random_seed` from getrandom, so ISNs are not predictable, and
 //!   ephemeral ports start at a random point of 49152..=65535.
 //! - smoltcp time is microseconds since a `std::time::Instant` taken at construction.
@@ -109,6 +110,10 @@ pub struct SmolConfig {
     /// Ethernet ports: IPv4 next hop for destinations we have not heard from (`None`: ARP for
     /// the destination itself, i.e. every peer is on-link).
     pub gateway: Option<Ipv4Addr>,
+    /// The port checks and fills IP/TCP checksums itself (a NIC with checksum offload, or an
+    /// in-memory link that cannot corrupt packets): smoltcp neither computes nor verifies them.
+    /// Off by default; never turn it on for TUN/TAP or anything that crosses a real wire.
+    pub checksum_offload: bool,
 }
 
 impl Default for SmolConfig {
@@ -128,6 +133,7 @@ impl Default for SmolConfig {
             linger: Duration::from_secs(60),
             mac: None,
             gateway: None,
+            checksum_offload: false,
         }
     }
 }
@@ -365,6 +371,9 @@ impl<P: Port> SmolTransport<P> {
         caps.medium = SmolMedium::Ip;
         caps.max_transmission_unit = mtu;
         caps.max_burst_size = Some(cfg.burst);
+        if cfg.checksum_offload {
+            caps.checksum = smoltcp::phy::ChecksumCapabilities::ignored();
+        }
         let buf_size = DEFAULT_BUF_SIZE.max(HEADROOM + mtu + 64);
         let pool = PacketPool::new(buf_size, cfg.out_queue + 2 * cfg.burst);
         Ok(SmolTransport {
