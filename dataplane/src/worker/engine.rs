@@ -26,6 +26,8 @@ use crate::wire::frame::{
 
 /// Frames handed to the transport per send call.
 const FLUSH_BURST: usize = 64;
+/// Received bytes deframed per transport call.
+const RECV_CHUNK: usize = 64 * 1024;
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -41,6 +43,8 @@ pub struct EngineConfig {
     pub conn_queue: usize,
     /// Frames of IKE waiting per connection beyond `conn_queue` before IKE messages are dropped.
     pub ike_queue: usize,
+    /// Decrypted packets waiting for the plaintext port; past it the worker stops reading TCP.
+    pub plain_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +54,7 @@ impl Default for EngineConfig {
             unparseable_limit: 4,
             conn_queue: 512,
             ike_queue: 64,
+            plain_queue: 1024,
         }
     }
 }
@@ -482,12 +487,22 @@ impl Engine {
         self.readable.clear();
         t.readable(&mut self.readable);
         let mut readable = std::mem::take(&mut self.readable);
-        for &id in &readable {
+        'conns: for &id in &readable {
             // Bounded per connection per loop so one busy peer cannot starve the others.
             for _ in 0..64 {
+                // Decrypted packets wait for the plaintext port: stop reading when that queue is
+                // full and leave the bytes in TCP (its window then pushes back on the peer).
+                if self.plain_out.len() >= self.cfg.plain_queue {
+                    break 'conns;
+                }
                 let got = t.recv(id, |buf| {
-                    self.process_rx(id, buf);
-                    buf.len()
+                    // At most RECV_CHUNK bytes per call bound the packets one call can produce;
+                    // a frame cut at the boundary is carried by the decoder.
+                    let n = buf.len().min(RECV_CHUNK);
+                    if let Some(chunk) = buf.get_mut(..n) {
+                        self.process_rx(id, chunk);
+                    }
+                    n
                 });
                 match got {
                     Ok(0) | Err(_) => break,
