@@ -114,6 +114,10 @@ pub struct SmolConfig {
     /// in-memory link that cannot corrupt packets): smoltcp neither computes nor verifies them.
     /// Off by default; never turn it on for TUN/TAP or anything that crosses a real wire.
     pub checksum_offload: bool,
+    /// Set when the port is shared by several workers through a steering splitter: connections
+    /// this transport opens get an ephemeral port whose 4-tuple hashes to this worker, so the
+    /// replies are steered back to it.
+    pub steer: Option<crate::port::steer::Steer>,
 }
 
 impl Default for SmolConfig {
@@ -134,6 +138,7 @@ impl Default for SmolConfig {
             mac: None,
             gateway: None,
             checksum_offload: false,
+            steer: None,
         }
     }
 }
@@ -587,7 +592,11 @@ impl<P: Port> SmolTransport<P> {
                 remote,
                 rport,
             };
-            if !self.map.contains_key(&key) {
+            let ours = self
+                .cfg
+                .steer
+                .is_none_or(|s| s.owns(local, lport, remote, rport));
+            if ours && !self.map.contains_key(&key) {
                 return Ok(lport);
             }
         }
