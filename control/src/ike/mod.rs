@@ -1,0 +1,4 @@
+//! IKEv2: the message codec (`wire`) and the cryptographic core (`crypto`).
+
+pub mod crypto;
+pub mod wire;
