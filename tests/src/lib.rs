@@ -352,7 +352,12 @@ impl Tunnel {
 
     /// Waits until `count` packets have arrived at `at` (or 20 s), then returns all received there.
     pub fn received(&mut self, at: u16, count: usize) -> Vec<u32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.received_within(at, count, Duration::from_secs(20))
+    }
+
+    /// Like [`received`](Self::received) with a shorter wait, for counts that may not be reached.
+    pub fn received_within(&mut self, at: u16, count: usize, wait: Duration) -> Vec<u32> {
+        let deadline = Instant::now() + wait;
         while self.inbox[usize::from(at)].len() < count && Instant::now() < deadline {
             self.pump();
             std::thread::sleep(Duration::from_micros(200));
