@@ -1,12 +1,10 @@
 //! Linux TAP device: the ciphertext side, Ethernet II frames ([`Medium::Ethernet`]). Everything
 //! but the device kind and the medium is [`TunTapFd`], shared with [`Tun`](super::tun::Tun).
 
-use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use super::tun::{Kind, TunConfig, TunTapFd, TunTapStats};
-use super::{Medium, Packet, PacketPool, Port};
+use super::Medium;
+use super::tun::{Kind, TunConfig, TunTapFd};
 
 /// A TAP queue: Ethernet frames without FCS (`IFF_TAP | IFF_NO_PI`).
 #[derive(Debug)]
@@ -27,61 +25,16 @@ impl Tap {
             dev: TunTapFd::open(cfg, Kind::Tap)?,
         })
     }
-
-    /// The interface's name.
-    pub fn name(&self) -> &str {
-        self.dev.name()
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> TunTapStats {
-        self.dev.stats()
-    }
 }
 
-impl AsFd for Tap {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.dev.as_fd()
-    }
-}
-
-impl AsRawFd for Tap {
-    fn as_raw_fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
-    }
-}
-
-impl Port for Tap {
-    fn recv_burst(
-        &mut self,
-        pool: &mut PacketPool,
-        out: &mut Vec<Packet>,
-        max: usize,
-    ) -> io::Result<usize> {
-        self.dev.recv_burst(pool, out, max)
-    }
-
-    fn send_burst(
-        &mut self,
-        pool: &mut PacketPool,
-        pkts: &mut VecDeque<Packet>,
-    ) -> io::Result<usize> {
-        self.dev.send_burst(pool, pkts)
-    }
-
-    fn medium(&self) -> Medium {
-        Medium::Ethernet
-    }
-
-    fn mtu(&self) -> usize {
-        self.dev.mtu()
-    }
-}
+super::tun::tun_tap_port!(Tap, Medium::Ethernet);
 
 #[cfg(test)]
 mod tests {
     use super::super::tun::testutil::in_fresh_netns;
     use super::*;
+    use crate::port::{PacketPool, Port};
+    use std::collections::VecDeque;
 
     #[test]
     fn opens_a_tap_that_reads_nothing_while_down() {

@@ -13,7 +13,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::{Medium, Packet, PacketPool, Port};
+use super::{Medium, Packet, PacketPool};
 use std::collections::VecDeque;
 
 /// The clone device that creates TUN/TAP interfaces.
@@ -266,56 +266,67 @@ impl Tun {
             dev: TunTapFd::open(cfg, Kind::Tun)?,
         })
     }
-
-    /// The interface's name.
-    pub fn name(&self) -> &str {
-        self.dev.name()
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> TunTapStats {
-        self.dev.stats()
-    }
 }
 
-impl AsFd for Tun {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.dev.as_fd()
-    }
+/// The parts of [`Tun`] and [`Tap`](super::tap::Tap) that only delegate to [`TunTapFd`]: name,
+/// counters, fd access and the [`Port`] impl.
+macro_rules! tun_tap_port {
+    ($ty:ident, $medium:expr) => {
+        impl $ty {
+            /// The interface's name.
+            pub fn name(&self) -> &str {
+                self.dev.name()
+            }
+
+            /// A snapshot of the counters.
+            pub fn stats(&self) -> $crate::port::tun::TunTapStats {
+                self.dev.stats()
+            }
+        }
+
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.dev)
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.dev)
+            }
+        }
+
+        impl $crate::port::Port for $ty {
+            fn recv_burst(
+                &mut self,
+                pool: &mut $crate::port::PacketPool,
+                out: &mut Vec<$crate::port::Packet>,
+                max: usize,
+            ) -> std::io::Result<usize> {
+                self.dev.recv_burst(pool, out, max)
+            }
+
+            fn send_burst(
+                &mut self,
+                pool: &mut $crate::port::PacketPool,
+                pkts: &mut std::collections::VecDeque<$crate::port::Packet>,
+            ) -> std::io::Result<usize> {
+                self.dev.send_burst(pool, pkts)
+            }
+
+            fn medium(&self) -> $crate::port::Medium {
+                $medium
+            }
+
+            fn mtu(&self) -> usize {
+                self.dev.mtu()
+            }
+        }
+    };
 }
+pub(crate) use tun_tap_port;
 
-impl AsRawFd for Tun {
-    fn as_raw_fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
-    }
-}
-
-impl Port for Tun {
-    fn recv_burst(
-        &mut self,
-        pool: &mut PacketPool,
-        out: &mut Vec<Packet>,
-        max: usize,
-    ) -> io::Result<usize> {
-        self.dev.recv_burst(pool, out, max)
-    }
-
-    fn send_burst(
-        &mut self,
-        pool: &mut PacketPool,
-        pkts: &mut VecDeque<Packet>,
-    ) -> io::Result<usize> {
-        self.dev.send_burst(pool, pkts)
-    }
-
-    fn medium(&self) -> Medium {
-        Medium::Ip
-    }
-
-    fn mtu(&self) -> usize {
-        self.dev.mtu()
-    }
-}
+tun_tap_port!(Tun, Medium::Ip);
 
 /// Helpers for tests that need a TUN/TAP device: they run in a fresh network namespace, so they
 /// touch nothing on the host, and skip when the machine does not allow it.
@@ -352,6 +363,7 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::in_fresh_netns;
     use super::*;
+    use crate::port::Port;
 
     #[test]
     fn rejects_bad_names_before_any_syscall() {
