@@ -101,15 +101,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         millis_per_point: a.millis,
         results: rows,
     };
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    crate::report::print(a.json, &report, print_table)
 }
 
 fn print_table(r: &Report) {

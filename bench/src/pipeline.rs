@@ -162,15 +162,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         checksum_offload: a.checksum_offload,
         results: rows,
     };
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    crate::report::print(a.json, &report, print_table)
 }
 
 fn print_table(r: &Report) {
@@ -512,26 +504,8 @@ fn drive(
     if failed > 0 {
         return Err(format!("{failed} of {idle} idle connections failed"));
     }
-    // Warm up, then measure.
-    shared.running.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(a.seconds / 4.0));
-    let (p0, b0) = (
-        shared.received.load(Ordering::Relaxed),
-        shared.received_bytes.load(Ordering::Relaxed),
-    );
-    shared.measuring.store(true, Ordering::Relaxed);
     let busy = |w: u16| h.worker_stats(w).map_or(0, |s| s.busy_ns);
-    let (tx0, rx0) = (busy(0), busy(1));
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(a.seconds));
-    let (tx1, rx1) = (busy(0), busy(1));
-    let (p1, b1) = (
-        shared.received.load(Ordering::Relaxed),
-        shared.received_bytes.load(Ordering::Relaxed),
-    );
-    let el = t0.elapsed().as_secs_f64();
-    shared.measuring.store(false, Ordering::Relaxed);
-    shared.running.store(false, Ordering::Relaxed);
+    let (win, (tx0, rx0), (tx1, rx1)) = shared.measure(a.seconds, || (busy(0), busy(1)));
     if std::env::var_os("IKETCP_BENCH_DEBUG").is_some() {
         eprintln!(
             "sender: {:?}\nreceiver: {:?}",
@@ -539,29 +513,21 @@ fn drive(
             h.worker_stats(1)
         );
     }
-    let hist = shared.hist.lock().map_err(|_| "histogram lock poisoned")?;
-    let pct = |q: f64| {
-        if hist.is_empty() {
-            None
-        } else {
-            Some(hist.value_at_quantile(q) as f64 / 1000.0)
-        }
-    };
-    let packets = p1 - p0;
+    let [p50_us, p99_us, p999_us] = shared.percentiles()?;
     Ok(Row {
         scenario: if kernel { "kernel" } else { "pipeline" },
         backend: backend.name().into(),
         suite: a.suite.name().into(),
         size,
-        gbps: (b1 - b0) as f64 * 8.0 / el / 1e9,
-        mpps: packets as f64 / el / 1e6,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        p999_us: pct(0.999),
-        packets,
+        gbps: win.gbps(),
+        mpps: win.mpps(),
+        p50_us,
+        p99_us,
+        p999_us,
+        packets: win.packets,
         misordered: shared.misordered.load(Ordering::Relaxed),
-        tx_load: Some((tx1 - tx0) as f64 / el / 1e9),
-        rx_load: Some((rx1 - rx0) as f64 / el / 1e9),
+        tx_load: Some((tx1 - tx0) as f64 / win.seconds / 1e9),
+        rx_load: Some((rx1 - rx0) as f64 / win.seconds / 1e9),
     })
 }
 
@@ -689,45 +655,23 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
         }
         Ok(())
     });
-    std::thread::sleep(Duration::from_secs_f64(a.seconds / 4.0));
-    let (p0, b0) = (
-        shared.received.load(Ordering::Relaxed),
-        shared.received_bytes.load(Ordering::Relaxed),
-    );
-    shared.measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(a.seconds));
-    let (p1, b1) = (
-        shared.received.load(Ordering::Relaxed),
-        shared.received_bytes.load(Ordering::Relaxed),
-    );
-    let el = t0.elapsed().as_secs_f64();
-    shared.measuring.store(false, Ordering::Relaxed);
-    shared.running.store(false, Ordering::Relaxed);
+    let (win, (), ()) = shared.measure(a.seconds, || ());
     for j in [tx, rx] {
         j.join()
             .map_err(|_| "tcp-only thread panicked".to_owned())??;
     }
-    let hist = shared.hist.lock().map_err(|_| "histogram lock poisoned")?;
-    let pct = |q: f64| {
-        if hist.is_empty() {
-            None
-        } else {
-            Some(hist.value_at_quantile(q) as f64 / 1000.0)
-        }
-    };
-    let packets = p1 - p0;
+    let [p50_us, p99_us, p999_us] = shared.percentiles()?;
     Ok(Row {
         scenario: "tcp-only",
         backend: "-".into(),
         suite: "-".into(),
         size,
-        gbps: (b1 - b0) as f64 * 8.0 / el / 1e9,
-        mpps: packets as f64 / el / 1e6,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        p999_us: pct(0.999),
-        packets,
+        gbps: win.gbps(),
+        mpps: win.mpps(),
+        p50_us,
+        p99_us,
+        p999_us,
+        packets: win.packets,
         misordered: 0,
         tx_load: None,
         rx_load: None,

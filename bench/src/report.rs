@@ -32,3 +32,16 @@ impl Machine {
         }
     }
 }
+
+/// Prints `report` as one JSON object, or as the table `table` draws.
+pub fn print<R: Serialize>(json: bool, report: &R, table: impl FnOnce(&R)) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).map_err(|e| e.to_string())?
+        );
+    } else {
+        table(report);
+    }
+    Ok(())
+}

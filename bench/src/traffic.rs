@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use iketcp_dataplane::port::{Medium, Packet, PacketPool, Port};
@@ -18,6 +18,24 @@ const SEQ_AT: usize = 28;
 const TS_AT: usize = 36;
 /// Smallest inner packet the generator makes (headers and both stamps).
 pub const MIN_SIZE: usize = 44;
+
+/// Deliveries counted in one measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub packets: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl Window {
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.seconds / 1e9
+    }
+
+    pub fn mpps(&self) -> f64 {
+        self.packets as f64 / self.seconds / 1e6
+    }
+}
 
 /// Shared between the bench driver and the ports.
 #[derive(Debug)]
@@ -53,6 +71,42 @@ impl Shared {
             received_bytes: AtomicU64::new(0),
             misordered: AtomicU64::new(0),
         }))
+    }
+
+    /// Warms up for a quarter of `seconds`, then counts deliveries for `seconds` while the sink
+    /// records latency, then stops the generator. `sample` is read at both edges of the window.
+    pub fn measure<T>(&self, seconds: f64, sample: impl Fn() -> T) -> (Window, T, T) {
+        let counts = || {
+            (
+                self.received.load(Ordering::Relaxed),
+                self.received_bytes.load(Ordering::Relaxed),
+            )
+        };
+        self.running.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs_f64(seconds / 4.0));
+        let (p0, b0) = counts();
+        self.measuring.store(true, Ordering::Relaxed);
+        let s0 = sample();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        let s1 = sample();
+        let (p1, b1) = counts();
+        let secs = t0.elapsed().as_secs_f64();
+        self.measuring.store(false, Ordering::Relaxed);
+        self.running.store(false, Ordering::Relaxed);
+        let w = Window {
+            packets: p1 - p0,
+            bytes: b1 - b0,
+            seconds: secs,
+        };
+        (w, s0, s1)
+    }
+
+    /// p50, p99 and p99.9 latency in microseconds (None if nothing was recorded).
+    pub fn percentiles(&self) -> Result<[Option<f64>; 3], String> {
+        let hist = self.hist.lock().map_err(|_| "histogram lock poisoned")?;
+        Ok([0.5, 0.99, 0.999]
+            .map(|q| (!hist.is_empty()).then(|| hist.value_at_quantile(q) as f64 / 1000.0)))
     }
 
     fn now_ns(&self) -> u64 {
