@@ -90,10 +90,10 @@ impl<T: Transport, P: Port> Worker<T, P> {
     pub fn step(&mut self, now: Instant) -> io::Result<(bool, bool)> {
         let e = &mut self.engine;
         stats::bump(&e.stats().loops, 1);
+        let before = e.stats().activity();
         if !e.handle_commands(&mut self.transport) {
             return Ok((false, false));
         }
-        let before = e.stats().snapshot();
         self.transport.poll(now, &mut self.events)?;
         e.on_transport_events(&mut self.transport, &mut self.events);
         // Ciphertext in: deframe, decrypt, queue inner packets.
@@ -115,14 +115,7 @@ impl<T: Transport, P: Port> Worker<T, P> {
         // Transmit what was just queued without waiting for the next iteration.
         self.transport.poll(now, &mut self.events)?;
         e.on_transport_events(&mut self.transport, &mut self.events);
-        let after = e.stats().snapshot();
-        let busy = after.esp_in != before.esp_in
-            || after.esp_out != before.esp_out
-            || after.ike_in != before.ike_in
-            || after.conns_up != before.conns_up
-            || after.conns_down != before.conns_down
-            || after.commands != before.commands;
-        Ok((true, busy))
+        Ok((true, e.stats().activity() != before))
     }
 
     /// Runs until `Shutdown`, an I/O error on a port, or the command channel closing.

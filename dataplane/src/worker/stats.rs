@@ -91,6 +91,28 @@ counters! {
     busy_ns,
 }
 
+impl WorkerStats {
+    /// A number that changes whenever the worker did something (packets, frames, connection
+    /// events, commands); the loop compares it to tell busy iterations from idle polling without
+    /// copying every counter.
+    #[inline]
+    pub fn activity(&self) -> u64 {
+        [
+            &self.plain_in,
+            &self.esp_in,
+            &self.esp_out,
+            &self.ike_in,
+            &self.frames_unparseable,
+            &self.unknown_spi,
+            &self.conns_up,
+            &self.conns_down,
+            &self.commands,
+        ]
+        .iter()
+        .fold(0u64, |a, c| a.wrapping_add(c.load(Ordering::Relaxed)))
+    }
+}
+
 /// Increments a counter; the worker is its only writer, so a load and a store suffice (no locked
 /// read-modify-write on the packet path).
 #[inline]
