@@ -1,4 +1,5 @@
 //! IKEv2: the message codec (`wire`) and the cryptographic core (`crypto`).
 
 pub mod crypto;
+pub mod session;
 pub mod wire;

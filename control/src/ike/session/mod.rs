@@ -1,0 +1,1214 @@
+//! The sans-IO IKEv2 session: IKE_SA_INIT and IKE_AUTH with a pre-shared key (RFC 7296 §1.2),
+//! as spoken over an RFC 9329 TCP connection.
+//!
+//! The session owns no socket, timer or thread. The caller feeds it whole IKE messages (the
+//! RFC 9329 Length field already removed) with [`Session::handle`] and gets back messages to
+//! send (unframed: the data plane adds the TCP framing) and events. Time is passed in.
+//!
+//! Over TCP there are no retransmissions by the initiator (RFC 9329 §6.2), so an initiator acts
+//! on the first answer it gets, error notifications included (R-6.4-a); the responder still
+//! answers a retransmitted request with its cached response bit for bit (R-6.2-c).
+//!
+//! Not covered yet: COOKIE, CREATE_CHILD_SA, INFORMATIONAL, certificates and EAP.
+
+mod proposal;
+mod ts;
+
+#[cfg(test)]
+mod tests;
+
+use core::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use iketcp_dataplane::crypto::Suite;
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+pub use crate::ike::crypto::Role;
+use crate::ike::crypto::{
+    ChildKeyLengths, DhGroup, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes, SkCipher,
+    SkError,
+};
+use crate::ike::wire::{
+    AuthMethod, AuthPayload, ExchangeType, Flags, Header, Identity, KePayload, Message,
+    NotifyPayload, NotifyType, Payload, PayloadIter, PayloadType, SaPayload, SkPayload,
+    TrafficSelector, TsPayload, emit_chain, locate_encrypted, parse_chain,
+};
+
+/// Length of the nonces we send (RFC 7296 §2.10: at least half the PRF key size, 16..=256).
+pub const NONCE_LEN: usize = 32;
+
+/// Bound on IKE_SA_INIT requests per session (INVALID_KE_PAYLOAD and COOKIE retries).
+const MAX_INIT_ATTEMPTS: u8 = 4;
+
+/// The PSK key pad (RFC 7296 §2.15).
+const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
+
+/// What one end of an IKE SA is configured with.
+#[derive(Clone)]
+pub struct Config {
+    /// Our identity (IDi as initiator, IDr as responder).
+    pub local_id: Identity,
+    /// The identity the peer must prove.
+    pub remote_id: Identity,
+    /// The pre-shared key (RFC 7296 §2.15); wiped on drop.
+    pub psk: Zeroizing<Vec<u8>>,
+    /// IKE SA suites, most preferred first. The initiator's first KE uses the first one's group.
+    pub ike_proposals: Vec<IkeSuite>,
+    /// ESP suites with the ESN choice, most preferred first.
+    pub esp_proposals: Vec<(Suite, bool)>,
+    /// Our side of the Child SA's traffic (TSi as initiator, TSr as responder).
+    pub ts_local: Vec<TrafficSelector>,
+    /// The peer's side of the Child SA's traffic.
+    pub ts_remote: Vec<TrafficSelector>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("local_id", &self.local_id)
+            .field("remote_id", &self.remote_id)
+            .field("psk", &"<redacted>")
+            .field("ike_proposals", &self.ike_proposals)
+            .field("esp_proposals", &self.esp_proposals)
+            .field("ts_local", &self.ts_local)
+            .field("ts_remote", &self.ts_remote)
+            .finish()
+    }
+}
+
+/// What [`Session::handle`] asks the caller to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this IKE message to the peer (without RFC 9329 framing).
+    Send(Vec<u8>),
+    /// Something happened.
+    Event(SessionEvent),
+}
+
+/// Why a message was dropped without any change to the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a well-formed IKEv2 message, or (unauthenticated) missing required payloads.
+    Malformed,
+    /// A Message ID that is neither the expected one nor a retransmission (RFC 7296 §2.2).
+    UnexpectedMessageId,
+    /// Wrong SPIs, flags or exchange type for the current state.
+    Unexpected,
+}
+
+/// Why the session gave up. After this, [`Session::handle`] only re-sends a cached response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// The peer answered with this error notification (R-6.4-a: acted on immediately).
+    PeerError(NotifyType),
+    /// We found this error and (as responder) told the peer.
+    LocalError(NotifyType),
+}
+
+/// A Child SA ready for the data plane. Keys are wiped on drop and redacted in `Debug`.
+#[derive(Clone, Debug)]
+pub struct ChildSa {
+    /// SPI of our inbound SA (chosen by us).
+    pub spi_in: u32,
+    /// SPI of our outbound SA (chosen by the peer).
+    pub spi_out: u32,
+    /// The negotiated ESP transform.
+    pub suite: Suite,
+    /// Extended sequence numbers.
+    pub esn: bool,
+    /// KEYMAT of the inbound SA: `suite.keymat_len()` bytes, key ‖ salt (RFC 7296 §2.17).
+    pub keymat_in: SecretBytes,
+    /// KEYMAT of the outbound SA.
+    pub keymat_out: SecretBytes,
+    /// Our side of the traffic, as narrowed by the responder.
+    pub ts_local: Vec<TrafficSelector>,
+    /// The peer's side of the traffic.
+    pub ts_remote: Vec<TrafficSelector>,
+}
+
+/// Events reported by the session.
+#[derive(Clone, Debug)]
+pub enum SessionEvent {
+    /// The IKE SA is authenticated (both AUTH payloads verified on our side).
+    IkeSaUp {
+        /// Initiator's SPI.
+        spi_i: u64,
+        /// Responder's SPI.
+        spi_r: u64,
+        /// Negotiated algorithms.
+        suite: IkeSuite,
+        /// NAT detected in front of us (RFC 7296 §2.23, computed over TCP ports, R-6.5-b).
+        nat_local: bool,
+        /// NAT detected in front of the peer.
+        nat_remote: bool,
+    },
+    /// The first Child SA, created with the IKE SA.
+    ChildSaUp(ChildSa),
+    /// The IKE SA is up but the Child SA was refused with this notification.
+    ChildSaFailed(NotifyType),
+    /// An encrypted message failed its integrity check and was dropped without any change to
+    /// the session; the data plane may count it as corruption (R-6.1-o).
+    IntegrityFailure,
+    /// A message was dropped without any change to the session.
+    Dropped(DropReason),
+    /// The session failed for good.
+    Failed(FailReason),
+}
+
+/// Errors that leave the session unusable or that no message caused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// The session has failed before; nothing more is processed.
+    Closed,
+    /// The configuration cannot be used (e.g. no IKE proposal).
+    Config(&'static str),
+    /// The system random number generator failed.
+    Rng,
+    /// A local encoding or cryptographic step failed (should not happen).
+    Internal(&'static str),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Closed => f.write_str("session has failed"),
+            SessionError::Config(s) => write!(f, "bad configuration: {s}"),
+            SessionError::Rng => f.write_str("random number generator failed"),
+            SessionError::Internal(s) => write!(f, "internal error: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+#[derive(Debug)]
+enum State {
+    /// Initiator: IKE_SA_INIT request sent with this key exchange.
+    InitSent { ke: KeyExchange },
+    /// Initiator: IKE_AUTH request sent.
+    AuthSent,
+    /// Responder: waiting for IKE_SA_INIT.
+    Idle,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    InitDone,
+    /// Both AUTHs verified.
+    Established,
+    /// Gave up.
+    Failed,
+}
+
+/// The responder's last response, for retransmitted requests (RFC 7296 §2.1, R-6.2-c).
+#[derive(Debug)]
+struct Cached {
+    message_id: u32,
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+/// Keys and SK payload protection of an IKE SA.
+#[derive(Debug)]
+struct Protection {
+    keys: IkeSaKeys,
+    out: SkCipher,
+    inb: SkCipher,
+}
+
+/// One IKEv2 session on one TCP connection. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    cfg: Config,
+    role: Role,
+    local: SocketAddr,
+    remote: SocketAddr,
+    state: State,
+    spi_i: u64,
+    spi_r: u64,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// RealMessage1: the IKE_SA_INIT request as sent or received.
+    init_request: Vec<u8>,
+    /// RealMessage2: the IKE_SA_INIT response as sent or received.
+    init_response: Vec<u8>,
+    suite: Option<IkeSuite>,
+    prot: Option<Protection>,
+    /// Initiator: Message ID of the outstanding request. Responder: the next expected one.
+    message_id: u32,
+    cached: Option<Cached>,
+    child_spi_in: u32,
+    nat: (bool, bool),
+    last_activity: Option<Instant>,
+    /// Initiator: our KE public value (kept for a COOKIE retry, RFC 7296 §2.6).
+    ke_public: Vec<u8>,
+    /// Initiator: the responder's cookie, sent first in every further IKE_SA_INIT request.
+    cookie: Option<Vec<u8>>,
+    /// Initiator: groups already sent in a KE payload (no INVALID_KE_PAYLOAD ping-pong).
+    tried_groups: Vec<DhGroup>,
+    /// Initiator: IKE_SA_INIT requests sent so far.
+    init_attempts: u8,
+}
+
+fn random<const N: usize>() -> Result<[u8; N], SessionError> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|_| SessionError::Rng)?;
+    Ok(b)
+}
+
+fn random_ike_spi() -> Result<u64, SessionError> {
+    loop {
+        let v = u64::from_be_bytes(random()?);
+        if v != 0 {
+            return Ok(v);
+        }
+    }
+}
+
+/// A random ESP SPI outside the reserved 0..=255 (RFC 4303 §2.1).
+fn random_esp_spi() -> Result<u32, SessionError> {
+    loop {
+        let v = u32::from_be_bytes(random()?);
+        if v > 255 {
+            return Ok(v);
+        }
+    }
+}
+
+/// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP address | port), RFC 7296 §2.23, with the
+/// TCP address and port of the connection (R-6.5-a, R-6.5-b).
+pub fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> [u8; 20] {
+    let mut h = Sha1::new();
+    h.update(spi_i.to_be_bytes());
+    h.update(spi_r.to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(a) => h.update(a.octets()),
+        IpAddr::V6(a) => h.update(a.octets()),
+    }
+    h.update(addr.port().to_be_bytes());
+    let mut out = [0u8; 20];
+    out.copy_from_slice(&h.finalize());
+    out
+}
+
+fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
+    Payload::Notify(NotifyPayload::new(kind, data))
+}
+
+fn first_error(payloads: &[Payload]) -> Option<&NotifyPayload> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.kind.is_error() => Some(n),
+        _ => None,
+    })
+}
+
+fn find_notify(payloads: &[Payload], kind: NotifyType) -> Option<&NotifyPayload> {
+    payloads.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.kind == kind => Some(n),
+        _ => None,
+    })
+}
+
+fn dropped(r: DropReason) -> Vec<Output> {
+    vec![Output::Event(SessionEvent::Dropped(r))]
+}
+
+fn emit_err<E>(_: E) -> SessionError {
+    SessionError::Internal("encoding")
+}
+
+fn id_body(id: &Identity) -> Result<Vec<u8>, SessionError> {
+    let mut v = Vec::new();
+    id.emit(&mut v).map_err(emit_err)?;
+    Ok(v)
+}
+
+/// The raw body of the first payload of type `kind` in a decrypted chain (RFC 7296 §2.15 signs
+/// the ID payload as received).
+fn raw_body(chain: &[u8], first: PayloadType, kind: PayloadType) -> Option<Vec<u8>> {
+    PayloadIter::new(chain, 0, first)
+        .map_while(Result::ok)
+        .find(|r| r.kind == kind)
+        .map(|r| r.body.to_vec())
+}
+
+/// An opened SK payload: the decrypted chain, its first payload type, and the typed payloads
+/// (`Err` if the chain does not parse).
+struct Opened {
+    plain: Zeroizing<Vec<u8>>,
+    first: PayloadType,
+    payloads: Result<Vec<Payload>, crate::ike::wire::Error>,
+}
+
+enum OpenError {
+    Integrity,
+    Malformed,
+}
+
+impl Session {
+    /// Starts an IKE SA as initiator on the TCP connection `local` → `remote`, returning the
+    /// IKE_SA_INIT request. Its KE payload uses the group of the first IKE proposal.
+    ///
+    /// # Errors
+    /// [`SessionError::Config`] without IKE or ESP proposals, [`SessionError::Rng`].
+    pub fn initiator(
+        cfg: Config,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Result<(Session, Vec<u8>), SessionError> {
+        let group = cfg
+            .ike_proposals
+            .first()
+            .ok_or(SessionError::Config("no IKE proposal"))?
+            .dh();
+        if cfg.esp_proposals.is_empty() {
+            return Err(SessionError::Config("no ESP proposal"));
+        }
+        let mut s = Session {
+            cfg,
+            role: Role::Initiator,
+            local,
+            remote,
+            state: State::Idle,
+            spi_i: random_ike_spi()?,
+            spi_r: 0,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            suite: None,
+            prot: None,
+            message_id: 0,
+            cached: None,
+            child_spi_in: random_esp_spi()?,
+            nat: (false, false),
+            ke_public: Vec::new(),
+            cookie: None,
+            tried_groups: Vec::new(),
+            init_attempts: 0,
+            last_activity: Some(now),
+        };
+        let msg = s.start_init(group)?;
+        Ok((s, msg))
+    }
+
+    /// A responder waiting for the IKE_SA_INIT request on the TCP connection `local` ← `remote`.
+    pub fn responder(cfg: Config, local: SocketAddr, remote: SocketAddr) -> Session {
+        Session {
+            cfg,
+            role: Role::Responder,
+            local,
+            remote,
+            state: State::Idle,
+            spi_i: 0,
+            spi_r: 0,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            suite: None,
+            prot: None,
+            message_id: 0,
+            cached: None,
+            child_spi_in: 0,
+            nat: (false, false),
+            ke_public: Vec::new(),
+            cookie: None,
+            tried_groups: Vec::new(),
+            init_attempts: 0,
+            last_activity: None,
+        }
+    }
+
+    /// Our role in the IKE SA.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether both AUTH payloads have been verified.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// Whether the session has failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.state, State::Failed)
+    }
+
+    /// (SPIi, SPIr); SPIr is 0 until the IKE_SA_INIT response.
+    pub fn spis(&self) -> (u64, u64) {
+        (self.spi_i, self.spi_r)
+    }
+
+    /// The IKE SA suite, once negotiated.
+    pub fn suite(&self) -> Option<IkeSuite> {
+        self.suite
+    }
+
+    /// When the last message that was not dropped arrived (for an initiator, initially its
+    /// creation time). Dropped messages and integrity failures leave it alone.
+    pub fn last_activity(&self) -> Option<Instant> {
+        self.last_activity
+    }
+
+    /// Handles one whole IKE message received from the peer.
+    ///
+    /// # Errors
+    /// [`SessionError::Closed`] after a failure (except that a retransmitted request still gets
+    /// the cached response); [`SessionError::Rng`] / [`SessionError::Internal`] for local faults.
+    pub fn handle(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
+        let out = self.handle_inner(msg)?;
+        let ignored = matches!(
+            out.as_slice(),
+            [Output::Event(
+                SessionEvent::Dropped(_) | SessionEvent::IntegrityFailure
+            )]
+        );
+        if !ignored {
+            self.last_activity = Some(now);
+        }
+        Ok(out)
+    }
+
+    fn handle_inner(&mut self, msg: &[u8]) -> Result<Vec<Output>, SessionError> {
+        if matches!(self.state, State::Failed) && self.cached.is_none() {
+            return Err(SessionError::Closed);
+        }
+        let Ok(info) = Header::parse(msg) else {
+            return Ok(dropped(DropReason::Malformed));
+        };
+        if info.check(msg.len()).is_err() {
+            return Ok(dropped(DropReason::Malformed));
+        }
+        let h = info.header;
+        if let Some(out) = self.retransmission(msg, &h) {
+            return Ok(out);
+        }
+        if matches!(self.state, State::Failed) {
+            return Err(SessionError::Closed);
+        }
+        // RFC 7296 §3.1: the I flag says who sent it; the R flag whether it is a response.
+        let from_initiator = self.role == Role::Responder;
+        if h.flags.initiator != from_initiator || h.flags.response != (self.role == Role::Initiator)
+        {
+            return Ok(dropped(DropReason::Unexpected));
+        }
+        match self.state {
+            State::InitSent { .. } => self.on_init_response(msg, &h),
+            State::AuthSent => self.on_auth_response(msg, &h),
+            State::Idle => self.on_init_request(msg, &h),
+            State::InitDone => self.on_auth_request(msg, &h),
+            State::Established | State::Failed => Ok(dropped(DropReason::Unexpected)),
+        }
+    }
+
+    /// R-6.2-c: a request with the Message ID of the last response gets that response again,
+    /// bit for bit, and changes nothing.
+    fn retransmission(&self, msg: &[u8], h: &Header) -> Option<Vec<Output>> {
+        let c = self.cached.as_ref()?;
+        if h.flags.response
+            || h.message_id != c.message_id
+            || h.spi_i != self.spi_i
+            || (h.spi_r != 0 && h.spi_r != self.spi_r)
+        {
+            return None;
+        }
+        if msg == c.request.as_slice() {
+            return Some(vec![Output::Send(c.response.clone())]);
+        }
+        // Same Message ID but other bytes: only an authentic message counts as a retransmission.
+        match self.open(msg) {
+            Ok(_) => Some(vec![Output::Send(c.response.clone())]),
+            Err(OpenError::Integrity) => Some(vec![Output::Event(SessionEvent::IntegrityFailure)]),
+            Err(OpenError::Malformed) => Some(dropped(DropReason::UnexpectedMessageId)),
+        }
+    }
+
+    fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            exchange,
+            flags: Flags {
+                initiator: self.role == Role::Initiator,
+                version: false,
+                response,
+            },
+            message_id,
+        }
+    }
+
+    fn nat_notifies(&self) -> [Payload; 2] {
+        [
+            notify(
+                NotifyType::NAT_DETECTION_SOURCE_IP,
+                nat_hash(self.spi_i, self.spi_r, self.local).to_vec(),
+            ),
+            notify(
+                NotifyType::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(self.spi_i, self.spi_r, self.remote).to_vec(),
+            ),
+        ]
+    }
+
+    /// RFC 7296 §2.23: (NAT in front of us, NAT in front of the peer). `spi_r` is the one the
+    /// sender used (0 in the request).
+    fn nat_detect(&self, payloads: &[Payload], spi_r: u64) -> (bool, bool) {
+        // Several SOURCE notifies may come (one per address of a multihomed sender); a NAT is
+        // detected when some come and none matches.
+        let differs = |kind, addr| {
+            let expected = nat_hash(self.spi_i, spi_r, addr);
+            let mut seen = payloads.iter().filter_map(|p| match p {
+                Payload::Notify(n) if n.kind == kind => Some(n.data.as_slice()),
+                _ => None,
+            });
+            let first = seen.next();
+            first.is_some() && first.into_iter().chain(seen).all(|d| d != expected)
+        };
+        (
+            differs(NotifyType::NAT_DETECTION_DESTINATION_IP, self.local),
+            differs(NotifyType::NAT_DETECTION_SOURCE_IP, self.remote),
+        )
+    }
+
+    /// Builds (or rebuilds, after INVALID_KE_PAYLOAD) the IKE_SA_INIT request with a new key
+    /// exchange for `group` and a new nonce.
+    fn start_init(&mut self, group: DhGroup) -> Result<Vec<u8>, SessionError> {
+        let (ke, public) = KeyExchange::generate(group).map_err(|_| SessionError::Rng)?;
+        self.ni = random::<NONCE_LEN>()?.to_vec();
+        self.ke_public = public;
+        self.tried_groups.push(group);
+        self.state = State::InitSent { ke };
+        self.init_message(group)
+    }
+
+    /// The IKE_SA_INIT request from the current KE and nonce, with the cookie first if we have
+    /// one (RFC 7296 §2.6). It becomes RealMessage1.
+    fn init_message(&mut self, group: DhGroup) -> Result<Vec<u8>, SessionError> {
+        let mut payloads = Vec::new();
+        if let Some(c) = &self.cookie {
+            payloads.push(notify(NotifyType::COOKIE, c.clone()));
+        }
+        payloads.extend([
+            Payload::Sa(proposal::ike_offer(&self.cfg.ike_proposals)),
+            Payload::Ke(KePayload {
+                group: group.transform_id(),
+                data: self.ke_public.clone(),
+            }),
+            Payload::Nonce(self.ni.clone()),
+        ]);
+        payloads.extend(self.nat_notifies());
+        let msg = Message {
+            header: self.header(ExchangeType::IKE_SA_INIT, false, 0),
+            payloads,
+        }
+        .to_bytes()
+        .map_err(emit_err)?;
+        self.init_request = msg.clone();
+        self.message_id = 0;
+        self.init_attempts = self.init_attempts.saturating_add(1);
+        Ok(msg)
+    }
+
+    fn fail(&mut self, reason: FailReason, mut out: Vec<Output>) -> Vec<Output> {
+        self.state = State::Failed;
+        out.push(Output::Event(SessionEvent::Failed(reason)));
+        out
+    }
+
+    fn install_keys(
+        &mut self,
+        suite: IkeSuite,
+        ke: &KeyExchange,
+        peer: &[u8],
+    ) -> Result<(), SessionError> {
+        let g_ir = ke
+            .agree(peer)
+            .map_err(|_| SessionError::Internal("key exchange"))?;
+        let keys = IkeSaKeys::initial(
+            &suite,
+            g_ir.expose(),
+            &self.ni,
+            &self.nr,
+            &self.spi_i.to_be_bytes(),
+            &self.spi_r.to_be_bytes(),
+        )
+        .map_err(|_| SessionError::Internal("key derivation"))?;
+        let (out, inb) = keys
+            .sk_ciphers(self.role)
+            .map_err(|_| SessionError::Internal("SK keys"))?;
+        self.suite = Some(suite);
+        self.prot = Some(Protection { keys, out, inb });
+        Ok(())
+    }
+
+    // ----- initiator -----
+
+    fn on_init_response(&mut self, msg: &[u8], h: &Header) -> Result<Vec<Output>, SessionError> {
+        if h.exchange != ExchangeType::IKE_SA_INIT || h.message_id != 0 || h.spi_i != self.spi_i {
+            return Ok(dropped(DropReason::Unexpected));
+        }
+        let Ok(m) = Message::parse(msg) else {
+            return Ok(dropped(DropReason::Malformed));
+        };
+        let State::InitSent { ke } = &self.state else {
+            return Ok(dropped(DropReason::Unexpected));
+        };
+        let current = ke.group();
+        let retry_ok = self.init_attempts < MAX_INIT_ATTEMPTS;
+        // RFC 7296 §2.6: retry with the cookie first and everything else unchanged.
+        if let Some(c) = find_notify(&m.payloads, NotifyType::COOKIE)
+            && retry_ok
+            && (1..=64).contains(&c.data.len())
+        {
+            self.cookie = Some(c.data.clone());
+            return Ok(vec![Output::Send(self.init_message(current)?)]);
+        }
+        if let Some(n) = first_error(&m.payloads) {
+            // R-6.4-b: a corrective error is acted on at once, on the same connection.
+            if n.kind == NotifyType::INVALID_KE_PAYLOAD
+                && retry_ok
+                && let Ok(b) = <[u8; 2]>::try_from(n.data.as_slice())
+                && let Ok(group) = DhGroup::from_transform(u16::from_be_bytes(b))
+                && !self.tried_groups.contains(&group)
+                && self.cfg.ike_proposals.iter().any(|s| s.dh() == group)
+            {
+                return Ok(vec![Output::Send(self.start_init(group)?)]);
+            }
+            // R-6.4-a: over TCP there is no retransmission to wait for: fail now.
+            return Ok(self.fail(FailReason::PeerError(n.kind), Vec::new()));
+        }
+        let sa = m.payloads.iter().find_map(|p| match p {
+            Payload::Sa(s) => Some(s),
+            _ => None,
+        });
+        let ke_p = m.payloads.iter().find_map(|p| match p {
+            Payload::Ke(k) => Some(k),
+            _ => None,
+        });
+        let nonce = m.payloads.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n),
+            _ => None,
+        });
+        let (Some(sa), Some(ke_p), Some(nonce)) = (sa, ke_p, nonce) else {
+            return Ok(self.fail(
+                FailReason::LocalError(NotifyType::INVALID_SYNTAX),
+                Vec::new(),
+            ));
+        };
+        let chosen = proposal::ike_chosen(sa, &self.cfg.ike_proposals);
+        let Some(suite) =
+            chosen.filter(|s| s.dh() == current && ke_p.group == s.dh().transform_id())
+        else {
+            return Ok(self.fail(
+                FailReason::LocalError(NotifyType::NO_PROPOSAL_CHOSEN),
+                Vec::new(),
+            ));
+        };
+        if h.spi_r == 0 {
+            return Ok(self.fail(
+                FailReason::LocalError(NotifyType::INVALID_SYNTAX),
+                Vec::new(),
+            ));
+        }
+        self.spi_r = h.spi_r;
+        self.nr = nonce.clone();
+        self.nat = self.nat_detect(&m.payloads, self.spi_r);
+        let State::InitSent { ke } = core::mem::replace(&mut self.state, State::Failed) else {
+            return Ok(dropped(DropReason::Unexpected));
+        };
+        if self.install_keys(suite, &ke, &ke_p.data).is_err() {
+            return Ok(self.fail(
+                FailReason::LocalError(NotifyType::INVALID_SYNTAX),
+                Vec::new(),
+            ));
+        }
+        self.init_response = msg.to_vec();
+        let req = self.auth_request()?;
+        self.message_id = 1;
+        self.state = State::AuthSent;
+        Ok(vec![Output::Send(req)])
+    }
+
+    /// AUTH for PSK (RFC 7296 §2.15): prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>) with
+    /// SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload).
+    fn psk_auth(&self, signer: Role, id_body: &[u8]) -> Result<SecretBytes, SessionError> {
+        let prot = self
+            .prot
+            .as_ref()
+            .ok_or(SessionError::Internal("no keys"))?;
+        let prf: PrfAlg = prot.keys.suite().prf();
+        let (real, nonce, sk_p) = match signer {
+            Role::Initiator => (&self.init_request, &self.nr, prot.keys.sk_pi()),
+            Role::Responder => (&self.init_response, &self.ni, prot.keys.sk_pr()),
+        };
+        let err = |_| SessionError::Internal("prf");
+        let maced_id = prf.prf(sk_p, &[id_body]).map_err(err)?;
+        let key = prf.prf(&self.cfg.psk, &[KEY_PAD]).map_err(err)?;
+        prf.prf(key.expose(), &[real, nonce, maced_id.expose()])
+            .map_err(err)
+    }
+
+    fn verify_auth(&self, signer: Role, id_body: &[u8], auth: &AuthPayload) -> bool {
+        auth.method == AuthMethod::SHARED_KEY_MIC
+            && self
+                .psk_auth(signer, id_body)
+                .is_ok_and(|exp| bool::from(exp.expose().ct_eq(auth.data.as_slice())))
+    }
+
+    /// Encrypts `inner` into a message with this header (RFC 7296 §3.14: SK payload last).
+    fn seal(&self, header: Header, inner: &[Payload]) -> Result<Vec<u8>, SessionError> {
+        let prot = self
+            .prot
+            .as_ref()
+            .ok_or(SessionError::Internal("no keys"))?;
+        let mut plain = Zeroizing::new(Vec::new());
+        let first = emit_chain(inner, &mut plain).map_err(emit_err)?;
+        let body = vec![0u8; prot.out.sealed_body_len(plain.len())];
+        let skel = Message {
+            header,
+            payloads: vec![Payload::Sk(SkPayload {
+                first_payload: first,
+                body,
+            })],
+        }
+        .to_bytes()
+        .map_err(emit_err)?;
+        let layout = locate_encrypted(&skel)
+            .map_err(emit_err)?
+            .ok_or(SessionError::Internal("no SK payload"))?;
+        let mut out = Vec::with_capacity(skel.len());
+        prot.out
+            .seal(&skel[..layout.header.end], &plain, &mut out)
+            .map_err(|e| match e {
+                SkError::Rng => SessionError::Rng,
+                _ => SessionError::Internal("seal"),
+            })?;
+        Ok(out)
+    }
+
+    /// Verifies and decrypts the SK payload of a received message.
+    fn open(&self, msg: &[u8]) -> Result<Opened, OpenError> {
+        let prot = self.prot.as_ref().ok_or(OpenError::Malformed)?;
+        let layout = locate_encrypted(msg)
+            .ok()
+            .flatten()
+            .filter(|l| l.kind == PayloadType::SK)
+            .ok_or(OpenError::Malformed)?;
+        let first = PayloadType(*msg.get(layout.header.start).ok_or(OpenError::Malformed)?);
+        let plain = Zeroizing::new(prot.inb.open(msg, layout.header.start).map_err(
+            |e| match e {
+                SkError::Integrity => OpenError::Integrity,
+                _ => OpenError::Malformed,
+            },
+        )?);
+        let payloads = parse_chain(first, &plain);
+        Ok(Opened {
+            plain,
+            first,
+            payloads,
+        })
+    }
+
+    fn auth_request(&self) -> Result<Vec<u8>, SessionError> {
+        let idi = id_body(&self.cfg.local_id)?;
+        let auth = self.psk_auth(Role::Initiator, &idi)?;
+        let inner = vec![
+            Payload::IdI(self.cfg.local_id.clone()),
+            Payload::IdR(self.cfg.remote_id.clone()),
+            Payload::Auth(AuthPayload {
+                method: AuthMethod::SHARED_KEY_MIC,
+                data: auth.expose().to_vec(),
+            }),
+            Payload::Sa(proposal::esp_offer(
+                &self.cfg.esp_proposals,
+                self.child_spi_in,
+            )),
+            Payload::TsI(TsPayload {
+                selectors: self.cfg.ts_local.clone(),
+            }),
+            Payload::TsR(TsPayload {
+                selectors: self.cfg.ts_remote.clone(),
+            }),
+        ];
+        self.seal(self.header(ExchangeType::IKE_AUTH, false, 1), &inner)
+    }
+
+    fn ike_sa_up(&self) -> Result<Output, SessionError> {
+        let prot = self
+            .prot
+            .as_ref()
+            .ok_or(SessionError::Internal("no keys"))?;
+        Ok(Output::Event(SessionEvent::IkeSaUp {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            suite: *prot.keys.suite(),
+            nat_local: self.nat.0,
+            nat_remote: self.nat.1,
+        }))
+    }
+
+    /// KEYMAT for the first Child SA (RFC 7296 §2.17: no PFS, the IKE_SA_INIT nonces).
+    fn child_sa(
+        &self,
+        spi_out: u32,
+        suite: Suite,
+        esn: bool,
+        ts_local: Vec<TrafficSelector>,
+        ts_remote: Vec<TrafficSelector>,
+    ) -> Result<ChildSa, SessionError> {
+        let prot = self
+            .prot
+            .as_ref()
+            .ok_or(SessionError::Internal("no keys"))?;
+        let lengths = ChildKeyLengths {
+            encr: suite.keymat_len(),
+            integ: 0,
+        };
+        let ck = prot
+            .keys
+            .child_sa_keys(None, &self.ni, &self.nr, lengths)
+            .map_err(|_| SessionError::Internal("KEYMAT"))?;
+        Ok(ChildSa {
+            spi_in: self.child_spi_in,
+            spi_out,
+            suite,
+            esn,
+            keymat_in: SecretBytes::from_slice(ck.inbound(self.role).0),
+            keymat_out: SecretBytes::from_slice(ck.outbound(self.role).0),
+            ts_local,
+            ts_remote,
+        })
+    }
+
+    fn on_auth_response(&mut self, msg: &[u8], h: &Header) -> Result<Vec<Output>, SessionError> {
+        if h.exchange != ExchangeType::IKE_AUTH || h.spi_i != self.spi_i || h.spi_r != self.spi_r {
+            return Ok(dropped(DropReason::Unexpected));
+        }
+        if h.message_id != self.message_id {
+            return Ok(dropped(DropReason::UnexpectedMessageId));
+        }
+        let opened = match self.open(msg) {
+            Ok(o) => o,
+            Err(OpenError::Integrity) => {
+                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
+            }
+            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+        };
+        let Ok(payloads) = opened.payloads else {
+            return Ok(self.fail(
+                FailReason::LocalError(NotifyType::INVALID_SYNTAX),
+                Vec::new(),
+            ));
+        };
+        let auth = payloads.iter().find_map(|p| match p {
+            Payload::Auth(a) => Some(a),
+            _ => None,
+        });
+        let idr = payloads.iter().find_map(|p| match p {
+            Payload::IdR(i) => Some(i),
+            _ => None,
+        });
+        let error = first_error(&payloads).map(|n| n.kind);
+        let (Some(auth), Some(idr)) = (auth, idr) else {
+            // No AUTH: the exchange failed as a whole (RFC 7296 §2.21.2).
+            let kind = error.unwrap_or(NotifyType::INVALID_SYNTAX);
+            let reason = if error.is_some() {
+                FailReason::PeerError(kind)
+            } else {
+                FailReason::LocalError(kind)
+            };
+            return Ok(self.fail(reason, Vec::new()));
+        };
+        let idr_raw = raw_body(&opened.plain, opened.first, PayloadType::IDR).unwrap_or_default();
+        if *idr != self.cfg.remote_id || !self.verify_auth(Role::Responder, &idr_raw, auth) {
+            return Ok(self.fail(
+                FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED),
+                Vec::new(),
+            ));
+        }
+        self.state = State::Established;
+        let mut out = vec![self.ike_sa_up()?];
+        if let Some(kind) = error {
+            out.push(Output::Event(SessionEvent::ChildSaFailed(kind)));
+            return Ok(out);
+        }
+        let sa = payloads.iter().find_map(|p| match p {
+            Payload::Sa(s) => Some(s),
+            _ => None,
+        });
+        let tsi = payloads.iter().find_map(|p| match p {
+            Payload::TsI(t) => Some(&t.selectors),
+            _ => None,
+        });
+        let tsr = payloads.iter().find_map(|p| match p {
+            Payload::TsR(t) => Some(&t.selectors),
+            _ => None,
+        });
+        let chosen = sa.and_then(|sa| proposal::esp_chosen(sa, &self.cfg.esp_proposals));
+        let (Some((spi_out, suite, esn)), Some(tsi), Some(tsr)) = (chosen, tsi, tsr) else {
+            out.push(Output::Event(SessionEvent::ChildSaFailed(
+                NotifyType::NO_PROPOSAL_CHOSEN,
+            )));
+            return Ok(out);
+        };
+        if !ts::within(tsi, &self.cfg.ts_local) || !ts::within(tsr, &self.cfg.ts_remote) {
+            out.push(Output::Event(SessionEvent::ChildSaFailed(
+                NotifyType::TS_UNACCEPTABLE,
+            )));
+            return Ok(out);
+        }
+        let child = self.child_sa(spi_out, suite, esn, tsi.clone(), tsr.clone())?;
+        out.push(Output::Event(SessionEvent::ChildSaUp(child)));
+        Ok(out)
+    }
+
+    // ----- responder -----
+
+    /// An unauthenticated error answer to IKE_SA_INIT; the responder keeps no state.
+    fn init_error(
+        &self,
+        h: &Header,
+        kind: NotifyType,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, SessionError> {
+        Message {
+            header: Header {
+                spi_i: h.spi_i,
+                spi_r: 0,
+                exchange: ExchangeType::IKE_SA_INIT,
+                flags: Flags {
+                    initiator: false,
+                    version: false,
+                    response: true,
+                },
+                message_id: h.message_id,
+            },
+            payloads: vec![notify(kind, data)],
+        }
+        .to_bytes()
+        .map_err(emit_err)
+    }
+
+    fn on_init_request(&mut self, msg: &[u8], h: &Header) -> Result<Vec<Output>, SessionError> {
+        if h.exchange != ExchangeType::IKE_SA_INIT
+            || h.message_id != 0
+            || h.spi_r != 0
+            || h.spi_i == 0
+        {
+            return Ok(dropped(DropReason::Unexpected));
+        }
+        // Unauthenticated and malformed: drop (RFC 7296 §2.21.1).
+        let Ok(m) = Message::parse(msg) else {
+            return Ok(dropped(DropReason::Malformed));
+        };
+        let sa = m.payloads.iter().find_map(|p| match p {
+            Payload::Sa(s) => Some(s),
+            _ => None,
+        });
+        let ke_p = m.payloads.iter().find_map(|p| match p {
+            Payload::Ke(k) => Some(k),
+            _ => None,
+        });
+        let nonce = m.payloads.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n),
+            _ => None,
+        });
+        let (Some(sa), Some(ke_p), Some(nonce)) = (sa, ke_p, nonce) else {
+            return Ok(dropped(DropReason::Malformed));
+        };
+        let Some((number, suite)) = proposal::ike_select(sa, &self.cfg.ike_proposals) else {
+            let r = self.init_error(h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new())?;
+            return Ok(vec![Output::Send(r)]);
+        };
+        let group = suite.dh();
+        if ke_p.group != group.transform_id() {
+            // RFC 7296 §1.2: tell the initiator which group we want.
+            let data = group.transform_id().to_be_bytes().to_vec();
+            let r = self.init_error(h, NotifyType::INVALID_KE_PAYLOAD, data)?;
+            return Ok(vec![Output::Send(r)]);
+        }
+        let (ke, public) = KeyExchange::generate(group).map_err(|_| SessionError::Rng)?;
+        if ke.agree(&ke_p.data).is_err() {
+            // An invalid public value (RFC 6989): answer as for a syntax error.
+            let r = self.init_error(h, NotifyType::INVALID_SYNTAX, Vec::new())?;
+            return Ok(vec![Output::Send(r)]);
+        }
+        self.spi_i = h.spi_i;
+        self.spi_r = random_ike_spi()?;
+        self.ni = nonce.clone();
+        self.nr = random::<NONCE_LEN>()?.to_vec();
+        self.nat = self.nat_detect(&m.payloads, 0);
+        self.install_keys(suite, &ke, &ke_p.data)?;
+        let mut payloads = vec![
+            Payload::Sa(proposal::ike_answer(number, &suite)),
+            Payload::Ke(KePayload {
+                group: group.transform_id(),
+                data: public,
+            }),
+            Payload::Nonce(self.nr.clone()),
+        ];
+        payloads.extend(self.nat_notifies());
+        let resp = Message {
+            header: self.header(ExchangeType::IKE_SA_INIT, true, 0),
+            payloads,
+        }
+        .to_bytes()
+        .map_err(emit_err)?;
+        self.init_request = msg.to_vec();
+        self.init_response = resp.clone();
+        self.child_spi_in = random_esp_spi()?;
+        self.cached = Some(Cached {
+            message_id: 0,
+            request: msg.to_vec(),
+            response: resp.clone(),
+        });
+        self.message_id = 1;
+        self.state = State::InitDone;
+        Ok(vec![Output::Send(resp)])
+    }
+
+    /// Sends `inner` as the encrypted response to request `h`, caching it (R-6.2-c).
+    fn respond(
+        &mut self,
+        msg: &[u8],
+        h: &Header,
+        inner: &[Payload],
+    ) -> Result<Output, SessionError> {
+        let resp = self.seal(self.header(h.exchange, true, h.message_id), inner)?;
+        self.cached = Some(Cached {
+            message_id: h.message_id,
+            request: msg.to_vec(),
+            response: resp.clone(),
+        });
+        self.message_id = h.message_id.wrapping_add(1);
+        Ok(Output::Send(resp))
+    }
+
+    fn respond_error(
+        &mut self,
+        msg: &[u8],
+        h: &Header,
+        kind: NotifyType,
+    ) -> Result<Vec<Output>, SessionError> {
+        self.respond_notify(msg, h, NotifyPayload::new(kind, Vec::new()))
+    }
+
+    /// Answers the request with this error notification and gives up on the IKE SA.
+    fn respond_notify(
+        &mut self,
+        msg: &[u8],
+        h: &Header,
+        n: NotifyPayload,
+    ) -> Result<Vec<Output>, SessionError> {
+        let kind = n.kind;
+        let out = self.respond(msg, h, &[Payload::Notify(n)])?;
+        Ok(self.fail(FailReason::LocalError(kind), vec![out]))
+    }
+
+    fn on_auth_request(&mut self, msg: &[u8], h: &Header) -> Result<Vec<Output>, SessionError> {
+        if h.spi_i != self.spi_i || h.spi_r != self.spi_r {
+            return Ok(dropped(DropReason::Unexpected));
+        }
+        if h.message_id != self.message_id {
+            return Ok(dropped(DropReason::UnexpectedMessageId));
+        }
+        if h.exchange != ExchangeType::IKE_AUTH {
+            return Ok(dropped(DropReason::Unexpected));
+        }
+        let opened = match self.open(msg) {
+            Ok(o) => o,
+            // R-6.1-o: no state change; the caller may count it as corruption.
+            Err(OpenError::Integrity) => {
+                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
+            }
+            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+        };
+        // R-6.1-q: authentic but unparsable → INVALID_SYNTAX at the IKE layer.
+        let payloads = match opened.payloads {
+            Ok(p) => p,
+            // UNSUPPORTED_CRITICAL_PAYLOAD for an unknown critical payload, else INVALID_SYNTAX.
+            Err(e) => {
+                let n = e
+                    .to_notify()
+                    .unwrap_or_else(|| NotifyPayload::new(NotifyType::INVALID_SYNTAX, Vec::new()));
+                return self.respond_notify(msg, h, n);
+            }
+        };
+        let find = |k: PayloadType| payloads.iter().find(|p| p.kind() == k);
+        let (
+            Some(Payload::IdI(idi)),
+            Some(Payload::Auth(auth)),
+            Some(Payload::Sa(sa)),
+            Some(Payload::TsI(tsi)),
+            Some(Payload::TsR(tsr)),
+        ) = (
+            find(PayloadType::IDI),
+            find(PayloadType::AUTH),
+            find(PayloadType::SA),
+            find(PayloadType::TSI),
+            find(PayloadType::TSR),
+        )
+        else {
+            return self.respond_error(msg, h, NotifyType::INVALID_SYNTAX);
+        };
+        let idi_raw = raw_body(&opened.plain, opened.first, PayloadType::IDI).unwrap_or_default();
+        let idr_ok = match find(PayloadType::IDR) {
+            Some(Payload::IdR(idr)) => *idr == self.cfg.local_id,
+            _ => true,
+        };
+        if *idi != self.cfg.remote_id
+            || !idr_ok
+            || !self.verify_auth(Role::Initiator, &idi_raw, auth)
+        {
+            return self.respond_error(msg, h, NotifyType::AUTHENTICATION_FAILED);
+        }
+        let sa: &SaPayload = sa;
+        let idr = id_body(&self.cfg.local_id)?;
+        let my_auth = self.psk_auth(Role::Responder, &idr)?;
+        let mut inner = vec![
+            Payload::IdR(self.cfg.local_id.clone()),
+            Payload::Auth(AuthPayload {
+                method: AuthMethod::SHARED_KEY_MIC,
+                data: my_auth.expose().to_vec(),
+            }),
+        ];
+        // RFC 7296 §2.9: answer with the intersection of the proposal and our policy.
+        let ts_i = ts::narrow(&tsi.selectors, &self.cfg.ts_remote);
+        let ts_r = ts::narrow(&tsr.selectors, &self.cfg.ts_local);
+        let child = match proposal::esp_select(sa, &self.cfg.esp_proposals) {
+            None => Err(NotifyType::NO_PROPOSAL_CHOSEN),
+            Some(_) if ts_i.is_empty() || ts_r.is_empty() => Err(NotifyType::TS_UNACCEPTABLE),
+            Some(c) => Ok(c),
+        };
+        let mut events = vec![self.ike_sa_up()?];
+        match child {
+            Ok((number, spi_out, suite, esn)) => {
+                inner.push(Payload::Sa(proposal::esp_answer(
+                    number,
+                    suite,
+                    esn,
+                    self.child_spi_in,
+                )));
+                inner.push(Payload::TsI(TsPayload {
+                    selectors: ts_i.clone(),
+                }));
+                inner.push(Payload::TsR(TsPayload {
+                    selectors: ts_r.clone(),
+                }));
+                let c = self.child_sa(spi_out, suite, esn, ts_r, ts_i)?;
+                events.push(Output::Event(SessionEvent::ChildSaUp(c)));
+            }
+            Err(kind) => {
+                inner.push(notify(kind, Vec::new()));
+                events.push(Output::Event(SessionEvent::ChildSaFailed(kind)));
+            }
+        }
+        let send = self.respond(msg, h, &inner)?;
+        self.state = State::Established;
+        let mut out = vec![send];
+        out.extend(events);
+        Ok(out)
+    }
+}

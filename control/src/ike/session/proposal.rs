@@ -1,0 +1,246 @@
+//! SA payloads of the initial exchanges: building our proposals, choosing one as responder
+//! (RFC 7296 §2.7, §3.3), and checking the responder's choice as initiator.
+
+use iketcp_dataplane::crypto::Suite;
+
+use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, IntegAlg, PrfAlg};
+use crate::ike::wire::{Proposal, ProtocolId, SaPayload, Spi, Transform, TransformType, esn};
+
+/// One transform of an IKE suite's ENCR type, with its Key Length attribute.
+fn encr_transform(alg: EncrAlg) -> Transform {
+    match alg.key_length_attr() {
+        Some(bits) => Transform::with_key_length(TransformType::ENCR, alg.transform_id(), bits),
+        None => Transform::new(TransformType::ENCR, alg.transform_id()),
+    }
+}
+
+fn esp_encr_transform(suite: Suite) -> Transform {
+    match suite.key_length_attr() {
+        Some(bits) => Transform::with_key_length(TransformType::ENCR, suite.transform_id(), bits),
+        None => Transform::new(TransformType::ENCR, suite.transform_id()),
+    }
+}
+
+fn ike_transforms(s: &IkeSuite) -> Vec<Transform> {
+    let mut t = vec![
+        encr_transform(s.encr()),
+        Transform::new(TransformType::PRF, s.prf().transform_id()),
+    ];
+    if let Some(i) = s.integ() {
+        t.push(Transform::new(TransformType::INTEG, i.transform_id()));
+    }
+    t.push(Transform::new(TransformType::DH, s.dh().transform_id()));
+    t
+}
+
+/// The initiator's IKE SA payload: one proposal per suite, numbered from 1, in preference order.
+pub(super) fn ike_offer(suites: &[IkeSuite]) -> SaPayload {
+    SaPayload {
+        proposals: suites
+            .iter()
+            .zip(1u8..)
+            .map(|(s, number)| Proposal {
+                number,
+                protocol: ProtocolId::IKE,
+                spi: Spi::None,
+                transforms: ike_transforms(s),
+            })
+            .collect(),
+    }
+}
+
+/// The responder's answer: exactly one proposal with one transform of each type, under the
+/// number of the initiator's proposal it accepts (RFC 7296 §2.7).
+pub(super) fn ike_answer(number: u8, suite: &IkeSuite) -> SaPayload {
+    SaPayload {
+        proposals: vec![Proposal {
+            number,
+            protocol: ProtocolId::IKE,
+            spi: Spi::None,
+            transforms: ike_transforms(suite),
+        }],
+    }
+}
+
+/// A transform with attributes other than Key Length is not understood (RFC 7296 §3.3.6).
+fn plain(t: &Transform) -> bool {
+    t.attributes.is_empty()
+}
+
+fn has(p: &Proposal, kind: TransformType, id: u16, key_length: Option<u16>) -> bool {
+    p.transforms
+        .iter()
+        .any(|t| t.kind == kind && t.id == id && t.key_length == key_length && plain(t))
+}
+
+/// Whether an IKE proposal offers everything `s` needs and nothing of an unknown type.
+fn ike_accepts(p: &Proposal, s: &IkeSuite) -> bool {
+    if p.protocol != ProtocolId::IKE || p.spi != Spi::None {
+        return false;
+    }
+    let known = p.transforms.iter().all(|t| {
+        matches!(
+            t.kind,
+            TransformType::ENCR | TransformType::PRF | TransformType::INTEG | TransformType::DH
+        )
+    });
+    let integ_ok = match s.integ() {
+        Some(i) => has(p, TransformType::INTEG, i.transform_id(), None),
+        // An AEAD proposal carries no INTEG transform, or only NONE (RFC 5282 §8).
+        None => p
+            .transforms
+            .iter()
+            .filter(|t| t.kind == TransformType::INTEG)
+            .all(|t| t.id == 0),
+    };
+    known
+        && integ_ok
+        && has(
+            p,
+            TransformType::ENCR,
+            s.encr().transform_id(),
+            s.encr().key_length_attr(),
+        )
+        && has(p, TransformType::PRF, s.prf().transform_id(), None)
+        && has(p, TransformType::DH, s.dh().transform_id(), None)
+}
+
+/// Responder side of RFC 7296 §2.7: the first initiator proposal we accept, with the suite (our
+/// preference among those it allows) and its proposal number.
+pub(super) fn ike_select(offer: &SaPayload, ours: &[IkeSuite]) -> Option<(u8, IkeSuite)> {
+    offer.proposals.iter().find_map(|p| {
+        ours.iter()
+            .find(|s| ike_accepts(p, s))
+            .map(|s| (p.number, *s))
+    })
+}
+
+/// The single transform of `kind` in a chosen proposal; `None` if absent or repeated.
+fn only(p: &Proposal, kind: TransformType) -> Option<Option<&Transform>> {
+    let mut it = p.transforms.iter().filter(|t| t.kind == kind);
+    let first = it.next();
+    if it.next().is_some() {
+        return None;
+    }
+    Some(first)
+}
+
+/// Initiator side: the responder's SA payload must hold exactly one proposal with one transform
+/// of each type, naming one of the suites we offered (RFC 7296 §2.7).
+pub(super) fn ike_chosen(answer: &SaPayload, offered: &[IkeSuite]) -> Option<IkeSuite> {
+    let [p] = answer.proposals.as_slice() else {
+        return None;
+    };
+    if p.protocol != ProtocolId::IKE || p.transforms.iter().any(|t| !plain(t)) {
+        return None;
+    }
+    let e = only(p, TransformType::ENCR)??;
+    let encr = EncrAlg::from_transform(e.id, e.key_length).ok()?;
+    let prf = PrfAlg::from_transform(only(p, TransformType::PRF)??.id).ok()?;
+    let integ = match only(p, TransformType::INTEG)? {
+        None => None,
+        Some(t) if t.id == 0 => None,
+        Some(t) => Some(IntegAlg::from_transform(t.id).ok()?),
+    };
+    let dh = DhGroup::from_transform(only(p, TransformType::DH)??.id).ok()?;
+    if p.transforms.len() != 3 + usize::from(only(p, TransformType::INTEG)?.is_some()) {
+        return None;
+    }
+    let suite = IkeSuite::new(encr, prf, integ, dh).ok()?;
+    offered.contains(&suite).then_some(suite)
+}
+
+fn esp_transforms(suite: Suite, with_esn: bool) -> Vec<Transform> {
+    vec![
+        esp_encr_transform(suite),
+        Transform::new(
+            TransformType::ESN,
+            if with_esn { esn::YES } else { esn::NO },
+        ),
+    ]
+}
+
+/// The initiator's ESP SA payload: one proposal per (suite, ESN), all with our inbound SPI.
+pub(super) fn esp_offer(suites: &[(Suite, bool)], spi: u32) -> SaPayload {
+    SaPayload {
+        proposals: suites
+            .iter()
+            .zip(1u8..)
+            .map(|(&(s, e), number)| Proposal {
+                number,
+                protocol: ProtocolId::ESP,
+                spi: Spi::U32(spi),
+                transforms: esp_transforms(s, e),
+            })
+            .collect(),
+    }
+}
+
+/// The responder's ESP answer: one proposal with our inbound SPI.
+pub(super) fn esp_answer(number: u8, suite: Suite, with_esn: bool, spi: u32) -> SaPayload {
+    SaPayload {
+        proposals: vec![Proposal {
+            number,
+            protocol: ProtocolId::ESP,
+            spi: Spi::U32(spi),
+            transforms: esp_transforms(suite, with_esn),
+        }],
+    }
+}
+
+fn esp_accepts(p: &Proposal, suite: Suite, with_esn: bool) -> bool {
+    if p.protocol != ProtocolId::ESP || !matches!(p.spi, Spi::U32(_)) {
+        return false;
+    }
+    let known = p.transforms.iter().all(|t| match t.kind {
+        TransformType::ENCR | TransformType::ESN => true,
+        // No PFS in IKE_AUTH and no separate integrity with an AEAD: only NONE.
+        TransformType::INTEG | TransformType::DH => t.id == 0,
+        _ => false,
+    });
+    let esn_id = if with_esn { esn::YES } else { esn::NO };
+    let esn_ok = if p.transforms.iter().any(|t| t.kind == TransformType::ESN) {
+        has(p, TransformType::ESN, esn_id, None)
+    } else {
+        !with_esn
+    };
+    known
+        && esn_ok
+        && has(
+            p,
+            TransformType::ENCR,
+            suite.transform_id(),
+            suite.key_length_attr(),
+        )
+}
+
+/// Responder: first initiator ESP proposal we accept → (number, peer SPI, suite, ESN).
+pub(super) fn esp_select(
+    offer: &SaPayload,
+    ours: &[(Suite, bool)],
+) -> Option<(u8, u32, Suite, bool)> {
+    offer.proposals.iter().find_map(|p| {
+        let Spi::U32(spi) = p.spi else { return None };
+        ours.iter()
+            .find(|&&(s, e)| esp_accepts(p, s, e))
+            .map(|&(s, e)| (p.number, spi, s, e))
+    })
+}
+
+/// Initiator: the responder's single ESP proposal → (peer SPI, suite, ESN), if it is one of ours.
+pub(super) fn esp_chosen(
+    answer: &SaPayload,
+    offered: &[(Suite, bool)],
+) -> Option<(u32, Suite, bool)> {
+    let [p] = answer.proposals.as_slice() else {
+        return None;
+    };
+    let Spi::U32(spi) = p.spi else { return None };
+    if only(p, TransformType::ENCR)?.is_none() || only(p, TransformType::ESN)?.is_none() {
+        return None;
+    }
+    offered
+        .iter()
+        .find(|&&(s, e)| esp_accepts(p, s, e))
+        .map(|&(s, e)| (spi, s, e))
+}

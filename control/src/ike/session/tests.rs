@@ -1,0 +1,902 @@
+//! Both ends of a session in memory, with a fake clock.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use iketcp_dataplane::crypto::{Backend, Keymat, Suite};
+use iketcp_dataplane::sa::{Decapped, InboundSa, OutboundSa, SaParams};
+use proptest::prelude::*;
+use sha1::{Digest, Sha1};
+
+use super::*;
+use crate::ike::crypto::{EncrAlg, IntegAlg};
+use crate::ike::wire::TsRange;
+
+fn gcm_x25519() -> IkeSuite {
+    IkeSuite::new(
+        EncrAlg::AesGcm16_256,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Curve25519,
+    )
+    .unwrap()
+}
+
+fn chacha_p256() -> IkeSuite {
+    IkeSuite::new(
+        EncrAlg::ChaCha20Poly1305,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Ecp256,
+    )
+    .unwrap()
+}
+
+fn cbc_modp() -> IkeSuite {
+    IkeSuite::new(
+        EncrAlg::AesCbc256,
+        PrfAlg::HmacSha256,
+        Some(IntegAlg::HmacSha256_128),
+        DhGroup::Modp2048,
+    )
+    .unwrap()
+}
+
+fn ts4(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
+    TrafficSelector::Ipv4(TsRange {
+        ip_protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+        start_addr: Ipv4Addr::from(a),
+        end_addr: Ipv4Addr::from(b),
+    })
+}
+
+const I_ADDR: ([u8; 4], u16) = ([10, 0, 0, 1], 40000);
+const R_ADDR: ([u8; 4], u16) = ([192, 0, 2, 1], 4500);
+
+fn sock((ip, port): ([u8; 4], u16)) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::from(ip), port))
+}
+
+fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
+    let i = Config {
+        local_id: Identity::Fqdn(b"initiator.example".to_vec()),
+        remote_id: Identity::Fqdn(b"responder.example".to_vec()),
+        psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
+        ike_proposals: vec![ike],
+        esp_proposals: vec![esp],
+        ts_local: vec![ts4([10, 1, 0, 0], [10, 1, 255, 255])],
+        ts_remote: vec![ts4([10, 2, 0, 0], [10, 2, 255, 255])],
+    };
+    let r = Config {
+        local_id: i.remote_id.clone(),
+        remote_id: i.local_id.clone(),
+        ts_local: i.ts_remote.clone(),
+        ts_remote: i.ts_local.clone(),
+        ..i.clone()
+    };
+    (i, r)
+}
+
+/// Both sessions of one TCP connection without NAT.
+fn pair(ci: Config, cr: Config, now: Instant) -> (Session, Session, Vec<u8>) {
+    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let r = Session::responder(cr, sock(R_ADDR), sock(I_ADDR));
+    (i, r, first)
+}
+
+fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
+    let mut sends = Vec::new();
+    let mut events = Vec::new();
+    for o in out {
+        match o {
+            Output::Send(b) => sends.push(b),
+            Output::Event(e) => events.push(e),
+        }
+    }
+    (sends, events)
+}
+
+/// Delivers messages back and forth until nobody sends; returns (initiator, responder) events.
+fn pump(
+    i: &mut Session,
+    r: &mut Session,
+    first: Vec<u8>,
+    now: Instant,
+) -> (Vec<SessionEvent>, Vec<SessionEvent>) {
+    let (mut ie, mut re) = (Vec::new(), Vec::new());
+    let mut to_r = vec![first];
+    let mut to_i: Vec<Vec<u8>> = Vec::new();
+    loop {
+        if let Some(m) = to_r.pop() {
+            let (s, e) = split(r.handle(&m, now).unwrap());
+            to_i.extend(s);
+            re.extend(e);
+        } else if let Some(m) = to_i.pop() {
+            let (s, e) = split(i.handle(&m, now).unwrap());
+            to_r.extend(s);
+            ie.extend(e);
+        } else {
+            return (ie, re);
+        }
+    }
+}
+
+fn child(events: &[SessionEvent]) -> Option<&ChildSa> {
+    events.iter().find_map(|e| match e {
+        SessionEvent::ChildSaUp(c) => Some(c),
+        _ => None,
+    })
+}
+
+fn ike_up(events: &[SessionEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, SessionEvent::IkeSaUp { .. }))
+}
+
+fn failed(events: &[SessionEvent]) -> Option<FailReason> {
+    events.iter().find_map(|e| match e {
+        SessionEvent::Failed(r) => Some(*r),
+        _ => None,
+    })
+}
+
+fn ipv4_packet(body: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(20 + body.len()).unwrap();
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 1, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 2, 0, 1]);
+    p.extend_from_slice(body);
+    p
+}
+
+/// An ESP packet sealed with `from`'s outbound KEYMAT opens with `to`'s inbound KEYMAT.
+fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
+    let out_params = SaParams {
+        esn: from.esn,
+        ..SaParams::new(
+            from.spi_out,
+            Keymat::new(from.suite, from.keymat_out.expose()).unwrap(),
+            Backend::RustCrypto,
+        )
+    };
+    let in_params = SaParams {
+        esn: to.esn,
+        ..SaParams::new(
+            to.spi_in,
+            Keymat::new(to.suite, to.keymat_in.expose()).unwrap(),
+            Backend::RustCrypto,
+        )
+    };
+    let mut o = OutboundSa::new(&out_params).unwrap();
+    let mut inb = InboundSa::new(&in_params).unwrap();
+    let pkt = ipv4_packet(b"hello through the tunnel");
+    let head = OutboundSa::HEADROOM;
+    let mut buf = vec![0u8; head + pkt.len() + OutboundSa::TAILROOM];
+    buf[head..head + pkt.len()].copy_from_slice(&pkt);
+    let r = o.encap(&mut buf, head..head + pkt.len()).unwrap();
+    match inb.decap(&mut buf, r).unwrap() {
+        Decapped::Packet { range, .. } => assert_eq!(&buf[range], &pkt[..]),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn full_handshake(ike: IkeSuite, esp: (Suite, bool)) {
+    let now = Instant::now();
+    let (ci, cr) = configs(ike, esp);
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now + Duration::from_millis(5));
+    assert!(ike_up(&ie) && ike_up(&re), "{ie:?} {re:?}");
+    assert!(i.is_established() && r.is_established());
+    assert_eq!(i.spis(), r.spis());
+    assert_eq!(i.suite(), Some(ike));
+    assert_eq!(r.suite(), Some(ike));
+    let ic = child(&ie).unwrap();
+    let rc = child(&re).unwrap();
+    assert_eq!((ic.suite, ic.esn), esp);
+    assert_eq!((rc.suite, rc.esn), esp);
+    assert_eq!(ic.spi_out, rc.spi_in);
+    assert_eq!(ic.spi_in, rc.spi_out);
+    assert_eq!(ic.keymat_out, rc.keymat_in);
+    assert_eq!(ic.keymat_in, rc.keymat_out);
+    assert_ne!(ic.keymat_in, ic.keymat_out);
+    assert_eq!(ic.keymat_out.len(), esp.0.keymat_len());
+    assert_eq!(ic.ts_local, rc.ts_remote);
+    assert_eq!(ic.ts_remote, rc.ts_local);
+    esp_roundtrip(ic, rc);
+    esp_roundtrip(rc, ic);
+}
+
+#[test]
+fn handshake_every_esp_suite_over_gcm_x25519() {
+    for suite in Suite::ALL {
+        for esn in [false, true] {
+            full_handshake(gcm_x25519(), (suite, esn));
+        }
+    }
+}
+
+#[test]
+fn handshake_every_esp_suite_over_chacha_p256() {
+    for suite in Suite::ALL {
+        for esn in [false, true] {
+            full_handshake(chacha_p256(), (suite, esn));
+        }
+    }
+}
+
+#[test]
+fn handshake_cbc_hmac_modp2048() {
+    full_handshake(cbc_modp(), (Suite::Aes256Gcm16, true));
+}
+
+#[test]
+fn r_6_4_b_invalid_ke_retry_same_connection() {
+    let now = Instant::now();
+    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let g19 = IkeSuite::new(
+        EncrAlg::AesGcm16_256,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Ecp256,
+    )
+    .unwrap();
+    ci.ike_proposals = vec![gcm_x25519(), g19];
+    cr.ike_proposals = vec![g19];
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    // The responder asks for group 19 and keeps no state.
+    let (sends, events) = split(r.handle(&first, now).unwrap());
+    assert!(events.is_empty());
+    let m = Message::parse(&sends[0]).unwrap();
+    let n = find_notify(&m.payloads, NotifyType::INVALID_KE_PAYLOAD).unwrap();
+    assert_eq!(n.data, 19u16.to_be_bytes());
+    assert_eq!(m.header.spi_r, 0);
+    // The initiator retries at once on the same connection with a KE for group 19.
+    let (retry, events) = split(i.handle(&sends[0], now).unwrap());
+    assert!(events.is_empty());
+    let m = Message::parse(&retry[0]).unwrap();
+    let ke = m
+        .payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Ke(k) => Some(k),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ke.group, 19);
+    assert_eq!(m.header.message_id, 0);
+    let (ie, re) = pump(&mut i, &mut r, retry[0].clone(), now);
+    assert!(ike_up(&ie) && ike_up(&re));
+    assert_eq!(i.suite(), Some(g19));
+    esp_roundtrip(child(&ie).unwrap(), child(&re).unwrap());
+}
+
+#[test]
+fn r_6_4_a_no_proposal_chosen_fails_immediately() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    cr.ike_proposals = vec![chacha_p256()];
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    assert!(re.is_empty());
+    assert_eq!(
+        failed(&ie),
+        Some(FailReason::PeerError(NotifyType::NO_PROPOSAL_CHOSEN))
+    );
+    assert!(i.is_failed());
+    assert_eq!(i.handle(&[0u8; 28], now).unwrap_err(), SessionError::Closed);
+}
+
+#[test]
+fn r_6_4_a_invalid_ke_for_unoffered_group_fails_immediately() {
+    let now = Instant::now();
+    let (ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let h = Header::parse(&first).unwrap().header;
+    let resp = Message {
+        header: Header {
+            flags: Flags {
+                initiator: false,
+                version: false,
+                response: true,
+            },
+            ..h
+        },
+        payloads: vec![notify(NotifyType::INVALID_KE_PAYLOAD, vec![0, 14])],
+    }
+    .to_bytes()
+    .unwrap();
+    let (sends, events) = split(i.handle(&resp, now).unwrap());
+    assert!(sends.is_empty());
+    assert_eq!(
+        failed(&events),
+        Some(FailReason::PeerError(NotifyType::INVALID_KE_PAYLOAD))
+    );
+}
+
+fn independent_sha1(spi_i: u64, spi_r: u64, ip: [u8; 4], port: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&spi_i.to_be_bytes());
+    bytes.extend_from_slice(&spi_r.to_be_bytes());
+    bytes.extend_from_slice(&ip);
+    bytes.extend_from_slice(&port.to_be_bytes());
+    Sha1::digest(&bytes).to_vec()
+}
+
+#[test]
+fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    // A NAPT that keeps the address but rewrites the TCP source port.
+    let mapped = ([10, 0, 0, 1], 61000);
+    let mut r = Session::responder(cr, sock(R_ADDR), sock(mapped));
+
+    // R-6.5-a: the request carries both notifies, SPIr = 0, over the TCP ports (R-6.5-b).
+    let m = Message::parse(&first).unwrap();
+    let spi_i = m.header.spi_i;
+    let src = find_notify(&m.payloads, NotifyType::NAT_DETECTION_SOURCE_IP).unwrap();
+    let dst = find_notify(&m.payloads, NotifyType::NAT_DETECTION_DESTINATION_IP).unwrap();
+    assert_eq!(src.data, independent_sha1(spi_i, 0, I_ADDR.0, I_ADDR.1));
+    assert_eq!(dst.data, independent_sha1(spi_i, 0, R_ADDR.0, R_ADDR.1));
+
+    let (sends, _) = split(r.handle(&first, now).unwrap());
+    let m = Message::parse(&sends[0]).unwrap();
+    let spi_r = m.header.spi_r;
+    assert_ne!(spi_r, 0);
+    let src = find_notify(&m.payloads, NotifyType::NAT_DETECTION_SOURCE_IP).unwrap();
+    let dst = find_notify(&m.payloads, NotifyType::NAT_DETECTION_DESTINATION_IP).unwrap();
+    assert_eq!(src.data, independent_sha1(spi_i, spi_r, R_ADDR.0, R_ADDR.1));
+    assert_eq!(dst.data, independent_sha1(spi_i, spi_r, mapped.0, mapped.1));
+
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    let nat = |ev: &[SessionEvent]| {
+        ev.iter().find_map(|e| match e {
+            SessionEvent::IkeSaUp {
+                nat_local,
+                nat_remote,
+                ..
+            } => Some((*nat_local, *nat_remote)),
+            _ => None,
+        })
+    };
+    // A port change alone is a NAT: the initiator is behind it, seen from both ends.
+    assert_eq!(nat(&ie), Some((true, false)));
+    assert_eq!(nat(&re), Some((false, true)));
+}
+
+#[test]
+fn nat_not_detected_without_translation() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, _) = pump(&mut i, &mut r, first, now);
+    assert!(ie.iter().any(|e| matches!(
+        e,
+        SessionEvent::IkeSaUp {
+            nat_local: false,
+            nat_remote: false,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn wrong_psk_authentication_failed() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    cr.psk = Zeroizing::new(b"wrong".to_vec());
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    assert_eq!(
+        failed(&re),
+        Some(FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED))
+    );
+    assert_eq!(
+        failed(&ie),
+        Some(FailReason::PeerError(NotifyType::AUTHENTICATION_FAILED))
+    );
+    assert!(child(&ie).is_none() && child(&re).is_none());
+    assert!(!ike_up(&ie) && !ike_up(&re));
+    assert!(i.is_failed() && r.is_failed());
+}
+
+#[test]
+fn wrong_identity_authentication_failed() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    cr.remote_id = Identity::Fqdn(b"someone.else".to_vec());
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    assert_eq!(
+        failed(&re),
+        Some(FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED))
+    );
+    assert!(child(&ie).is_none() && !ike_up(&re));
+}
+
+#[test]
+fn traffic_selectors_narrowed_to_intersection() {
+    let now = Instant::now();
+    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    ci.ts_local = vec![ts4([10, 1, 0, 0], [10, 1, 255, 255])];
+    ci.ts_remote = vec![ts4([0, 0, 0, 0], [255, 255, 255, 255])];
+    cr.ts_remote = vec![ts4([10, 1, 2, 0], [10, 1, 2, 255])];
+    cr.ts_local = vec![
+        ts4([10, 2, 0, 0], [10, 2, 0, 255]),
+        ts4([10, 3, 0, 0], [10, 3, 0, 255]),
+    ];
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    let ic = child(&ie).unwrap();
+    let rc = child(&re).unwrap();
+    assert_eq!(ic.ts_local, vec![ts4([10, 1, 2, 0], [10, 1, 2, 255])]);
+    assert_eq!(
+        ic.ts_remote,
+        vec![
+            ts4([10, 2, 0, 0], [10, 2, 0, 255]),
+            ts4([10, 3, 0, 0], [10, 3, 0, 255])
+        ]
+    );
+    assert_eq!(rc.ts_local, ic.ts_remote);
+    assert_eq!(rc.ts_remote, ic.ts_local);
+}
+
+#[test]
+fn narrowing_protocol_and_ports() {
+    let a = TrafficSelector::Ipv4(TsRange {
+        ip_protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+        start_addr: Ipv4Addr::new(10, 0, 0, 0),
+        end_addr: Ipv4Addr::new(10, 0, 0, 255),
+    });
+    let b = TrafficSelector::Ipv4(TsRange {
+        ip_protocol: 6,
+        start_port: 443,
+        end_port: 443,
+        start_addr: Ipv4Addr::new(10, 0, 0, 7),
+        end_addr: Ipv4Addr::new(10, 0, 1, 7),
+    });
+    let m = ts::meet(&a, &b).unwrap();
+    assert_eq!(
+        m,
+        TrafficSelector::Ipv4(TsRange {
+            ip_protocol: 6,
+            start_port: 443,
+            end_port: 443,
+            start_addr: Ipv4Addr::new(10, 0, 0, 7),
+            end_addr: Ipv4Addr::new(10, 0, 0, 255),
+        })
+    );
+    let udp = TrafficSelector::Ipv4(TsRange {
+        ip_protocol: 17,
+        ..match &b {
+            TrafficSelector::Ipv4(r) => *r,
+            _ => unreachable!(),
+        }
+    });
+    assert_eq!(ts::meet(&udp, &b), None);
+    assert!(ts::within(
+        std::slice::from_ref(&m),
+        std::slice::from_ref(&a)
+    ));
+    assert!(!ts::within(&[a], &[m]));
+    let other = TrafficSelector::Other {
+        ts_type: 13,
+        octet1: 0,
+        data: vec![],
+    };
+    assert_eq!(ts::narrow(&[other], &[b]), vec![]);
+}
+
+#[test]
+fn ts_unacceptable_keeps_ike_sa_without_child() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    cr.ts_local = vec![ts4([172, 16, 0, 0], [172, 16, 0, 255])];
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    for ev in [&ie, &re] {
+        assert!(ike_up(ev));
+        assert!(child(ev).is_none());
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, SessionEvent::ChildSaFailed(NotifyType::TS_UNACCEPTABLE)))
+        );
+    }
+}
+
+#[test]
+fn esp_no_proposal_chosen_keeps_ike_sa_without_child() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    cr.esp_proposals = vec![(Suite::Aes128Gcm16, true)];
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    for ev in [&ie, &re] {
+        assert!(ike_up(ev) && child(ev).is_none());
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            SessionEvent::ChildSaFailed(NotifyType::NO_PROPOSAL_CHOSEN)
+        )));
+    }
+}
+
+#[test]
+fn responder_picks_first_acceptable_initiator_proposal() {
+    let now = Instant::now();
+    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let gcm_p256 = IkeSuite::new(
+        EncrAlg::AesGcm16_256,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Ecp256,
+    )
+    .unwrap();
+    ci.ike_proposals = vec![gcm_x25519(), gcm_p256];
+    ci.esp_proposals = vec![
+        (Suite::ChaCha20Poly1305, false),
+        (Suite::Aes256Gcm16, true),
+        (Suite::Aes128Gcm16, false),
+    ];
+    // The responder prefers other things, but §2.7 follows the initiator's order.
+    cr.ike_proposals = vec![gcm_p256, gcm_x25519()];
+    cr.esp_proposals = vec![(Suite::Aes128Gcm16, false), (Suite::Aes256Gcm16, true)];
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (sends, _) = split(r.handle(&first, now).unwrap());
+    let m = Message::parse(&sends[0]).unwrap();
+    let sa = m
+        .payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Sa(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(sa.proposals.len(), 1);
+    assert_eq!(sa.proposals[0].number, 1);
+    assert_eq!(sa.proposals[0].transforms.len(), 3);
+    let (auth, _) = split(i.handle(&sends[0], now).unwrap());
+    let (ie, re) = pump(&mut i, &mut r, auth[0].clone(), now);
+    assert_eq!(i.suite(), Some(gcm_x25519()));
+    let ic = child(&ie).unwrap();
+    assert_eq!((ic.suite, ic.esn), (Suite::Aes256Gcm16, true));
+    esp_roundtrip(ic, child(&re).unwrap());
+}
+
+/// Runs IKE_SA_INIT and returns the IKE_AUTH request, not yet delivered.
+fn up_to_auth(now: Instant) -> (Session, Session, Vec<u8>, Vec<u8>) {
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (s, _) = split(r.handle(&first, now).unwrap());
+    let (auth_req, _) = split(i.handle(&s[0], now).unwrap());
+    (i, r, first, auth_req[0].clone())
+}
+
+#[test]
+fn r_6_2_c_retransmitted_request_gets_identical_cached_response() {
+    let now = Instant::now();
+    let (mut i, mut r, first, auth_req) = up_to_auth(now);
+    // IKE_SA_INIT retransmitted after it was answered: the same bytes again.
+    let (again, ev) = split(r.handle(&first, now).unwrap());
+    assert!(ev.is_empty());
+    assert_eq!(again[0], r.init_response);
+    let spis = r.spis();
+
+    let (resp1, ev1) = split(r.handle(&auth_req, now).unwrap());
+    assert!(ike_up(&ev1));
+    let (resp2, ev2) = split(r.handle(&auth_req, now + Duration::from_secs(1)).unwrap());
+    assert_eq!(resp1, resp2, "bit-for-bit identical");
+    assert!(ev2.is_empty(), "no second IkeSaUp/ChildSaUp: {ev2:?}");
+    assert_eq!(r.spis(), spis);
+    assert!(r.is_established());
+    let (_, ie) = split(i.handle(&resp1[0], now).unwrap());
+    assert!(ike_up(&ie));
+    // The initiator drops a duplicate response: nothing is outstanding.
+    let (s, ie2) = split(i.handle(&resp1[0], now).unwrap());
+    assert!(s.is_empty() && !ike_up(&ie2));
+}
+
+#[test]
+fn unexpected_message_ids_dropped() {
+    let now = Instant::now();
+    let (_i, mut r, _first, auth_req) = up_to_auth(now);
+    let mut bad = auth_req.clone();
+    bad[20..24].copy_from_slice(&5u32.to_be_bytes());
+    let (s, ev) = split(r.handle(&bad, now).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(
+        ev[..],
+        [SessionEvent::Dropped(DropReason::UnexpectedMessageId)]
+    ));
+    let (s, ev) = split(r.handle(&auth_req, now).unwrap());
+    assert_eq!(s.len(), 1);
+    assert!(ike_up(&ev));
+}
+
+#[test]
+fn r_6_1_o_tampered_message_dropped_as_integrity_failure() {
+    let now = Instant::now();
+    let (mut i, mut r, _first, auth_req) = up_to_auth(now);
+    let mut bad = auth_req.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    let (s, ev) = split(r.handle(&bad, now).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(ev[..], [SessionEvent::IntegrityFailure]));
+    assert!(!r.is_established() && !r.is_failed());
+    assert_eq!(r.message_id, 1, "state unchanged");
+    // The genuine message still works, and so does a tampered response on the initiator.
+    let (resp, _) = split(r.handle(&auth_req, now).unwrap());
+    let mut bad = resp[0].clone();
+    let mid = bad.len() - 20;
+    bad[mid] ^= 0x80;
+    let (s, ev) = split(i.handle(&bad, now).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(ev[..], [SessionEvent::IntegrityFailure]));
+    let (_, ev) = split(i.handle(&resp[0], now).unwrap());
+    assert!(ike_up(&ev));
+    // A tampered copy of an answered request is not a retransmission either.
+    let mut bad = auth_req.clone();
+    bad[last] ^= 0x01;
+    let (s, ev) = split(r.handle(&bad, now).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(ev[..], [SessionEvent::IntegrityFailure]));
+}
+
+/// Seals an arbitrary plaintext chain as `from` would, for tests of the receive path.
+fn seal_raw(from: &Session, header: Header, first: PayloadType, plain: &[u8]) -> Vec<u8> {
+    let prot = from.prot.as_ref().unwrap();
+    let body = vec![0u8; prot.out.sealed_body_len(plain.len())];
+    let skel = Message {
+        header,
+        payloads: vec![Payload::Sk(SkPayload {
+            first_payload: first,
+            body,
+        })],
+    }
+    .to_bytes()
+    .unwrap();
+    let layout = locate_encrypted(&skel).unwrap().unwrap();
+    let mut out = Vec::new();
+    prot.out
+        .seal(&skel[..layout.header.end], plain, &mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn r_6_1_q_unparsable_encrypted_request_answered_invalid_syntax() {
+    let now = Instant::now();
+    let (i, mut r, _first, _auth_req) = up_to_auth(now);
+    // An IDi payload whose length field runs past the chain.
+    let plain = [0u8, 0, 0, 200, 2, 0, 0, 0];
+    let msg = seal_raw(
+        &i,
+        i.header(ExchangeType::IKE_AUTH, false, 1),
+        PayloadType::IDI,
+        &plain,
+    );
+    let (s, ev) = split(r.handle(&msg, now).unwrap());
+    assert_eq!(
+        failed(&ev),
+        Some(FailReason::LocalError(NotifyType::INVALID_SYNTAX))
+    );
+    let opened = i.open(&s[0]).ok().unwrap();
+    let payloads = opened.payloads.unwrap();
+    assert!(find_notify(&payloads, NotifyType::INVALID_SYNTAX).is_some());
+    // The error answer is cached like any response.
+    let (again, _) = split(r.handle(&msg, now).unwrap());
+    assert_eq!(again, s);
+}
+
+#[test]
+fn malformed_ike_sa_init_dropped_silently() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (_i, mut r, first) = pair(ci, cr, now);
+    let mut bad = first.clone();
+    // Corrupt the first payload's length.
+    bad[30] = 0xff;
+    let (s, ev) = split(r.handle(&bad, now).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(ev[..], [SessionEvent::Dropped(_)]));
+    // Still willing to answer the genuine one.
+    let (s, _) = split(r.handle(&first, now).unwrap());
+    assert_eq!(s.len(), 1);
+}
+
+fn mutate(msg: &[u8], pos: usize, xor: u8) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    let n = m.len();
+    m[pos % n] ^= xor;
+    m
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let now = Instant::now();
+        let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+        let (mut i, mut r, _first) = pair(ci, cr, now);
+        let _ = r.handle(&bytes, now);
+        let _ = i.handle(&bytes, now);
+    }
+
+    #[test]
+    fn mutated_messages_never_panic(pos in any::<usize>(), xor in 1u8..=255) {
+        let now = Instant::now();
+        let (mut i, mut r, first, auth_req) = up_to_auth(now);
+        let _ = r.handle(&mutate(&first, pos, xor), now);
+        let _ = r.handle(&mutate(&auth_req, pos, xor), now);
+        let (resp, _) = split(r.handle(&auth_req, now).unwrap());
+        let _ = i.handle(&mutate(&resp[0], pos, xor), now);
+        let _ = r.handle(&mutate(&auth_req, pos, xor), now);
+    }
+}
+
+fn response_to(first: &[u8], payloads: Vec<Payload>) -> Vec<u8> {
+    let h = Header::parse(first).unwrap().header;
+    Message {
+        header: Header {
+            flags: Flags {
+                initiator: false,
+                version: false,
+                response: true,
+            },
+            ..h
+        },
+        payloads,
+    }
+    .to_bytes()
+    .unwrap()
+}
+
+fn nonce_of(msg: &[u8]) -> Vec<u8> {
+    Message::parse(msg)
+        .unwrap()
+        .payloads
+        .into_iter()
+        .find_map(|p| match p {
+            Payload::Nonce(n) => Some(n),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn cookie_retry_keeps_ke_and_nonce() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let cookie = vec![0xc0; 16];
+    let resp = response_to(&first, vec![notify(NotifyType::COOKIE, cookie.clone())]);
+    let (retry, ev) = split(i.handle(&resp, now).unwrap());
+    assert!(ev.is_empty());
+    let a = Message::parse(&first).unwrap();
+    let b = Message::parse(&retry[0]).unwrap();
+    assert_eq!(b.payloads[0], notify(NotifyType::COOKIE, cookie));
+    assert_eq!(
+        &b.payloads[1..],
+        &a.payloads[..],
+        "all other payloads unchanged"
+    );
+    assert_eq!(b.header, a.header);
+    let (ie, re) = pump(&mut i, &mut r, retry[0].clone(), now);
+    assert!(ike_up(&ie) && ike_up(&re));
+    esp_roundtrip(child(&ie).unwrap(), child(&re).unwrap());
+}
+
+#[test]
+fn invalid_ke_ping_pong_is_bounded() {
+    let now = Instant::now();
+    let (mut ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    ci.ike_proposals.push(chacha_p256());
+    let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let ask = |g: u16| {
+        vec![notify(
+            NotifyType::INVALID_KE_PAYLOAD,
+            g.to_be_bytes().to_vec(),
+        )]
+    };
+    let (retry, _) = split(i.handle(&response_to(&first, ask(19)), now).unwrap());
+    assert_eq!(retry.len(), 1);
+    // Asking again for the group we started with is not followed.
+    let (s, ev) = split(i.handle(&response_to(&retry[0], ask(31)), now).unwrap());
+    assert!(s.is_empty());
+    assert_eq!(
+        failed(&ev),
+        Some(FailReason::PeerError(NotifyType::INVALID_KE_PAYLOAD))
+    );
+}
+
+#[test]
+fn unknown_critical_payload_in_encrypted_request() {
+    let now = Instant::now();
+    let (i, mut r, _first, _auth_req) = up_to_auth(now);
+    // One payload of unknown type 200 with the critical bit set and an empty body.
+    let plain = [0u8, 0x80, 0, 4];
+    let msg = seal_raw(
+        &i,
+        i.header(ExchangeType::IKE_AUTH, false, 1),
+        PayloadType(200),
+        &plain,
+    );
+    let (s, ev) = split(r.handle(&msg, now).unwrap());
+    assert_eq!(
+        failed(&ev),
+        Some(FailReason::LocalError(
+            NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD
+        ))
+    );
+    let payloads = i.open(&s[0]).ok().unwrap().payloads.unwrap();
+    let n = find_notify(&payloads, NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD).unwrap();
+    assert_eq!(n.data, vec![200]);
+}
+
+#[test]
+fn psk_auth_matches_rfc7296_2_15_composition() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let psk = ci.psk.clone();
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (init_resp, _) = split(r.handle(&first, now).unwrap());
+    let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
+    let keys = &r.prot.as_ref().unwrap().keys;
+    let prf = PrfAlg::HmacSha256;
+    let auth_of = |payloads: &[Payload]| {
+        payloads
+            .iter()
+            .find_map(|p| match p {
+                Payload::Auth(a) => Some(a.data.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let pad = prf.prf(&psk, &[b"Key Pad for IKEv2"]).unwrap();
+
+    // InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, RestOfInitIDPayload).
+    let rest_idi = [&[2u8, 0, 0, 0][..], b"initiator.example"].concat();
+    let maced = prf.prf(keys.sk_pi(), &[&rest_idi]).unwrap();
+    let signed = [&first[..], &nonce_of(&init_resp[0]), maced.expose()].concat();
+    let expected = prf.prf(pad.expose(), &[&signed]).unwrap();
+    let req = r.open(&auth_req[0]).ok().unwrap().payloads.unwrap();
+    assert_eq!(auth_of(&req), expected.expose());
+
+    // ResponderSignedOctets = RealMessage2 | NonceIData | prf(SK_pr, RestOfRespIDPayload).
+    let (auth_resp, _) = split(r.handle(&auth_req[0], now).unwrap());
+    let keys = &r.prot.as_ref().unwrap().keys;
+    let rest_idr = [&[2u8, 0, 0, 0][..], b"responder.example"].concat();
+    let maced = prf.prf(keys.sk_pr(), &[&rest_idr]).unwrap();
+    let signed = [&init_resp[0][..], &nonce_of(&first), maced.expose()].concat();
+    let expected = prf.prf(pad.expose(), &[&signed]).unwrap();
+    let resp = i.open(&auth_resp[0]).ok().unwrap().payloads.unwrap();
+    assert_eq!(auth_of(&resp), expected.expose());
+}
+
+#[test]
+fn session_is_send_and_dropped_input_leaves_activity_alone() {
+    fn check<T: Send>() {}
+    check::<Session>();
+    let t0 = Instant::now();
+    let (_i, mut r, _first, auth_req) = up_to_auth(t0);
+    let before = r.last_activity();
+    let mut bad = auth_req.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    let later = t0 + Duration::from_secs(30);
+    let _ = r.handle(&bad, later).unwrap();
+    let _ = r.handle(b"junk", later).unwrap();
+    assert_eq!(r.last_activity(), before);
+    let _ = r.handle(&auth_req, later).unwrap();
+    assert_eq!(r.last_activity(), Some(later));
+}
