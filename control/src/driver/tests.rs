@@ -386,7 +386,7 @@ fn down(d: &mut Driver, c: Conn, token: Option<u64>) {
 }
 
 #[test]
-fn originator_resends_outstanding_request_after_reconnect() {
+fn r_6_2_b_r_6_1_k_originator_resends_outstanding_request_after_reconnect() {
     let (h, sides) = channels(1);
     let (ci, _) = configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(h);
@@ -436,7 +436,7 @@ fn originator_resends_outstanding_request_after_reconnect() {
 }
 
 #[test]
-fn responder_continues_session_on_new_connection() {
+fn r_6_1_h_responder_continues_session_on_new_connection() {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(h);
