@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crypto;
+mod ike;
 mod pipeline;
 mod report;
 mod traffic;
@@ -24,6 +25,8 @@ struct Cli {
 enum Cmd {
     /// Bare AEAD seal/open and full ESP encap/decap per backend, suite and size.
     Crypto(crypto::Args),
+    /// Complete IKE_SA_INIT + IKE_AUTH (PSK) + first Child SA handshakes per DH group, in memory.
+    Ike(ike::Args),
     /// The packet path end to end (crypto-only, tcp-only, pipeline, kernel) in one run.
     Pipeline(pipeline::Args),
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Crypto(a) => crypto::run(&a),
+        Cmd::Ike(a) => ike::run(&a),
         Cmd::Pipeline(a) => pipeline::run(&a),
     };
     match res {
