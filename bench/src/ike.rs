@@ -63,6 +63,8 @@ pub fn run(a: &Args) -> Result<(), String> {
         .iter()
         .map(|&id| DhGroup::from_transform(id).map_err(|_| format!("unsupported DH group {id}")))
         .collect::<Result<Vec<_>, _>>()?;
+    // Read before pinning: once pinned, the thread sees one core.
+    let machine = Machine::detect();
     if let Some(core) = core_affinity::get_core_ids()
         .unwrap_or_default()
         .first()
@@ -78,7 +80,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     }
     let report = Report {
         bench: "ike",
-        machine: Machine::detect(),
+        machine,
         seconds_per_group: a.seconds,
         ike_suite: "aes-gcm-16-256/prf-hmac-sha2-256",
         esp_suite: Suite::Aes256Gcm16.name(),
