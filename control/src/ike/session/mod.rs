@@ -9,8 +9,13 @@
 //! on the first answer it gets, error notifications included (R-6.4-a); the responder still
 //! answers a retransmitted request with its cached response bit for bit (R-6.2-c).
 //!
-//! Not covered yet: COOKIE, CREATE_CHILD_SA, INFORMATIONAL, certificates and EAP.
+//! Once the IKE SA is up, the `life` submodule adds INFORMATIONAL (liveness checks, Delete),
+//! CREATE_CHILD_SA (new Child SAs, Child SA and IKE SA rekeying) and sans-IO timeouts; their
+//! lifecycle events come from [`Session::take_sa_events`].
+//!
+//! Not covered yet: COOKIE, certificates and EAP.
 
+mod life;
 mod proposal;
 mod ts;
 
@@ -19,13 +24,14 @@ mod tests;
 
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use iketcp_dataplane::crypto::Suite;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+pub use self::life::SaEvent;
 pub use crate::ike::crypto::Role;
 use crate::ike::crypto::{
     ChildKeyLengths, DhGroup, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes, SkCipher,
@@ -106,6 +112,9 @@ pub enum FailReason {
     PeerError(NotifyType),
     /// We found this error and (as responder) told the peer.
     LocalError(NotifyType),
+    /// A request got no answer within the exchange timeout (RFC 9329 §6.2, R-6.2-a); the IKE
+    /// SA is deleted.
+    Timeout,
 }
 
 /// A Child SA ready for the data plane. Keys are wiped on drop and redacted in `Debug`.
@@ -169,6 +178,12 @@ pub enum SessionError {
     Rng,
     /// A local encoding or cryptographic step failed (should not happen).
     Internal(&'static str),
+    /// The IKE SA is not (or no longer) established.
+    NotEstablished,
+    /// A request of ours is still unanswered (window size 1, RFC 7296 §2.3).
+    Busy,
+    /// No Child SA with this inbound SPI.
+    UnknownChildSa,
 }
 
 impl fmt::Display for SessionError {
@@ -178,6 +193,9 @@ impl fmt::Display for SessionError {
             SessionError::Config(s) => write!(f, "bad configuration: {s}"),
             SessionError::Rng => f.write_str("random number generator failed"),
             SessionError::Internal(s) => write!(f, "internal error: {s}"),
+            SessionError::NotEstablished => f.write_str("IKE SA not established"),
+            SessionError::Busy => f.write_str("a request is outstanding"),
+            SessionError::UnknownChildSa => f.write_str("no such Child SA"),
         }
     }
 }
@@ -196,6 +214,8 @@ enum State {
     InitDone,
     /// Both AUTHs verified.
     Established,
+    /// The IKE SA was deleted (Delete exchange or timeout).
+    Deleted,
     /// Gave up.
     Failed,
 }
@@ -248,6 +268,11 @@ pub struct Session {
     tried_groups: Vec<DhGroup>,
     /// Initiator: IKE_SA_INIT requests sent so far.
     init_attempts: u8,
+    /// Our role on the TCP connection (RFC 9329 R-1.2-a): fixed, unlike `role`, which follows
+    /// IKE SA rekeys.
+    tcp_role: Role,
+    /// State of the established IKE SA (requests, Child SAs, timers).
+    life: life::Life,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], SessionError> {
@@ -388,6 +413,8 @@ impl Session {
             tried_groups: Vec::new(),
             init_attempts: 0,
             last_activity: Some(now),
+            tcp_role: Role::Initiator,
+            life: life::Life::default(),
         };
         let msg = s.start_init(group)?;
         Ok((s, msg))
@@ -418,6 +445,8 @@ impl Session {
             tried_groups: Vec::new(),
             init_attempts: 0,
             last_activity: None,
+            tcp_role: Role::Responder,
+            life: life::Life::default(),
         }
     }
 
@@ -458,7 +487,11 @@ impl Session {
     /// [`SessionError::Closed`] after a failure (except that a retransmitted request still gets
     /// the cached response); [`SessionError::Rng`] / [`SessionError::Internal`] for local faults.
     pub fn handle(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
-        let out = self.handle_inner(msg)?;
+        let was_up = self.is_established();
+        let out = self.handle_inner(msg, now)?;
+        if !was_up && self.is_established() {
+            self.enter_established(&out, now);
+        }
         let ignored = matches!(
             out.as_slice(),
             [Output::Event(
@@ -471,8 +504,8 @@ impl Session {
         Ok(out)
     }
 
-    fn handle_inner(&mut self, msg: &[u8]) -> Result<Vec<Output>, SessionError> {
-        if matches!(self.state, State::Failed) && self.cached.is_none() {
+    fn handle_inner(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
+        if matches!(self.state, State::Failed | State::Deleted) && self.cached.is_none() {
             return Err(SessionError::Closed);
         }
         let Ok(info) = Header::parse(msg) else {
@@ -485,8 +518,11 @@ impl Session {
         if let Some(out) = self.retransmission(msg, &h) {
             return Ok(out);
         }
-        if matches!(self.state, State::Failed) {
+        if matches!(self.state, State::Failed | State::Deleted) {
             return Err(SessionError::Closed);
+        }
+        if matches!(self.state, State::Established) {
+            return self.on_established(msg, &h, now);
         }
         // RFC 7296 §3.1: the I flag says who sent it; the R flag whether it is a response.
         let from_initiator = self.role == Role::Responder;
@@ -499,7 +535,9 @@ impl Session {
             State::AuthSent => self.on_auth_response(msg, &h),
             State::Idle => self.on_init_request(msg, &h),
             State::InitDone => self.on_auth_request(msg, &h),
-            State::Established | State::Failed => Ok(dropped(DropReason::Unexpected)),
+            State::Established | State::Failed | State::Deleted => {
+                Ok(dropped(DropReason::Unexpected))
+            }
         }
     }
 
@@ -763,52 +801,12 @@ impl Session {
             .prot
             .as_ref()
             .ok_or(SessionError::Internal("no keys"))?;
-        let mut plain = Zeroizing::new(Vec::new());
-        let first = emit_chain(inner, &mut plain).map_err(emit_err)?;
-        let body = vec![0u8; prot.out.sealed_body_len(plain.len())];
-        let skel = Message {
-            header,
-            payloads: vec![Payload::Sk(SkPayload {
-                first_payload: first,
-                body,
-            })],
-        }
-        .to_bytes()
-        .map_err(emit_err)?;
-        let layout = locate_encrypted(&skel)
-            .map_err(emit_err)?
-            .ok_or(SessionError::Internal("no SK payload"))?;
-        let mut out = Vec::with_capacity(skel.len());
-        prot.out
-            .seal(&skel[..layout.header.end], &plain, &mut out)
-            .map_err(|e| match e {
-                SkError::Rng => SessionError::Rng,
-                _ => SessionError::Internal("seal"),
-            })?;
-        Ok(out)
+        seal_with(prot, header, inner)
     }
 
     /// Verifies and decrypts the SK payload of a received message.
     fn open(&self, msg: &[u8]) -> Result<Opened, OpenError> {
-        let prot = self.prot.as_ref().ok_or(OpenError::Malformed)?;
-        let layout = locate_encrypted(msg)
-            .ok()
-            .flatten()
-            .filter(|l| l.kind == PayloadType::SK)
-            .ok_or(OpenError::Malformed)?;
-        let first = PayloadType(*msg.get(layout.header.start).ok_or(OpenError::Malformed)?);
-        let plain = Zeroizing::new(prot.inb.open(msg, layout.header.start).map_err(
-            |e| match e {
-                SkError::Integrity => OpenError::Integrity,
-                _ => OpenError::Malformed,
-            },
-        )?);
-        let payloads = parse_chain(first, &plain);
-        Ok(Opened {
-            plain,
-            first,
-            payloads,
-        })
+        open_with(self.prot.as_ref().ok_or(OpenError::Malformed)?, msg)
     }
 
     fn auth_request(&self) -> Result<Vec<u8>, SessionError> {
@@ -1210,5 +1208,60 @@ impl Session {
         let mut out = vec![send];
         out.extend(events);
         Ok(out)
+    }
+}
+
+/// Encrypts `inner` into a message with this header (RFC 7296 §3.14: SK payload last).
+fn seal_with(
+    prot: &Protection,
+    header: Header,
+    inner: &[Payload],
+) -> Result<Vec<u8>, SessionError> {
+    let mut plain = Zeroizing::new(Vec::new());
+    let first = emit_chain(inner, &mut plain).map_err(emit_err)?;
+    let body = vec![0u8; prot.out.sealed_body_len(plain.len())];
+    let skel = Message {
+        header,
+        payloads: vec![Payload::Sk(SkPayload {
+            first_payload: first,
+            body,
+        })],
+    }
+    .to_bytes()
+    .map_err(emit_err)?;
+    let layout = locate_encrypted(&skel)
+        .map_err(emit_err)?
+        .ok_or(SessionError::Internal("no SK payload"))?;
+    let mut out = Vec::with_capacity(skel.len());
+    prot.out
+        .seal(&skel[..layout.header.end], &plain, &mut out)
+        .map_err(|e| match e {
+            SkError::Rng => SessionError::Rng,
+            _ => SessionError::Internal("seal"),
+        })?;
+    Ok(out)
+}
+
+/// Verifies and decrypts the SK payload of a received message with these keys.
+fn open_with(prot: &Protection, msg: &[u8]) -> Result<Opened, OpenError> {
+    {
+        let layout = locate_encrypted(msg)
+            .ok()
+            .flatten()
+            .filter(|l| l.kind == PayloadType::SK)
+            .ok_or(OpenError::Malformed)?;
+        let first = PayloadType(*msg.get(layout.header.start).ok_or(OpenError::Malformed)?);
+        let plain = Zeroizing::new(prot.inb.open(msg, layout.header.start).map_err(
+            |e| match e {
+                SkError::Integrity => OpenError::Integrity,
+                _ => OpenError::Malformed,
+            },
+        )?);
+        let payloads = parse_chain(first, &plain);
+        Ok(Opened {
+            plain,
+            first,
+            payloads,
+        })
     }
 }

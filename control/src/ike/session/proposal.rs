@@ -73,9 +73,15 @@ fn has(p: &Proposal, kind: TransformType, id: u16, key_length: Option<u16>) -> b
         .any(|t| t.kind == kind && t.id == id && t.key_length == key_length && plain(t))
 }
 
-/// Whether an IKE proposal offers everything `s` needs and nothing of an unknown type.
-fn ike_accepts(p: &Proposal, s: &IkeSuite) -> bool {
-    if p.protocol != ProtocolId::IKE || p.spi != Spi::None {
+/// Whether an IKE proposal offers everything `s` needs and nothing of an unknown type. In
+/// IKE_SA_INIT proposals carry no SPI; in an IKE SA rekey each carries the sender's new SPI.
+fn ike_accepts(p: &Proposal, s: &IkeSuite, rekey: bool) -> bool {
+    let spi_ok = if rekey {
+        matches!(p.spi, Spi::U64(v) if v != 0)
+    } else {
+        p.spi == Spi::None
+    };
+    if p.protocol != ProtocolId::IKE || !spi_ok {
         return false;
     }
     let known = p.transforms.iter().all(|t| {
@@ -110,9 +116,31 @@ fn ike_accepts(p: &Proposal, s: &IkeSuite) -> bool {
 pub(super) fn ike_select(offer: &SaPayload, ours: &[IkeSuite]) -> Option<(u8, IkeSuite)> {
     offer.proposals.iter().find_map(|p| {
         ours.iter()
-            .find(|s| ike_accepts(p, s))
+            .find(|s| ike_accepts(p, s, false))
             .map(|s| (p.number, *s))
     })
+}
+
+/// Responder side of an IKE SA rekey (RFC 7296 §1.3.2): as [`ike_select`], with the
+/// initiator's new SPI of the accepted proposal.
+pub(super) fn ike_select_rekey(
+    offer: &SaPayload,
+    ours: &[IkeSuite],
+) -> Option<(u8, IkeSuite, u64)> {
+    offer.proposals.iter().find_map(|p| {
+        let Spi::U64(spi) = p.spi else { return None };
+        ours.iter()
+            .find(|s| ike_accepts(p, s, true))
+            .map(|s| (p.number, *s, spi))
+    })
+}
+
+/// An IKE SA payload whose proposals all carry `spi` (an IKE SA rekey, RFC 7296 §3.3.1).
+pub(super) fn with_ike_spi(mut sa: SaPayload, spi: u64) -> SaPayload {
+    for p in &mut sa.proposals {
+        p.spi = Spi::U64(spi);
+    }
+    sa
 }
 
 /// The single transform of `kind` in a chosen proposal; `None` if absent or repeated.
@@ -150,18 +178,28 @@ pub(super) fn ike_chosen(answer: &SaPayload, offered: &[IkeSuite]) -> Option<Ike
     offered.contains(&suite).then_some(suite)
 }
 
-fn esp_transforms(suite: Suite, with_esn: bool) -> Vec<Transform> {
-    vec![
+fn esp_transforms(suite: Suite, with_esn: bool, pfs: Option<DhGroup>) -> Vec<Transform> {
+    let mut t = vec![
         esp_encr_transform(suite),
         Transform::new(
             TransformType::ESN,
             if with_esn { esn::YES } else { esn::NO },
         ),
-    ]
+    ];
+    if let Some(g) = pfs {
+        t.push(Transform::new(TransformType::DH, g.transform_id()));
+    }
+    t
 }
 
 /// The initiator's ESP SA payload: one proposal per (suite, ESN), all with our inbound SPI.
 pub(super) fn esp_offer(suites: &[(Suite, bool)], spi: u32) -> SaPayload {
+    esp_offer_pfs(suites, spi, None)
+}
+
+/// As [`esp_offer`], each proposal with the DH group `pfs` if given (CREATE_CHILD_SA with a
+/// KE payload, RFC 7296 §1.3.1).
+pub(super) fn esp_offer_pfs(suites: &[(Suite, bool)], spi: u32, pfs: Option<DhGroup>) -> SaPayload {
     SaPayload {
         proposals: suites
             .iter()
@@ -170,7 +208,7 @@ pub(super) fn esp_offer(suites: &[(Suite, bool)], spi: u32) -> SaPayload {
                 number,
                 protocol: ProtocolId::ESP,
                 spi: Spi::U32(spi),
-                transforms: esp_transforms(s, e),
+                transforms: esp_transforms(s, e, pfs),
             })
             .collect(),
     }
@@ -178,26 +216,46 @@ pub(super) fn esp_offer(suites: &[(Suite, bool)], spi: u32) -> SaPayload {
 
 /// The responder's ESP answer: one proposal with our inbound SPI.
 pub(super) fn esp_answer(number: u8, suite: Suite, with_esn: bool, spi: u32) -> SaPayload {
+    esp_answer_pfs(number, suite, with_esn, spi, None)
+}
+
+/// As [`esp_answer`], with the DH group of the exchange's KE payloads if any.
+pub(super) fn esp_answer_pfs(
+    number: u8,
+    suite: Suite,
+    with_esn: bool,
+    spi: u32,
+    pfs: Option<DhGroup>,
+) -> SaPayload {
     SaPayload {
         proposals: vec![Proposal {
             number,
             protocol: ProtocolId::ESP,
             spi: Spi::U32(spi),
-            transforms: esp_transforms(suite, with_esn),
+            transforms: esp_transforms(suite, with_esn, pfs),
         }],
     }
 }
 
-fn esp_accepts(p: &Proposal, suite: Suite, with_esn: bool) -> bool {
+/// `pfs`: the DH group the proposal must offer (CREATE_CHILD_SA with KE); without it only
+/// NONE is allowed as DH transform.
+fn esp_accepts(p: &Proposal, suite: Suite, with_esn: bool, pfs: Option<DhGroup>) -> bool {
     if p.protocol != ProtocolId::ESP || !matches!(p.spi, Spi::U32(_)) {
         return false;
     }
+    let pfs_id = pfs.map(DhGroup::transform_id);
     let known = p.transforms.iter().all(|t| match t.kind {
         TransformType::ENCR | TransformType::ESN => true,
-        // No PFS in IKE_AUTH and no separate integrity with an AEAD: only NONE.
-        TransformType::INTEG | TransformType::DH => t.id == 0,
+        // No separate integrity with an AEAD: only NONE.
+        TransformType::INTEG => t.id == 0,
+        // No PFS in IKE_AUTH; with a KE payload, its group (other offered groups are fine).
+        TransformType::DH => t.id == 0 || pfs.is_some(),
         _ => false,
     });
+    let dh_ok = match pfs_id {
+        Some(g) => has(p, TransformType::DH, g, None),
+        None => true,
+    };
     let esn_id = if with_esn { esn::YES } else { esn::NO };
     let esn_ok = if p.transforms.iter().any(|t| t.kind == TransformType::ESN) {
         has(p, TransformType::ESN, esn_id, None)
@@ -206,6 +264,7 @@ fn esp_accepts(p: &Proposal, suite: Suite, with_esn: bool) -> bool {
     };
     known
         && esn_ok
+        && dh_ok
         && has(
             p,
             TransformType::ENCR,
@@ -219,10 +278,19 @@ pub(super) fn esp_select(
     offer: &SaPayload,
     ours: &[(Suite, bool)],
 ) -> Option<(u8, u32, Suite, bool)> {
+    esp_select_pfs(offer, ours, None)
+}
+
+/// As [`esp_select`], requiring the DH group `pfs` in the accepted proposal if given.
+pub(super) fn esp_select_pfs(
+    offer: &SaPayload,
+    ours: &[(Suite, bool)],
+    pfs: Option<DhGroup>,
+) -> Option<(u8, u32, Suite, bool)> {
     offer.proposals.iter().find_map(|p| {
         let Spi::U32(spi) = p.spi else { return None };
         ours.iter()
-            .find(|&&(s, e)| esp_accepts(p, s, e))
+            .find(|&&(s, e)| esp_accepts(p, s, e, pfs))
             .map(|&(s, e)| (p.number, spi, s, e))
     })
 }
@@ -232,6 +300,15 @@ pub(super) fn esp_chosen(
     answer: &SaPayload,
     offered: &[(Suite, bool)],
 ) -> Option<(u32, Suite, bool)> {
+    esp_chosen_pfs(answer, offered, None)
+}
+
+/// As [`esp_chosen`]; with `pfs` the answer must hold exactly that DH transform.
+pub(super) fn esp_chosen_pfs(
+    answer: &SaPayload,
+    offered: &[(Suite, bool)],
+    pfs: Option<DhGroup>,
+) -> Option<(u32, Suite, bool)> {
     let [p] = answer.proposals.as_slice() else {
         return None;
     };
@@ -239,8 +316,11 @@ pub(super) fn esp_chosen(
     if only(p, TransformType::ENCR)?.is_none() || only(p, TransformType::ESN)?.is_none() {
         return None;
     }
+    if pfs.is_some() && only(p, TransformType::DH)?.is_none() {
+        return None;
+    }
     offered
         .iter()
-        .find(|&&(s, e)| esp_accepts(p, s, e))
+        .find(|&&(s, e)| esp_accepts(p, s, e, pfs))
         .map(|&(s, e)| (spi, s, e))
 }

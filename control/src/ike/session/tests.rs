@@ -10,7 +10,7 @@ use sha1::{Digest, Sha1};
 
 use super::*;
 use crate::ike::crypto::{EncrAlg, IntegAlg};
-use crate::ike::wire::TsRange;
+use crate::ike::wire::{ProtocolId, Spi, TsRange};
 
 fn gcm_x25519() -> IkeSuite {
     IkeSuite::new(
@@ -899,4 +899,670 @@ fn session_is_send_and_dropped_input_leaves_activity_alone() {
     assert_eq!(r.last_activity(), before);
     let _ = r.handle(&auth_req, later).unwrap();
     assert_eq!(r.last_activity(), Some(later));
+}
+
+// ----- after IKE_AUTH: INFORMATIONAL, timeouts, CREATE_CHILD_SA -----
+
+/// Both ends with the IKE SA and the first Child SA up at `t0`.
+fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
+    let t0 = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, mut r, first) = pair(ci, cr, t0);
+    let (ie, re) = pump(&mut i, &mut r, first, t0);
+    let (ic, rc) = (child(&ie).unwrap().clone(), child(&re).unwrap().clone());
+    assert_eq!(i.child_sas().len(), 1);
+    assert_eq!(r.child_sas().len(), 1);
+    (i, r, ic, rc, t0)
+}
+
+/// Delivers one message, returning what the receiver sends.
+fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
+    let (s, e) = split(to.handle(msg, now).unwrap());
+    assert!(
+        !e.iter().any(|e| matches!(
+            e,
+            SessionEvent::Dropped(_) | SessionEvent::IntegrityFailure | SessionEvent::Failed(_)
+        )),
+        "{e:?}"
+    );
+    s
+}
+
+/// Runs an exchange started by `a` with `req` to the end; returns the SA events of both.
+fn run(
+    a: &mut Session,
+    b: &mut Session,
+    req: Vec<u8>,
+    now: Instant,
+) -> (Vec<SaEvent>, Vec<SaEvent>) {
+    let (ae, be) = pump(a, b, req, now);
+    assert!(
+        failed(&ae).is_none() && failed(&be).is_none(),
+        "{ae:?} {be:?}"
+    );
+    (a.take_sa_events(), b.take_sa_events())
+}
+
+fn rekeyed(ev: &[SaEvent]) -> Option<(u32, u32, &ChildSa)> {
+    ev.iter().find_map(|e| match e {
+        SaEvent::ChildSaRekeyed {
+            old_spi_in,
+            old_spi_out,
+            new,
+        } => Some((*old_spi_in, *old_spi_out, new)),
+        _ => None,
+    })
+}
+
+fn deleted(ev: &[SaEvent]) -> Vec<(u32, u32)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            SaEvent::ChildSaDeleted { spi_in, spi_out } => Some((*spi_in, *spi_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn paired(a: &ChildSa, b: &ChildSa) {
+    assert_eq!(a.spi_in, b.spi_out);
+    assert_eq!(a.spi_out, b.spi_in);
+    assert_eq!(a.keymat_in, b.keymat_out);
+    assert_eq!(a.keymat_out, b.keymat_in);
+    esp_roundtrip(a, b);
+    esp_roundtrip(b, a);
+}
+
+fn opened_payloads(by: &Session, msg: &[u8]) -> Vec<Payload> {
+    by.open(msg).ok().unwrap().payloads.unwrap()
+}
+
+#[test]
+fn r_6_7_a_liveness_check_both_directions() {
+    let (mut i, mut r, _, _, t0) = established();
+    let t = t0 + Duration::from_secs(1);
+    dpd_roundtrip(&mut i, &mut r, t);
+    dpd_roundtrip(&mut r, &mut i, t);
+}
+
+fn dpd_roundtrip_raw(a: &mut Session, b: &mut Session, req: Vec<u8>, t: Instant) {
+    let resp = deliver(b, &req, t);
+    deliver(a, &resp[0], t);
+    assert!(!a.has_outstanding());
+}
+
+fn dpd_roundtrip(a: &mut Session, b: &mut Session, t: Instant) {
+    let req = a.start_dpd(t).unwrap();
+    assert!(a.has_outstanding());
+    assert_eq!(a.start_dpd(t).unwrap_err(), SessionError::Busy, "window 1");
+    assert!(opened_payloads(b, &req).is_empty(), "empty INFORMATIONAL");
+    let resp = deliver(b, &req, t);
+    assert_eq!(resp.len(), 1);
+    assert!(opened_payloads(a, &resp[0]).is_empty(), "answered empty");
+    assert!(deliver(a, &resp[0], t).is_empty());
+    assert!(!a.has_outstanding());
+    assert_eq!(a.last_inbound(), Some(t));
+    assert_eq!(b.last_inbound(), Some(t));
+    assert!(a.take_sa_events().is_empty() && b.take_sa_events().is_empty());
+    assert!(a.is_established() && b.is_established());
+}
+
+#[test]
+fn r_6_7_a_silence_triggers_liveness_check_via_timeout() {
+    let (mut i, mut r, _, _, t0) = established();
+    let due = t0 + Duration::from_secs(30);
+    assert_eq!(i.poll_timeout(), Some(due));
+    assert!(i.handle_timeout(due - Duration::from_millis(1)).is_empty());
+    let (s, e) = split(i.handle_timeout(due));
+    assert!(e.is_empty());
+    assert_eq!(s.len(), 1);
+    // The check is now outstanding: its exchange timeout is what counts.
+    assert_eq!(i.poll_timeout(), Some(due + Duration::from_secs(30)));
+    let resp = deliver(&mut r, &s[0], due);
+    assert!(deliver(&mut i, &resp[0], due).is_empty());
+    assert_eq!(i.poll_timeout(), Some(due + Duration::from_secs(30)));
+    // Configurable interval.
+    i.set_dpd_interval(Duration::from_secs(5));
+    assert_eq!(i.poll_timeout(), Some(due + Duration::from_secs(5)));
+}
+
+#[test]
+fn r_6_2_a_unanswered_request_deletes_ike_sa() {
+    let (mut i, mut r, _, _, t0) = established();
+    let t1 = t0 + Duration::from_secs(3);
+    let _lost = i.start_dpd(t1).unwrap();
+    assert_eq!(i.poll_timeout(), Some(t1 + Duration::from_secs(30)));
+    assert!(
+        i.handle_timeout(t1 + Duration::from_secs(29)).is_empty(),
+        "no retransmission over TCP"
+    );
+    let (s, e) = split(i.handle_timeout(t1 + Duration::from_secs(30)));
+    assert!(s.is_empty());
+    assert_eq!(failed(&e), Some(FailReason::Timeout));
+    assert!(matches!(i.take_sa_events()[..], [SaEvent::IkeSaDeleted]));
+    assert!(i.is_deleted() && !i.is_established());
+    assert!(i.child_sas().is_empty());
+    assert_eq!(i.poll_timeout(), None);
+    assert_eq!(i.start_dpd(t1).unwrap_err(), SessionError::NotEstablished);
+
+    // A liveness check sent by the timer and never answered, with a shorter exchange timeout.
+    r.set_exchange_timeout(Duration::from_secs(5));
+    let due = t0 + Duration::from_secs(30);
+    let (s, _) = split(r.handle_timeout(due));
+    assert_eq!(s.len(), 1);
+    assert_eq!(r.poll_timeout(), Some(due + Duration::from_secs(5)));
+    let (_, e) = split(r.handle_timeout(due + Duration::from_secs(5)));
+    assert_eq!(failed(&e), Some(FailReason::Timeout));
+    assert!(r.is_deleted());
+}
+
+#[test]
+fn handshake_request_times_out_too() {
+    let t0 = Instant::now();
+    let (ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, _first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), t0).unwrap();
+    assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    let (_, e) = split(i.handle_timeout(t0 + Duration::from_secs(30)));
+    assert_eq!(failed(&e), Some(FailReason::Timeout));
+    assert!(i.is_failed());
+}
+
+#[test]
+fn r_6_7_c_tcp_activity_and_unauthenticated_bytes_do_not_extend_liveness() {
+    let (mut i, mut r, _, _, t0) = established();
+    let due = t0 + Duration::from_secs(30);
+    // TCP keepalives and other TCP activity reported by the caller: no effect on liveness.
+    i.note_tcp_activity(t0 + Duration::from_secs(20));
+    assert_eq!(i.last_tcp_activity(), Some(t0 + Duration::from_secs(20)));
+    assert_eq!(i.poll_timeout(), Some(due));
+    // Junk and forged IKE messages neither.
+    let t = t0 + Duration::from_secs(25);
+    let _ = i.handle(b"\0\0\0\0 keepalive-ish junk", t).unwrap();
+    let mut forged = r.start_dpd(t).unwrap();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (_, e) = split(i.handle(&forged, t).unwrap());
+    assert!(matches!(e[..], [SessionEvent::IntegrityFailure]));
+    assert_eq!(i.last_inbound(), Some(t0));
+    assert_eq!(i.poll_timeout(), Some(due));
+    let (s, _) = split(i.handle_timeout(due));
+    assert_eq!(s.len(), 1, "liveness check sent despite TCP activity");
+    // Inbound ESP reported by the caller does count.
+    let (mut i, _, _, _, t0) = established();
+    i.note_inbound_esp(t0 + Duration::from_secs(25));
+    assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(55)));
+    // And so does an authenticated IKE message.
+    let (mut i, mut r, _, _, t0) = established();
+    let t = t0 + Duration::from_secs(10);
+    let req = r.start_dpd(t).unwrap();
+    deliver(&mut i, &req, t);
+    assert_eq!(i.poll_timeout(), Some(t + Duration::from_secs(30)));
+}
+
+#[test]
+fn delete_child_both_directions() {
+    for from_initiator in [true, false] {
+        let (mut i, mut r, ic, rc, t0) = established();
+        let (a, b, ac, bc) = if from_initiator {
+            (&mut i, &mut r, &ic, &rc)
+        } else {
+            (&mut r, &mut i, &rc, &ic)
+        };
+        assert_eq!(
+            a.delete_child(12345, t0).unwrap_err(),
+            SessionError::UnknownChildSa
+        );
+        let req = a.delete_child(ac.spi_in, t0).unwrap();
+        let p = opened_payloads(b, &req);
+        assert!(matches!(&p[..], [Payload::Delete(d)] if d.spis == [ac.spi_in]));
+        let resp = deliver(b, &req, t0);
+        let p = opened_payloads(a, &resp[0]);
+        assert!(
+            matches!(&p[..], [Payload::Delete(d)] if d.spis == [bc.spi_in]),
+            "answered with the paired SA"
+        );
+        deliver(a, &resp[0], t0);
+        assert_eq!(deleted(&a.take_sa_events()), [(ac.spi_in, ac.spi_out)]);
+        assert_eq!(deleted(&b.take_sa_events()), [(bc.spi_in, bc.spi_out)]);
+        assert!(a.child_sas().is_empty() && b.child_sas().is_empty());
+        assert!(a.is_established() && b.is_established());
+    }
+}
+
+#[test]
+fn delete_ike_both_directions() {
+    for from_initiator in [true, false] {
+        let (mut i, mut r, _, _, t0) = established();
+        let (a, b) = if from_initiator {
+            (&mut i, &mut r)
+        } else {
+            (&mut r, &mut i)
+        };
+        let req = a.delete_ike(t0).unwrap();
+        let resp = deliver(b, &req, t0);
+        assert!(opened_payloads(a, &resp[0]).is_empty(), "answered empty");
+        assert!(b.is_deleted());
+        deliver(a, &resp[0], t0);
+        assert!(a.is_deleted());
+        for s in [a, b] {
+            assert!(matches!(s.take_sa_events()[..], [SaEvent::IkeSaDeleted]));
+            assert_eq!(s.poll_timeout(), None);
+            assert!(s.child_sas().is_empty());
+        }
+        // The cached answer still serves a retransmitted Delete; anything else is refused.
+        let (again, _) = split(
+            b_of(&mut i, &mut r, from_initiator)
+                .handle(&req, t0)
+                .unwrap(),
+        );
+        assert_eq!(again, resp);
+    }
+}
+
+fn b_of<'a>(i: &'a mut Session, r: &'a mut Session, from_initiator: bool) -> &'a mut Session {
+    if from_initiator { r } else { i }
+}
+
+#[test]
+fn child_rekey_with_and_without_pfs_from_each_side() {
+    for (from_initiator, pfs) in [(true, false), (true, true), (false, false), (false, true)] {
+        let (mut i, mut r, ic, rc, t0) = established();
+        let (a, b, ac, bc) = if from_initiator {
+            (&mut i, &mut r, &ic, &rc)
+        } else {
+            (&mut r, &mut i, &rc, &ic)
+        };
+        let req = a.rekey_child(ac.spi_in, pfs, t0).unwrap();
+        let p = opened_payloads(b, &req);
+        let rekey = find_notify(&p, NotifyType::REKEY_SA).unwrap();
+        assert_eq!(rekey.spi, Spi::U32(ac.spi_in));
+        assert_eq!(rekey.protocol, ProtocolId::ESP);
+        assert_eq!(p.iter().any(|p| matches!(p, Payload::Ke(_))), pfs);
+        let (ae, be) = run(a, b, req, t0);
+        let (old_in, old_out, an) = rekeyed(&ae).unwrap();
+        assert_eq!((old_in, old_out), (ac.spi_in, ac.spi_out));
+        let (old_in, old_out, bn) = rekeyed(&be).unwrap();
+        assert_eq!((old_in, old_out), (bc.spi_in, bc.spi_out));
+        paired(an, bn);
+        assert_ne!(an.keymat_in, ac.keymat_in);
+        // The rekey initiator deleted the old pair.
+        assert_eq!(deleted(&ae), [(ac.spi_in, ac.spi_out)]);
+        assert_eq!(deleted(&be), [(bc.spi_in, bc.spi_out)]);
+        assert_eq!(a.child_sas().len(), 1);
+        assert_eq!(b.child_sas().len(), 1);
+        assert_eq!(a.child_sas()[0].spi_in, an.spi_in);
+    }
+}
+
+fn nonce_in(p: &[Payload]) -> Vec<u8> {
+    p.iter()
+        .find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn child_rekey_keymat_is_rfc7296_2_17_with_and_without_pfs() {
+    for pfs in [false, true] {
+        let (mut i, mut r, ic, _, t0) = established();
+        let req = i.rekey_child(ic.spi_in, pfs, t0).unwrap();
+        let ni = nonce_in(&opened_payloads(&r, &req));
+        let resp = deliver(&mut r, &req, t0);
+        let nr = nonce_in(&opened_payloads(&i, &resp[0]));
+        deliver(&mut i, &resp[0], t0);
+        let ev = i.take_sa_events();
+        let (_, _, new) = rekeyed(&ev).unwrap();
+        // KEYMAT = prf+(SK_d, Ni | Nr), or prf+(SK_d, g^ir (new) | Ni | Nr) with PFS; the
+        // rekeying exchange's initiator takes the initiator-to-responder keys first.
+        let lengths = ChildKeyLengths {
+            encr: new.suite.keymat_len(),
+            integ: 0,
+        };
+        let keys = &i.prot.as_ref().unwrap().keys;
+        let no_pfs = keys.child_sa_keys(None, &ni, &nr, lengths).unwrap();
+        assert_eq!(
+            new.keymat_out.expose() == no_pfs.encr_i_to_r(),
+            !pfs,
+            "pfs={pfs}"
+        );
+        assert_eq!(new.keymat_in.expose() == no_pfs.encr_r_to_i(), !pfs);
+    }
+}
+
+#[test]
+fn additional_child_sa() {
+    let (mut i, mut r, ic, _, t0) = established();
+    let req = r.create_child(t0).unwrap();
+    let (re, ie) = run(&mut r, &mut i, req, t0);
+    let created = |ev: &[SaEvent]| {
+        ev.iter()
+            .find_map(|e| match e {
+                SaEvent::ChildSaCreated(c) => Some(c.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (rn, inew) = (created(&re), created(&ie));
+    paired(&rn, &inew);
+    assert_eq!(i.child_sas().len(), 2);
+    assert_eq!(r.child_sas().len(), 2);
+    assert_ne!(inew.spi_in, ic.spi_in);
+}
+
+#[test]
+fn r_1_2_a_ike_rekey_by_responder_keeps_tcp_roles() {
+    let (mut i, mut r, ic, _, t0) = established();
+    let old_spis = i.spis();
+    let old_dpd = i.start_dpd(t0).unwrap();
+    let old_resp = deliver(&mut r, &old_dpd, t0);
+    deliver(&mut i, &old_resp[0], t0);
+
+    let req = r.rekey_ike(t0).unwrap();
+    let (re, ie) = run(&mut r, &mut i, req, t0);
+    let new_spis = r.spis();
+    assert_eq!(i.spis(), new_spis);
+    assert_ne!(new_spis.0, old_spis.0);
+    assert_ne!(new_spis.1, old_spis.1);
+    for ev in [&re, &ie] {
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, SaEvent::IkeSaRekeyed { spi_i, spi_r }
+                if (*spi_i, *spi_r) == new_spis)),
+            "{ev:?}"
+        );
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, SaEvent::OldIkeSaDeleted { spi_i, spi_r }
+                if (*spi_i, *spi_r) == old_spis)),
+            "{ev:?}"
+        );
+    }
+    // The rekeying responder is the new IKE SA's initiator; the TCP roles stay (R-1.2-a).
+    assert_eq!(r.role(), Role::Initiator);
+    assert_eq!(i.role(), Role::Responder);
+    assert_eq!(r.tcp_role(), Role::Responder);
+    assert_eq!(i.tcp_role(), Role::Initiator);
+    // INFORMATIONAL works on the new IKE SA, both ways, from Message ID 0.
+    for from_i in [true, false] {
+        let (a, b) = if from_i {
+            (&mut i, &mut r)
+        } else {
+            (&mut r, &mut i)
+        };
+        let req = a.start_dpd(t0).unwrap();
+        assert_eq!(&req[20..24], &0u32.to_be_bytes());
+        assert_eq!(
+            u64::from_be_bytes(req[0..8].try_into().unwrap()),
+            new_spis.0
+        );
+        dpd_roundtrip_raw(a, b, req, t0);
+    }
+    // The old IKE SA is gone: a message on it is dropped.
+    let (s, e) = split(r.handle(&old_dpd, t0).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(e[..], [SessionEvent::Dropped(_)]));
+    // Child SAs survive and rekey with the new IKE SA's SK_d.
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    let (ie, re) = run(&mut i, &mut r, req, t0);
+    paired(rekeyed(&ie).unwrap().2, rekeyed(&re).unwrap().2);
+}
+
+#[test]
+fn simultaneous_child_rekey_leaves_exactly_one_new_sa() {
+    // The nonces are random: several rounds see both sides win.
+    for pfs in [false, true, false, true, false, true] {
+        let (mut i, mut r, ic, rc, t0) = established();
+        let a = i.rekey_child(ic.spi_in, pfs, t0).unwrap();
+        let b = r.rekey_child(rc.spi_in, pfs, t0).unwrap();
+        // Both requests cross; each side answers the other's before its own answer arrives.
+        let resp_a = deliver(&mut r, &a, t0);
+        let resp_b = deliver(&mut i, &b, t0);
+        let del_i = deliver(&mut i, &resp_a[0], t0);
+        let del_r = deliver(&mut r, &resp_b[0], t0);
+        assert_eq!((del_i.len(), del_r.len()), (1, 1));
+        let ans_r = deliver(&mut r, &del_i[0], t0);
+        let ans_i = deliver(&mut i, &del_r[0], t0);
+        deliver(&mut i, &ans_r[0], t0);
+        deliver(&mut r, &ans_i[0], t0);
+        assert!(!i.has_outstanding() && !r.has_outstanding());
+        assert_eq!(i.child_sas().len(), 1, "{:?}", i.child_sas());
+        assert_eq!(r.child_sas().len(), 1, "{:?}", r.child_sas());
+        let (ni, nr) = (&i.child_sas()[0], &r.child_sas()[0]);
+        assert_ne!(ni.spi_in, ic.spi_in);
+        paired(ni, nr);
+    }
+}
+
+#[test]
+fn rekey_colliding_with_ike_rekey_gets_temporary_failure() {
+    let (mut i, mut r, ic, _, t0) = established();
+    let _ike = r.rekey_ike(t0).unwrap();
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    let resp = deliver(&mut r, &req, t0);
+    assert!(
+        find_notify(
+            &opened_payloads(&i, &resp[0]),
+            NotifyType::TEMPORARY_FAILURE
+        )
+        .is_some()
+    );
+    deliver(&mut i, &resp[0], t0);
+    assert!(matches!(
+        i.take_sa_events()[..],
+        [SaEvent::ChildSaRefused(NotifyType::TEMPORARY_FAILURE)]
+    ));
+    assert_eq!(i.child_sas().len(), 1);
+    assert!(i.is_established());
+}
+
+#[test]
+fn rekey_colliding_with_delete_temporary_failure_or_child_sa_not_found() {
+    // §2.25.1: the Child SA is being deleted by the responder: TEMPORARY_FAILURE.
+    let (mut i, mut r, ic, _, t0) = established();
+    let _del = r.delete_child(r.child_sas()[0].spi_in, t0).unwrap();
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    let resp = deliver(&mut r, &req, t0);
+    let p = opened_payloads(&i, &resp[0]);
+    assert!(find_notify(&p, NotifyType::TEMPORARY_FAILURE).is_some());
+
+    // The Delete completed before the rekey request arrived: CHILD_SA_NOT_FOUND.
+    let (mut i, mut r, ic, _, t0) = established();
+    let del = r.delete_child(r.child_sas()[0].spi_in, t0).unwrap();
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    let ans = deliver(&mut i, &del, t0);
+    deliver(&mut r, &ans[0], t0);
+    let resp = deliver(&mut r, &req, t0);
+    let p = opened_payloads(&i, &resp[0]);
+    assert!(find_notify(&p, NotifyType::CHILD_SA_NOT_FOUND).is_some());
+    deliver(&mut i, &resp[0], t0);
+    assert!(i.child_sas().is_empty() && r.child_sas().is_empty());
+    assert!(
+        i.take_sa_events()
+            .iter()
+            .any(|e| matches!(e, SaEvent::ChildSaRefused(NotifyType::CHILD_SA_NOT_FOUND)))
+    );
+}
+
+#[test]
+fn established_replayed_and_old_message_ids_dropped() {
+    let (mut i, mut r, _, _, t0) = established();
+    let first = i.start_dpd(t0).unwrap();
+    let first_resp = deliver(&mut r, &first, t0);
+    deliver(&mut i, &first_resp[0], t0);
+    let second = i.start_dpd(t0).unwrap();
+    let second_resp = deliver(&mut r, &second, t0);
+    deliver(&mut i, &second_resp[0], t0);
+    // The last request again: a retransmission, answered from the cache bit for bit.
+    let (again, e) = split(r.handle(&second, t0).unwrap());
+    assert_eq!(again, second_resp);
+    assert!(e.is_empty());
+    // An older one: dropped.
+    let (s, e) = split(r.handle(&first, t0).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(
+        e[..],
+        [SessionEvent::Dropped(DropReason::UnexpectedMessageId)]
+    ));
+    // A replayed response with nothing outstanding: dropped.
+    let (s, e) = split(i.handle(&second_resp[0], t0).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(
+        e[..],
+        [SessionEvent::Dropped(DropReason::UnexpectedMessageId)]
+    ));
+    // The Message IDs continue normally.
+    let third = i.start_dpd(t0).unwrap();
+    assert_eq!(&third[20..24], &4u32.to_be_bytes());
+    deliver(&mut r, &third, t0);
+}
+
+#[test]
+fn established_tampered_messages_dropped_without_state_change() {
+    let (mut i, mut r, ic, _, t0) = established();
+    let req = i.delete_child(ic.spi_in, t0).unwrap();
+    let mut bad = req.clone();
+    let mid = bad.len() - 10;
+    bad[mid] ^= 0x04;
+    let (s, e) = split(r.handle(&bad, t0 + Duration::from_secs(9)).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(e[..], [SessionEvent::IntegrityFailure]));
+    assert_eq!(r.child_sas().len(), 1);
+    assert_eq!(r.last_inbound(), Some(t0));
+    assert!(r.take_sa_events().is_empty());
+    let resp = deliver(&mut r, &req, t0);
+    let mut bad = resp[0].clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x80;
+    let (s, e) = split(i.handle(&bad, t0).unwrap());
+    assert!(s.is_empty());
+    assert!(matches!(e[..], [SessionEvent::IntegrityFailure]));
+    assert!(i.has_outstanding());
+    assert_eq!(i.child_sas().len(), 1);
+    deliver(&mut i, &resp[0], t0);
+    assert!(i.child_sas().is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn established_garbage_and_mutations_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        pos in any::<usize>(),
+        xor in 1u8..=255,
+        pick in 0u8..4,
+    ) {
+        let (mut i, mut r, ic, _, t0) = established();
+        let _ = r.handle(&bytes, t0);
+        let _ = i.handle(&bytes, t0);
+        let req = match pick {
+            0 => i.start_dpd(t0),
+            1 => i.rekey_child(ic.spi_in, true, t0),
+            2 => i.rekey_ike(t0),
+            _ => i.delete_child(ic.spi_in, t0),
+        }
+        .unwrap();
+        let _ = r.handle(&mutate(&req, pos, xor), t0);
+        let resp = r.handle(&req, t0).unwrap();
+        for o in resp {
+            if let Output::Send(m) = o {
+                let _ = i.handle(&mutate(&m, pos, xor), t0);
+                let _ = i.handle(&m, t0);
+            }
+        }
+        let _ = i.handle_timeout(t0 + Duration::from_secs(3600));
+    }
+}
+
+#[test]
+fn ike_rekey_by_original_initiator_then_child_rekey_and_delete() {
+    let (mut i, mut r, ic, rc, t0) = established();
+    let old = i.spis();
+    let req = i.rekey_ike(t0).unwrap();
+    let (ie, re) = run(&mut i, &mut r, req, t0);
+    assert!(
+        ie.iter()
+            .any(|e| matches!(e, SaEvent::OldIkeSaDeleted { .. }))
+    );
+    assert!(
+        re.iter()
+            .any(|e| matches!(e, SaEvent::OldIkeSaDeleted { .. }))
+    );
+    assert_ne!(i.spis(), old);
+    assert_eq!(i.spis(), r.spis());
+    assert_eq!((i.role(), r.role()), (Role::Initiator, Role::Responder));
+    assert_eq!(
+        (i.tcp_role(), r.tcp_role()),
+        (Role::Initiator, Role::Responder)
+    );
+    let req = r.rekey_child(rc.spi_in, true, t0).unwrap();
+    let (re, ie) = run(&mut r, &mut i, req, t0);
+    paired(rekeyed(&re).unwrap().2, rekeyed(&ie).unwrap().2);
+    assert_eq!(deleted(&ie), [(ic.spi_in, ic.spi_out)]);
+    let req = i.delete_ike(t0).unwrap();
+    run(&mut i, &mut r, req, t0);
+    assert!(i.is_deleted() && r.is_deleted());
+}
+
+#[test]
+fn simultaneous_ike_rekey_nonces_decide_one_survivor() {
+    // The nonces are random: several rounds see both sides win.
+    for _ in 0..6 {
+        let (mut i, mut r, ic, _, t0) = established();
+        let old = i.spis();
+        let a = i.rekey_ike(t0).unwrap();
+        let b = r.rekey_ike(t0).unwrap();
+        let resp_a = deliver(&mut r, &a, t0);
+        let resp_b = deliver(&mut i, &b, t0);
+        let del_i = deliver(&mut i, &resp_a[0], t0);
+        let del_r = deliver(&mut r, &resp_b[0], t0);
+        assert_eq!((del_i.len(), del_r.len()), (1, 1));
+        let ans_r = deliver(&mut r, &del_i[0], t0);
+        let ans_i = deliver(&mut i, &del_r[0], t0);
+        deliver(&mut i, &ans_r[0], t0);
+        deliver(&mut r, &ans_i[0], t0);
+        assert_eq!(i.spis(), r.spis());
+        assert_ne!(i.spis(), old);
+        assert_ne!(i.role(), r.role());
+        assert_eq!(
+            (i.tcp_role(), r.tcp_role()),
+            (Role::Initiator, Role::Responder)
+        );
+        for s in [&mut i, &mut r] {
+            let ev = s.take_sa_events();
+            let gone = ev
+                .iter()
+                .filter(|e| matches!(e, SaEvent::OldIkeSaDeleted { .. }))
+                .count();
+            assert_eq!(gone, 2, "old and redundant IKE SA deleted: {ev:?}");
+            assert!(ev.iter().any(|e| matches!(e, SaEvent::IkeSaRekeyed { .. })));
+        }
+        dpd_roundtrip(&mut i, &mut r, t0);
+        dpd_roundtrip(&mut r, &mut i, t0);
+        let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+        let (ie, re) = run(&mut i, &mut r, req, t0);
+        paired(rekeyed(&ie).unwrap().2, rekeyed(&re).unwrap().2);
+    }
+}
+
+#[test]
+fn unanswered_delete_of_replaced_ike_sa_times_out_alone() {
+    let (mut i, mut r, _, _, t0) = established();
+    let req = r.rekey_ike(t0).unwrap();
+    let resp = deliver(&mut i, &req, t0);
+    let del = deliver(&mut r, &resp[0], t0);
+    assert_eq!(del.len(), 1, "Delete of the old IKE SA, lost");
+    r.take_sa_events();
+    let due = t0 + Duration::from_secs(30);
+    assert_eq!(r.poll_timeout(), Some(due));
+    let (s, e) = split(r.handle_timeout(due));
+    // The new IKE SA's liveness check is due at the same time; the old SA is just dropped.
+    assert_eq!(s.len(), 1);
+    assert!(failed(&e).is_none());
+    assert!(matches!(
+        r.take_sa_events()[..],
+        [SaEvent::OldIkeSaDeleted { .. }]
+    ));
+    assert!(r.is_established());
+    dpd_roundtrip_raw(&mut r, &mut i, s[0].clone(), due);
 }
