@@ -17,8 +17,23 @@
 //!   §6.2, R-6.2-b). A Responder continues a session whose request arrives on a new connection
 //!   (matched by both IKE SPIs) and, once established, binds the IKE SA to it.
 //!
-//! Not yet: rekeys, INFORMATIONAL exchanges (DPD, Delete), reconnects after the IKE SA is up,
-//! SA migration between workers, reaping half-open responder sessions.
+//! - After every session call the driver takes the session's [`SaEvent`]s. A Child SA created by
+//!   CREATE_CHILD_SA is installed like the first one. A rekeyed Child SA: the new inbound SA is
+//!   installed before any response leaves; the rekey initiator installs the new outbound SA at
+//!   once (it takes precedence in the SPD) and deletes the old outbound SA, while the rekey
+//!   responder switches only when the old SA's Delete arrives (or after [`SWITCH_FALLBACK`]), so
+//!   the peer has the new inbound SA before traffic uses it. The old inbound SA is deleted
+//!   [`OLD_INBOUND_GRACE`] later, so packets in flight with the old SPI still decrypt
+//!   (RFC 7296 §2.8). An IKE SA rekey keeps the Child SAs; a deleted IKE SA takes its SAs along.
+//! - [`Driver::poll`] also runs the timers: session timeouts (liveness checks, exchange
+//!   timeouts), deferred deletes and switches.
+//!
+//! - Simultaneous rekeys of one Child SA (RFC 7296 §2.8.1) defer the switch until a Delete shows
+//!   which new SA survives; a deleted Child SA's inbound SA also gets the grace period. This path
+//!   still loses a few packets (unknown SPI at the peer) and has no test yet.
+//!
+//! Not yet: reconnects after the IKE SA is up, SA migration between workers, rekeys triggered
+//! by lifetimes, reaping half-open responder sessions.
 
 #[cfg(test)]
 mod tests;
@@ -32,17 +47,22 @@ use iketcp_dataplane::crypto::{Backend, Keymat};
 use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaParams};
 use iketcp_dataplane::transport::{CloseReason, TcpRole};
 use iketcp_dataplane::worker::handle::{
-    Command, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, SendError,
+    Command, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa, SendError,
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
-use crate::ike::session::{ChildSa, Config, Output, Role, Session, SessionEvent};
+use crate::ike::session::{ChildSa, Config, Output, Role, SaEvent, Session, SessionEvent};
 use crate::ike::wire::TrafficSelector;
 
 /// How long a command may wait for room in a worker's queue.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnects of a TCP Originator with a request outstanding before it gives up.
 const MAX_RECONNECTS: u8 = 3;
+/// How long the old inbound SA of a rekeyed Child SA stays after traffic moved to the new one.
+pub const OLD_INBOUND_GRACE: Duration = Duration::from_secs(1);
+/// How long a rekey responder waits for the old Child SA's Delete before it switches its
+/// outbound traffic to the new SA anyway.
+pub const SWITCH_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Which end of the TCP connection an endpoint is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +149,45 @@ pub enum DriverEvent {
         /// Outbound SPI.
         spi_out: u32,
     },
+    /// A Child SA was rekeyed: the new one's SAs are being installed (see
+    /// [`DriverEvent::ChildSaInstalled`]), the old ones go.
+    ChildSaRekeyed {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Old inbound SPI.
+        old_spi_in: u32,
+        /// Old outbound SPI.
+        old_spi_out: u32,
+        /// New inbound SPI.
+        spi_in: u32,
+        /// New outbound SPI.
+        spi_out: u32,
+    },
+    /// The IKE SA was rekeyed; its Child SAs stay.
+    IkeSaRekeyed {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Its name in the data plane (unchanged).
+        ike_sa: IkeSaId,
+        /// Initiator SPI of the new IKE SA.
+        spi_i: u64,
+        /// Responder SPI of the new IKE SA.
+        spi_r: u64,
+    },
+    /// The IKE SA is gone (deleted or timed out) and its SAs were deleted.
+    IkeSaDeleted {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Its name in the data plane.
+        ike_sa: IkeSaId,
+    },
+    /// A worker removed an ESP SA (answer to `DeleteSa`).
+    SaRemoved {
+        /// SPI.
+        spi: u32,
+        /// Direction.
+        dir: Direction,
+    },
     /// An encrypted IKE message failed its integrity check.
     IntegrityFailure {
         /// Endpoint index.
@@ -181,6 +240,7 @@ struct SessionState {
 #[derive(Debug)]
 struct ChildState {
     endpoint: usize,
+    session: usize,
     worker: u16,
     spi_in: u32,
     spi_out: u32,
@@ -204,6 +264,17 @@ enum Pending {
     Delete,
 }
 
+/// A rekey responder's new outbound SA, installed when the old Child SA's Delete arrives.
+#[derive(Debug)]
+struct Switch {
+    session: usize,
+    old: usize,
+    new: usize,
+    sa: Box<OutboundSa>,
+    selectors: Selectors,
+    due: Instant,
+}
+
 /// Sessions, connections and SAs of a set of endpoints on one data plane. See the module docs.
 #[derive(Debug)]
 pub struct Driver {
@@ -216,6 +287,16 @@ pub struct Driver {
     events: Vec<DriverEvent>,
     next_ack: u64,
     next_ike_sa: u64,
+    /// Old inbound SAs (child index) to delete at the given time.
+    retiring: Vec<(Instant, usize)>,
+    /// Deferred outbound switches of rekeys we answered.
+    switches: Vec<Switch>,
+    /// Child SA rekeys we started: (session, old inbound SPI).
+    child_rekeying: Vec<(usize, u32)>,
+    /// Sessions whose IKE SA rekey we started.
+    ike_rekeying: Vec<usize>,
+    child_rekeys: u64,
+    ike_rekeys: u64,
 }
 
 fn to_spd(ts: &[TrafficSelector]) -> Vec<SpdSelector> {
@@ -266,6 +347,12 @@ impl Driver {
             events: Vec::new(),
             next_ack: 1,
             next_ike_sa: 1,
+            retiring: Vec::new(),
+            switches: Vec::new(),
+            child_rekeying: Vec::new(),
+            ike_rekeying: Vec::new(),
+            child_rekeys: 0,
+            ike_rekeys: 0,
         }
     }
 
@@ -323,15 +410,183 @@ impl Driver {
     /// # Errors
     /// See [`handle_event`](Self::handle_event).
     pub fn poll(&mut self, timeout: Duration) -> Result<bool, DriverError> {
-        let first = match self.handle.events().recv_timeout(timeout) {
+        let now = Instant::now();
+        self.handle_timers(now)?;
+        let wait = match self.next_timer() {
+            Some(t) => timeout.min(t.saturating_duration_since(now)),
+            None => timeout,
+        };
+        let first = match self.handle.events().recv_timeout(wait) {
             Ok(ev) => ev,
-            Err(_) => return Ok(false),
+            Err(_) => {
+                self.handle_timers(Instant::now())?;
+                return Ok(false);
+            }
         };
         self.handle_event(first, Instant::now())?;
         while let Ok(ev) = self.handle.events().try_recv() {
             self.handle_event(ev, Instant::now())?;
         }
+        self.handle_timers(Instant::now())?;
         Ok(true)
+    }
+
+    /// Child SA rekeys started by this driver that completed.
+    pub fn child_rekeys(&self) -> u64 {
+        self.child_rekeys
+    }
+
+    /// IKE SA rekeys started by this driver that completed.
+    pub fn ike_rekeys(&self) -> u64 {
+        self.ike_rekeys
+    }
+
+    /// The earliest time [`handle_timers`](Self::handle_timers) has something to do.
+    pub fn next_timer(&self) -> Option<Instant> {
+        let sessions = self
+            .sessions
+            .iter()
+            .filter_map(|s| s.session.poll_timeout());
+        let retiring = self.retiring.iter().map(|r| r.0);
+        let switches = self.switches.iter().map(|w| w.due);
+        sessions.chain(retiring).chain(switches).min()
+    }
+
+    /// Runs what is due at `now`: session timeouts, deletes of old inbound SAs after their grace
+    /// period, deferred outbound switches.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
+        for i in 0..self.sessions.len() {
+            if self.sessions[i]
+                .session
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
+                let outputs = self.sessions[i].session.handle_timeout(now);
+                self.finish(i, outputs, now)?;
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|r| r.0 <= now);
+        self.retiring = later;
+        for (_, child) in due {
+            self.delete_inbound(child)?;
+        }
+        while let Some(k) = self.switches.iter().position(|w| w.due <= now) {
+            let w = self.switches.remove(k);
+            // An unresolved collision: the first new SA wins here; the other stays inbound
+            // until the peer deletes it.
+            self.switches.retain(|x| x.old != w.old);
+            self.switch(w, now)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a rekey of one Child SA on every established session (without PFS) and sends the
+    /// requests; returns how many were started. A session with a request outstanding (window
+    /// size 1, RFC 7296 §2.3) is skipped.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_child_sas(&mut self, now: Instant) -> Result<usize, DriverError> {
+        self.rekey_children(None, now)
+    }
+
+    /// As [`rekey_child_sas`](Self::rekey_child_sas), for the sessions of one endpoint only (so
+    /// a driver running both ends does not make them collide).
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_child_sas_of(
+        &mut self,
+        endpoint: usize,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        self.rekey_children(Some(endpoint), now)
+    }
+
+    /// As [`rekey_ike_sas`](Self::rekey_ike_sas), for the sessions of one endpoint only.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_ike_sas_of(
+        &mut self,
+        endpoint: usize,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        self.rekey_ikes(Some(endpoint), now)
+    }
+
+    fn rekey_children(
+        &mut self,
+        endpoint: Option<usize>,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        let mut started = 0;
+        for i in 0..self.sessions.len() {
+            let st = &self.sessions[i];
+            if endpoint.is_some_and(|e| e != st.endpoint)
+                || !st.session.is_established()
+                || st.conn.is_none()
+            {
+                continue;
+            }
+            let current: Vec<u32> = self
+                .children
+                .iter()
+                .filter(|c| c.session == i && c.inbound_ok && c.outbound_ok)
+                .filter(|c| {
+                    !self
+                        .retiring
+                        .iter()
+                        .any(|r| self.children[r.1].spi_in == c.spi_in)
+                })
+                .map(|c| c.spi_in)
+                .collect();
+            for spi_in in current {
+                match self.sessions[i].session.rekey_child(spi_in, false, now) {
+                    Ok(msg) => {
+                        self.child_rekeying.push((i, spi_in));
+                        started += 1;
+                        self.finish(i, vec![Output::Send(msg)], now)?;
+                    }
+                    // Window size 1: the others wait for the next call.
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts a rekey of the IKE SA of every established session and sends the requests;
+    /// returns how many were started. Sessions with a request outstanding are skipped.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_ike_sas(&mut self, now: Instant) -> Result<usize, DriverError> {
+        self.rekey_ikes(None, now)
+    }
+
+    fn rekey_ikes(&mut self, endpoint: Option<usize>, now: Instant) -> Result<usize, DriverError> {
+        let mut started = 0;
+        for i in 0..self.sessions.len() {
+            let st = &self.sessions[i];
+            if endpoint.is_some_and(|e| e != st.endpoint)
+                || !st.session.is_established()
+                || st.conn.is_none()
+            {
+                continue;
+            }
+            if let Ok(msg) = self.sessions[i].session.rekey_ike(now) {
+                self.ike_rekeying.push(i);
+                started += 1;
+                self.finish(i, vec![Output::Send(msg)], now)?;
+            }
+        }
+        Ok(started)
     }
 
     /// Handles one data-plane event.
@@ -356,10 +611,16 @@ impl Driver {
             } => self.on_conn_down(conn, reason, token),
             Event::IkeMessage { conn, msg } => self.on_ike(conn, &msg, now),
             // Removed SAs are dropped here (their keys are zeroized), off the worker.
-            Event::SaRemoved(_)
-            | Event::Stats { .. }
-            | Event::SaExpired { .. }
-            | Event::UnknownSpi { .. } => Ok(()),
+            Event::SaRemoved(sa) => {
+                let (spi, dir) = match &sa {
+                    RemovedSa::Inbound(i) => (i.spi(), Direction::Inbound),
+                    RemovedSa::Outbound(o) => (o.spi(), Direction::Outbound),
+                };
+                drop(sa);
+                self.events.push(DriverEvent::SaRemoved { spi, dir });
+                Ok(())
+            }
+            Event::Stats { .. } | Event::SaExpired { .. } | Event::UnknownSpi { .. } => Ok(()),
         }
     }
 
@@ -369,6 +630,8 @@ impl Driver {
     /// # Errors
     /// A worker's queue stayed full or the worker is gone.
     pub fn delete_all(&mut self) -> Result<(), DriverError> {
+        self.retiring.clear();
+        self.switches.clear();
         let children = std::mem::take(&mut self.children);
         for c in &children {
             for (spi, dir, ok) in [
@@ -422,6 +685,10 @@ impl Driver {
                 },
             }),
             Pending::Inbound { child, conn, held } => {
+                if child >= self.children.len() {
+                    // Forgotten by `delete_all` meanwhile.
+                    return Ok(());
+                }
                 if let Err(e) = result {
                     // Without the inbound SA the response must not go out.
                     let endpoint = self.children[child].endpoint;
@@ -437,6 +704,7 @@ impl Driver {
                 }
                 self.child_done(child);
             }
+            Pending::Outbound { child } if child >= self.children.len() => {}
             Pending::Outbound { child } => match result {
                 Ok(()) => {
                     self.children[child].outbound_ok = true;
@@ -630,7 +898,7 @@ impl Driver {
         }
         self.sessions.iter().position(|s| {
             s.endpoint == endpoint
-                && s.session.role() == Role::Responder
+                && s.session.tcp_role() == Role::Responder
                 && s.session.spis() == (spi_i, spi_r)
         })
     }
@@ -674,8 +942,7 @@ impl Driver {
             }
         };
         let st = &mut self.sessions[index];
-        let ike_sa = st.ike_sa;
-        let ep = &self.endpoints[endpoint];
+        let was_established = st.session.is_established();
         let outputs = match st.session.handle(msg, now) {
             Ok(o) => o,
             Err(e) => {
@@ -686,29 +953,42 @@ impl Driver {
                 return Ok(());
             }
         };
-        let (backend, lifetime) = (ep.backend, ep.lifetime);
         let answered = !matches!(
             outputs.as_slice(),
             [Output::Event(
                 SessionEvent::Dropped(_) | SessionEvent::IntegrityFailure
             )]
         );
-        if st.session.role() == Role::Initiator && answered {
+        if st.session.role() == Role::Initiator && answered && !was_established {
             // The response arrived; the next request (if any) is the outstanding one.
             st.outstanding = outputs.iter().rev().find_map(|o| match o {
                 Output::Send(m) => Some(m.clone()),
                 Output::Event(_) => None,
             });
         }
+        self.finish(index, outputs, now)
+    }
+
+    /// Acts on what a session call produced: its events, its lifecycle events (installing and
+    /// deleting SAs) and its messages, which wait for the ack of an inbound SA installed here.
+    fn finish(
+        &mut self,
+        index: usize,
+        outputs: Vec<Output>,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        let endpoint = self.sessions[index].endpoint;
+        let ike_sa = self.sessions[index].ike_sa;
+        let conn = self.sessions[index].conn;
         let mut sends = Vec::new();
-        let mut child = None;
+        let mut first = None;
         for o in outputs {
             match o {
                 Output::Send(m) => sends.push(m),
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
                     self.events.push(DriverEvent::IkeSaUp { endpoint, ike_sa });
                 }
-                Output::Event(SessionEvent::ChildSaUp(c)) => child = Some(c),
+                Output::Event(SessionEvent::ChildSaUp(c)) => first = Some(c),
                 Output::Event(SessionEvent::ChildSaFailed(n)) => {
                     self.events.push(DriverEvent::Failed {
                         endpoint,
@@ -727,17 +1007,274 @@ impl Driver {
                 Output::Event(SessionEvent::Dropped(_)) => {}
             }
         }
-        let Some(c) = child else {
-            for msg in sends {
-                self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+        // The ack of the last inbound SA installed here: the messages wait for it.
+        let mut hold = None;
+        if let (Some(c), Some(conn)) = (first, conn)
+            && let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn)?
+        {
+            hold = Some(ack);
+            self.install_outbound(child, out, selectors)?;
+            self.send(
+                conn.worker,
+                Command::BindIkeSa {
+                    ike_sa,
+                    conn: conn.id,
+                },
+            )?;
+        }
+        let sa_events = self.sessions[index].session.take_sa_events();
+        for ev in sa_events {
+            if let Some(ack) = self.on_sa_event(index, ev, now)? {
+                hold = Some(ack);
             }
+        }
+        let Some(conn) = conn else {
             return Ok(());
         };
-        // Install both SAs; the messages of this call wait for the inbound SA's ack.
-        let built = sa_params(c.spi_in, &c, c.keymat_in.expose(), backend)
+        match hold.and_then(|a| self.pending.get_mut(&a)) {
+            Some(Pending::Inbound { held, .. }) => held.extend(sends),
+            _ => {
+                for msg in sends {
+                    self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One lifecycle event of session `index`; returns the ack of an inbound SA it installed.
+    fn on_sa_event(
+        &mut self,
+        index: usize,
+        ev: SaEvent,
+        now: Instant,
+    ) -> Result<Option<u64>, DriverError> {
+        let endpoint = self.sessions[index].endpoint;
+        let ike_sa = self.sessions[index].ike_sa;
+        let conn = self.sessions[index].conn;
+        match ev {
+            SaEvent::ChildSaCreated(c) => {
+                let Some(conn) = conn else { return Ok(None) };
+                let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn)?
+                else {
+                    return Ok(None);
+                };
+                self.install_outbound(child, out, selectors)?;
+                Ok(Some(ack))
+            }
+            SaEvent::ChildSaRekeyed {
+                old_spi_in,
+                old_spi_out,
+                new,
+            } => {
+                self.events.push(DriverEvent::ChildSaRekeyed {
+                    endpoint,
+                    old_spi_in,
+                    old_spi_out,
+                    spi_in: new.spi_in,
+                    spi_out: new.spi_out,
+                });
+                let Some(conn) = conn else { return Ok(None) };
+                let Some(old) = self.find_child(index, old_spi_in) else {
+                    return Ok(None);
+                };
+                let Some((child, ack, out, selectors)) = self.install_child(index, &new, conn)?
+                else {
+                    return Ok(None);
+                };
+                let w = Switch {
+                    session: index,
+                    old,
+                    new: child,
+                    sa: out,
+                    selectors,
+                    due: now + SWITCH_FALLBACK,
+                };
+                let ours = self
+                    .child_rekeying
+                    .iter()
+                    .position(|r| *r == (index, old_spi_in));
+                // Both ends rekeyed the same Child SA (RFC 7296 §2.8.1): which new SA survives
+                // shows when one of them (or the old one) is deleted; until then nothing moves.
+                let collision = self.switches.iter().any(|x| x.old == old)
+                    || (ours.is_none() && self.child_rekeying.contains(&(index, old_spi_in)));
+                if let Some(k) = ours {
+                    self.child_rekeying.remove(k);
+                    self.child_rekeys += 1;
+                }
+                if ours.is_some() && !collision {
+                    // We started it: the peer has the new inbound SA already (its response
+                    // left after the install), so traffic moves now.
+                    self.switch(w, now)?;
+                } else {
+                    // The peer's rekey: it installs its inbound SA when our response arrives;
+                    // switch when its Delete of the old SA comes.
+                    self.switches.push(w);
+                }
+                Ok(Some(ack))
+            }
+            SaEvent::ChildSaDeleted { spi_in, .. } => {
+                let Some(child) = self.find_child(index, spi_in) else {
+                    return Ok(None);
+                };
+                let old_of = |d: &Self, c: usize| {
+                    d.switches
+                        .iter()
+                        .filter(|w| w.session == index && w.old == c)
+                        .count()
+                };
+                if old_of(self, child) > 0 {
+                    // The peer deleted the SA it replaced: switch now, unless a collision still
+                    // has to show which new SA survives.
+                    if old_of(self, child) == 1
+                        && let Some(k) = self.switches.iter().position(|w| w.old == child)
+                    {
+                        let w = self.switches.remove(k);
+                        self.switch(w, now)?;
+                    }
+                    return Ok(None);
+                }
+                if self.retiring.iter().any(|r| r.1 == child) {
+                    // Replaced already; its inbound SA goes after the grace period.
+                    return Ok(None);
+                }
+                // A new SA that lost a collision has no outbound SA installed yet; the other
+                // new SA of that collision takes over.
+                let replaced = self.switches.iter().find(|w| w.new == child).map(|w| w.old);
+                self.switches.retain(|w| w.new != child);
+                // The survivor first, so outbound traffic always has an SA.
+                let replaced = replaced.or_else(|| {
+                    self.switches
+                        .iter()
+                        .find(|w| w.session == index && self.collided(w.old, child))
+                        .map(|w| w.old)
+                });
+                if let Some(old) = replaced
+                    && old_of(self, old) == 1
+                    && let Some(k) = self.switches.iter().position(|w| w.old == old)
+                {
+                    let w = self.switches.remove(k);
+                    self.switch(w, now)?;
+                }
+                // Packets the peer sent before its Delete may still be in flight: the inbound SA
+                // goes after the grace period, as for a rekey.
+                self.delete_outbound(child)?;
+                self.retiring.push((now + OLD_INBOUND_GRACE, child));
+                Ok(None)
+            }
+            SaEvent::IkeSaRekeyed { spi_i, spi_r } => {
+                if let Some(k) = self.ike_rekeying.iter().position(|s| *s == index) {
+                    self.ike_rekeying.remove(k);
+                    self.ike_rekeys += 1;
+                }
+                self.events.push(DriverEvent::IkeSaRekeyed {
+                    endpoint,
+                    ike_sa,
+                    spi_i,
+                    spi_r,
+                });
+                Ok(None)
+            }
+            SaEvent::IkeRekeyRefused(_) => {
+                self.ike_rekeying.retain(|s| *s != index);
+                Ok(None)
+            }
+            SaEvent::ChildSaRefused(_) => {
+                self.child_rekeying.retain(|r| r.0 != index);
+                Ok(None)
+            }
+            SaEvent::OldIkeSaDeleted { .. } => Ok(None),
+            SaEvent::IkeSaDeleted => {
+                self.switches.retain(|w| w.session != index);
+                let mine: Vec<usize> = (0..self.children.len())
+                    .filter(|&c| self.children[c].session == index)
+                    .collect();
+                self.retiring.retain(|r| !mine.contains(&r.1));
+                for c in mine {
+                    self.delete_outbound(c)?;
+                    self.delete_inbound(c)?;
+                }
+                self.child_rekeying.retain(|r| r.0 != index);
+                self.ike_rekeying.retain(|s| *s != index);
+                if let Some(conn) = conn {
+                    self.send(conn.worker, Command::ForgetIkeSa { ike_sa })?;
+                }
+                self.events
+                    .push(DriverEvent::IkeSaDeleted { endpoint, ike_sa });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether `new` replaced `old` in a rekey we started (its outbound SA is in use already).
+    fn collided(&self, old: usize, new: usize) -> bool {
+        self.retiring.iter().any(|r| r.1 == old) && self.children[new].outbound_ok
+    }
+
+    /// The live Child SA of session `index` with this inbound SPI.
+    fn find_child(&self, index: usize, spi_in: u32) -> Option<usize> {
+        self.children
+            .iter()
+            .rposition(|c| c.session == index && c.spi_in == spi_in)
+    }
+
+    /// Moves traffic from `w.old` to `w.new`: installs the new outbound SA (it takes
+    /// precedence), deletes the old one, and deletes the old inbound SA after the grace period.
+    fn switch(&mut self, w: Switch, now: Instant) -> Result<(), DriverError> {
+        self.install_outbound(w.new, w.sa, w.selectors)?;
+        self.delete_outbound(w.old)?;
+        if !self.retiring.iter().any(|r| r.1 == w.old) {
+            self.retiring.push((now + OLD_INBOUND_GRACE, w.old));
+        }
+        Ok(())
+    }
+
+    fn delete_sa(&mut self, worker: u16, spi: u32, dir: Direction) -> Result<(), DriverError> {
+        let ack = self.ack();
+        self.pending.insert(ack, Pending::Delete);
+        self.send(worker, Command::DeleteSa { spi, dir, ack })
+    }
+
+    fn delete_outbound(&mut self, child: usize) -> Result<(), DriverError> {
+        let Some(c) = self.children.get_mut(child) else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut c.outbound_ok) {
+            return Ok(());
+        }
+        let (worker, spi) = (c.worker, c.spi_out);
+        self.delete_sa(worker, spi, Direction::Outbound)
+    }
+
+    fn delete_inbound(&mut self, child: usize) -> Result<(), DriverError> {
+        let Some(c) = self.children.get_mut(child) else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut c.inbound_ok) {
+            return Ok(());
+        }
+        let (worker, spi) = (c.worker, c.spi_in);
+        self.delete_sa(worker, spi, Direction::Inbound)
+    }
+
+    /// Builds both ESP SAs of `c`, records the Child SA and sends the inbound SA's install;
+    /// returns the child index, the install's ack, and the outbound SA with its selectors.
+    /// `None` (with a `Failed` event) if the SAs cannot be built.
+    #[allow(clippy::type_complexity)]
+    fn install_child(
+        &mut self,
+        index: usize,
+        c: &ChildSa,
+        conn: Conn,
+    ) -> Result<Option<(usize, u64, Box<OutboundSa>, Selectors)>, DriverError> {
+        let endpoint = self.sessions[index].endpoint;
+        let ike_sa = self.sessions[index].ike_sa;
+        let ep = &self.endpoints[endpoint];
+        let (backend, lifetime) = (ep.backend, ep.lifetime);
+        let built = sa_params(c.spi_in, c, c.keymat_in.expose(), backend)
             .and_then(|p| InboundSa::new(&p).map_err(|e| e.to_string()))
             .and_then(|i| {
-                let p = sa_params(c.spi_out, &c, c.keymat_out.expose(), backend)?;
+                let p = sa_params(c.spi_out, c, c.keymat_out.expose(), backend)?;
                 let o = OutboundSa::new(&p).map_err(|e| e.to_string())?;
                 Ok((i, o))
             });
@@ -748,58 +1285,67 @@ impl Driver {
                     endpoint,
                     reason: format!("building SAs: {e}"),
                 });
-                return Ok(());
+                return Ok(None);
             }
         };
-        let index = self.children.len();
+        let child = self.children.len();
         self.children.push(ChildState {
             endpoint,
+            session: index,
             worker: conn.worker,
             spi_in: c.spi_in,
             spi_out: c.spi_out,
             inbound_ok: false,
             outbound_ok: false,
         });
-        let (ack_in, ack_out) = (self.ack(), self.ack());
+        let ack = self.ack();
         self.pending.insert(
-            ack_in,
+            ack,
             Pending::Inbound {
-                child: index,
+                child,
                 conn,
-                held: sends,
+                held: Vec::new(),
             },
         );
-        self.pending
-            .insert(ack_out, Pending::Outbound { child: index });
-        let selectors = Selectors {
-            local: to_spd(&c.ts_local),
-            remote: to_spd(&c.ts_remote),
-        };
-        let w = conn.worker;
         self.send(
-            w,
+            conn.worker,
             Command::InstallInbound {
                 sa: Box::new(inb),
                 ike_sa,
                 lifetime,
-                ack: ack_in,
+                ack,
             },
         )?;
+        let selectors = Selectors {
+            local: to_spd(&c.ts_local),
+            remote: to_spd(&c.ts_remote),
+        };
+        Ok(Some((child, ack, Box::new(out), selectors)))
+    }
+
+    /// Sends the install of a Child SA's outbound SA.
+    fn install_outbound(
+        &mut self,
+        child: usize,
+        sa: Box<OutboundSa>,
+        selectors: Selectors,
+    ) -> Result<(), DriverError> {
+        let Some(c) = self.children.get(child) else {
+            return Ok(());
+        };
+        let (worker, session) = (c.worker, c.session);
+        let ike_sa = self.sessions[session].ike_sa;
+        let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
+        let ack = self.ack();
+        self.pending.insert(ack, Pending::Outbound { child });
         self.send(
-            w,
+            worker,
             Command::InstallOutbound {
-                sa: Box::new(out),
+                sa,
                 ike_sa,
                 selectors,
                 lifetime,
-                ack: ack_out,
-            },
-        )?;
-        self.send(
-            w,
-            Command::BindIkeSa {
-                ike_sa,
-                conn: conn.id,
+                ack,
             },
         )
     }

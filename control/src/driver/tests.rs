@@ -233,6 +233,223 @@ fn handshake_installs_sas_and_packets_cross() {
     rig.stop();
 }
 
+/// Inner packets carrying a sequence number, injected on both sides while the driver runs.
+struct Traffic {
+    /// Next sequence number per direction: initiator → responder, responder → initiator.
+    next: [u64; 2],
+}
+
+impl Traffic {
+    const NETS: [([u8; 4], [u8; 4]); 2] = [
+        ([198, 51, 100, 7], [203, 0, 113, 9]),
+        ([203, 0, 113, 9], [198, 51, 100, 7]),
+    ];
+
+    /// Injects `n` packets each way.
+    fn pump(&mut self, rig: &Rig, n: u64) {
+        for (k, (src, dst)) in Self::NETS.into_iter().enumerate() {
+            let mut q = rig.ports[k].0.lock().unwrap();
+            for _ in 0..n {
+                let mut p = udp(src, dst, 0x77);
+                p[28..36].copy_from_slice(&self.next[k].to_be_bytes());
+                self.next[k] += 1;
+                q.push_back(p);
+            }
+        }
+    }
+
+    /// Sequence numbers delivered in direction `k`.
+    fn delivered(rig: &Rig, k: usize) -> Vec<u64> {
+        rig.ports[1 - k]
+            .1
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| u64::from_be_bytes(p[28..36].try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// Polls the driver and injects traffic until `f` holds.
+fn pump_until(
+    d: &mut Driver,
+    rig: &Rig,
+    t: &mut Traffic,
+    events: &mut Vec<DriverEvent>,
+    what: &str,
+    mut f: impl FnMut(&Driver, &[DriverEvent]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        events.extend(d.take_events());
+        if f(d, events) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        t.pump(rig, 4);
+        d.poll(Duration::from_millis(5)).unwrap();
+    }
+}
+
+#[test]
+fn rekeys_under_traffic_lose_no_packet() {
+    let rig = Rig::new();
+    let (ci, cr) = configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(rig.h.clone());
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let r = d
+        .add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
+        .unwrap();
+    let mut events = Vec::new();
+    poll_until(&mut d, "listen", |d| {
+        events.extend(d.take_events());
+        events
+            .iter()
+            .any(|e| matches!(e, DriverEvent::Listening { endpoint } if *endpoint == r))
+    });
+    let i = d
+        .add(Endpoint::new(
+            0,
+            EndpointRole::Originator {
+                remote: listen,
+                local: None,
+            },
+            ci,
+        ))
+        .unwrap();
+    poll_until(&mut d, "both Child SAs", |d| {
+        events.extend(d.take_events());
+        d.installed() == 2
+    });
+    let (i_in, i_out) = events
+        .iter()
+        .find_map(|e| match e {
+            DriverEvent::ChildSaInstalled {
+                endpoint,
+                spi_in,
+                spi_out,
+            } if *endpoint == i => Some((*spi_in, *spi_out)),
+            _ => None,
+        })
+        .unwrap();
+    events.clear();
+    let mut t = Traffic { next: [0; 2] };
+    let start = Instant::now();
+    pump_until(&mut d, &rig, &mut t, &mut events, "traffic", |_, _| {
+        start.elapsed() > Duration::from_millis(100)
+    });
+
+    // Child SA rekey from the initiator, under traffic.
+    assert_eq!(d.rekey_child_sas_of(i, Instant::now()).unwrap(), 1);
+    let old = [
+        (i_in, Direction::Inbound),
+        (i_out, Direction::Outbound),
+        (i_out, Direction::Inbound),
+        (i_in, Direction::Outbound),
+    ];
+    pump_until(
+        &mut d,
+        &rig,
+        &mut t,
+        &mut events,
+        "the old SAs to go",
+        |d, ev| {
+            d.child_rekeys() == 1
+                && old.iter().all(|(s, dir)| {
+                    ev.iter().any(
+                    |e| matches!(e, DriverEvent::SaRemoved { spi, dir: x } if spi == s && x == dir),
+                )
+                })
+        },
+    );
+    let rekeyed: Vec<(usize, u32, u32, u32, u32)> = events
+        .iter()
+        .filter_map(|e| match e {
+            DriverEvent::ChildSaRekeyed {
+                endpoint,
+                old_spi_in,
+                old_spi_out,
+                spi_in,
+                spi_out,
+            } => Some((*endpoint, *old_spi_in, *old_spi_out, *spi_in, *spi_out)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rekeyed.len(), 2, "{rekeyed:?}");
+    let (_, oi, oo, ni, no) = *rekeyed.iter().find(|x| x.0 == i).unwrap();
+    assert_eq!((oi, oo), (i_in, i_out));
+    assert!(ni != i_in && no != i_out);
+    let (_, _, _, r_ni, r_no) = *rekeyed.iter().find(|x| x.0 == r).unwrap();
+    assert_eq!((r_ni, r_no), (no, ni));
+    // Only the new Child SA is left, in both directions on both sides.
+    assert_eq!(d.installed(), 2);
+    for ep in [i, r] {
+        assert!(events.iter().any(|e| matches!(
+            e,
+            DriverEvent::ChildSaInstalled { endpoint, spi_in, .. }
+                if *endpoint == ep && (*spi_in == ni || *spi_in == no)
+        )));
+    }
+
+    // IKE SA rekey from the initiator, under traffic; the Child SA stays.
+    let removed_before = events
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::SaRemoved { .. }))
+        .count();
+    assert_eq!(d.rekey_ike_sas_of(i, Instant::now()).unwrap(), 1);
+    pump_until(
+        &mut d,
+        &rig,
+        &mut t,
+        &mut events,
+        "the IKE SA rekey",
+        |d, ev| {
+            d.ike_rekeys() == 1
+                && ev
+                    .iter()
+                    .filter(|e| matches!(e, DriverEvent::IkeSaRekeyed { .. }))
+                    .count()
+                    == 2
+        },
+    );
+    let settle = Instant::now();
+    pump_until(&mut d, &rig, &mut t, &mut events, "more traffic", |_, _| {
+        settle.elapsed() > Duration::from_millis(200)
+    });
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, DriverEvent::SaRemoved { .. }))
+            .count(),
+        removed_before,
+        "the IKE SA rekey deleted an ESP SA"
+    );
+    assert!(!events.iter().any(|e| matches!(
+        e,
+        DriverEvent::Failed { .. } | DriverEvent::IntegrityFailure { .. }
+    )));
+
+    // Everything arrives, once, in order.
+    let sent = t.next;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..2).any(|k| Traffic::delivered(&rig, k).len() < sent[k] as usize) {
+        assert!(Instant::now() < deadline, "packets lost: sent {sent:?}");
+        d.poll(Duration::from_millis(10)).unwrap();
+    }
+    for (k, n) in sent.into_iter().enumerate() {
+        let got = Traffic::delivered(&rig, k);
+        assert_eq!(got, (0..n).collect::<Vec<_>>(), "direction {k}");
+        assert!(n > 100, "direction {k}: only {n} packets");
+    }
+    let s = rig.h.stats();
+    assert_eq!((s.no_sa, s.icv_failures, s.replays), (0, 0, 0), "{s:?}");
+
+    d.delete_all().unwrap();
+    poll_until(&mut d, "the deletes", |d| !d.has_pending());
+    assert_eq!(d.installed(), 0);
+    rig.stop();
+}
+
 #[test]
 fn responder_holds_auth_response_until_inbound_sa_acked() {
     // Sans IO: feed the driver events by hand and look at the commands it sends.
