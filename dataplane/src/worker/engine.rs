@@ -139,6 +139,14 @@ struct Group {
     active: Option<ConnId>,
 }
 
+/// Why `encap_one` did not produce a frame.
+enum Encap<'a> {
+    /// The target connection's queue is full; the packet is untouched.
+    Full(ConnId),
+    /// Dropped; bump this counter.
+    Drop(Option<&'a std::sync::atomic::AtomicU64>),
+}
+
 /// Per-worker state and logic; see the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -706,20 +714,21 @@ impl Engine {
                     if !touched.contains(&conn) {
                         touched.push(conn);
                     }
-                    if c.out.len() >= self.cfg.conn_queue {
-                        self.flush_conn(t, conn);
-                        if self
-                            .conns
-                            .get(&conn)
-                            .is_some_and(|c| c.out.len() >= self.cfg.conn_queue)
-                        {
-                            // Backpressure: keep the rest for the next loop.
-                            self.held = pending;
-                            break;
-                        }
-                    }
                 }
-                Err(counter) => {
+                Err(Encap::Full(conn)) => {
+                    // The connection's queue is full: try to write it out; if TCP takes nothing,
+                    // keep this packet (not yet encapsulated) and the rest for the next loop.
+                    // Checking before encapsulation keeps the queue at `conn_queue` frames, so
+                    // IKE messages always find room behind it.
+                    self.flush_conn(t, conn);
+                    if self.queue_full(conn) {
+                        pending.push_front(p);
+                        self.held = pending;
+                        break;
+                    }
+                    pending.push_front(p);
+                }
+                Err(Encap::Drop(counter)) => {
                     if let Some(c) = counter {
                         bump(c, 1);
                     }
@@ -732,24 +741,38 @@ impl Engine {
         }
     }
 
+    fn queue_full(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.out.len() >= self.cfg.conn_queue)
+    }
+
     /// SPD lookup and ESP encapsulation of one packet, in place, turned into an RFC 9329 frame.
-    /// Returns the connection to send it on, or the counter to bump.
-    fn encap_one(
-        &mut self,
-        p: &mut Packet,
-    ) -> Result<ConnId, Option<&std::sync::atomic::AtomicU64>> {
-        bump(&self.stats.plain_in, 1);
+    /// Returns the connection to send it on; `Full` (packet untouched) if that connection's queue
+    /// is full; or the counter to bump for a dropped packet.
+    fn encap_one(&mut self, p: &mut Packet) -> Result<ConnId, Encap<'_>> {
         let Some(key) = FlowKey::parse(p.data()) else {
-            return Err(Some(&self.stats.encap_errors));
+            bump(&self.stats.plain_in, 1);
+            return Err(Encap::Drop(Some(&self.stats.encap_errors)));
         };
-        let Some(spi) = self.spd.lookup(&key) else {
-            return Err(Some(&self.stats.no_sa));
+        let route = self.spd.lookup(&key).and_then(|spi| {
+            let e = self.outbound.get(&spi).filter(|e| !e.dead)?;
+            Some((spi, self.groups.get(&e.ike_sa).and_then(|g| g.active)))
+        });
+        let Some((spi, conn)) = route else {
+            bump(&self.stats.plain_in, 1);
+            return Err(Encap::Drop(Some(&self.stats.no_sa)));
         };
-        let Some(e) = self.outbound.get_mut(&spi).filter(|e| !e.dead) else {
-            return Err(Some(&self.stats.no_sa));
+        let Some(conn) = conn else {
+            bump(&self.stats.plain_in, 1);
+            return Err(Encap::Drop(Some(&self.stats.no_connection)));
         };
-        let Some(conn) = self.groups.get(&e.ike_sa).and_then(|g| g.active) else {
-            return Err(Some(&self.stats.no_connection));
+        if self.queue_full(conn) {
+            return Err(Encap::Full(conn));
+        }
+        bump(&self.stats.plain_in, 1);
+        let Some(e) = self.outbound.get_mut(&spi) else {
+            return Err(Encap::Drop(Some(&self.stats.no_sa)));
         };
         let inner_len = p.len() as u64;
         let (buf, range) = p.buffer_mut();
@@ -758,13 +781,13 @@ impl Engine {
             Err(EncapError::SequenceExhausted) => {
                 e.dead = true;
                 self.emit_expiry(spi, Direction::Outbound, true, ExpiryCause::Sequence);
-                return Err(Some(&self.stats.encap_errors));
+                return Err(Encap::Drop(Some(&self.stats.encap_errors)));
             }
-            Err(_) => return Err(Some(&self.stats.encap_errors)),
+            Err(_) => return Err(Encap::Drop(Some(&self.stats.encap_errors))),
         };
         // RFC 9329 §3.2: Length in front of the ESP packet, in the headroom.
         let Ok(frame) = encode_esp_in_place(buf, esp) else {
-            return Err(Some(&self.stats.encap_errors));
+            return Err(Encap::Drop(Some(&self.stats.encap_errors)));
         };
         p.set_range(frame);
         bump(&self.stats.esp_out, 1);
