@@ -15,6 +15,7 @@
 //!
 //! Not covered yet: COOKIE, certificates and EAP.
 
+pub mod keylog;
 mod life;
 mod proposal;
 mod ts;

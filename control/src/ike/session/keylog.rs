@@ -1,0 +1,1 @@
+//! Key export for Wireshark (written only when the operator asks for it): see `Session::keylog`.
