@@ -9,7 +9,12 @@
 //! IPv4 and TCP headers (smoltcp computes the checksums) of the connection to port 4500, whose
 //! stream starts with `IKETCP`. Only that end is wrapped, so each packet is recorded once.
 //!
-//! `--keylog` and `--workers` are not there yet.
+//! With `--keylog DIR` the keys of every IKE SA and ESP SA of the run (rekeyed ones included) are
+//! appended to `DIR/ikev2_decryption_table` and `DIR/esp_sa` (mode 0600), in the format of
+//! Wireshark's UAT files of those names, so the capture can be decrypted. Keys are written nowhere
+//! else.
+//!
+//! `--workers` is not there yet.
 
 use std::collections::VecDeque;
 use std::io;
@@ -89,6 +94,10 @@ pub struct DemoArgs {
     /// Record the initiator's outer IP packets (TCP to port 4500) to this pcap file (at most 1 GiB).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Append the keys of the run to DIR/ikev2_decryption_table and DIR/esp_sa (Wireshark UAT
+    /// files; secrets, created with mode 0600).
+    #[arg(long, value_name = "DIR")]
+    pub keylog: Option<PathBuf>,
     /// No progress line (for tests).
     #[arg(skip)]
     pub quiet: bool,
@@ -107,6 +116,7 @@ impl Default for DemoArgs {
             esn: OnOff::Off,
             json: false,
             pcap: None,
+            keylog: None,
             quiet: false,
             no_pin: false,
         }
@@ -570,6 +580,10 @@ fn drive(
     let (ci, cr) = configs(args.suite, args.esn == OnOff::On)?;
     let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
     let mut d = Driver::new(h.clone());
+    if let Some(dir) = &args.keylog {
+        d.set_keylog(dir)
+            .map_err(|e| format!("--keylog {}: {e}", dir.display()))?;
+    }
     d.add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
         .map_err(|e| e.to_string())?;
     wait(&mut d, "the listener", t, |_, e| {
@@ -864,5 +878,82 @@ mod tests {
             assert!(d.packets_sent <= 2400, "{d:?}");
             assert!(d.packets_received > 1000, "{d:?}");
         }
+    }
+
+    /// The quoted fields of a key log line.
+    fn fields(line: &str) -> Vec<&str> {
+        let inner = line.strip_prefix('"').unwrap().strip_suffix('"').unwrap();
+        inner.split("\",\"").collect()
+    }
+
+    fn is_hex(s: &str) -> bool {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    #[test]
+    fn keylog_writes_wireshark_tables() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("iketcp-keylog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = DemoArgs {
+            duration: 1.0,
+            rate: Some(1000),
+            size: 200,
+            keylog: Some(dir.clone()),
+            quiet: true,
+            no_pin: true,
+            ..DemoArgs::default()
+        };
+        let s = run(&args).unwrap();
+        let read = |name: &str| {
+            let p = dir.join(name);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+            std::fs::read_to_string(p).unwrap()
+        };
+        let ike = read("ikev2_decryption_table");
+        let esp = read("esp_sa");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let ike: Vec<_> = ike.lines().collect();
+        assert!(!ike.is_empty());
+        assert_eq!(ike.len() as u64, 1 + s.ike_rekeys, "{ike:?}");
+        for l in &ike {
+            let f = fields(l);
+            assert_eq!(f.len(), 8, "{l}");
+            assert!(f[0].len() == 16 && is_hex(f[0]), "{l}");
+            assert!(f[1].len() == 16 && is_hex(f[1]), "{l}");
+            assert!(is_hex(f[2]) && is_hex(f[3]), "{l}");
+            assert!(f[4].contains("with 16 octet ICV [RFC5282]") || f[4].contains("RFC7634"));
+            if f[7] == "NONE [RFC4306]" {
+                assert!(f[5].is_empty() && f[6].is_empty(), "{l}");
+            }
+        }
+
+        let esp: Vec<_> = esp.lines().collect();
+        assert!(esp.len() >= 2, "{esp:?}");
+        assert_eq!(esp.len() as u64, 2 * (1 + s.child_rekeys), "{esp:?}");
+        let mut spis = std::collections::HashSet::new();
+        let (mut i_to_r, mut r_to_i) = (0, 0);
+        for l in &esp {
+            let f = fields(l);
+            assert_eq!(f.len(), 8, "{l}");
+            assert_eq!(f[0], "IPv4");
+            match (f[1], f[2]) {
+                ("192.0.2.2", "192.0.2.1") => i_to_r += 1,
+                ("192.0.2.1", "192.0.2.2") => r_to_i += 1,
+                other => panic!("addresses {other:?}"),
+            }
+            let spi = f[3].strip_prefix("0x").unwrap();
+            assert!(spi.len() == 8 && is_hex(spi), "{l}");
+            assert!(spis.insert(spi.to_owned()), "SPI twice: {l}");
+            assert_eq!(f[4], "AES-GCM with 16 octet ICV [RFC4106]");
+            let key = f[5].strip_prefix("0x").unwrap();
+            // AES-256-GCM KEYMAT: 32-byte key and 4-byte salt.
+            assert!(key.len() == 72 && is_hex(key), "{l}");
+            assert_eq!((f[6], f[7]), ("NULL", ""));
+        }
+        assert_eq!(i_to_r, r_to_i);
     }
 }

@@ -38,9 +38,13 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use iketcp_dataplane::crypto::{Backend, Keymat};
@@ -51,6 +55,7 @@ use iketcp_dataplane::worker::handle::{
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
+use crate::ike::session::keylog;
 use crate::ike::session::{ChildSa, Config, Output, Role, SaEvent, Session, SessionEvent};
 use crate::ike::wire::TrafficSelector;
 
@@ -297,6 +302,25 @@ pub struct Driver {
     ike_rekeying: Vec<usize>,
     child_rekeys: u64,
     ike_rekeys: u64,
+    /// Directory of the Wireshark key log (`--keylog`), `None` when keys must not be written.
+    keylog: Option<PathBuf>,
+    /// Key log lines already written, by SA name (both sides of a run may report the same SA).
+    keylog_seen: HashSet<String>,
+}
+
+/// Wireshark UAT file of IKE SA keys.
+pub const KEYLOG_IKE_FILE: &str = "ikev2_decryption_table";
+/// Wireshark UAT file of ESP SA keys.
+pub const KEYLOG_ESP_FILE: &str = "esp_sa";
+
+/// Appends `line` to `file`, creating it with mode 0600.
+fn append_secret(file: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)?;
+    writeln!(f, "{line}")
 }
 
 fn to_spd(ts: &[TrafficSelector]) -> Vec<SpdSelector> {
@@ -353,7 +377,82 @@ impl Driver {
             ike_rekeying: Vec::new(),
             child_rekeys: 0,
             ike_rekeys: 0,
+            keylog: None,
+            keylog_seen: HashSet::new(),
         }
+    }
+
+    /// Writes the keys of every IKE SA (on IKE_AUTH and IKE SA rekeys) and Child SA (both ESP
+    /// directions, rekeyed ones included) from now on to `dir`, in Wireshark's
+    /// `ikev2_decryption_table` and `esp_sa` files (created with mode 0600, appended to).
+    /// Keys are secrets: call this only when the operator asked for a key log.
+    ///
+    /// # Errors
+    /// If the files cannot be created.
+    pub fn set_keylog(&mut self, dir: &Path) -> Result<(), DriverError> {
+        for name in [KEYLOG_IKE_FILE, KEYLOG_ESP_FILE] {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(dir.join(name))
+                .map_err(|e| DriverError(format!("key log {}: {e}", dir.join(name).display())))?;
+        }
+        self.keylog = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Appends a key log line unless it was written before under `key`.
+    fn keylog_write(&mut self, endpoint: usize, file: &str, key: String, line: &str) {
+        let Some(dir) = &self.keylog else {
+            return;
+        };
+        if self.keylog_seen.contains(&key) {
+            return;
+        }
+        match append_secret(&dir.join(file), line) {
+            Ok(()) => {
+                self.keylog_seen.insert(key);
+            }
+            Err(e) => self.events.push(DriverEvent::Failed {
+                endpoint,
+                reason: format!("key log {file}: {e}"),
+            }),
+        }
+    }
+
+    /// Key log of the current IKE SA of session `index`.
+    fn keylog_ike(&mut self, index: usize) {
+        if self.keylog.is_none() {
+            return;
+        }
+        let s = &self.sessions[index];
+        let endpoint = s.endpoint;
+        let Some(line) = s.session.keylog_ike() else {
+            return;
+        };
+        // The two SPIs lead the line.
+        let key = format!("ike {}", line.get(..37).unwrap_or(&line));
+        self.keylog_write(endpoint, KEYLOG_IKE_FILE, key, &line);
+    }
+
+    /// Key log of both ESP SAs of a Child SA carried on `conn`.
+    fn keylog_child(&mut self, endpoint: usize, c: &ChildSa, conn: Conn) {
+        if self.keylog.is_none() {
+            return;
+        }
+        let (local, peer) = self
+            .conns
+            .get(&conn)
+            .map_or((None, None), |cs| (Some(cs.local.ip()), Some(cs.peer.ip())));
+        let inb = keylog::esp_line(peer, local, c.spi_in, c.suite, c.keymat_in.expose());
+        let out = keylog::esp_line(local, peer, c.spi_out, c.suite, c.keymat_out.expose());
+        let (kin, kout) = (
+            format!("esp {peer:?} {local:?} {}", c.spi_in),
+            format!("esp {local:?} {peer:?} {}", c.spi_out),
+        );
+        self.keylog_write(endpoint, KEYLOG_ESP_FILE, kin, &inb);
+        self.keylog_write(endpoint, KEYLOG_ESP_FILE, kout, &out);
     }
 
     /// The data plane handle.
@@ -986,6 +1085,7 @@ impl Driver {
             match o {
                 Output::Send(m) => sends.push(m),
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
+                    self.keylog_ike(index);
                     self.events.push(DriverEvent::IkeSaUp { endpoint, ike_sa });
                 }
                 Output::Event(SessionEvent::ChildSaUp(c)) => first = Some(c),
@@ -1167,6 +1267,7 @@ impl Driver {
                     self.ike_rekeying.remove(k);
                     self.ike_rekeys += 1;
                 }
+                self.keylog_ike(index);
                 self.events.push(DriverEvent::IkeSaRekeyed {
                     endpoint,
                     ike_sa,
@@ -1288,6 +1389,7 @@ impl Driver {
                 return Ok(None);
             }
         };
+        self.keylog_child(endpoint, c, conn);
         let child = self.children.len();
         self.children.push(ChildState {
             endpoint,
