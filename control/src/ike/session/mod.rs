@@ -13,8 +13,13 @@
 //! CREATE_CHILD_SA (new Child SAs, Child SA and IKE SA rekeying) and sans-IO timeouts; their
 //! lifecycle events come from [`Session::take_sa_events`].
 //!
+//! IKE fragmentation (RFC 9329 §7.5): the session never sends SKF payloads nor offers
+//! IKEV2_FRAGMENTATION_SUPPORTED over TCP (R-7.5-a), but reassembles SKF fragments a peer sends
+//! under the established keys (R-7.5-b); see the `frag` submodule.
+//!
 //! Not covered yet: COOKIE, certificates and EAP.
 
+mod frag;
 pub mod keylog;
 mod life;
 mod proposal;
@@ -274,6 +279,8 @@ pub struct Session {
     tcp_role: Role,
     /// State of the established IKE SA (requests, Child SAs, timers).
     life: life::Life,
+    /// IKE fragments (RFC 7383) of one message being reassembled (R-7.5-b).
+    frags: Option<frag::Reassembly>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], SessionError> {
@@ -416,6 +423,7 @@ impl Session {
             last_activity: Some(now),
             tcp_role: Role::Initiator,
             life: life::Life::default(),
+            frags: None,
         };
         let msg = s.start_init(group)?;
         Ok((s, msg))
@@ -448,6 +456,7 @@ impl Session {
             last_activity: None,
             tcp_role: Role::Responder,
             life: life::Life::default(),
+            frags: None,
         }
     }
 
@@ -516,6 +525,9 @@ impl Session {
             return Ok(dropped(DropReason::Malformed));
         }
         let h = info.header;
+        if let Some(out) = self.on_fragment(msg, &h, now) {
+            return out;
+        }
         if let Some(out) = self.retransmission(msg, &h) {
             return Ok(out);
         }
@@ -538,6 +550,46 @@ impl Session {
             State::InitDone => self.on_auth_request(msg, &h),
             State::Established | State::Failed | State::Deleted => {
                 Ok(dropped(DropReason::Unexpected))
+            }
+        }
+    }
+
+    /// R-7.5-b: an SKF message is authenticated with the established keys (IKE_AUTH and later)
+    /// and buffered; the completed set is processed like an unfragmented SK message. `None` if
+    /// `msg` is not a fragment.
+    fn on_fragment(
+        &mut self,
+        msg: &[u8],
+        h: &Header,
+        now: Instant,
+    ) -> Option<Result<Vec<Output>, SessionError>> {
+        let layout = locate_encrypted(msg).ok().flatten()?;
+        if layout.kind != PayloadType::SKF {
+            return None;
+        }
+        let Some(prot) = self.prot.as_ref() else {
+            return Some(Ok(dropped(DropReason::Unexpected)));
+        };
+        if h.spi_i != self.spi_i || h.spi_r != self.spi_r || h.exchange == ExchangeType::IKE_SA_INIT
+        {
+            return Some(Ok(dropped(DropReason::Unexpected)));
+        }
+        let f = match frag::open_fragment(&prot.keys, self.role, msg) {
+            Ok(f) => f,
+            Err(frag::FragError::Integrity) => {
+                return Some(Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]));
+            }
+            Err(frag::FragError::Malformed) => return Some(Ok(dropped(DropReason::Malformed))),
+        };
+        match frag::Reassembly::add(&mut self.frags, f, now) {
+            frag::Added::Pending => Some(Ok(Vec::new())),
+            frag::Added::Dropped => Some(Ok(dropped(DropReason::Unexpected))),
+            frag::Added::Complete(header, first, plain) => {
+                let whole = match frag::reframe(&prot.keys, self.role, header, first, &plain) {
+                    Ok(m) => m,
+                    Err(_) => return Some(Ok(dropped(DropReason::Malformed))),
+                };
+                Some(self.handle_inner(&whole, now))
             }
         }
     }

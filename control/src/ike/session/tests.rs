@@ -1566,3 +1566,201 @@ fn unanswered_delete_of_replaced_ike_sa_times_out_alone() {
     assert!(r.is_established());
     dpd_roundtrip_raw(&mut r, &mut i, s[0].clone(), due);
 }
+
+/// R-7.5-a: every message of a handshake is one unfragmented SK (or plain IKE_SA_INIT) message,
+/// even an IKE_AUTH request well over 1,500 octets, and nobody offers IKE fragmentation.
+#[test]
+fn r_7_5_a_large_ike_auth_sent_as_one_sk_message_never_fragmented() {
+    let now = Instant::now();
+    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    // 2 × 64 selectors (the codec's bound per payload): well over 1,500 octets.
+    ci.ts_local = (0..64u8)
+        .map(|k| ts4([10, 1, k, 0], [10, 1, k, 255]))
+        .collect();
+    ci.ts_remote = (0..64u8)
+        .map(|k| ts4([10, 2, k, 0], [10, 2, k, 255]))
+        .collect();
+    cr.ts_local = ci.ts_remote.clone();
+    cr.ts_remote = ci.ts_local.clone();
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let mut seen = Vec::new();
+    let no_frag_support = |m: &[u8]| {
+        if let Ok(msg) = Message::parse(m) {
+            assert!(
+                find_notify(&msg.payloads, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_none()
+            );
+        }
+    };
+    no_frag_support(&first);
+    let (s, _) = split(r.handle(&first, now).unwrap());
+    no_frag_support(&s[0]);
+    let (auth, _) = split(i.handle(&s[0], now).unwrap());
+    assert_eq!(auth.len(), 1, "one IKE_AUTH request");
+    assert!(auth[0].len() > 1500, "{} octets", auth[0].len());
+    seen.push(auth[0].clone());
+    let (resp, re) = split(r.handle(&auth[0], now).unwrap());
+    assert!(ike_up(&re));
+    seen.extend(resp.iter().cloned());
+    let (_, ie) = split(i.handle(&resp[0], now).unwrap());
+    assert!(ike_up(&ie));
+    for m in &seen {
+        let l = locate_encrypted(m).unwrap().unwrap();
+        assert_eq!(l.kind, PayloadType::SK, "never SKF");
+        let opened = match r.open(m) {
+            Ok(o) => o,
+            Err(_) => i.open(m).ok().unwrap(),
+        };
+        let payloads = opened.payloads.unwrap();
+        assert!(find_notify(&payloads, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_none());
+    }
+}
+
+/// The IKE_AUTH request of `auth_req` split into `n` SKF fragments sealed with `i`'s keys.
+fn fragments(i: &Session, r: &Session, auth_req: &[u8], n: u16) -> Vec<Vec<u8>> {
+    let opened = r.open(auth_req).ok().unwrap();
+    let header = Header::parse(auth_req).unwrap().header;
+    let plain = opened.plain.to_vec();
+    let chunk = plain.len().div_ceil(usize::from(n));
+    let keys = &i.prot.as_ref().unwrap().keys;
+    plain
+        .chunks(chunk)
+        .enumerate()
+        .map(|(k, c)| {
+            let num = u16::try_from(k + 1).unwrap();
+            let first = if num == 1 {
+                opened.first
+            } else {
+                PayloadType(0)
+            };
+            frag::seal_fragment(keys, Role::Initiator, header, first, num, n, c)
+        })
+        .collect()
+}
+
+fn deliver_frag(r: &mut Session, m: &[u8], now: Instant) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
+    split(r.handle(m, now).unwrap())
+}
+
+fn is_dropped(ev: &[SessionEvent]) -> bool {
+    matches!(ev, [SessionEvent::Dropped(_)])
+}
+
+/// R-7.5-b: an IKE_AUTH request arriving as 3 SKF fragments, in any order, completes the
+/// handshake; duplicate, inconsistent, oversized, late or forged fragments change nothing.
+#[test]
+fn r_7_5_b_fragmented_ike_auth_reassembled_in_any_order() {
+    for (ike, order) in [
+        (gcm_x25519(), [0usize, 1, 2]),
+        (gcm_x25519(), [2, 0, 1]),
+        (chacha_p256(), [1, 2, 0]),
+        (cbc_modp(), [2, 1, 0]),
+    ] {
+        let now = Instant::now();
+        let (ci, cr) = configs(ike, (Suite::Aes128Gcm16, false));
+        let (mut i, mut r, first) = pair(ci, cr, now);
+        let (s, _) = split(r.handle(&first, now).unwrap());
+        let (auth, _) = split(i.handle(&s[0], now).unwrap());
+        let frags = fragments(&i, &r, &auth[0], 3);
+        assert_eq!(frags.len(), 3);
+        for (k, &n) in order.iter().enumerate() {
+            let (s, ev) = deliver_frag(&mut r, &frags[n], now);
+            if k < 2 {
+                assert!(s.is_empty() && ev.is_empty(), "{ev:?}");
+                assert!(!r.is_established());
+                // A duplicate is dropped.
+                let (s, ev) = deliver_frag(&mut r, &frags[n], now);
+                assert!(s.is_empty() && is_dropped(&ev), "{ev:?}");
+            } else {
+                assert_eq!(s.len(), 1);
+                assert!(ike_up(&ev), "{ev:?}");
+                let (_, ie) = split(i.handle(&s[0], now).unwrap());
+                assert!(ike_up(&ie));
+                // The response is one SK message (R-7.5-a).
+                assert_eq!(
+                    locate_encrypted(&s[0]).unwrap().unwrap().kind,
+                    PayloadType::SK
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn r_7_5_b_bad_fragment_sets_dropped_without_state_change() {
+    let now = Instant::now();
+    let (i, mut r, _first, auth_req) = up_to_auth(now);
+    let keys = &i.prot.as_ref().unwrap().keys;
+    let header = Header::parse(&auth_req).unwrap().header;
+    let frags = fragments(&i, &r, &auth_req, 3);
+    let unchanged = |r: &Session| {
+        assert!(!r.is_established() && !r.is_failed());
+        assert_eq!(r.message_id, 1);
+    };
+    // Too many fragments, fragment number out of range, Next Payload rules.
+    for (first, num, total) in [
+        (PayloadType::IDI, 1u16, 65u16),
+        (PayloadType(0), 4, 3),
+        (PayloadType(0), 0, 3),
+        (PayloadType(0), 1, 3),
+        (PayloadType::IDI, 2, 3),
+    ] {
+        let m = frag::seal_fragment(keys, Role::Initiator, header, first, num, total, b"xyz");
+        let (s, ev) = deliver_frag(&mut r, &m, now);
+        assert!(s.is_empty() && is_dropped(&ev), "{num}/{total}: {ev:?}");
+        unchanged(&r);
+    }
+    // Inconsistent Total Fragments within one set.
+    let (_, ev) = deliver_frag(&mut r, &frags[0], now);
+    assert!(ev.is_empty());
+    let m = frag::seal_fragment(keys, Role::Initiator, header, PayloadType(0), 2, 4, b"xyz");
+    let (s, ev) = deliver_frag(&mut r, &m, now);
+    assert!(s.is_empty() && is_dropped(&ev));
+    // A forged fragment fails integrity.
+    let mut bad = frags[1].clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let (s, ev) = deliver_frag(&mut r, &bad, now);
+    assert!(s.is_empty() && matches!(ev[..], [SessionEvent::IntegrityFailure]));
+    unchanged(&r);
+    // The genuine set still completes.
+    let (_, ev) = deliver_frag(&mut r, &frags[2], now);
+    assert!(ev.is_empty());
+    let (s, ev) = deliver_frag(&mut r, &frags[1], now);
+    assert_eq!(s.len(), 1);
+    assert!(ike_up(&ev));
+}
+
+#[test]
+fn r_7_5_b_oversized_late_and_early_fragments_dropped() {
+    let now = Instant::now();
+    let (i, mut r, _first, auth_req) = up_to_auth(now);
+    let keys = &i.prot.as_ref().unwrap().keys;
+    let header = Header::parse(&auth_req).unwrap().header;
+    // More than 64 KiB of reassembled data: the set is discarded.
+    let big = vec![0u8; 40_000];
+    let m1 = frag::seal_fragment(keys, Role::Initiator, header, PayloadType::IDI, 1, 3, &big);
+    let m2 = frag::seal_fragment(keys, Role::Initiator, header, PayloadType(0), 2, 3, &big);
+    let (_, ev) = deliver_frag(&mut r, &m1, now);
+    assert!(ev.is_empty());
+    let (s, ev) = deliver_frag(&mut r, &m2, now);
+    assert!(s.is_empty() && is_dropped(&ev));
+    assert!(r.frags.is_none());
+    assert!(!r.is_established() && !r.is_failed());
+    // An incomplete set times out: late fragments start a new set instead of completing it.
+    let frags = fragments(&i, &r, &auth_req, 3);
+    deliver_frag(&mut r, &frags[0], now);
+    deliver_frag(&mut r, &frags[1], now);
+    let later = now + frag::REASSEMBLY_TIMEOUT + Duration::from_secs(1);
+    let (s, ev) = deliver_frag(&mut r, &frags[2], later);
+    assert!(s.is_empty() && ev.is_empty());
+    assert!(!r.is_established());
+    deliver_frag(&mut r, &frags[0], later);
+    let (s, ev) = deliver_frag(&mut r, &frags[1], later);
+    assert_eq!(s.len(), 1);
+    assert!(ike_up(&ev));
+    // No fragments before the IKE SA keys exist (IKE_SA_INIT is never fragmented).
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (_i2, mut fresh, _) = pair(ci, cr, now);
+    let (s, ev) = deliver_frag(&mut fresh, &frags[0], now);
+    assert!(s.is_empty() && is_dropped(&ev));
+}
