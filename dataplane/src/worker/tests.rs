@@ -686,3 +686,23 @@ fn garbage_streams_never_panic() {
         })
         .expect("no panic");
 }
+
+#[test]
+fn r_6_6_a_worker_never_sends_nat_keepalives() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    r.send_plain(1);
+    // Many idle iterations: a UDP-style keepalive timer would fire here.
+    for _ in 0..200 {
+        r.step();
+    }
+    let tx = r.t.take_tx(a);
+    let mut dec = FrameDecoder::new(Role::Originator);
+    let mut frames = Vec::new();
+    dec.decode(&tx, &mut frames).expect("stream");
+    assert_eq!(dec.stats().keepalive, 0);
+    assert_eq!(dec.stats().esp, 1);
+}
