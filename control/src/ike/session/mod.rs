@@ -328,6 +328,23 @@ fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
     Payload::Notify(NotifyPayload::new(kind, data))
 }
 
+/// The SA, KE and Nonce payloads every IKE_SA_INIT message carries (RFC 7296 §1.2).
+fn init_payloads(payloads: &[Payload]) -> Option<(&SaPayload, &KePayload, &Vec<u8>)> {
+    let sa = payloads.iter().find_map(|p| match p {
+        Payload::Sa(s) => Some(s),
+        _ => None,
+    })?;
+    let ke = payloads.iter().find_map(|p| match p {
+        Payload::Ke(k) => Some(k),
+        _ => None,
+    })?;
+    let nonce = payloads.iter().find_map(|p| match p {
+        Payload::Nonce(n) => Some(n),
+        _ => None,
+    })?;
+    Some((sa, ke, nonce))
+}
+
 fn first_error(payloads: &[Payload]) -> Option<&NotifyPayload> {
     payloads.iter().find_map(|p| match p {
         Payload::Notify(n) if n.kind.is_error() => Some(n),
@@ -770,19 +787,7 @@ impl Session {
             // R-6.4-a: over TCP there is no retransmission to wait for: fail now.
             return Ok(self.fail(FailReason::PeerError(n.kind), Vec::new()));
         }
-        let sa = m.payloads.iter().find_map(|p| match p {
-            Payload::Sa(s) => Some(s),
-            _ => None,
-        });
-        let ke_p = m.payloads.iter().find_map(|p| match p {
-            Payload::Ke(k) => Some(k),
-            _ => None,
-        });
-        let nonce = m.payloads.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n),
-            _ => None,
-        });
-        let (Some(sa), Some(ke_p), Some(nonce)) = (sa, ke_p, nonce) else {
+        let Some((sa, ke_p, nonce)) = init_payloads(&m.payloads) else {
             return Ok(self.fail(
                 FailReason::LocalError(NotifyType::INVALID_SYNTAX),
                 Vec::new(),
@@ -1054,19 +1059,7 @@ impl Session {
         let Ok(m) = Message::parse(msg) else {
             return Ok(dropped(DropReason::Malformed));
         };
-        let sa = m.payloads.iter().find_map(|p| match p {
-            Payload::Sa(s) => Some(s),
-            _ => None,
-        });
-        let ke_p = m.payloads.iter().find_map(|p| match p {
-            Payload::Ke(k) => Some(k),
-            _ => None,
-        });
-        let nonce = m.payloads.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n),
-            _ => None,
-        });
-        let (Some(sa), Some(ke_p), Some(nonce)) = (sa, ke_p, nonce) else {
+        let Some((sa, ke_p, nonce)) = init_payloads(&m.payloads) else {
             return Ok(dropped(DropReason::Malformed));
         };
         let Some((number, suite)) = proposal::ike_select(sa, &self.cfg.ike_proposals) else {
