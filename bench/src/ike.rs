@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use iketcp_control::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
 use iketcp_control::ike::session::{ChildSa, Config, Output, Session, SessionEvent};
-use iketcp_control::ike::wire::{Identity, TrafficSelector, TsRange};
 use iketcp_dataplane::crypto::Suite;
 
 use crate::report::Machine;
@@ -111,7 +110,7 @@ fn measure(group: DhGroup, budget: Duration) -> Result<Row, String> {
     let id = group.transform_id();
     let suite = IkeSuite::new(EncrAlg::AesGcm16_256, PrfAlg::HmacSha256, None, group)
         .map_err(|e| format!("group {id}: suite: {e:?}"))?;
-    let (ci, cr) = configs(suite);
+    let (ci, cr) = configs(suite)?;
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let start = Instant::now();
@@ -133,40 +132,18 @@ fn measure(group: DhGroup, budget: Duration) -> Result<Row, String> {
     })
 }
 
-/// Initiator and responder configurations for `suite` with ESP AES-256-GCM.
-fn configs(suite: IkeSuite) -> (Config, Config) {
-    let i = Config {
-        local_id: Identity::Fqdn(b"initiator.bench".to_vec()),
-        remote_id: Identity::Fqdn(b"responder.bench".to_vec()),
-        psk: b"iketcp bench pre-shared key, not a secret".to_vec().into(),
-        ike_proposals: vec![suite],
-        esp_proposals: vec![(Suite::Aes256Gcm16, false)],
-        ts_local: vec![ts4([10, 1, 0, 0], [10, 1, 255, 255])],
-        ts_remote: vec![ts4([10, 2, 0, 0], [10, 2, 255, 255])],
-    };
-    let r = Config {
-        local_id: i.remote_id.clone(),
-        remote_id: i.local_id.clone(),
-        ts_local: i.ts_remote.clone(),
-        ts_remote: i.ts_local.clone(),
-        ..i.clone()
-    };
-    (i, r)
-}
-
-fn ts4(start: [u8; 4], end: [u8; 4]) -> TrafficSelector {
-    TrafficSelector::Ipv4(TsRange {
-        ip_protocol: 0,
-        start_port: 0,
-        end_port: 65535,
-        start_addr: Ipv4Addr::from(start),
-        end_addr: Ipv4Addr::from(end),
-    })
+/// The demo's built-in configurations (PSK, FQDN identities, documentation-range selectors,
+/// ESP AES-256-GCM) with `suite` as the only IKE proposal.
+fn configs(suite: IkeSuite) -> Result<(Config, Config), String> {
+    let (mut i, mut r) = iketcp_control::demo::configs(Suite::Aes256Gcm16, false)?;
+    i.ike_proposals = vec![suite];
+    r.ike_proposals = vec![suite];
+    Ok((i, r))
 }
 
 /// One complete exchange between fresh sessions; `Err` unless both Child SAs are up and agree.
 fn handshake(ci: &Config, cr: &Config) -> Result<(), String> {
-    let i_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000));
+    let i_addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 40000));
     let r_addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 4500));
     let (mut ini, first) = Session::initiator(ci.clone(), i_addr, r_addr, Instant::now())
         .map_err(|e| format!("initiator: {e}"))?;
