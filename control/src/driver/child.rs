@@ -1,0 +1,454 @@
+//! SA lifecycle: installs, rekeys, switches and deletes of ESP SAs in the workers.
+
+use super::*;
+
+fn to_spd(ts: &[TrafficSelector]) -> Vec<SpdSelector> {
+    ts.iter()
+        .filter_map(|t| match t {
+            TrafficSelector::Ipv4(r) => Some(SpdSelector {
+                start: IpAddr::V4(r.start_addr),
+                end: IpAddr::V4(r.end_addr),
+                protocol: r.ip_protocol,
+                start_port: r.start_port,
+                end_port: r.end_port,
+            }),
+            TrafficSelector::Ipv6(r) => Some(SpdSelector {
+                start: IpAddr::V6(r.start_addr),
+                end: IpAddr::V6(r.end_addr),
+                protocol: r.ip_protocol,
+                start_port: r.start_port,
+                end_port: r.end_port,
+            }),
+            TrafficSelector::Other { .. } => None,
+        })
+        .collect()
+}
+
+fn sa_params(
+    spi: u32,
+    child: &ChildSa,
+    keymat: &[u8],
+    backend: Backend,
+) -> Result<SaParams, String> {
+    let km = Keymat::new(child.suite, keymat).map_err(|e| e.to_string())?;
+    let mut p = SaParams::new(spi, km, backend);
+    p.esn = child.esn;
+    p.mode = Mode::Tunnel;
+    Ok(p)
+}
+
+impl Driver {
+    /// Starts a rekey of one Child SA on every established session (without PFS) and sends the
+    /// requests; returns how many were started. A session with a request outstanding (window
+    /// size 1, RFC 7296 §2.3) is skipped.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_child_sas(&mut self, now: Instant) -> Result<usize, DriverError> {
+        self.rekey_children(None, now)
+    }
+
+    /// As [`rekey_child_sas`](Self::rekey_child_sas), for the sessions of one endpoint only (so
+    /// a driver running both ends does not make them collide).
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_child_sas_of(
+        &mut self,
+        endpoint: usize,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        self.rekey_children(Some(endpoint), now)
+    }
+
+    /// As [`rekey_ike_sas`](Self::rekey_ike_sas), for the sessions of one endpoint only.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_ike_sas_of(
+        &mut self,
+        endpoint: usize,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        self.rekey_ikes(Some(endpoint), now)
+    }
+
+    pub(super) fn rekey_children(
+        &mut self,
+        endpoint: Option<usize>,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        let mut started = 0;
+        for i in 0..self.sessions.len() {
+            let st = &self.sessions[i];
+            if endpoint.is_some_and(|e| e != st.endpoint)
+                || !st.session.is_established()
+                || st.conn.is_none()
+            {
+                continue;
+            }
+            let current: Vec<u32> = self
+                .children
+                .iter()
+                .filter(|c| c.session == i && c.inbound_ok && c.outbound_ok)
+                .filter(|c| {
+                    !self
+                        .retiring
+                        .iter()
+                        .any(|r| self.children[r.1].spi_in == c.spi_in)
+                })
+                .map(|c| c.spi_in)
+                .collect();
+            for spi_in in current {
+                match self.sessions[i].session.rekey_child(spi_in, false, now) {
+                    Ok(msg) => {
+                        self.child_rekeying.push((i, spi_in));
+                        started += 1;
+                        self.finish(i, vec![Output::Send(msg)], now)?;
+                    }
+                    // Window size 1: the others wait for the next call.
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts a rekey of the IKE SA of every established session and sends the requests;
+    /// returns how many were started. Sessions with a request outstanding are skipped.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn rekey_ike_sas(&mut self, now: Instant) -> Result<usize, DriverError> {
+        self.rekey_ikes(None, now)
+    }
+
+    pub(super) fn rekey_ikes(&mut self, endpoint: Option<usize>, now: Instant) -> Result<usize, DriverError> {
+        let mut started = 0;
+        for i in 0..self.sessions.len() {
+            let st = &self.sessions[i];
+            if endpoint.is_some_and(|e| e != st.endpoint)
+                || !st.session.is_established()
+                || st.conn.is_none()
+            {
+                continue;
+            }
+            if let Ok(msg) = self.sessions[i].session.rekey_ike(now) {
+                self.ike_rekeying.push(i);
+                started += 1;
+                self.finish(i, vec![Output::Send(msg)], now)?;
+            }
+        }
+        Ok(started)
+    }
+
+    /// One lifecycle event of session `index`; returns the ack of an inbound SA it installed.
+    pub(super) fn on_sa_event(
+        &mut self,
+        index: usize,
+        ev: SaEvent,
+        now: Instant,
+    ) -> Result<Option<u64>, DriverError> {
+        let endpoint = self.sessions[index].endpoint;
+        let ike_sa = self.sessions[index].ike_sa;
+        let conn = self.sessions[index].conn;
+        match ev {
+            SaEvent::ChildSaCreated(c) => {
+                let Some(conn) = conn else { return Ok(None) };
+                let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn)?
+                else {
+                    return Ok(None);
+                };
+                self.install_outbound(child, out, selectors)?;
+                Ok(Some(ack))
+            }
+            SaEvent::ChildSaRekeyed {
+                old_spi_in,
+                old_spi_out,
+                new,
+            } => {
+                self.events.push(DriverEvent::ChildSaRekeyed {
+                    endpoint,
+                    old_spi_in,
+                    old_spi_out,
+                    spi_in: new.spi_in,
+                    spi_out: new.spi_out,
+                });
+                let Some(conn) = conn else { return Ok(None) };
+                let Some(old) = self.find_child(index, old_spi_in) else {
+                    return Ok(None);
+                };
+                let Some((child, ack, out, selectors)) = self.install_child(index, &new, conn)?
+                else {
+                    return Ok(None);
+                };
+                let w = Switch {
+                    session: index,
+                    old,
+                    new: child,
+                    sa: out,
+                    selectors,
+                    due: now + SWITCH_FALLBACK,
+                };
+                let ours = self
+                    .child_rekeying
+                    .iter()
+                    .position(|r| *r == (index, old_spi_in));
+                // Both ends rekeyed the same Child SA (RFC 7296 §2.8.1): which new SA survives
+                // shows when one of them (or the old one) is deleted; until then nothing moves.
+                let collision = self.switches.iter().any(|x| x.old == old)
+                    || (ours.is_none() && self.child_rekeying.contains(&(index, old_spi_in)));
+                if let Some(k) = ours {
+                    self.child_rekeying.remove(k);
+                    self.child_rekeys += 1;
+                }
+                if ours.is_some() && !collision {
+                    // We started it: the peer has the new inbound SA already (its response
+                    // left after the install), so traffic moves now.
+                    self.switch(w, now)?;
+                } else {
+                    // The peer's rekey: it installs its inbound SA when our response arrives;
+                    // switch when its Delete of the old SA comes.
+                    self.switches.push(w);
+                }
+                Ok(Some(ack))
+            }
+            SaEvent::ChildSaDeleted { spi_in, .. } => {
+                let Some(child) = self.find_child(index, spi_in) else {
+                    return Ok(None);
+                };
+                let old_of = |d: &Self, c: usize| {
+                    d.switches
+                        .iter()
+                        .filter(|w| w.session == index && w.old == c)
+                        .count()
+                };
+                if old_of(self, child) > 0 {
+                    // The peer deleted the SA it replaced: switch now, unless a collision still
+                    // has to show which new SA survives.
+                    if old_of(self, child) == 1
+                        && let Some(k) = self.switches.iter().position(|w| w.old == child)
+                    {
+                        let w = self.switches.remove(k);
+                        self.switch(w, now)?;
+                    }
+                    return Ok(None);
+                }
+                if self.retiring.iter().any(|r| r.1 == child) {
+                    // Replaced already; its inbound SA goes after the grace period.
+                    return Ok(None);
+                }
+                // A new SA that lost a collision has no outbound SA installed yet; the other
+                // new SA of that collision takes over.
+                let replaced = self.switches.iter().find(|w| w.new == child).map(|w| w.old);
+                self.switches.retain(|w| w.new != child);
+                // The survivor first, so outbound traffic always has an SA.
+                let replaced = replaced.or_else(|| {
+                    self.switches
+                        .iter()
+                        .find(|w| w.session == index && self.collided(w.old, child))
+                        .map(|w| w.old)
+                });
+                if let Some(old) = replaced
+                    && old_of(self, old) == 1
+                    && let Some(k) = self.switches.iter().position(|w| w.old == old)
+                {
+                    let w = self.switches.remove(k);
+                    self.switch(w, now)?;
+                }
+                // Packets the peer sent before its Delete may still be in flight: the inbound SA
+                // goes after the grace period, as for a rekey.
+                self.delete_outbound(child)?;
+                self.retiring.push((now + OLD_INBOUND_GRACE, child));
+                Ok(None)
+            }
+            SaEvent::IkeSaRekeyed { spi_i, spi_r } => {
+                if let Some(k) = self.ike_rekeying.iter().position(|s| *s == index) {
+                    self.ike_rekeying.remove(k);
+                    self.ike_rekeys += 1;
+                }
+                self.keylog_ike(index);
+                self.events.push(DriverEvent::IkeSaRekeyed {
+                    endpoint,
+                    ike_sa,
+                    spi_i,
+                    spi_r,
+                });
+                Ok(None)
+            }
+            SaEvent::IkeRekeyRefused(_) => {
+                self.ike_rekeying.retain(|s| *s != index);
+                Ok(None)
+            }
+            SaEvent::ChildSaRefused(_) => {
+                self.child_rekeying.retain(|r| r.0 != index);
+                Ok(None)
+            }
+            SaEvent::OldIkeSaDeleted { .. } => Ok(None),
+            SaEvent::IkeSaDeleted => {
+                self.switches.retain(|w| w.session != index);
+                let mine: Vec<usize> = (0..self.children.len())
+                    .filter(|&c| self.children[c].session == index)
+                    .collect();
+                self.retiring.retain(|r| !mine.contains(&r.1));
+                for c in mine {
+                    self.delete_outbound(c)?;
+                    self.delete_inbound(c)?;
+                }
+                self.child_rekeying.retain(|r| r.0 != index);
+                self.ike_rekeying.retain(|s| *s != index);
+                if let Some(conn) = conn {
+                    self.send(conn.worker, Command::ForgetIkeSa { ike_sa })?;
+                }
+                self.events
+                    .push(DriverEvent::IkeSaDeleted { endpoint, ike_sa });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether `new` replaced `old` in a rekey we started (its outbound SA is in use already).
+    pub(super) fn collided(&self, old: usize, new: usize) -> bool {
+        self.retiring.iter().any(|r| r.1 == old) && self.children[new].outbound_ok
+    }
+
+    /// The live Child SA of session `index` with this inbound SPI.
+    pub(super) fn find_child(&self, index: usize, spi_in: u32) -> Option<usize> {
+        self.children
+            .iter()
+            .rposition(|c| c.session == index && c.spi_in == spi_in)
+    }
+
+    /// Moves traffic from `w.old` to `w.new`: installs the new outbound SA (it takes
+    /// precedence), deletes the old one, and deletes the old inbound SA after the grace period.
+    pub(super) fn switch(&mut self, w: Switch, now: Instant) -> Result<(), DriverError> {
+        self.install_outbound(w.new, w.sa, w.selectors)?;
+        self.delete_outbound(w.old)?;
+        if !self.retiring.iter().any(|r| r.1 == w.old) {
+            self.retiring.push((now + OLD_INBOUND_GRACE, w.old));
+        }
+        Ok(())
+    }
+
+    pub(super) fn delete_sa(&mut self, worker: u16, spi: u32, dir: Direction) -> Result<(), DriverError> {
+        let ack = self.ack();
+        self.pending.insert(ack, Pending::Delete);
+        self.send(worker, Command::DeleteSa { spi, dir, ack })
+    }
+
+    pub(super) fn delete_outbound(&mut self, child: usize) -> Result<(), DriverError> {
+        let Some(c) = self.children.get_mut(child) else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut c.outbound_ok) {
+            return Ok(());
+        }
+        let (worker, spi) = (c.worker, c.spi_out);
+        self.delete_sa(worker, spi, Direction::Outbound)
+    }
+
+    pub(super) fn delete_inbound(&mut self, child: usize) -> Result<(), DriverError> {
+        let Some(c) = self.children.get_mut(child) else {
+            return Ok(());
+        };
+        if !std::mem::take(&mut c.inbound_ok) {
+            return Ok(());
+        }
+        let (worker, spi) = (c.worker, c.spi_in);
+        self.delete_sa(worker, spi, Direction::Inbound)
+    }
+
+    /// Builds both ESP SAs of `c`, records the Child SA and sends the inbound SA's install;
+    /// returns the child index, the install's ack, and the outbound SA with its selectors.
+    /// `None` (with a `Failed` event) if the SAs cannot be built.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn install_child(
+        &mut self,
+        index: usize,
+        c: &ChildSa,
+        conn: Conn,
+    ) -> Result<Option<(usize, u64, Box<OutboundSa>, Selectors)>, DriverError> {
+        let endpoint = self.sessions[index].endpoint;
+        let ike_sa = self.sessions[index].ike_sa;
+        let ep = &self.endpoints[endpoint];
+        let (backend, lifetime) = (ep.backend, ep.lifetime);
+        let built = sa_params(c.spi_in, c, c.keymat_in.expose(), backend)
+            .and_then(|p| InboundSa::new(&p).map_err(|e| e.to_string()))
+            .and_then(|i| {
+                let p = sa_params(c.spi_out, c, c.keymat_out.expose(), backend)?;
+                let o = OutboundSa::new(&p).map_err(|e| e.to_string())?;
+                Ok((i, o))
+            });
+        let (inb, out) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                self.events.push(DriverEvent::Failed {
+                    endpoint,
+                    reason: format!("building SAs: {e}"),
+                });
+                return Ok(None);
+            }
+        };
+        self.keylog_child(endpoint, c, conn);
+        let child = self.children.len();
+        self.children.push(ChildState {
+            endpoint,
+            session: index,
+            worker: conn.worker,
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            inbound_ok: false,
+            outbound_ok: false,
+        });
+        let ack = self.ack();
+        self.pending.insert(
+            ack,
+            Pending::Inbound {
+                child,
+                conn,
+                held: Vec::new(),
+            },
+        );
+        self.send(
+            conn.worker,
+            Command::InstallInbound {
+                sa: Box::new(inb),
+                ike_sa,
+                lifetime,
+                ack,
+            },
+        )?;
+        let selectors = Selectors {
+            local: to_spd(&c.ts_local),
+            remote: to_spd(&c.ts_remote),
+        };
+        Ok(Some((child, ack, Box::new(out), selectors)))
+    }
+
+    /// Sends the install of a Child SA's outbound SA.
+    pub(super) fn install_outbound(
+        &mut self,
+        child: usize,
+        sa: Box<OutboundSa>,
+        selectors: Selectors,
+    ) -> Result<(), DriverError> {
+        let Some(c) = self.children.get(child) else {
+            return Ok(());
+        };
+        let (worker, session) = (c.worker, c.session);
+        let ike_sa = self.sessions[session].ike_sa;
+        let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
+        let ack = self.ack();
+        self.pending.insert(ack, Pending::Outbound { child });
+        self.send(
+            worker,
+            Command::InstallOutbound {
+                sa,
+                ike_sa,
+                selectors,
+                lifetime,
+                ack,
+            },
+        )
+    }
+}

@@ -1,0 +1,614 @@
+//! The driver: owns IKE sessions and connects them to the data plane through a
+//! [`DataplaneHandle`]. It is sans threads: the caller feeds it data-plane events with
+//! [`Driver::handle_event`] (or lets [`Driver::poll`] read them from the handle) and collects what
+//! happened with [`Driver::take_events`].
+//!
+//! - TCP Originator endpoints send `Connect`; on `ConnUp` with their token the initiator session
+//!   starts and its IKE_SA_INIT request goes out with `SendIke`.
+//! - TCP Responder endpoints send `Listen`; a connection they accept gets a responder session with
+//!   its first IKE message.
+//! - On `ChildSaUp` both ESP SAs are built (AWS-LC backend, tunnel mode) and installed on the
+//!   worker that owns the connection, and the IKE SA is bound to that connection. The messages the
+//!   session produced in the same call (the responder's IKE_AUTH response) are held until the
+//!   inbound SA's install is acknowledged, so the peer never uses an SA we cannot decrypt with yet.
+//!
+//! - If a TCP Originator's connection goes down while its request is outstanding, it reconnects
+//!   (at most three times) and re-sends that request bit for bit on the new connection (RFC 9329
+//!   §6.2, R-6.2-b). A Responder continues a session whose request arrives on a new connection
+//!   (matched by both IKE SPIs) and, once established, binds the IKE SA to it.
+//!
+//! - After every session call the driver takes the session's [`SaEvent`]s. A Child SA created by
+//!   CREATE_CHILD_SA is installed like the first one. A rekeyed Child SA: the new inbound SA is
+//!   installed before any response leaves; the rekey initiator installs the new outbound SA at
+//!   once (it takes precedence in the SPD) and deletes the old outbound SA, while the rekey
+//!   responder switches only when the old SA's Delete arrives (or after [`SWITCH_FALLBACK`]), so
+//!   the peer has the new inbound SA before traffic uses it. The old inbound SA is deleted
+//!   [`OLD_INBOUND_GRACE`] later, so packets in flight with the old SPI still decrypt
+//!   (RFC 7296 §2.8). An IKE SA rekey keeps the Child SAs; a deleted IKE SA takes its SAs along.
+//! - [`Driver::poll`] also runs the timers: session timeouts (liveness checks, exchange
+//!   timeouts), deferred deletes and switches.
+//!
+//! - Simultaneous rekeys of one Child SA (RFC 7296 §2.8.1) defer the switch until a Delete shows
+//!   which new SA survives; a deleted Child SA's inbound SA also gets the grace period. This path
+//!   still loses a few packets (unknown SPI at the peer) and has no test yet.
+//!
+//! Not yet: reconnects after the IKE SA is up, SA migration between workers, rekeys triggered
+//! by lifetimes, reaping half-open responder sessions.
+
+#[cfg(test)]
+mod tests;
+
+mod child;
+mod conn;
+mod keyfile;
+
+pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE};
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use iketcp_dataplane::crypto::{Backend, Keymat};
+use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaParams};
+use iketcp_dataplane::transport::{CloseReason, TcpRole};
+use iketcp_dataplane::worker::handle::{
+    Command, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa, SendError,
+};
+use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
+
+use crate::ike::session::{ChildSa, Config, Output, Role, SaEvent, Session, SessionEvent};
+use crate::ike::wire::TrafficSelector;
+
+/// How long a command may wait for room in a worker's queue.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnects of a TCP Originator with a request outstanding before it gives up.
+const MAX_RECONNECTS: u8 = 3;
+/// How long the old inbound SA of a rekeyed Child SA stays after traffic moved to the new one.
+pub const OLD_INBOUND_GRACE: Duration = Duration::from_secs(1);
+/// How long a rekey responder waits for the old Child SA's Delete before it switches its
+/// outbound traffic to the new SA anyway.
+pub const SWITCH_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Which end of the TCP connection an endpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointRole {
+    /// Opens the connection and initiates IKE.
+    Originator {
+        /// The peer's address and port (4500 by default, RFC 9329 §2).
+        remote: SocketAddr,
+        /// Our address, or any.
+        local: Option<SocketAddr>,
+    },
+    /// Accepts connections and responds.
+    Responder {
+        /// Where to listen.
+        listen: SocketAddr,
+    },
+}
+
+/// One gateway's IKE configuration and where it runs in the data plane.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// The worker that listens or connects.
+    pub worker: u16,
+    /// Originator or Responder.
+    pub role: EndpointRole,
+    /// The IKE session configuration.
+    pub ike: Config,
+    /// AEAD implementation of the ESP SAs.
+    pub backend: Backend,
+    /// Traffic limits of the Child SAs.
+    pub lifetime: Lifetime,
+}
+
+impl Endpoint {
+    /// An endpoint with the AWS-LC backend and no traffic limits.
+    pub fn new(worker: u16, role: EndpointRole, ike: Config) -> Self {
+        Endpoint {
+            worker,
+            role,
+            ike,
+            backend: Backend::AwsLc,
+            lifetime: Lifetime::UNLIMITED,
+        }
+    }
+}
+
+/// What the driver reports to its owner.
+#[derive(Debug)]
+pub enum DriverEvent {
+    /// A Responder endpoint is listening.
+    Listening {
+        /// Endpoint index.
+        endpoint: usize,
+    },
+    /// A connection of an endpoint is up.
+    ConnUp {
+        /// Endpoint index.
+        endpoint: usize,
+        /// The connection.
+        conn: Conn,
+    },
+    /// A connection of an endpoint is gone (its SAs stay).
+    ConnDown {
+        /// Endpoint index.
+        endpoint: usize,
+        /// The connection.
+        conn: Conn,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// The IKE SA of a connection is authenticated.
+    IkeSaUp {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Its name in the data plane.
+        ike_sa: IkeSaId,
+    },
+    /// Both ESP SAs of a Child SA are installed (acknowledged by the worker).
+    ChildSaInstalled {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Inbound SPI.
+        spi_in: u32,
+        /// Outbound SPI.
+        spi_out: u32,
+    },
+    /// A Child SA was rekeyed: the new one's SAs are being installed (see
+    /// [`DriverEvent::ChildSaInstalled`]), the old ones go.
+    ChildSaRekeyed {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Old inbound SPI.
+        old_spi_in: u32,
+        /// Old outbound SPI.
+        old_spi_out: u32,
+        /// New inbound SPI.
+        spi_in: u32,
+        /// New outbound SPI.
+        spi_out: u32,
+    },
+    /// The IKE SA was rekeyed; its Child SAs stay.
+    IkeSaRekeyed {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Its name in the data plane (unchanged).
+        ike_sa: IkeSaId,
+        /// Initiator SPI of the new IKE SA.
+        spi_i: u64,
+        /// Responder SPI of the new IKE SA.
+        spi_r: u64,
+    },
+    /// The IKE SA is gone (deleted or timed out) and its SAs were deleted.
+    IkeSaDeleted {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Its name in the data plane.
+        ike_sa: IkeSaId,
+    },
+    /// A worker removed an ESP SA (answer to `DeleteSa`).
+    SaRemoved {
+        /// SPI.
+        spi: u32,
+        /// Direction.
+        dir: Direction,
+    },
+    /// An encrypted IKE message failed its integrity check.
+    IntegrityFailure {
+        /// Endpoint index.
+        endpoint: usize,
+    },
+    /// Something failed for good (session, install, connect).
+    Failed {
+        /// Endpoint index.
+        endpoint: usize,
+        /// What.
+        reason: String,
+    },
+}
+
+/// A local fault of the driver (not a peer's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverError(pub String);
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+#[derive(Debug)]
+struct ConnState {
+    endpoint: usize,
+    local: SocketAddr,
+    peer: SocketAddr,
+    /// Index into `Driver::sessions`, once the connection carries an IKE SA.
+    session: Option<usize>,
+}
+
+#[derive(Debug)]
+struct SessionState {
+    endpoint: usize,
+    session: Session,
+    ike_sa: IkeSaId,
+    /// The connection it currently uses (`None` while an Originator reconnects).
+    conn: Option<Conn>,
+    /// Initiator: the request still waiting for its response, re-sent bit for bit on a new
+    /// connection (RFC 9329 §6.2).
+    outstanding: Option<Vec<u8>>,
+    /// Reconnects so far.
+    reconnects: u8,
+}
+
+#[derive(Debug)]
+struct ChildState {
+    endpoint: usize,
+    session: usize,
+    worker: u16,
+    spi_in: u32,
+    spi_out: u32,
+    inbound_ok: bool,
+    outbound_ok: bool,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Listen {
+        endpoint: usize,
+    },
+    Inbound {
+        child: usize,
+        conn: Conn,
+        held: Vec<Vec<u8>>,
+    },
+    Outbound {
+        child: usize,
+    },
+    Delete,
+}
+
+/// A rekey responder's new outbound SA, installed when the old Child SA's Delete arrives.
+#[derive(Debug)]
+struct Switch {
+    session: usize,
+    old: usize,
+    new: usize,
+    sa: Box<OutboundSa>,
+    selectors: Selectors,
+    due: Instant,
+}
+
+/// Sessions, connections and SAs of a set of endpoints on one data plane. See the module docs.
+#[derive(Debug)]
+pub struct Driver {
+    handle: DataplaneHandle,
+    endpoints: Vec<Endpoint>,
+    conns: HashMap<Conn, ConnState>,
+    sessions: Vec<SessionState>,
+    children: Vec<ChildState>,
+    pending: HashMap<u64, Pending>,
+    events: Vec<DriverEvent>,
+    next_ack: u64,
+    next_ike_sa: u64,
+    /// Old inbound SAs (child index) to delete at the given time.
+    retiring: Vec<(Instant, usize)>,
+    /// Deferred outbound switches of rekeys we answered.
+    switches: Vec<Switch>,
+    /// Child SA rekeys we started: (session, old inbound SPI).
+    child_rekeying: Vec<(usize, u32)>,
+    /// Sessions whose IKE SA rekey we started.
+    ike_rekeying: Vec<usize>,
+    child_rekeys: u64,
+    ike_rekeys: u64,
+    /// Directory of the Wireshark key log (`--keylog`), `None` when keys must not be written.
+    keylog: Option<PathBuf>,
+    /// Key log lines already written, by SA name (both sides of a run may report the same SA).
+    keylog_seen: HashSet<String>,
+}
+
+impl Driver {
+    /// A driver with no endpoints yet.
+    pub fn new(handle: DataplaneHandle) -> Self {
+        Driver {
+            handle,
+            endpoints: Vec::new(),
+            conns: HashMap::new(),
+            sessions: Vec::new(),
+            children: Vec::new(),
+            pending: HashMap::new(),
+            events: Vec::new(),
+            next_ack: 1,
+            next_ike_sa: 1,
+            retiring: Vec::new(),
+            switches: Vec::new(),
+            child_rekeying: Vec::new(),
+            ike_rekeying: Vec::new(),
+            child_rekeys: 0,
+            ike_rekeys: 0,
+            keylog: None,
+            keylog_seen: HashSet::new(),
+        }
+    }
+
+    /// The data plane handle.
+    pub fn handle(&self) -> &DataplaneHandle {
+        &self.handle
+    }
+
+    /// Adds an endpoint and starts it (`Listen` or `Connect`); returns its index.
+    ///
+    /// # Errors
+    /// The worker's command queue stayed full or the worker is gone.
+    pub fn add(&mut self, ep: Endpoint) -> Result<usize, DriverError> {
+        let index = self.endpoints.len();
+        let cmd = match ep.role {
+            EndpointRole::Originator { remote, local } => Command::Connect {
+                local,
+                remote,
+                token: index as u64,
+            },
+            EndpointRole::Responder { listen } => {
+                let ack = self.ack();
+                self.pending
+                    .insert(ack, Pending::Listen { endpoint: index });
+                Command::Listen { local: listen, ack }
+            }
+        };
+        let worker = ep.worker;
+        self.endpoints.push(ep);
+        self.send(worker, cmd)?;
+        Ok(index)
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<DriverEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether commands with acknowledgements are still outstanding.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Number of Child SAs with both directions installed.
+    pub fn installed(&self) -> usize {
+        self.children
+            .iter()
+            .filter(|c| c.inbound_ok && c.outbound_ok)
+            .count()
+    }
+
+    /// Waits up to `timeout` for one data-plane event and handles it, then handles whatever else
+    /// is already queued. Returns whether an event was handled.
+    ///
+    /// # Errors
+    /// See [`handle_event`](Self::handle_event).
+    pub fn poll(&mut self, timeout: Duration) -> Result<bool, DriverError> {
+        let now = Instant::now();
+        self.handle_timers(now)?;
+        let wait = match self.next_timer() {
+            Some(t) => timeout.min(t.saturating_duration_since(now)),
+            None => timeout,
+        };
+        let first = match self.handle.events().recv_timeout(wait) {
+            Ok(ev) => ev,
+            Err(_) => {
+                self.handle_timers(Instant::now())?;
+                return Ok(false);
+            }
+        };
+        self.handle_event(first, Instant::now())?;
+        while let Ok(ev) = self.handle.events().try_recv() {
+            self.handle_event(ev, Instant::now())?;
+        }
+        self.handle_timers(Instant::now())?;
+        Ok(true)
+    }
+
+    /// Child SA rekeys started by this driver that completed.
+    pub fn child_rekeys(&self) -> u64 {
+        self.child_rekeys
+    }
+
+    /// IKE SA rekeys started by this driver that completed.
+    pub fn ike_rekeys(&self) -> u64 {
+        self.ike_rekeys
+    }
+
+    /// The earliest time [`handle_timers`](Self::handle_timers) has something to do.
+    pub fn next_timer(&self) -> Option<Instant> {
+        let sessions = self
+            .sessions
+            .iter()
+            .filter_map(|s| s.session.poll_timeout());
+        let retiring = self.retiring.iter().map(|r| r.0);
+        let switches = self.switches.iter().map(|w| w.due);
+        sessions.chain(retiring).chain(switches).min()
+    }
+
+    /// Runs what is due at `now`: session timeouts, deletes of old inbound SAs after their grace
+    /// period, deferred outbound switches.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
+        for i in 0..self.sessions.len() {
+            if self.sessions[i]
+                .session
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
+                let outputs = self.sessions[i].session.handle_timeout(now);
+                self.finish(i, outputs, now)?;
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|r| r.0 <= now);
+        self.retiring = later;
+        for (_, child) in due {
+            self.delete_inbound(child)?;
+        }
+        while let Some(k) = self.switches.iter().position(|w| w.due <= now) {
+            let w = self.switches.remove(k);
+            // An unresolved collision: the first new SA wins here; the other stays inbound
+            // until the peer deletes it.
+            self.switches.retain(|x| x.old != w.old);
+            self.switch(w, now)?;
+        }
+        Ok(())
+    }
+
+    /// Handles one data-plane event.
+    ///
+    /// # Errors
+    /// Local faults only (a worker gone, the RNG failing); a peer's misbehaviour is reported as a
+    /// [`DriverEvent`].
+    pub fn handle_event(&mut self, ev: Event, now: Instant) -> Result<(), DriverError> {
+        match ev {
+            Event::Ack { ack, result, .. } => self.on_ack(ack, result),
+            Event::ConnUp {
+                conn,
+                local,
+                peer,
+                role,
+                token,
+            } => self.on_conn_up(conn, local, peer, role, token, now),
+            Event::ConnDown {
+                conn,
+                reason,
+                token,
+            } => self.on_conn_down(conn, reason, token),
+            Event::IkeMessage { conn, msg } => self.on_ike(conn, &msg, now),
+            // Removed SAs are dropped here (their keys are zeroized), off the worker.
+            Event::SaRemoved(sa) => {
+                let (spi, dir) = match &sa {
+                    RemovedSa::Inbound(i) => (i.spi(), Direction::Inbound),
+                    RemovedSa::Outbound(o) => (o.spi(), Direction::Outbound),
+                };
+                drop(sa);
+                self.events.push(DriverEvent::SaRemoved { spi, dir });
+                Ok(())
+            }
+            Event::Stats { .. } | Event::SaExpired { .. } | Event::UnknownSpi { .. } => Ok(()),
+        }
+    }
+
+    /// Deletes every installed SA (both directions) and forgets the IKE SAs' connections. Wait for
+    /// [`has_pending`](Self::has_pending) to turn false to know the workers applied it.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn delete_all(&mut self) -> Result<(), DriverError> {
+        self.retiring.clear();
+        self.switches.clear();
+        let children = std::mem::take(&mut self.children);
+        for c in &children {
+            for (spi, dir, ok) in [
+                (c.spi_in, Direction::Inbound, c.inbound_ok),
+                (c.spi_out, Direction::Outbound, c.outbound_ok),
+            ] {
+                if ok {
+                    let ack = self.ack();
+                    self.pending.insert(ack, Pending::Delete);
+                    self.send(c.worker, Command::DeleteSa { spi, dir, ack })?;
+                }
+            }
+        }
+        let bound: Vec<(u16, IkeSaId)> = self
+            .sessions
+            .iter()
+            .filter(|s| s.session.is_established())
+            .filter_map(|s| s.conn.map(|c| (c.worker, s.ike_sa)))
+            .collect();
+        for (worker, ike_sa) in bound {
+            self.send(worker, Command::ForgetIkeSa { ike_sa })?;
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self) -> u64 {
+        let a = self.next_ack;
+        self.next_ack += 1;
+        a
+    }
+
+    fn send(&self, worker: u16, cmd: Command) -> Result<(), DriverError> {
+        self.handle
+            .send_timeout(worker, cmd, SEND_TIMEOUT)
+            .map_err(|e| match e {
+                SendError::Full(_) => DriverError(format!("worker {worker}: command queue full")),
+                SendError::Gone => DriverError(format!("worker {worker} is gone")),
+            })
+    }
+
+    fn on_ack(&mut self, ack: u64, result: Result<(), String>) -> Result<(), DriverError> {
+        let Some(p) = self.pending.remove(&ack) else {
+            return Ok(());
+        };
+        match p {
+            Pending::Listen { endpoint } => self.events.push(match result {
+                Ok(()) => DriverEvent::Listening { endpoint },
+                Err(e) => DriverEvent::Failed {
+                    endpoint,
+                    reason: format!("listen: {e}"),
+                },
+            }),
+            Pending::Inbound { child, conn, held } => {
+                if child >= self.children.len() {
+                    // Forgotten by `delete_all` meanwhile.
+                    return Ok(());
+                }
+                if let Err(e) = result {
+                    // Without the inbound SA the response must not go out.
+                    let endpoint = self.children[child].endpoint;
+                    self.events.push(DriverEvent::Failed {
+                        endpoint,
+                        reason: format!("inbound SA install: {e}"),
+                    });
+                    return Ok(());
+                }
+                self.children[child].inbound_ok = true;
+                for msg in held {
+                    self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+                }
+                self.child_done(child);
+            }
+            Pending::Outbound { child } if child >= self.children.len() => {}
+            Pending::Outbound { child } => match result {
+                Ok(()) => {
+                    self.children[child].outbound_ok = true;
+                    self.child_done(child);
+                }
+                Err(e) => {
+                    let endpoint = self.children[child].endpoint;
+                    self.events.push(DriverEvent::Failed {
+                        endpoint,
+                        reason: format!("outbound SA install: {e}"),
+                    });
+                }
+            },
+            Pending::Delete => {}
+        }
+        Ok(())
+    }
+
+    fn child_done(&mut self, child: usize) {
+        let c = &self.children[child];
+        if c.inbound_ok && c.outbound_ok {
+            self.events.push(DriverEvent::ChildSaInstalled {
+                endpoint: c.endpoint,
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+            });
+        }
+    }
+
+}
