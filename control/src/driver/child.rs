@@ -123,7 +123,11 @@ impl Driver {
         self.rekey_ikes(None, now)
     }
 
-    pub(super) fn rekey_ikes(&mut self, endpoint: Option<usize>, now: Instant) -> Result<usize, DriverError> {
+    pub(super) fn rekey_ikes(
+        &mut self,
+        endpoint: Option<usize>,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
         let mut started = 0;
         for i in 0..self.sessions.len() {
             let st = &self.sessions[i];
@@ -330,7 +334,12 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) fn delete_sa(&mut self, worker: u16, spi: u32, dir: Direction) -> Result<(), DriverError> {
+    pub(super) fn delete_sa(
+        &mut self,
+        worker: u16,
+        spi: u32,
+        dir: Direction,
+    ) -> Result<(), DriverError> {
         let ack = self.ack();
         self.pending.insert(ack, Pending::Delete);
         self.send(worker, Command::DeleteSa { spi, dir, ack })

@@ -38,34 +38,27 @@ impl Driver {
                 local,
                 peer,
                 session: None,
+                since: now,
+                closing: false,
             },
         );
         self.events.push(DriverEvent::ConnUp { endpoint, conn });
         if role != TcpRole::Originator {
             return Ok(());
         }
-        // A reconnect: the session waiting for it takes the new connection and re-sends its
-        // outstanding request bit for bit (RFC 9329 §6.2, R-6.2-b).
+        // A reconnect: the session waiting for it takes the new connection (RFC 9329 §6.1).
         if let Some(i) = self
             .sessions
             .iter()
-            .position(|s| s.endpoint == endpoint && s.conn.is_none() && !s.session.is_failed())
+            .position(|s| s.endpoint == endpoint && s.connecting && s.alive())
         {
-            let st = &mut self.sessions[i];
-            st.conn = Some(conn);
-            let again = st.outstanding.clone();
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.session = Some(i);
-            }
-            if let Some(msg) = again {
-                self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
-            }
-            return Ok(());
+            self.sessions[i].connecting = false;
+            return self.adopt(i, conn);
         }
         let cfg = self.endpoints[endpoint].ike.clone();
         match Session::initiator(cfg, local, peer, now) {
             Ok((session, msg)) => {
-                let i = self.new_session(endpoint, session, conn);
+                let i = self.new_session(endpoint, session, conn, now);
                 self.sessions[i].outstanding = Some(msg.clone());
                 self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
             }
@@ -77,7 +70,47 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) fn new_session(&mut self, endpoint: usize, session: Session, conn: Conn) -> usize {
+    /// Session `i` continues on `conn`, a new connection: an established IKE SA and its Child
+    /// SAs move there (RFC 9329 §6.1), and a request still waiting for its response is re-sent
+    /// bit for bit (RFC 9329 §6.2, R-6.2-b).
+    pub(super) fn adopt(&mut self, i: usize, conn: Conn) -> Result<(), DriverError> {
+        let st = &mut self.sessions[i];
+        st.conn = Some(conn);
+        let (ike_sa, established, again) = (
+            st.ike_sa,
+            st.session.is_established(),
+            st.outstanding.clone(),
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(i);
+        }
+        if established {
+            // The SAs live on the worker that owns the session's connections (an Originator
+            // always reconnects from the same worker).
+            self.send(
+                conn.worker,
+                Command::BindIkeSa {
+                    ike_sa,
+                    conn: conn.id,
+                },
+            )?;
+        }
+        if let Some(msg) = again {
+            self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn new_session(
+        &mut self,
+        endpoint: usize,
+        mut session: Session,
+        conn: Conn,
+        now: Instant,
+    ) -> usize {
+        let timers = self.endpoints[endpoint].timers;
+        session.set_dpd_interval(timers.dpd_interval);
+        session.set_exchange_timeout(timers.exchange_timeout);
         let ike_sa = IkeSaId(self.next_ike_sa);
         self.next_ike_sa += 1;
         let i = self.sessions.len();
@@ -88,7 +121,11 @@ impl Driver {
             conn: Some(conn),
             outstanding: None,
             reconnects: 0,
+            connecting: false,
+            born: now,
+            dropped: false,
         });
+        self.by_ike_sa.insert(ike_sa, i);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(i);
         }
@@ -118,7 +155,7 @@ impl Driver {
             token.and_then(|_| {
                 self.sessions
                     .iter()
-                    .position(|s| s.endpoint == endpoint && s.conn.is_none())
+                    .position(|s| s.endpoint == endpoint && s.connecting)
             })
         });
         let Some(i) = session else {
@@ -128,25 +165,48 @@ impl Driver {
         if st.conn == Some(conn) {
             st.conn = None;
         }
-        // Only the TCP Originator reconnects, and only with a request outstanding.
-        if st.outstanding.is_none() || st.session.is_failed() {
+        st.connecting = false;
+        // The session moved to another connection already, or has nothing left to carry.
+        if st.conn.is_some()
+            || !st.alive()
+            || (!st.session.is_established() && st.outstanding.is_none())
+        {
             return Ok(());
         }
+        // The SAs stay (RFC 9329 §6.1, R-6.1-f); the TCP Originator brings the connection back
+        // "if it is torn down for any unexpected reason" (R-6.1-g), the Responder waits.
+        self.reconnect(i)
+    }
+
+    /// A TCP Originator's session without a connection dials again, at most
+    /// [`MAX_RECONNECTS`] times in a row without an authentic answer. A TCP Responder never
+    /// dials (RFC 9329 §6.1, R-6.1-g).
+    pub(super) fn reconnect(&mut self, i: usize) -> Result<(), DriverError> {
+        let st = &mut self.sessions[i];
+        let endpoint = st.endpoint;
         let Some(ep) = self.endpoints.get(endpoint) else {
             return Ok(());
         };
         let EndpointRole::Originator { remote, local } = ep.role else {
             return Ok(());
         };
+        if st.connecting {
+            return Ok(());
+        }
         if st.reconnects >= MAX_RECONNECTS {
-            st.outstanding = None;
+            // An established IKE SA stays: its next request (a liveness check at the latest)
+            // dials again, and its exchange timeout deletes it if the peer is gone.
+            if !st.session.is_established() {
+                st.outstanding = None;
+            }
             self.events.push(DriverEvent::Failed {
                 endpoint,
-                reason: format!("no answer after {MAX_RECONNECTS} reconnects"),
+                reason: format!("no connection after {MAX_RECONNECTS} reconnects"),
             });
             return Ok(());
         }
         st.reconnects += 1;
+        st.connecting = true;
         let worker = ep.worker;
         self.send(
             worker,
@@ -156,6 +216,28 @@ impl Driver {
                 token: endpoint as u64,
             },
         )
+    }
+
+    /// The worker moved an IKE SA's traffic to `conn` (authentic ESP arrived there, R-6.1-t):
+    /// the session follows, and a request of ours still waiting is re-sent there (R-6.2-b).
+    pub(super) fn on_path_moved(&mut self, ike_sa: IkeSaId, conn: Conn) -> Result<(), DriverError> {
+        let Some(&i) = self.by_ike_sa.get(&ike_sa) else {
+            return Ok(());
+        };
+        let st = &mut self.sessions[i];
+        if st.conn == Some(conn) || !st.alive() || !self.conns.contains_key(&conn) {
+            return Ok(());
+        }
+        st.conn = Some(conn);
+        st.connecting = false;
+        let again = st.outstanding.clone();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(i);
+        }
+        if let Some(msg) = again {
+            self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+        }
+        Ok(())
     }
 
     /// A responder session of `endpoint` that `msg` (a request with both IKE SPIs) continues.
@@ -172,7 +254,12 @@ impl Driver {
         })
     }
 
-    pub(super) fn on_ike(&mut self, conn: Conn, msg: &[u8], now: Instant) -> Result<(), DriverError> {
+    pub(super) fn on_ike(
+        &mut self,
+        conn: Conn,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(), DriverError> {
         let Some(state) = self.conns.get(&conn) else {
             return Ok(());
         };
@@ -182,36 +269,21 @@ impl Driver {
             None => {
                 let (local, peer) = (state.local, state.peer);
                 match self.find_responder_session(endpoint, msg) {
-                    // The peer reconnected and continues (or retransmits) on this connection.
+                    // The peer reconnected and continues (or retransmits) on this connection. An
+                    // SA on another worker would have to move first: not done yet.
                     Some(i) => {
-                        self.sessions[i].conn = Some(conn);
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            c.session = Some(i);
-                        }
-                        let st = &self.sessions[i];
-                        if st.session.is_established() {
-                            // Its SAs now use this connection (RFC 9329 §6.1). An SA on another
-                            // worker would have to move first: not done yet.
-                            let ike_sa = st.ike_sa;
-                            self.send(
-                                conn.worker,
-                                Command::BindIkeSa {
-                                    ike_sa,
-                                    conn: conn.id,
-                                },
-                            )?;
-                        }
+                        self.adopt(i, conn)?;
                         i
                     }
                     None => {
                         let cfg = self.endpoints[endpoint].ike.clone();
-                        self.new_session(endpoint, Session::responder(cfg, local, peer), conn)
+                        let session = Session::responder(cfg, local, peer);
+                        self.new_session(endpoint, session, conn, now)
                     }
                 }
             }
         };
         let st = &mut self.sessions[index];
-        let was_established = st.session.is_established();
         let outputs = match st.session.handle(msg, now) {
             Ok(o) => o,
             Err(e) => {
@@ -228,12 +300,9 @@ impl Driver {
                 SessionEvent::Dropped(_) | SessionEvent::IntegrityFailure
             )]
         );
-        if st.session.role() == Role::Initiator && answered && !was_established {
-            // The response arrived; the next request (if any) is the outstanding one.
-            st.outstanding = outputs.iter().rev().find_map(|o| match o {
-                Output::Send(m) => Some(m.clone()),
-                Output::Event(_) => None,
-            });
+        if answered {
+            // The peer answers: reconnecting works.
+            st.reconnects = 0;
         }
         self.finish(index, outputs, now)
     }
@@ -249,8 +318,9 @@ impl Driver {
         let endpoint = self.sessions[index].endpoint;
         let ike_sa = self.sessions[index].ike_sa;
         let conn = self.sessions[index].conn;
-        let mut sends = Vec::new();
+        let mut sends: Vec<Vec<u8>> = Vec::new();
         let mut first = None;
+        let mut close = false;
         for o in outputs {
             match o {
                 Output::Send(m) => sends.push(m),
@@ -272,7 +342,10 @@ impl Driver {
                     });
                 }
                 Output::Event(SessionEvent::IntegrityFailure) => {
+                    // An IKE message with this connection's SPIs failed its integrity check:
+                    // the stream is corrupt or injected (RFC 9329 §6.1, R-6.1-o). The SAs stay.
                     self.events.push(DriverEvent::IntegrityFailure { endpoint });
+                    close = true;
                 }
                 Output::Event(SessionEvent::Dropped(_)) => {}
             }
@@ -298,9 +371,22 @@ impl Driver {
                 hold = Some(ack);
             }
         }
+        // Our request waiting for its response, to re-send on a new connection (R-6.2-b).
+        let st = &mut self.sessions[index];
+        if let Some(req) = sends.iter().rev().find(|m| is_request(m)) {
+            st.outstanding = Some(req.clone());
+        } else if st.session.is_established() && !st.session.has_outstanding() {
+            st.outstanding = None;
+        }
         let Some(conn) = conn else {
+            // Something to send and no connection: a TCP Originator dials (a Responder waits).
+            if !sends.is_empty() && st.alive() && !st.connecting {
+                st.reconnects = 0;
+                self.reconnect(index)?;
+            }
             return Ok(());
         };
+        let dead = !st.alive();
         match hold.and_then(|a| self.pending.get_mut(&a)) {
             Some(Pending::Inbound { held, .. }) => held.extend(sends),
             _ => {
@@ -309,6 +395,39 @@ impl Driver {
                 }
             }
         }
+        if close {
+            self.send(
+                conn.worker,
+                Command::Close {
+                    conn: conn.id,
+                    abort: true,
+                },
+            )?;
+        } else if dead && self.is_originator(endpoint) && !self.conn_in_use(conn, index) {
+            // The IKE SA is gone: the TCP Originator closes its connection (RFC 9329 §6.1,
+            // R-6.1-d) after the last message (a Delete response) went out.
+            self.send(
+                conn.worker,
+                Command::Close {
+                    conn: conn.id,
+                    abort: false,
+                },
+            )?;
+        }
         Ok(())
+    }
+
+    fn is_originator(&self, endpoint: usize) -> bool {
+        self.endpoints
+            .get(endpoint)
+            .is_some_and(|e| matches!(e.role, EndpointRole::Originator { .. }))
+    }
+
+    /// Whether a live session other than `except` uses `conn`.
+    fn conn_in_use(&self, conn: Conn, except: usize) -> bool {
+        self.sessions
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != except && s.conn == Some(conn) && s.alive())
     }
 }

@@ -36,6 +36,8 @@
 //! by lifetimes, reaping half-open responder sessions.
 
 #[cfg(test)]
+mod life_tests;
+#[cfg(test)]
 mod tests;
 
 mod child;
@@ -104,6 +106,36 @@ pub struct Endpoint {
     pub backend: Backend,
     /// Traffic limits of the Child SAs.
     pub lifetime: Lifetime,
+    /// Liveness and exchange timers of its sessions.
+    pub timers: Timers,
+}
+
+/// Timers of an endpoint's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timers {
+    /// Inbound silence (no authentic IKE message or ESP packet) after which a liveness check
+    /// is sent (RFC 7296 §2.4, RFC 9329 §6.7).
+    pub dpd_interval: Duration,
+    /// How long a request may go unanswered before the IKE SA is deleted; nothing is
+    /// retransmitted over TCP (RFC 9329 §6.2).
+    pub exchange_timeout: Duration,
+    /// How long a responder session may stay unauthenticated before it is dropped (half-open
+    /// IKE SAs are what a flood of IKE_SA_INIT requests leaves behind, RFC 7296 §2.6).
+    pub half_open: Duration,
+    /// How long a TCP Responder keeps a connection that carries no live IKE SA before it
+    /// closes it (RFC 9329 §6.1 suggests a few seconds, R-6.1-e).
+    pub orphan: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            dpd_interval: Duration::from_secs(30),
+            exchange_timeout: Duration::from_secs(30),
+            half_open: Duration::from_secs(30),
+            orphan: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Endpoint {
@@ -115,6 +147,7 @@ impl Endpoint {
             ike,
             backend: Backend::AwsLc,
             lifetime: Lifetime::UNLIMITED,
+            timers: Timers::default(),
         }
     }
 }
@@ -231,6 +264,10 @@ struct ConnState {
     peer: SocketAddr,
     /// Index into `Driver::sessions`, once the connection carries an IKE SA.
     session: Option<usize>,
+    /// When it came up.
+    since: Instant,
+    /// A `Close` was sent.
+    closing: bool,
 }
 
 #[derive(Debug)]
@@ -240,11 +277,18 @@ struct SessionState {
     ike_sa: IkeSaId,
     /// The connection it currently uses (`None` while an Originator reconnects).
     conn: Option<Conn>,
-    /// Initiator: the request still waiting for its response, re-sent bit for bit on a new
-    /// connection (RFC 9329 §6.2).
+    /// Our request still waiting for its response, re-sent bit for bit on a new connection
+    /// (RFC 9329 §6.2).
     outstanding: Option<Vec<u8>>,
-    /// Reconnects so far.
+    /// Consecutive reconnects without an authentic answer.
     reconnects: u8,
+    /// A TCP Originator's `Connect` for this session is under way.
+    connecting: bool,
+    /// When the session was created (half-open responder sessions are dropped after
+    /// [`Timers::half_open`]).
+    born: Instant,
+    /// Dropped by the driver (a half-open responder session that timed out).
+    dropped: bool,
 }
 
 #[derive(Debug)]
@@ -311,6 +355,20 @@ pub struct Driver {
     keylog: Option<PathBuf>,
     /// Key log lines already written, by SA name (both sides of a run may report the same SA).
     keylog_seen: HashSet<String>,
+    /// Session of each IKE SA name the workers use.
+    by_ike_sa: HashMap<IkeSaId, usize>,
+}
+
+/// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
+fn is_request(msg: &[u8]) -> bool {
+    msg.get(19).is_some_and(|f| f & 0x20 == 0)
+}
+
+impl SessionState {
+    /// Neither failed, deleted nor dropped: it may still send and receive.
+    fn alive(&self) -> bool {
+        !self.dropped && !self.session.is_failed() && !self.session.is_deleted()
+    }
 }
 
 impl Driver {
@@ -334,6 +392,7 @@ impl Driver {
             ike_rekeys: 0,
             keylog: None,
             keylog_seen: HashSet::new(),
+            by_ike_sa: HashMap::new(),
         }
     }
 
@@ -430,7 +489,39 @@ impl Driver {
             .filter_map(|s| s.session.poll_timeout());
         let retiring = self.retiring.iter().map(|r| r.0);
         let switches = self.switches.iter().map(|w| w.due);
-        sessions.chain(retiring).chain(switches).min()
+        let half_open = self
+            .sessions
+            .iter()
+            .filter(|s| self.half_open(s))
+            .map(|s| s.born + self.endpoints[s.endpoint].timers.half_open);
+        let orphans = self
+            .conns
+            .iter()
+            .filter(|(k, c)| self.orphan(**k, c))
+            .map(|(_, c)| c)
+            .map(|c| c.since + self.endpoints[c.endpoint].timers.orphan);
+        sessions
+            .chain(retiring)
+            .chain(switches)
+            .chain(half_open)
+            .chain(orphans)
+            .min()
+    }
+
+    /// A responder session still unauthenticated.
+    fn half_open(&self, s: &SessionState) -> bool {
+        s.session.tcp_role() == Role::Responder && s.alive() && !s.session.is_established()
+    }
+
+    /// A TCP Responder's connection that carries no live IKE SA (R-6.1-e).
+    fn orphan(&self, k: Conn, c: &ConnState) -> bool {
+        !c.closing
+            && matches!(
+                self.endpoints[c.endpoint].role,
+                EndpointRole::Responder { .. }
+            )
+            && c.session
+                .is_none_or(|i| !self.sessions[i].alive() || self.sessions[i].conn != Some(k))
     }
 
     /// Runs what is due at `now`: session timeouts, deletes of old inbound SAs after their grace
@@ -455,6 +546,40 @@ impl Driver {
         self.retiring = later;
         for (_, child) in due {
             self.delete_inbound(child)?;
+        }
+        // Half-open responder sessions go (RFC 7296 §2.6), and so do their connections.
+        for i in 0..self.sessions.len() {
+            let st = &self.sessions[i];
+            if self.half_open(st) && st.born + self.endpoints[st.endpoint].timers.half_open <= now {
+                let endpoint = st.endpoint;
+                self.sessions[i].dropped = true;
+                self.events.push(DriverEvent::Failed {
+                    endpoint,
+                    reason: "half-open IKE SA timed out".into(),
+                });
+            }
+        }
+        // A TCP Responder closes connections without a live IKE SA after a few seconds
+        // (RFC 9329 §6.1, R-6.1-e).
+        let orphans: Vec<Conn> = self
+            .conns
+            .iter()
+            .filter(|(k, c)| {
+                self.orphan(**k, c) && c.since + self.endpoints[c.endpoint].timers.orphan <= now
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for conn in orphans {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.closing = true;
+            }
+            self.send(
+                conn.worker,
+                Command::Close {
+                    conn: conn.id,
+                    abort: false,
+                },
+            )?;
         }
         while let Some(k) = self.switches.iter().position(|w| w.due <= now) {
             let w = self.switches.remove(k);
@@ -497,7 +622,18 @@ impl Driver {
                 self.events.push(DriverEvent::SaRemoved { spi, dir });
                 Ok(())
             }
-            Event::Stats { .. } | Event::SaExpired { .. } | Event::UnknownSpi { .. } => Ok(()),
+            // Authentic inbound ESP proves the peer alive (RFC 7296 §2.4): no liveness check
+            // while traffic flows.
+            Event::Stats { inbound_esp, .. } => {
+                for id in inbound_esp {
+                    if let Some(&i) = self.by_ike_sa.get(&id) {
+                        self.sessions[i].session.note_inbound_esp(now);
+                    }
+                }
+                Ok(())
+            }
+            Event::PathMoved { ike_sa, conn } => self.on_path_moved(ike_sa, conn),
+            Event::SaExpired { .. } | Event::UnknownSpi { .. } => Ok(()),
         }
     }
 
@@ -610,5 +746,4 @@ impl Driver {
             });
         }
     }
-
 }

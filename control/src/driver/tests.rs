@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use iketcp_dataplane::port::mem::{MemConfig, pair};
+use iketcp_dataplane::port::mem::{MemConfig, MemLink, pair_with_control};
 use iketcp_dataplane::port::{Medium, Packet, PacketPool, Port};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, channels};
@@ -17,7 +17,7 @@ use iketcp_dataplane::worker::{WorkerConfig, spawn};
 use super::*;
 use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 
-type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
+pub(super) type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
 
 /// A plaintext port: packets pushed to `inject` go into the worker, what it delivers lands in
 /// `delivered`.
@@ -74,19 +74,21 @@ impl Port for Probe {
     }
 }
 
-struct Rig {
-    h: DataplaneHandle,
+pub(super) struct Rig {
+    pub(super) h: DataplaneHandle,
     joins: Vec<JoinHandle<io::Result<()>>>,
     /// (inject, delivered) of the initiator (worker 0) and the responder (worker 1).
-    ports: [(Queue, Queue); 2],
+    pub(super) ports: [(Queue, Queue); 2],
+    /// Control of the mem link between the two workers (resets, cuts).
+    pub(super) link: MemLink,
 }
 
 impl Rig {
-    fn new() -> Rig {
+    pub(super) fn new() -> Rig {
         let (h, mut sides) = channels(2);
         let r_side = sides.pop().unwrap();
         let i_side = sides.pop().unwrap();
-        let (pa, pb) = pair(MemConfig::default());
+        let (pa, pb, link) = pair_with_control(MemConfig::default());
         let ports: [(Queue, Queue); 2] = Default::default();
         let mut joins = Vec::new();
         for (side, port, addr, (inject, delivered)) in [
@@ -103,10 +105,15 @@ impl Rig {
             .unwrap();
             joins.push(j);
         }
-        Rig { h, joins, ports }
+        Rig {
+            h,
+            joins,
+            ports,
+            link,
+        }
     }
 
-    fn stop(self) {
+    pub(super) fn stop(self) {
         for w in [0, 1] {
             self.h
                 .send_timeout(w, Command::Shutdown, Duration::from_secs(5))
@@ -119,7 +126,7 @@ impl Rig {
 }
 
 /// An IPv4/UDP packet with a recognisable payload.
-fn udp(src: [u8; 4], dst: [u8; 4], tag: u8) -> Vec<u8> {
+pub(super) fn udp(src: [u8; 4], dst: [u8; 4], tag: u8) -> Vec<u8> {
     let mut p = vec![0u8; 60];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&60u16.to_be_bytes());
@@ -136,7 +143,7 @@ fn udp(src: [u8; 4], dst: [u8; 4], tag: u8) -> Vec<u8> {
     p
 }
 
-fn poll_until(d: &mut Driver, what: &str, mut f: impl FnMut(&mut Driver) -> bool) {
+pub(super) fn poll_until(d: &mut Driver, what: &str, mut f: impl FnMut(&mut Driver) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f(d) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -144,7 +151,7 @@ fn poll_until(d: &mut Driver, what: &str, mut f: impl FnMut(&mut Driver) -> bool
     }
 }
 
-fn wait_delivered(q: &Queue, want: &[u8]) {
+pub(super) fn wait_delivered(q: &Queue, want: &[u8]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if q.lock().unwrap().iter().any(|p| p.as_slice() == want) {
@@ -234,9 +241,9 @@ fn handshake_installs_sas_and_packets_cross() {
 }
 
 /// Inner packets carrying a sequence number, injected on both sides while the driver runs.
-struct Traffic {
+pub(super) struct Traffic {
     /// Next sequence number per direction: initiator → responder, responder → initiator.
-    next: [u64; 2],
+    pub(super) next: [u64; 2],
 }
 
 impl Traffic {
@@ -246,7 +253,7 @@ impl Traffic {
     ];
 
     /// Injects `n` packets each way.
-    fn pump(&mut self, rig: &Rig, n: u64) {
+    pub(super) fn pump(&mut self, rig: &Rig, n: u64) {
         for (k, (src, dst)) in Self::NETS.into_iter().enumerate() {
             let mut q = rig.ports[k].0.lock().unwrap();
             for _ in 0..n {
@@ -259,7 +266,7 @@ impl Traffic {
     }
 
     /// Sequence numbers delivered in direction `k`.
-    fn delivered(rig: &Rig, k: usize) -> Vec<u64> {
+    pub(super) fn delivered(rig: &Rig, k: usize) -> Vec<u64> {
         rig.ports[1 - k]
             .1
             .lock()
@@ -271,7 +278,7 @@ impl Traffic {
 }
 
 /// Polls the driver and injects traffic until `f` holds.
-fn pump_until(
+pub(super) fn pump_until(
     d: &mut Driver,
     rig: &Rig,
     t: &mut Traffic,
@@ -560,7 +567,7 @@ fn responder_holds_auth_response_until_inbound_sa_acked() {
     assert_eq!(d.installed(), 1);
 }
 
-fn conn(slot: u32) -> Conn {
+pub(super) fn conn(slot: u32) -> Conn {
     Conn {
         worker: 0,
         id: iketcp_dataplane::transport::ConnId {
@@ -570,7 +577,7 @@ fn conn(slot: u32) -> Conn {
     }
 }
 
-fn up(d: &mut Driver, c: Conn, role: TcpRole, token: Option<u64>) {
+pub(super) fn up(d: &mut Driver, c: Conn, role: TcpRole, token: Option<u64>) {
     let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
     let peer = SocketAddr::from((INITIATOR_ADDR, 40000 + c.id.slot as u16));
     let (local, peer) = match role {
@@ -590,7 +597,7 @@ fn up(d: &mut Driver, c: Conn, role: TcpRole, token: Option<u64>) {
     .unwrap();
 }
 
-fn down(d: &mut Driver, c: Conn, token: Option<u64>) {
+pub(super) fn down(d: &mut Driver, c: Conn, token: Option<u64>) {
     d.handle_event(
         Event::ConnDown {
             conn: c,

@@ -121,6 +121,8 @@ struct Shared {
     returns: [ArrayQueue<Packet>; 2],
     /// Per direction: forge RSTs at the sender's next poll.
     reset: [AtomicBool; 2],
+    /// Set by [`MemLink::cut`]: everything sent is lost (a dead peer or a cut cable).
+    cut: AtomicBool,
 }
 
 /// Control handle of a link made by [`pair_with_control`]: cloneable, usable from any thread.
@@ -139,6 +141,12 @@ impl MemLink {
         for flag in &self.shared.reset {
             flag.store(true, Ordering::Release);
         }
+    }
+
+    /// Cuts (`true`) or restores the link: while cut, every packet either endpoint sends is
+    /// counted as lost and freed, silently, as with a peer that died or a cable that was pulled.
+    pub fn cut(&self, cut: bool) {
+        self.shared.cut.store(cut, Ordering::Release);
     }
 }
 
@@ -180,6 +188,7 @@ fn build(cfg: MemConfig, track: bool) -> (MemPort, MemPort, MemLink) {
         rings: [ArrayQueue::new(cap), ArrayQueue::new(cap)],
         returns: [ArrayQueue::new(cap), ArrayQueue::new(cap)],
         reset: [AtomicBool::new(false), AtomicBool::new(false)],
+        cut: AtomicBool::new(false),
     });
     let end = |dir: usize, mut imp: Impairments| {
         imp.delay = imp.delay.min(MAX_DELAY);
@@ -375,6 +384,14 @@ impl Port for MemPort {
                 Some(b) => pool.put(b),
                 None => break,
             }
+        }
+        if self.shared.cut.load(Ordering::Acquire) {
+            let n = pkts.len();
+            self.stats.lost += n as u64;
+            for p in pkts.drain(..) {
+                pool.put(p);
+            }
+            return Ok(n);
         }
         let impaired = !self.imp.is_none();
         // The clock is read only when impairments need it.
@@ -743,6 +760,23 @@ mod tests {
         assert_eq!(a.stats().received, 100);
         let mut out = Vec::new();
         assert_eq!(a.recv_burst(&mut pool, &mut out, 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_cut_link_loses_everything_until_restored() {
+        let (mut a, mut b, link) = pair_with_control(MemConfig::default());
+        let mut pool = PacketPool::default();
+        let mut out = Vec::new();
+        link.cut(true);
+        let mut q = numbered(&mut pool, 10);
+        assert_eq!(a.send_burst(&mut pool, &mut q).unwrap(), 10);
+        assert!(q.is_empty());
+        assert_eq!(b.recv_burst(&mut pool, &mut out, 100).unwrap(), 0);
+        assert_eq!(a.stats().lost, 10);
+        link.cut(false);
+        let mut q = numbered(&mut pool, 3);
+        a.send_burst(&mut pool, &mut q).unwrap();
+        assert_eq!(b.recv_burst(&mut pool, &mut out, 100).unwrap(), 3);
     }
 
     #[test]

@@ -137,6 +137,9 @@ struct Group {
     /// Where outbound traffic goes: the connection that most recently carried a valid message
     /// (RFC 9329 §6.1, R-6.1-t), or the one control bound.
     active: Option<ConnId>,
+    /// Authentic inbound ESP arrived since the last stats report: proof of the peer's liveness
+    /// for control's dead-peer detection (RFC 7296 §2.4).
+    inbound_seen: bool,
 }
 
 /// Why `encap_one` did not produce a frame.
@@ -235,11 +238,19 @@ impl Engine {
         !self.held.is_empty()
     }
 
-    /// Emits a stats snapshot event.
-    pub fn report_stats(&self) {
+    /// Emits a stats snapshot event, with the IKE SAs that received authentic ESP since the
+    /// last report.
+    pub fn report_stats(&mut self) {
+        let mut inbound_esp = Vec::new();
+        for (id, g) in self.groups.iter_mut() {
+            if std::mem::take(&mut g.inbound_seen) {
+                inbound_esp.push(*id);
+            }
+        }
         self.emit(Event::Stats {
             worker: self.index,
             stats: self.stats.snapshot(),
+            inbound_esp,
         });
     }
 
@@ -641,11 +652,21 @@ impl Engine {
                 // SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e). The
                 // Originator keeps the connection it chose, unless it has none.
                 let g = self.groups.entry(e.ike_sa).or_default();
+                g.inbound_seen = true;
                 if g.active != Some(id) && (role == TcpRole::Responder || g.active.is_none()) {
                     g.active = Some(id);
                     if !ike_sas.contains(&e.ike_sa) {
                         ike_sas.push(e.ike_sa);
                     }
+                    // Control learns which connection carries the IKE SA now (a reconnected
+                    // Originator may send only ESP on it).
+                    let _ = self.events.try_send(Event::PathMoved {
+                        ike_sa: e.ike_sa,
+                        conn: Conn {
+                            worker: self.index,
+                            id,
+                        },
+                    });
                 }
                 match d {
                     Decapped::Packet { range, .. } => {

@@ -217,6 +217,14 @@ pub enum Event {
         /// The SPI.
         spi: u32,
     },
+    /// Authentic ESP of an IKE SA arrived on another connection than the one it used, which
+    /// now carries its outbound traffic (RFC 9329 §6.1, R-6.1-t).
+    PathMoved {
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// Its connection now.
+        conn: Conn,
+    },
     /// An SA removed by `DeleteSa`, handed back to be dropped off the worker.
     SaRemoved(RemovedSa),
     /// Periodic counters.
@@ -225,6 +233,8 @@ pub enum Event {
         worker: u16,
         /// The counters.
         stats: StatsSnapshot,
+        /// IKE SAs whose Child SAs received authentic ESP since the last report (liveness).
+        inbound_esp: Vec<IkeSaId>,
     },
 }
 

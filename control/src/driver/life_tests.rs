@@ -1,0 +1,606 @@
+//! The driver over the life of an established IKE SA: reconnects by the TCP Originator only,
+//! liveness checks that delete a dead peer, hostile IKE messages, connection clean-up.
+//!
+//! Most tests are sans IO: the driver's commands are read from the worker's queue and the peer
+//! is a [`Session`] run by hand, with time passed explicitly. The last ones run real workers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use iketcp_dataplane::crypto::Suite;
+use iketcp_dataplane::transport::TcpRole;
+use iketcp_dataplane::worker::handle::{Command, WorkerChannels, channels};
+
+use super::tests::{Rig, Traffic, conn, down, poll_until, pump_until, udp, up, wait_delivered};
+use super::*;
+use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
+
+/// One driver endpoint with its IKE SA established against a session run by hand.
+struct Hand {
+    d: Driver,
+    sides: Vec<WorkerChannels>,
+    /// The peer.
+    peer: Session,
+    ike_sa: IkeSaId,
+    /// The driver's connection.
+    conn: Conn,
+    t0: Instant,
+}
+
+impl Hand {
+    fn cmds(&self) -> Vec<Command> {
+        self.sides[0].commands.try_iter().collect()
+    }
+
+    fn ack_all(&mut self, cmds: &[Command]) {
+        for c in cmds {
+            let ack = match c {
+                Command::InstallInbound { ack, .. }
+                | Command::InstallOutbound { ack, .. }
+                | Command::DeleteSa { ack, .. }
+                | Command::Listen { ack, .. } => *ack,
+                _ => continue,
+            };
+            self.d
+                .handle_event(
+                    Event::Ack {
+                        worker: 0,
+                        ack,
+                        result: Ok(()),
+                    },
+                    self.t0,
+                )
+                .unwrap();
+        }
+    }
+
+    /// Delivers `msg` to the driver on its connection at `now`; returns its commands.
+    fn deliver(&mut self, msg: Vec<u8>, now: Instant) -> Vec<Command> {
+        self.d
+            .handle_event(
+                Event::IkeMessage {
+                    conn: self.conn,
+                    msg,
+                },
+                now,
+            )
+            .unwrap();
+        let cmds = self.cmds();
+        self.ack_all(&cmds);
+        let mut all = cmds;
+        all.extend(self.cmds());
+        all
+    }
+
+    /// The peer handles what the driver sent; returns the peer's messages.
+    fn peer_handles(&mut self, cmds: &[Command], now: Instant) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for c in cmds {
+            if let Command::SendIke { msg, .. } = c {
+                for o in self.peer.handle(msg, now).unwrap() {
+                    if let Output::Send(m) = o {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn sent(cmds: &[Command]) -> Vec<Vec<u8>> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SendIke { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ike_sa_up(events: &[DriverEvent]) -> IkeSaId {
+    events
+        .iter()
+        .find_map(|e| match e {
+            DriverEvent::IkeSaUp { ike_sa, .. } => Some(*ike_sa),
+            _ => None,
+        })
+        .expect("IKE SA up")
+}
+
+/// A TCP Originator endpoint (IKE initiator) established against a responder session.
+fn originator(timers: Timers) -> Hand {
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let remote = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(
+        0,
+        EndpointRole::Originator {
+            remote,
+            local: None,
+        },
+        ci,
+    );
+    ep.timers = timers;
+    let e = d.add(ep).unwrap();
+    let t0 = Instant::now();
+    let peer = Session::responder(cr, remote, SocketAddr::from((INITIATOR_ADDR, 40001)));
+    let mut hand = Hand {
+        d,
+        sides,
+        peer,
+        ike_sa: IkeSaId(0),
+        conn: conn(1),
+        t0,
+    };
+    assert!(matches!(hand.cmds()[..], [Command::Connect { .. }]));
+    up(&mut hand.d, conn(1), TcpRole::Originator, Some(e as u64));
+    let mut cmds = hand.cmds();
+    // IKE_SA_INIT, IKE_AUTH.
+    for _ in 0..2 {
+        let answers = hand.peer_handles(&cmds, t0);
+        assert_eq!(answers.len(), 1);
+        cmds = hand.deliver(answers[0].clone(), t0);
+    }
+    assert!(hand.peer.is_established());
+    hand.ike_sa = ike_sa_up(&hand.d.take_events());
+    assert_eq!(hand.d.installed(), 1);
+    hand
+}
+
+/// A TCP Responder endpoint established by an initiator session run by hand.
+fn responder(timers: Timers) -> Hand {
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::ChaCha20Poly1305, true).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    ep.timers = timers;
+    d.add(ep).unwrap();
+    let t0 = Instant::now();
+    let (peer, first) =
+        Session::initiator(ci, SocketAddr::from((INITIATOR_ADDR, 40001)), listen, t0).unwrap();
+    let mut hand = Hand {
+        d,
+        sides,
+        peer,
+        ike_sa: IkeSaId(0),
+        conn: conn(1),
+        t0,
+    };
+    let cmds = hand.cmds();
+    hand.ack_all(&cmds);
+    up(&mut hand.d, conn(1), TcpRole::Responder, None);
+    let mut msg = first;
+    for _ in 0..2 {
+        let cmds = hand.deliver(msg, t0);
+        let answers = hand.peer_handles(&cmds, t0);
+        if hand.peer.is_established() {
+            break;
+        }
+        msg = answers[0].clone();
+    }
+    assert!(hand.peer.is_established());
+    hand.ike_sa = ike_sa_up(&hand.d.take_events());
+    assert_eq!(hand.d.installed(), 1);
+    hand
+}
+
+fn quick() -> Timers {
+    Timers {
+        dpd_interval: Duration::from_secs(10),
+        exchange_timeout: Duration::from_secs(5),
+        half_open: Duration::from_secs(8),
+        orphan: Duration::from_secs(3),
+    }
+}
+
+#[test]
+fn r_6_1_g_r_6_1_k_r_6_1_f_originator_reconnects_an_idle_established_ike_sa() {
+    let mut h = originator(quick());
+    let token = Some(0);
+    // The connection breaks with nothing outstanding: the SAs stay (R-6.1-f) and the TCP
+    // Originator dials again at once (R-6.1-g); the worker sends the stream prefix first on
+    // every Originator connection (R-6.1-k, tested in the data plane).
+    down(&mut h.d, conn(1), token);
+    let cmds = h.cmds();
+    assert!(matches!(cmds[..], [Command::Connect { token: 0, .. }]));
+    assert_eq!(h.d.installed(), 1);
+    up(&mut h.d, conn(2), TcpRole::Originator, token);
+    // The IKE SA and its Child SAs move to the new connection; nothing to re-send.
+    let cmds = h.cmds();
+    assert!(
+        matches!(&cmds[..], [Command::BindIkeSa { ike_sa, conn: c }] if *ike_sa == h.ike_sa && *c == conn(2).id),
+        "{cmds:?}"
+    );
+    h.conn = conn(2);
+    // No new handshake: the same IKE SA answers a liveness check on the new connection.
+    let now = h.t0 + Duration::from_secs(11);
+    h.d.handle_timers(now).unwrap();
+    let dpd = sent(&h.cmds());
+    assert_eq!(dpd.len(), 1);
+    let answer = h.peer.handle(&dpd[0], now).unwrap();
+    let Some(Output::Send(resp)) = answer.into_iter().next() else {
+        panic!("peer did not answer");
+    };
+    h.deliver(resp, now);
+    assert!(
+        !h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaUp { .. } | DriverEvent::Failed { .. }))
+    );
+}
+
+#[test]
+fn r_6_2_b_established_request_resent_bit_for_bit_on_the_new_connection() {
+    let mut h = originator(quick());
+    let token = Some(0);
+    let now = h.t0 + Duration::from_secs(1);
+    assert_eq!(h.d.rekey_child_sas(now).unwrap(), 1);
+    let req = sent(&h.cmds());
+    assert_eq!(req.len(), 1);
+    // Lost with the connection, and the first reconnect fails.
+    down(&mut h.d, conn(1), token);
+    assert!(matches!(h.cmds()[..], [Command::Connect { .. }]));
+    down(&mut h.d, conn(9), token);
+    assert!(matches!(h.cmds()[..], [Command::Connect { .. }]));
+    up(&mut h.d, conn(2), TcpRole::Originator, token);
+    let cmds = h.cmds();
+    assert!(matches!(cmds[0], Command::BindIkeSa { .. }));
+    assert_eq!(sent(&cmds), req, "re-sent bit for bit");
+    // The exchange completes on the new connection.
+    h.conn = conn(2);
+    let answers = h.peer_handles(&cmds, now);
+    h.deliver(answers[0].clone(), now);
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::ChildSaRekeyed { .. }))
+    );
+    assert_eq!(h.d.child_rekeys(), 1);
+}
+
+#[test]
+fn r_6_1_g_responder_never_dials() {
+    let mut h = responder(quick());
+    down(&mut h.d, conn(1), None);
+    // Its own liveness check finds no connection: it waits for the Originator.
+    let now = h.t0 + Duration::from_secs(11);
+    h.d.handle_timers(now).unwrap();
+    let cmds = h.cmds();
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::Connect { .. } | Command::SendIke { .. })),
+        "{cmds:?}"
+    );
+    // The Originator comes back on a new connection: the waiting request goes out there
+    // (RFC 9329 §6.2, R-6.2-b, as exchange initiator) and the IKE SA follows.
+    up(&mut h.d, conn(2), TcpRole::Responder, None);
+    h.conn = conn(2);
+    let probe = h.peer.start_dpd(now).unwrap();
+    let cmds = h.deliver(probe, now);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::BindIkeSa { conn: c, .. } if *c == conn(2).id))
+    );
+    // Our DPD request (re-sent) and the answer to the peer's.
+    assert_eq!(sent(&cmds).len(), 2, "{cmds:?}");
+    assert_eq!(h.d.installed(), 1);
+}
+
+#[test]
+fn r_6_7_a_liveness_check_deletes_a_dead_peer() {
+    let mut h = originator(quick());
+    let ike_sa = h.ike_sa;
+    // Inbound ESP reported by the worker proves liveness: no check yet.
+    let t = h.t0 + Duration::from_secs(9);
+    h.d.handle_event(
+        Event::Stats {
+            worker: 0,
+            stats: Default::default(),
+            inbound_esp: vec![ike_sa],
+        },
+        t,
+    )
+    .unwrap();
+    h.d.handle_timers(h.t0 + Duration::from_secs(11)).unwrap();
+    assert!(sent(&h.cmds()).is_empty());
+    // Silence: a liveness check at 19 s ...
+    let t = h.t0 + Duration::from_secs(19);
+    h.d.handle_timers(t).unwrap();
+    assert_eq!(sent(&h.cmds()).len(), 1);
+    // ... unanswered for the exchange timeout: the IKE SA and its SAs go, and the TCP
+    // Originator closes its connection (R-6.1-d).
+    h.d.handle_timers(t + Duration::from_secs(5)).unwrap();
+    let cmds = h.cmds();
+    let deletes = cmds
+        .iter()
+        .filter(|c| matches!(c, Command::DeleteSa { .. }))
+        .count();
+    assert_eq!(deletes, 2, "{cmds:?}");
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::ForgetIkeSa { ike_sa: x } if *x == ike_sa))
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Close { abort: false, .. }))
+    );
+    h.ack_all(&cmds);
+    assert_eq!(h.d.installed(), 0);
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaDeleted { .. }))
+    );
+}
+
+#[test]
+fn r_6_1_c_r_6_1_d_peer_delete_closes_the_originators_connection() {
+    let mut h = originator(quick());
+    let now = h.t0 + Duration::from_secs(1);
+    let del = h.peer.delete_ike(now).unwrap();
+    let cmds = h.deliver(del, now);
+    // The Delete response goes out first, then the FIN.
+    let last_send = cmds
+        .iter()
+        .rposition(|c| matches!(c, Command::SendIke { .. }))
+        .unwrap();
+    let close = cmds
+        .iter()
+        .position(|c| matches!(c, Command::Close { abort: false, .. }))
+        .unwrap();
+    assert!(last_send < close);
+    assert_eq!(h.d.installed(), 0);
+}
+
+#[test]
+fn r_6_1_o_hostile_ike_messages_leave_the_ike_sa_alone() {
+    let mut h = responder(quick());
+    let now = h.t0 + Duration::from_secs(1);
+    let good = h.peer.start_dpd(now).unwrap();
+    let spis = good[..16].to_vec();
+    let mut hostile: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0; 3],
+        good[..27].to_vec(),
+        // Only the SPIs of the IKE SA, then garbage.
+        [spis.clone(), vec![0xff; 40]].concat(),
+    ];
+    // A wrong Length field.
+    let mut m = good.clone();
+    m[24..28].copy_from_slice(&(good.len() as u32 + 9).to_be_bytes());
+    hostile.push(m);
+    // A broken payload chain: the first payload claims more than the message holds.
+    let mut m = good.clone();
+    m[30..32].copy_from_slice(&0xfff0u16.to_be_bytes());
+    hostile.push(m);
+    // Unknown SPIs.
+    let mut m = good.clone();
+    m[0] ^= 1;
+    hostile.push(m);
+    for (k, msg) in hostile.into_iter().enumerate() {
+        let cmds = h.deliver(msg, now);
+        assert!(
+            cmds.iter().all(|c| matches!(c, Command::SendIke { .. })),
+            "hostile message {k}: {cmds:?}"
+        );
+        assert_eq!(h.d.installed(), 1, "hostile message {k}");
+    }
+    // A forged ICV: the connection is corrupt and closed with RST (R-6.1-o); SAs stay.
+    let mut forged = good.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x80;
+    let cmds = h.deliver(forged, now);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Close { abort: true, .. })),
+        "{cmds:?}"
+    );
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IntegrityFailure { .. }))
+    );
+    assert_eq!(h.d.installed(), 1);
+    // The peer reconnects; the genuine request is answered, a replay gets the cached answer,
+    // and an old request (Message ID of IKE_AUTH) gets nothing.
+    up(&mut h.d, conn(2), TcpRole::Responder, None);
+    h.conn = conn(2);
+    let a = sent(&h.deliver(good.clone(), now));
+    let b = sent(&h.deliver(good, now));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a, b, "a replayed request gets the cached response");
+    assert!(h.peer.handle(&a[0], now).is_ok());
+    assert_eq!(h.d.installed(), 1);
+    assert!(
+        !h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaDeleted { .. }))
+    );
+}
+
+#[test]
+fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes256Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    ep.timers = quick();
+    d.add(ep).unwrap();
+    let cmds = &sides[0].commands;
+    assert!(matches!(cmds.try_recv(), Ok(Command::Listen { .. })));
+    let t0 = Instant::now();
+    // Connection 1 never sends anything; connection 2 stops after IKE_SA_INIT.
+    up(&mut d, conn(1), TcpRole::Responder, None);
+    up(&mut d, conn(2), TcpRole::Responder, None);
+    let (_init, first) =
+        Session::initiator(ci, SocketAddr::from((INITIATOR_ADDR, 40002)), listen, t0).unwrap();
+    d.handle_event(
+        Event::IkeMessage {
+            conn: conn(2),
+            msg: first,
+        },
+        t0,
+    )
+    .unwrap();
+    assert!(matches!(cmds.try_recv(), Ok(Command::SendIke { .. })));
+    let closes = |d: &mut Driver, t: Instant| {
+        d.handle_timers(t).unwrap();
+        cmds.try_iter()
+            .filter_map(|c| match c {
+                Command::Close { conn, .. } => Some(conn.slot),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(d.next_timer().is_some());
+    assert_eq!(
+        closes(&mut d, t0 + Duration::from_secs(2)),
+        Vec::<u32>::new()
+    );
+    assert_eq!(closes(&mut d, t0 + Duration::from_secs(4)), vec![1]);
+    assert_eq!(closes(&mut d, t0 + Duration::from_secs(9)), vec![2]);
+    assert!(
+        d.take_events().iter().any(
+            |e| matches!(e, DriverEvent::Failed { reason, .. } if reason.contains("half-open"))
+        )
+    );
+    // Closed once only.
+    assert!(closes(&mut d, t0 + Duration::from_secs(20)).is_empty());
+}
+
+/// Real workers: a reset TCP connection, the TCP Originator reconnects, the same SAs carry
+/// traffic again (R-6.1-f, R-6.1-g, R-6.1-k, R-6.2-b).
+#[test]
+fn r_6_1_f_r_6_1_g_reset_connection_sas_survive_originator_reconnects() {
+    let rig = Rig::new();
+    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(rig.h.clone());
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    d.add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
+        .unwrap();
+    let i = d
+        .add(Endpoint::new(
+            0,
+            EndpointRole::Originator {
+                remote: listen,
+                local: None,
+            },
+            ci,
+        ))
+        .unwrap();
+    let mut events = Vec::new();
+    poll_until(&mut d, "both Child SAs", |d| {
+        events.extend(d.take_events());
+        d.installed() == 2
+    });
+    let mut t = Traffic { next: [0, 0] };
+    pump_until(&mut d, &rig, &mut t, &mut events, "traffic", |_, _| {
+        Traffic::delivered(&rig, 0).len() > 20 && Traffic::delivered(&rig, 1).len() > 20
+    });
+    events.clear();
+    rig.link.inject_reset();
+    pump_until(
+        &mut d,
+        &rig,
+        &mut t,
+        &mut events,
+        "the reconnect",
+        |_, ev| {
+            ev.iter()
+                .filter(|e| matches!(e, DriverEvent::ConnUp { endpoint, .. } if *endpoint == i))
+                .count()
+                >= 1
+        },
+    );
+    // Packets cross both ways again on the same SAs.
+    let there = udp([198, 51, 100, 7], [203, 0, 113, 9], 0xa1);
+    let back = udp([203, 0, 113, 9], [198, 51, 100, 7], 0x1a);
+    rig.ports[0].0.lock().unwrap().push_back(there.clone());
+    rig.ports[1].0.lock().unwrap().push_back(back.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !(rig.ports[1].1.lock().unwrap().contains(&there)
+            && rig.ports[0].1.lock().unwrap().contains(&back))
+    {
+        d.poll(Duration::from_millis(5)).unwrap();
+    }
+    wait_delivered(&rig.ports[1].1, &there);
+    wait_delivered(&rig.ports[0].1, &back);
+    events.extend(d.take_events());
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            DriverEvent::IkeSaUp { .. }
+                | DriverEvent::ChildSaInstalled { .. }
+                | DriverEvent::Failed { .. }
+                | DriverEvent::IkeSaDeleted { .. }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(d.installed(), 2);
+    assert_eq!(rig.h.stats().icv_failures, 0);
+    d.delete_all().unwrap();
+    poll_until(&mut d, "the deletes", |d| !d.has_pending());
+    rig.stop();
+}
+
+/// Real workers: the link dies; both sides' liveness checks go unanswered and each deletes
+/// the IKE SA with its SAs (RFC 7296 §2.4, RFC 9329 §6.2 and §6.7).
+#[test]
+fn r_6_7_a_dead_peer_deleted_end_to_end() {
+    let rig = Rig::new();
+    let (ci, cr) = configs(Suite::Aes256Gcm16, false).unwrap();
+    let mut d = Driver::new(rig.h.clone());
+    let timers = Timers {
+        dpd_interval: Duration::from_millis(300),
+        exchange_timeout: Duration::from_millis(600),
+        ..Timers::default()
+    };
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut r = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
+    r.timers = timers;
+    d.add(r).unwrap();
+    let mut o = Endpoint::new(
+        0,
+        EndpointRole::Originator {
+            remote: listen,
+            local: None,
+        },
+        ci,
+    );
+    o.timers = timers;
+    d.add(o).unwrap();
+    let mut events = Vec::new();
+    poll_until(&mut d, "both Child SAs", |d| {
+        events.extend(d.take_events());
+        d.installed() == 2
+    });
+    // Alive: liveness checks are answered for a while.
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        d.poll(Duration::from_millis(20)).unwrap();
+    }
+    events.extend(d.take_events());
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaDeleted { .. })),
+        "{events:?}"
+    );
+    rig.link.cut(true);
+    poll_until(&mut d, "both IKE SAs deleted", |d| {
+        events.extend(d.take_events());
+        events
+            .iter()
+            .filter(|e| matches!(e, DriverEvent::IkeSaDeleted { .. }))
+            .count()
+            == 2
+    });
+    poll_until(&mut d, "the deletes", |d| !d.has_pending());
+    assert_eq!(d.installed(), 0);
+    rig.stop();
+}
