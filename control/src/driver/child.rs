@@ -159,7 +159,8 @@ impl Driver {
         match ev {
             SaEvent::ChildSaCreated(c) => {
                 let Some(conn) = conn else { return Ok(None) };
-                let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn)?
+                let Some((child, ack, out, selectors)) =
+                    self.install_child(index, &c, conn, now)?
                 else {
                     return Ok(None);
                 };
@@ -182,7 +183,8 @@ impl Driver {
                 let Some(old) = self.find_child(index, old_spi_in) else {
                     return Ok(None);
                 };
-                let Some((child, ack, out, selectors)) = self.install_child(index, &new, conn)?
+                let Some((child, ack, out, selectors)) =
+                    self.install_child(index, &new, conn, now)?
                 else {
                     return Ok(None);
                 };
@@ -271,6 +273,7 @@ impl Driver {
                     self.ike_rekeying.remove(k);
                     self.ike_rekeys += 1;
                 }
+                self.ike_sa_born(index, now);
                 self.keylog_ike(index);
                 self.events.push(DriverEvent::IkeSaRekeyed {
                     endpoint,
@@ -376,6 +379,7 @@ impl Driver {
         index: usize,
         c: &ChildSa,
         conn: Conn,
+        now: Instant,
     ) -> Result<Option<(usize, u64, Box<OutboundSa>, Selectors)>, DriverError> {
         let endpoint = self.sessions[index].endpoint;
         let ike_sa = self.sessions[index].ike_sa;
@@ -399,6 +403,8 @@ impl Driver {
             }
         };
         self.keylog_child(endpoint, c, conn);
+        let limits = self.endpoints[endpoint].limits;
+        let (rekey_at, expire_at) = lifetime::deadlines(now, limits.child_soft, limits.child_hard);
         let child = self.children.len();
         self.children.push(ChildState {
             endpoint,
@@ -408,6 +414,8 @@ impl Driver {
             spi_out: c.spi_out,
             inbound_ok: false,
             outbound_ok: false,
+            rekey_at,
+            expire_at,
         });
         let ack = self.ack();
         self.pending.insert(

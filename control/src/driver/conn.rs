@@ -124,6 +124,8 @@ impl Driver {
             connecting: false,
             born: now,
             dropped: false,
+            ike_rekey_at: None,
+            ike_expire_at: None,
         });
         self.by_ike_sa.insert(ike_sa, i);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -325,6 +327,7 @@ impl Driver {
             match o {
                 Output::Send(m) => sends.push(m),
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
+                    self.ike_sa_born(index, now);
                     self.keylog_ike(index);
                     self.events.push(DriverEvent::IkeSaUp { endpoint, ike_sa });
                 }
@@ -353,7 +356,7 @@ impl Driver {
         // The ack of the last inbound SA installed here: the messages wait for it.
         let mut hold = None;
         if let (Some(c), Some(conn)) = (first, conn)
-            && let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn)?
+            && let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn, now)?
         {
             hold = Some(ack);
             self.install_outbound(child, out, selectors)?;

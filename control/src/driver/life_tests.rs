@@ -11,7 +11,7 @@ use iketcp_dataplane::crypto::Suite;
 use iketcp_dataplane::transport::TcpRole;
 use iketcp_dataplane::worker::handle::{Command, WorkerChannels, channels};
 
-use super::tests::{Rig, Traffic, conn, down, poll_until, pump_until, udp, up, wait_delivered};
+use super::tests::{Rig, Traffic, conn, down, poll_until, pump_until, up};
 use super::*;
 use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 
@@ -511,26 +511,33 @@ fn r_6_1_f_r_6_1_g_reset_connection_sas_survive_originator_reconnects() {
         "the reconnect",
         |_, ev| {
             ev.iter()
-                .filter(|e| matches!(e, DriverEvent::ConnUp { endpoint, .. } if *endpoint == i))
-                .count()
-                >= 1
+                .any(|e| matches!(e, DriverEvent::ConnUp { endpoint, .. } if *endpoint == i))
         },
     );
-    // Packets cross both ways again on the same SAs.
-    let there = udp([198, 51, 100, 7], [203, 0, 113, 9], 0xa1);
-    let back = udp([203, 0, 113, 9], [198, 51, 100, 7], 0x1a);
-    rig.ports[0].0.lock().unwrap().push_back(there.clone());
-    rig.ports[1].0.lock().unwrap().push_back(back.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && !(rig.ports[1].1.lock().unwrap().contains(&there)
-            && rig.ports[0].1.lock().unwrap().contains(&back))
-    {
-        d.poll(Duration::from_millis(5)).unwrap();
+    // Packets sent while there was no connection are lost; then traffic crosses both ways
+    // again on the same SAs.
+    let before = [
+        Traffic::delivered(&rig, 0).len(),
+        Traffic::delivered(&rig, 1).len(),
+    ];
+    pump_until(
+        &mut d,
+        &rig,
+        &mut t,
+        &mut events,
+        "traffic after the reconnect",
+        |_, _| {
+            Traffic::delivered(&rig, 0).len() > before[0] + 20
+                && Traffic::delivered(&rig, 1).len() > before[1] + 20
+        },
+    );
+    for k in 0..2 {
+        let got = Traffic::delivered(&rig, k);
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "in order, no duplicates"
+        );
     }
-    wait_delivered(&rig.ports[1].1, &there);
-    wait_delivered(&rig.ports[0].1, &back);
-    events.extend(d.take_events());
     assert!(
         !events.iter().any(|e| matches!(
             e,
@@ -603,4 +610,182 @@ fn r_6_7_a_dead_peer_deleted_end_to_end() {
     poll_until(&mut d, "the deletes", |d| !d.has_pending());
     assert_eq!(d.installed(), 0);
     rig.stop();
+}
+
+fn calm() -> Timers {
+    Timers {
+        dpd_interval: Duration::from_secs(1000),
+        exchange_timeout: Duration::from_secs(30),
+        ..Timers::default()
+    }
+}
+
+fn originator_with(limits: TimeLimits) -> Hand {
+    // The limits apply to SAs created after they are set: build the endpoint with them.
+    let mut h = originator(calm());
+    h.d.endpoints[0].limits = limits;
+    let now = h.t0;
+    // Restart the IKE SA's and the first Child SA's clocks under the new limits.
+    h.d.ike_sa_born(0, now);
+    let (soft, hard) = (limits.child_soft, limits.child_hard);
+    let (r, e) = lifetime::deadlines(now, soft, hard);
+    h.d.children[0].rekey_at = r;
+    h.d.children[0].expire_at = e;
+    h
+}
+
+fn has_request(cmds: &[Command]) -> bool {
+    sent(cmds).iter().any(|m| is_request(m))
+}
+
+#[test]
+fn child_sa_rekeyed_at_its_soft_time_limit_with_jitter() {
+    let mut h = originator_with(TimeLimits {
+        child_soft: Some(Duration::from_secs(100)),
+        child_hard: Some(Duration::from_secs(120)),
+        ..TimeLimits::default()
+    });
+    let due = h.d.next_timer().unwrap();
+    // Jitter cuts at most 10 % off the soft limit.
+    assert!(due >= h.t0 + Duration::from_secs(90) && due <= h.t0 + Duration::from_secs(100));
+    h.d.handle_timers(h.t0 + Duration::from_secs(89)).unwrap();
+    assert!(!has_request(&h.cmds()));
+    let now = h.t0 + Duration::from_secs(100);
+    h.d.handle_timers(now).unwrap();
+    let cmds = h.cmds();
+    assert!(has_request(&cmds));
+    let answers = h.peer_handles(&cmds, now);
+    h.deliver(answers[0].clone(), now);
+    assert_eq!(h.d.child_rekeys(), 1);
+    // The new Child SA runs under fresh limits: at the old one's hard limit only the old
+    // inbound SA (kept for a grace period) goes, and no Delete request is sent.
+    let new_in = h.d.children[1].spi_in;
+    h.d.handle_timers(h.t0 + Duration::from_secs(121)).unwrap();
+    let cmds = h.cmds();
+    assert!(!has_request(&cmds), "{cmds:?}");
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::DeleteSa { spi, .. } if *spi == new_in)),
+        "{cmds:?}"
+    );
+    assert_eq!(h.d.installed(), 1);
+}
+
+#[test]
+fn child_sa_deleted_at_its_hard_time_limit() {
+    let mut h = originator_with(TimeLimits {
+        child_hard: Some(Duration::from_secs(50)),
+        ..TimeLimits::default()
+    });
+    let now = h.t0 + Duration::from_secs(50);
+    h.d.handle_timers(now).unwrap();
+    let cmds = h.cmds();
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| matches!(c, Command::DeleteSa { .. }))
+            .count(),
+        2
+    );
+    // The peer is told (RFC 7296 §1.4.1) and agrees.
+    assert!(has_request(&cmds));
+    let answers = h.peer_handles(&cmds, now);
+    assert!(h.peer.child_sas().is_empty());
+    h.deliver(answers[0].clone(), now);
+    assert_eq!(h.d.installed(), 0);
+}
+
+#[test]
+fn worker_traffic_limits_rekey_on_soft_and_delete_on_hard() {
+    let mut h = originator(calm());
+    let spi_out = h.d.children[0].spi_out;
+    let now = h.t0 + Duration::from_secs(1);
+    h.d.handle_event(
+        Event::SaExpired {
+            worker: 0,
+            spi: spi_out,
+            dir: Direction::Outbound,
+            hard: false,
+            cause: iketcp_dataplane::worker::handle::ExpiryCause::Packets,
+        },
+        now,
+    )
+    .unwrap();
+    let cmds = h.cmds();
+    assert!(has_request(&cmds), "soft limit starts a rekey: {cmds:?}");
+    // Before the answer, the old SA hits its hard limit: it goes.
+    h.d.handle_event(
+        Event::SaExpired {
+            worker: 0,
+            spi: spi_out,
+            dir: Direction::Outbound,
+            hard: true,
+            cause: iketcp_dataplane::worker::handle::ExpiryCause::Sequence,
+        },
+        now,
+    )
+    .unwrap();
+    let cmds2 = h.cmds();
+    assert_eq!(
+        cmds2
+            .iter()
+            .filter(|c| matches!(c, Command::DeleteSa { .. }))
+            .count(),
+        2,
+        "{cmds2:?}"
+    );
+    // The rekey still completes and the new Child SA carries on.
+    let answers = h.peer_handles(&cmds, now);
+    h.deliver(answers[0].clone(), now);
+    assert_eq!(h.d.installed(), 1);
+}
+
+#[test]
+fn ike_sa_rekeyed_at_its_soft_time_limit() {
+    let mut h = originator_with(TimeLimits {
+        ike_soft: Some(Duration::from_secs(100)),
+        ..TimeLimits::default()
+    });
+    h.d.handle_timers(h.t0 + Duration::from_secs(89)).unwrap();
+    assert!(!has_request(&h.cmds()));
+    let now = h.t0 + Duration::from_secs(100);
+    h.d.handle_timers(now).unwrap();
+    let cmds = h.cmds();
+    assert!(has_request(&cmds));
+    let answers = h.peer_handles(&cmds, now);
+    // The response completes the rekey; the old IKE SA's Delete exchange follows.
+    let cmds = h.deliver(answers[0].clone(), now);
+    assert_eq!(h.d.ike_rekeys(), 1);
+    let answers = h.peer_handles(&cmds, now);
+    assert_eq!(answers.len(), 1);
+    h.deliver(answers[0].clone(), now);
+    // The new IKE SA's clock starts at the rekey.
+    h.d.handle_timers(now + Duration::from_secs(89)).unwrap();
+    assert!(!has_request(&h.cmds()));
+    h.d.handle_timers(now + Duration::from_secs(100)).unwrap();
+    assert!(has_request(&h.cmds()));
+    assert_eq!(h.d.installed(), 1);
+}
+
+#[test]
+fn ike_sa_deleted_at_its_hard_time_limit() {
+    let mut h = originator_with(TimeLimits {
+        ike_hard: Some(Duration::from_secs(200)),
+        ..TimeLimits::default()
+    });
+    h.d.handle_timers(h.t0 + Duration::from_secs(199)).unwrap();
+    assert!(!has_request(&h.cmds()));
+    // Deleted with a Delete exchange (RFC 7296 §1.4.1), its Child SAs along.
+    let end = h.t0 + Duration::from_secs(200);
+    h.d.handle_timers(end).unwrap();
+    let cmds = h.cmds();
+    let answers = h.peer_handles(&cmds, end);
+    assert!(h.peer.is_deleted());
+    h.deliver(answers[0].clone(), end);
+    assert_eq!(h.d.installed(), 0);
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaDeleted { .. }))
+    );
 }

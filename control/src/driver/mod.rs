@@ -43,8 +43,10 @@ mod tests;
 mod child;
 mod conn;
 mod keyfile;
+mod lifetime;
 
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE};
+pub use lifetime::{JITTER_PERCENT, TimeLimits};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -63,7 +65,9 @@ use iketcp_dataplane::worker::handle::{
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
-use crate::ike::session::{ChildSa, Config, Output, Role, SaEvent, Session, SessionEvent};
+use crate::ike::session::{
+    ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent,
+};
 use crate::ike::wire::TrafficSelector;
 
 /// How long a command may wait for room in a worker's queue.
@@ -108,6 +112,8 @@ pub struct Endpoint {
     pub lifetime: Lifetime,
     /// Liveness and exchange timers of its sessions.
     pub timers: Timers,
+    /// Time limits of its IKE and Child SAs.
+    pub limits: TimeLimits,
 }
 
 /// Timers of an endpoint's sessions.
@@ -148,6 +154,7 @@ impl Endpoint {
             backend: Backend::AwsLc,
             lifetime: Lifetime::UNLIMITED,
             timers: Timers::default(),
+            limits: TimeLimits::default(),
         }
     }
 }
@@ -289,6 +296,9 @@ struct SessionState {
     born: Instant,
     /// Dropped by the driver (a half-open responder session that timed out).
     dropped: bool,
+    /// When the current IKE SA is rekeyed and when it is deleted (time limits).
+    ike_rekey_at: Option<Instant>,
+    ike_expire_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -300,6 +310,10 @@ struct ChildState {
     spi_out: u32,
     inbound_ok: bool,
     outbound_ok: bool,
+    /// When it is rekeyed and when it is deleted (time limits, or traffic limits reported by
+    /// the worker).
+    rekey_at: Option<Instant>,
+    expire_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -505,6 +519,7 @@ impl Driver {
             .chain(switches)
             .chain(half_open)
             .chain(orphans)
+            .chain(self.next_lifetime_timer())
             .min()
     }
 
@@ -540,6 +555,7 @@ impl Driver {
                 self.finish(i, outputs, now)?;
             }
         }
+        self.lifetime_timers(now)?;
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
             .into_iter()
             .partition(|r| r.0 <= now);
@@ -633,7 +649,14 @@ impl Driver {
                 Ok(())
             }
             Event::PathMoved { ike_sa, conn } => self.on_path_moved(ike_sa, conn),
-            Event::SaExpired { .. } | Event::UnknownSpi { .. } => Ok(()),
+            Event::SaExpired {
+                worker,
+                spi,
+                dir,
+                hard,
+                ..
+            } => self.on_expired(worker, spi, dir, hard, now),
+            Event::UnknownSpi { .. } => Ok(()),
         }
     }
 

@@ -133,7 +133,7 @@ struct OldIke {
 /// Per-session state of the established IKE SA.
 #[derive(Debug)]
 pub(super) struct Life {
-    own_next_id: u32,
+    pub(super) own_next_id: u32,
     peer_next_id: u32,
     outstanding: Option<Outstanding>,
     last_inbound: Option<Instant>,
@@ -574,7 +574,32 @@ impl Session {
         kind: NotifyType,
         data: Vec<u8>,
     ) -> Result<Vec<Output>, SessionError> {
-        Ok(vec![self.answer(msg, h, &[notify(kind, data)])?])
+        self.answer_notify(msg, h, NotifyPayload::new(kind, data))
+    }
+
+    /// Answers the peer's request with this error notification. INVALID_SYNTAX is fatal in
+    /// both peers (RFC 7296 §2.21.3, RFC 9329 §6.1 R-6.1-q): after answering, the IKE SA is
+    /// deleted without a Delete payload; the answer stays cached for a retransmission.
+    fn answer_notify(
+        &mut self,
+        msg: &[u8],
+        h: &Header,
+        n: NotifyPayload,
+    ) -> Result<Vec<Output>, SessionError> {
+        let kind = n.kind;
+        let out = self.answer(msg, h, &[Payload::Notify(n)])?;
+        if kind == NotifyType::INVALID_SYNTAX {
+            return Ok(self.teardown(FailReason::LocalError(kind), vec![out]));
+        }
+        Ok(vec![out])
+    }
+
+    /// Deletes the IKE SA and its Child SAs without a Delete exchange (RFC 7296 §2.21: after
+    /// INVALID_SYNTAX or an unusable authenticated message), reporting why.
+    fn teardown(&mut self, reason: FailReason, mut out: Vec<Output>) -> Vec<Output> {
+        self.ike_deleted();
+        out.push(Output::Event(SessionEvent::Failed(reason)));
+        out
     }
 
     /// Any message while the IKE SA is established.
@@ -632,8 +657,21 @@ impl Session {
             return Ok(dropped(DropReason::UnexpectedMessageId));
         };
         self.life.last_inbound = Some(now);
-        // An authentic but unparsable response counts as an empty one.
-        let payloads = opened.payloads.unwrap_or_default();
+        // RFC 7296 §2.21 / §2.21.2: an authentic response we cannot parse is not answered
+        // (responses never cause requests), but the IKE SA is cleaned up: deleted.
+        let Ok(payloads) = opened.payloads else {
+            return Ok(self.teardown(
+                FailReason::LocalError(NotifyType::INVALID_SYNTAX),
+                Vec::new(),
+            ));
+        };
+        // §2.21.3: INVALID_SYNTAX sent by the peer is fatal in both peers.
+        if find_notify(&payloads, NotifyType::INVALID_SYNTAX).is_some() {
+            return Ok(self.teardown(
+                FailReason::PeerError(NotifyType::INVALID_SYNTAX),
+                Vec::new(),
+            ));
+        }
         match o.pending {
             Pending::Dpd => Ok(Vec::new()),
             Pending::DeleteChild(spi_in) => {
@@ -683,7 +721,7 @@ impl Session {
                 let n = e
                     .to_notify()
                     .unwrap_or_else(|| NotifyPayload::new(NotifyType::INVALID_SYNTAX, Vec::new()));
-                return Ok(vec![self.answer(msg, h, &[Payload::Notify(n)])?]);
+                return self.answer_notify(msg, h, n);
             }
         };
         if h.exchange == ExchangeType::INFORMATIONAL {
@@ -710,6 +748,9 @@ impl Session {
                 for &spi in &d.spis {
                     let Some(pos) = self.life.children.iter().position(|c| c.spi_out == spi) else {
                         continue;
+        // R-6.1-q: an authentic request with a syntax problem is answered at the IKE layer
+        // with INVALID_SYNTAX (then the IKE SA is deleted, §2.21.3); an unknown critical
+        // payload with UNSUPPORTED_CRITICAL_PAYLOAD (§2.5), which is not fatal.
                     };
                     let c = self.life.children.remove(pos);
                     // §1.4.1: a pair we are deleting ourselves is not named in the answer.

@@ -1297,12 +1297,22 @@ fn open_with(prot: &Protection, msg: &[u8]) -> Result<Opened, OpenError> {
             .filter(|l| l.kind == PayloadType::SK)
             .ok_or(OpenError::Malformed)?;
         let first = PayloadType(*msg.get(layout.header.start).ok_or(OpenError::Malformed)?);
-        let plain = Zeroizing::new(prot.inb.open(msg, layout.header.start).map_err(
-            |e| match e {
-                SkError::Integrity => OpenError::Integrity,
-                _ => OpenError::Malformed,
-            },
-        )?);
+        let plain = match prot.inb.open(msg, layout.header.start) {
+            Ok(p) => Zeroizing::new(p),
+            Err(SkError::Integrity) => return Err(OpenError::Integrity),
+            // Authentic, but the Pad Length does not fit: a syntax problem of an
+            // integrity-verified message (R-6.1-q), not an unauthenticated one.
+            Err(SkError::Padding) => {
+                return Ok(Opened {
+                    plain: Zeroizing::new(Vec::new()),
+                    first,
+                    payloads: Err(crate::ike::wire::Error::BadLength(
+                        crate::ike::wire::Part::Message,
+                    )),
+                });
+            }
+            Err(_) => return Err(OpenError::Malformed),
+        };
         let payloads = parse_chain(first, &plain);
         Ok(Opened {
             plain,

@@ -1764,3 +1764,156 @@ fn r_7_5_b_oversized_late_and_early_fragments_dropped() {
     let (s, ev) = deliver_frag(&mut fresh, &frags[0], now);
     assert!(s.is_empty() && is_dropped(&ev));
 }
+
+// ----- R-6.1-q after IKE_AUTH: INVALID_SYNTAX is fatal in both peers (RFC 7296 §2.21.3) -----
+
+/// An inner chain whose first payload's length runs past the chain.
+const BAD_CHAIN: [u8; 8] = [0u8, 0, 0, 200, 2, 0, 0, 0];
+
+fn ike_deleted_event(s: &mut Session) -> bool {
+    matches!(s.take_sa_events()[..], [SaEvent::IkeSaDeleted])
+}
+
+/// R-6.1-q: an authenticated request whose payloads do not parse is answered with an encrypted
+/// N(INVALID_SYNTAX) (the answer comes first, it is not a TCP close), then the answering side
+/// deletes the IKE SA; the requester deletes it when that answer arrives. Both directions.
+#[test]
+fn r_6_1_q_authenticated_malformed_request_invalid_syntax_then_ike_sa_deleted() {
+    for from_initiator in [true, false] {
+        let (mut i, mut r, _, _, t0) = established();
+        let (a, b) = if from_initiator {
+            (&mut i, &mut r)
+        } else {
+            (&mut r, &mut i)
+        };
+        // `a` has a request outstanding; what reaches `b` under its Message ID is malformed.
+        let _genuine = a.start_dpd(t0).unwrap();
+        let id = a.life.own_next_id - 1;
+        let bad = seal_raw(
+            a,
+            a.header(ExchangeType::INFORMATIONAL, false, id),
+            PayloadType::IDI,
+            &BAD_CHAIN,
+        );
+        let out = b.handle(&bad, t0).unwrap();
+        assert!(matches!(out.first(), Some(Output::Send(_))), "answer first");
+        let (s, ev) = split(out);
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            failed(&ev),
+            Some(FailReason::LocalError(NotifyType::INVALID_SYNTAX))
+        );
+        assert!(ike_deleted_event(b));
+        assert!(b.is_deleted() && b.child_sas().is_empty());
+        assert_eq!(b.poll_timeout(), None);
+        // The answer is encrypted under the IKE SA and carries INVALID_SYNTAX.
+        assert_eq!(
+            locate_encrypted(&s[0]).unwrap().unwrap().kind,
+            PayloadType::SK
+        );
+        let p = opened_payloads(a, &s[0]);
+        assert!(find_notify(&p, NotifyType::INVALID_SYNTAX).is_some());
+        // A retransmission still gets the cached answer; anything new is refused.
+        let (again, _) = split(b.handle(&bad, t0).unwrap());
+        assert_eq!(again, s);
+        // The requester deletes the IKE SA too, without a Delete exchange.
+        let (sends, ev) = split(a.handle(&s[0], t0).unwrap());
+        assert!(sends.is_empty());
+        assert_eq!(
+            failed(&ev),
+            Some(FailReason::PeerError(NotifyType::INVALID_SYNTAX))
+        );
+        assert!(ike_deleted_event(a));
+        assert!(a.is_deleted() && a.child_sas().is_empty());
+    }
+}
+
+/// R-6.1-q: a CREATE_CHILD_SA request without its required Nonce is a syntax error too.
+#[test]
+fn r_6_1_q_create_child_sa_missing_payloads_invalid_syntax() {
+    let (i, mut r, _, _, t0) = established();
+    let id = i.life.own_next_id;
+    let mut plain = Vec::new();
+    let first = emit_chain(
+        &[Payload::Sa(proposal::esp_offer(
+            &[(Suite::Aes128Gcm16, false)],
+            0x1234,
+        ))],
+        &mut plain,
+    )
+    .unwrap();
+    let bad = seal_raw(
+        &i,
+        i.header(ExchangeType::CREATE_CHILD_SA, false, id),
+        first,
+        &plain,
+    );
+    let (s, ev) = split(r.handle(&bad, t0).unwrap());
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        failed(&ev),
+        Some(FailReason::LocalError(NotifyType::INVALID_SYNTAX))
+    );
+    assert!(ike_deleted_event(&mut r));
+    let p = opened_payloads(&i, &s[0]);
+    assert!(find_notify(&p, NotifyType::INVALID_SYNTAX).is_some());
+}
+
+/// An unknown critical payload after IKE_AUTH is refused (RFC 7296 §2.5) but not fatal.
+#[test]
+fn r_6_1_q_unknown_critical_payload_after_auth_keeps_ike_sa() {
+    let (mut i, mut r, _, _, t0) = established();
+    let _genuine = i.start_dpd(t0).unwrap();
+    let id = i.life.own_next_id - 1;
+    let bad = seal_raw(
+        &i,
+        i.header(ExchangeType::INFORMATIONAL, false, id),
+        PayloadType(200),
+        &[0u8, 0x80, 0, 4],
+    );
+    let (s, ev) = split(r.handle(&bad, t0).unwrap());
+    assert!(ev.is_empty(), "{ev:?}");
+    let p = opened_payloads(&i, &s[0]);
+    let n = find_notify(&p, NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD).unwrap();
+    assert_eq!(n.data, vec![200]);
+    assert!(r.is_established());
+    assert!(r.take_sa_events().is_empty());
+    // The requester takes the error answer as the end of its exchange; nothing else changes.
+    assert!(deliver(&mut i, &s[0], t0).is_empty());
+    assert!(i.is_established() && i.take_sa_events().is_empty());
+    dpd_roundtrip(&mut i, &mut r, t0);
+}
+
+/// RFC 7296 §2.21 / §2.21.2: an authenticated response that does not parse is not answered,
+/// but the IKE SA is deleted. Both directions, for each kind of outstanding request.
+#[test]
+fn r_6_1_q_authenticated_malformed_response_deletes_ike_sa() {
+    for (from_initiator, kind) in [(true, 0), (false, 0), (true, 1), (false, 2)] {
+        let (mut i, mut r, ic, rc, t0) = established();
+        let (a, b, ac) = if from_initiator {
+            (&mut i, &mut r, &ic)
+        } else {
+            (&mut r, &mut i, &rc)
+        };
+        let req = match kind {
+            0 => a.start_dpd(t0).unwrap(),
+            1 => a.rekey_child(ac.spi_in, true, t0).unwrap(),
+            _ => a.rekey_ike(t0).unwrap(),
+        };
+        let h = Header::parse(&req).unwrap().header;
+        let bad = seal_raw(
+            b,
+            b.header(h.exchange, true, h.message_id),
+            PayloadType::IDI,
+            &BAD_CHAIN,
+        );
+        let (s, ev) = split(a.handle(&bad, t0).unwrap());
+        assert!(s.is_empty(), "no answer to a response");
+        assert_eq!(
+            failed(&ev),
+            Some(FailReason::LocalError(NotifyType::INVALID_SYNTAX))
+        );
+        assert!(ike_deleted_event(a));
+        assert!(a.is_deleted() && a.child_sas().is_empty());
+    }
+}

@@ -1,0 +1,188 @@
+//! SA lifetimes (RFC 7296 §2.8, RFC 4301 §4.4.2.1): Child SAs and IKE SAs are rekeyed when
+//! their soft lifetime ends — by time, or by the packet, byte or sequence-number counters the
+//! workers report — and deleted at their hard lifetime if still there.
+//!
+//! Both ends usually run the same lifetimes, so each soft time limit is cut by a random share of
+//! up to [`JITTER_PERCENT`] (RFC 7296 §2.8: "the node [...] SHOULD [...] randomize"), which makes
+//! simultaneous rekeys (§2.8.1) rare; when they do happen the rekey code resolves them.
+
+use super::*;
+
+/// Largest random share cut off a soft time limit.
+pub const JITTER_PERCENT: u64 = 10;
+
+/// Retry delay of a rekey that found the IKE SA busy with another exchange (window size 1).
+const BUSY_RETRY: Duration = Duration::from_millis(200);
+
+/// Time limits of an endpoint's SAs; `None` means no time limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeLimits {
+    /// A Child SA is rekeyed after this (minus jitter).
+    pub child_soft: Option<Duration>,
+    /// A Child SA still there after this is deleted.
+    pub child_hard: Option<Duration>,
+    /// The IKE SA is rekeyed after this (minus jitter).
+    pub ike_soft: Option<Duration>,
+    /// An IKE SA still there after this is deleted.
+    pub ike_hard: Option<Duration>,
+    /// Child SA rekeys use a fresh Diffie-Hellman exchange (PFS, RFC 7296 §1.3.1).
+    pub pfs: bool,
+}
+
+/// `limit` minus a random share of up to [`JITTER_PERCENT`].
+fn jittered(limit: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    // Without randomness the limit is used as is: only collisions become likelier.
+    let r = getrandom::fill(&mut b).map_or(0, |()| u64::from_le_bytes(b));
+    let cut_ppm = r % (JITTER_PERCENT * 10_000);
+    limit.saturating_sub(limit.mul_f64(cut_ppm as f64 / 1_000_000.0))
+}
+
+/// When an SA created at `now` is rekeyed and when it expires under `soft`/`hard`.
+pub(super) fn deadlines(
+    now: Instant,
+    soft: Option<Duration>,
+    hard: Option<Duration>,
+) -> (Option<Instant>, Option<Instant>) {
+    (
+        soft.and_then(|s| now.checked_add(jittered(s))),
+        hard.and_then(|h| now.checked_add(h)),
+    )
+}
+
+impl Driver {
+    /// Session `index` has a new IKE SA (IKE_AUTH or a rekey): its time limits start.
+    pub(super) fn ike_sa_born(&mut self, index: usize, now: Instant) {
+        let limits = self.endpoints[self.sessions[index].endpoint].limits;
+        let (rekey, expire) = deadlines(now, limits.ike_soft, limits.ike_hard);
+        let st = &mut self.sessions[index];
+        st.ike_rekey_at = rekey;
+        st.ike_expire_at = expire;
+    }
+
+    /// The earliest lifetime deadline.
+    pub(super) fn next_lifetime_timer(&self) -> Option<Instant> {
+        let children = self
+            .children
+            .iter()
+            .filter(|c| c.inbound_ok && c.outbound_ok)
+            .flat_map(|c| [c.rekey_at, c.expire_at])
+            .flatten();
+        let ikes = self
+            .sessions
+            .iter()
+            .filter(|s| s.alive() && s.session.is_established())
+            .flat_map(|s| [s.ike_rekey_at, s.ike_expire_at])
+            .flatten();
+        children.chain(ikes).min()
+    }
+
+    /// A worker reports an SA's traffic limit: soft starts a rekey of its Child SA, hard (the
+    /// worker stopped using the SA) deletes the Child SA.
+    pub(super) fn on_expired(
+        &mut self,
+        worker: u16,
+        spi: u32,
+        dir: Direction,
+        hard: bool,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        let Some(c) = self.children.iter().rposition(|c| {
+            c.worker == worker
+                && match dir {
+                    Direction::Inbound => c.spi_in == spi && c.inbound_ok,
+                    Direction::Outbound => c.spi_out == spi && c.outbound_ok,
+                }
+        }) else {
+            return Ok(());
+        };
+        let ch = &mut self.children[c];
+        if hard {
+            ch.expire_at = Some(now);
+        } else if ch.rekey_at.is_none_or(|t| t > now) {
+            ch.rekey_at = Some(now);
+        }
+        self.lifetime_timers(now)
+    }
+
+    /// Rekeys and deletes what is due.
+    pub(super) fn lifetime_timers(&mut self, now: Instant) -> Result<(), DriverError> {
+        for c in 0..self.children.len() {
+            let ch = &self.children[c];
+            if !(ch.inbound_ok && ch.outbound_ok) || self.retiring.iter().any(|r| r.1 == c) {
+                continue;
+            }
+            let (index, spi_in) = (ch.session, ch.spi_in);
+            if !self.sessions[index].alive() {
+                continue;
+            }
+            if ch.expire_at.is_some_and(|t| t <= now) {
+                self.expire_child(c, now)?;
+            } else if ch.rekey_at.is_some_and(|t| t <= now)
+                && !self.child_rekeying.contains(&(index, spi_in))
+            {
+                let pfs = self.endpoints[ch.endpoint].limits.pfs;
+                match self.sessions[index].session.rekey_child(spi_in, pfs, now) {
+                    Ok(msg) => {
+                        self.children[c].rekey_at = None;
+                        self.child_rekeying.push((index, spi_in));
+                        self.finish(index, vec![Output::Send(msg)], now)?;
+                    }
+                    Err(SessionError::Busy) => self.children[c].rekey_at = Some(now + BUSY_RETRY),
+                    Err(_) => self.children[c].rekey_at = None,
+                }
+            }
+        }
+        for i in 0..self.sessions.len() {
+            let st = &self.sessions[i];
+            if !st.alive() || !st.session.is_established() {
+                continue;
+            }
+            if st.ike_expire_at.is_some_and(|t| t <= now) {
+                self.sessions[i].ike_expire_at = None;
+                // Deleting the IKE SA takes its Child SAs along (RFC 7296 §1.4.1).
+                match self.sessions[i].session.delete_ike(now) {
+                    Ok(msg) => self.finish(i, vec![Output::Send(msg)], now)?,
+                    Err(SessionError::Busy) => {
+                        self.sessions[i].ike_expire_at = Some(now + BUSY_RETRY);
+                    }
+                    Err(_) => {}
+                }
+            } else if st.ike_rekey_at.is_some_and(|t| t <= now) && !self.ike_rekeying.contains(&i) {
+                match self.sessions[i].session.rekey_ike(now) {
+                    Ok(msg) => {
+                        self.sessions[i].ike_rekey_at = None;
+                        self.ike_rekeying.push(i);
+                        self.finish(i, vec![Output::Send(msg)], now)?;
+                    }
+                    Err(SessionError::Busy) => {
+                        self.sessions[i].ike_rekey_at = Some(now + BUSY_RETRY);
+                    }
+                    Err(_) => self.sessions[i].ike_rekey_at = None,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A Child SA reached its hard lifetime: its SAs go at once (they must not carry traffic
+    /// any longer) and the peer is told with a Delete (RFC 7296 §1.4.1).
+    fn expire_child(&mut self, c: usize, now: Instant) -> Result<(), DriverError> {
+        let (index, spi_in, endpoint) = {
+            let ch = &mut self.children[c];
+            ch.expire_at = None;
+            (ch.session, ch.spi_in, ch.endpoint)
+        };
+        self.delete_outbound(c)?;
+        self.delete_inbound(c)?;
+        self.events.push(DriverEvent::Failed {
+            endpoint,
+            reason: format!("Child SA {spi_in:#010x} reached its hard lifetime before a rekey"),
+        });
+        match self.sessions[index].session.delete_child(spi_in, now) {
+            Ok(msg) => self.finish(index, vec![Output::Send(msg)], now),
+            // Busy: the peer learns of it from the next Delete or its own lifetime.
+            Err(_) => Ok(()),
+        }
+    }
+}
