@@ -251,6 +251,7 @@ impl Driver {
         }
         self.sessions.iter().position(|s| {
             s.endpoint == endpoint
+                && s.alive()
                 && s.session.tcp_role() == Role::Responder
                 && s.session.spis() == (spi_i, spi_r)
         })
@@ -266,9 +267,10 @@ impl Driver {
             return Ok(());
         };
         let endpoint = state.endpoint;
+        let responder = !self.is_originator(endpoint);
         let index = match state.session {
-            Some(i) => i,
-            None => {
+            Some(i) if self.sessions[i].alive() || !responder || !is_init_request(msg) => i,
+            _ => {
                 let (local, peer) = (state.local, state.peer);
                 match self.find_responder_session(endpoint, msg) {
                     // The peer reconnected and continues (or retransmits) on this connection. An
@@ -277,15 +279,22 @@ impl Driver {
                         self.adopt(i, conn)?;
                         i
                     }
-                    None => {
+                    // Only an IKE_SA_INIT request creates state (RFC 7296 §2.6).
+                    None if responder && is_init_request(msg) => {
                         let cfg = self.endpoints[endpoint].ike.clone();
                         let session = Session::responder(cfg, local, peer);
                         self.new_session(endpoint, session, conn, now)
                     }
+                    None => return Ok(()),
                 }
             }
         };
         let st = &mut self.sessions[index];
+        if !st.alive() {
+            // Deleted or failed: late messages (the peer's own Delete after ours, RFC 7296
+            // §1.4.1) are dropped.
+            return Ok(());
+        }
         let outputs = match st.session.handle(msg, now) {
             Ok(o) => o,
             Err(e) => {

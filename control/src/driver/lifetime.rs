@@ -60,6 +60,33 @@ impl Driver {
         st.ike_expire_at = expire;
     }
 
+    /// Deletes every established IKE SA with a Delete exchange (RFC 7296 §1.4.1; RFC 9329
+    /// §6.1, R-6.1-c); each one's Child SAs go with it when the peer answers or the exchange
+    /// times out, and the TCP Originator then closes the connection (R-6.1-d). Returns how many
+    /// were started; one busy with another exchange follows shortly.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn delete_ike_sas(&mut self, now: Instant) -> Result<usize, DriverError> {
+        let mut n = 0;
+        for st in &mut self.sessions {
+            if st.alive() && st.session.is_established() {
+                st.ike_expire_at = Some(now);
+                n += 1;
+            }
+        }
+        self.lifetime_timers(now)?;
+        Ok(n)
+    }
+
+    /// Established IKE SAs.
+    pub fn ike_sas(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| s.alive() && s.session.is_established())
+            .count()
+    }
+
     /// The earliest lifetime deadline.
     pub(super) fn next_lifetime_timer(&self) -> Option<Instant> {
         let children = self

@@ -378,6 +378,14 @@ fn is_request(msg: &[u8]) -> bool {
     msg.get(19).is_some_and(|f| f & 0x20 == 0)
 }
 
+/// Whether an IKE message is an IKE_SA_INIT request: no responder SPI, exchange type 34, the
+/// Response flag clear (RFC 7296 §3.1).
+fn is_init_request(msg: &[u8]) -> bool {
+    msg.get(8..16).is_some_and(|r| r.iter().all(|b| *b == 0))
+        && msg.get(18) == Some(&34)
+        && is_request(msg)
+}
+
 impl SessionState {
     /// Neither failed, deleted nor dropped: it may still send and receive.
     fn alive(&self) -> bool {

@@ -144,7 +144,7 @@ pub(super) fn udp(src: [u8; 4], dst: [u8; 4], tag: u8) -> Vec<u8> {
 }
 
 pub(super) fn poll_until(d: &mut Driver, what: &str, mut f: impl FnMut(&mut Driver) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f(d) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         d.poll(Duration::from_millis(20)).unwrap();
@@ -152,7 +152,7 @@ pub(super) fn poll_until(d: &mut Driver, what: &str, mut f: impl FnMut(&mut Driv
 }
 
 pub(super) fn wait_delivered(q: &Queue, want: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if q.lock().unwrap().iter().any(|p| p.as_slice() == want) {
             return;
@@ -286,7 +286,7 @@ pub(super) fn pump_until(
     what: &str,
     mut f: impl FnMut(&Driver, &[DriverEvent]) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         events.extend(d.take_events());
         if f(d, events) {
@@ -438,7 +438,7 @@ fn rekeys_under_traffic_lose_no_packet() {
 
     // Everything arrives, once, in order.
     let sent = t.next;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while (0..2).any(|k| Traffic::delivered(&rig, k).len() < sent[k] as usize) {
         assert!(Instant::now() < deadline, "packets lost: sent {sent:?}");
         d.poll(Duration::from_millis(10)).unwrap();
