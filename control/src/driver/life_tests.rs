@@ -842,3 +842,51 @@ fn r_6_1_c_r_6_1_d_graceful_delete_end_to_end() {
     );
     rig.stop();
 }
+
+/// Real workers: the initiator's first guess of the DH group is wrong; the responder answers
+/// INVALID_KE_PAYLOAD without keeping state or closing the connection, and the retry on the
+/// same connection succeeds (RFC 9329 §6.4, R-6.4-b).
+#[test]
+fn r_6_4_b_invalid_ke_payload_retry_on_the_same_connection() {
+    use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
+    let rig = Rig::new();
+    let (mut ci, mut cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let suite = |g| IkeSuite::new(EncrAlg::AesGcm16_128, PrfAlg::HmacSha256, None, g).unwrap();
+    ci.ike_proposals = vec![suite(DhGroup::Ecp256), suite(DhGroup::Curve25519)];
+    cr.ike_proposals = vec![suite(DhGroup::Curve25519)];
+    let mut d = Driver::new(rig.h.clone());
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    d.add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
+        .unwrap();
+    d.add(Endpoint::new(
+        0,
+        EndpointRole::Originator {
+            remote: listen,
+            local: None,
+        },
+        ci,
+    ))
+    .unwrap();
+    let mut events = Vec::new();
+    poll_until(&mut d, "both Child SAs", |d| {
+        events.extend(d.take_events());
+        d.installed() == 2
+    });
+    let ups = events
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::ConnUp { .. }))
+        .count();
+    assert_eq!(ups, 2, "one connection, seen from both ends: {events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, DriverEvent::ConnDown { .. } | DriverEvent::Failed { .. })),
+        "{events:?}"
+    );
+    // IKE_SA_INIT, INVALID_KE_PAYLOAD, IKE_SA_INIT again and its response, IKE_AUTH both
+    // ways: six IKE messages received, all on the one connection.
+    assert_eq!(rig.h.stats().ike_in, 6);
+    d.delete_all().unwrap();
+    poll_until(&mut d, "the deletes", |d| !d.has_pending());
+    rig.stop();
+}
