@@ -9,7 +9,6 @@ mod crypto;
 mod ike;
 mod pipeline;
 mod report;
-mod traffic;
 
 #[derive(Parser, Debug)]
 #[command(

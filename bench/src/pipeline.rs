@@ -12,7 +12,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use clap::Args as ClapArgs;
 use iketcp_dataplane::crypto::{Backend, Keymat, Suite};
 use iketcp_dataplane::port::mem::{MemConfig, pair};
 use iketcp_dataplane::sa::{InboundSa, OutboundSa, SaParams};
+use iketcp_dataplane::traffic::{Flow, MAX_SIZE, MIN_SIZE, PacketSpec, TrafficPort};
 use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::transport::{TcpRole, Transport};
@@ -32,7 +32,6 @@ use iketcp_dataplane::worker::{WorkerConfig, spawn};
 use serde::Serialize;
 
 use crate::report::Machine;
-use crate::traffic::{Generator, MIN_SIZE, Shared, Sink};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
@@ -104,6 +103,9 @@ struct Report {
 const SCENARIOS: [&str; 4] = ["crypto-only", "tcp-only", "pipeline", "kernel"];
 const RECEIVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SENDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// Inner packets go from a host behind the sender to one behind the receiver.
+const INNER_SRC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const INNER_DST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
 pub fn run(a: &Args) -> Result<(), String> {
     let backends = if a.backends.is_empty() {
@@ -125,8 +127,8 @@ pub fn run(a: &Args) -> Result<(), String> {
             })
             .collect::<Result<_, _>>()?
     };
-    if let Some(bad) = a.sizes.iter().find(|s| !(MIN_SIZE..=9000).contains(*s)) {
-        return Err(format!("size {bad} outside {MIN_SIZE}..=9000"));
+    if let Some(bad) = a.sizes.iter().find(|s| !(MIN_SIZE..=MAX_SIZE).contains(*s)) {
+        return Err(format!("size {bad} outside {MIN_SIZE}..={MAX_SIZE}"));
     }
     if a.connections == 0 {
         return Err("--connections must be at least 1".into());
@@ -284,13 +286,18 @@ fn cores() -> (Option<core_affinity::CoreId>, Option<core_affinity::CoreId>) {
 /// over kernel TCP on loopback.
 fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row, String> {
     let offload = a.checksum_offload;
-    let shared = Shared::new()?;
-    shared.running.store(false, Ordering::Relaxed);
+    let shared = Flow::new(Instant::now())?;
     let (h, mut sides) = channels(2);
     let rx_side = sides.pop().ok_or("no channel")?;
     let tx_side = sides.pop().ok_or("no channel")?;
     let (c0, c1) = cores();
     let flows = a.connections;
+    let spec = PacketSpec {
+        src: INNER_SRC,
+        dst: INNER_DST,
+        size,
+        flows,
+    };
     let wcfg = |core| WorkerConfig {
         core,
         idle_spins: 0,
@@ -305,11 +312,14 @@ fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row,
         let (s1, s2) = (shared.clone(), shared.clone());
         let k1 = kcfg.clone();
         let j1 = spawn(rx_side, wcfg(c1), move || {
-            Ok((KernelTransport::new(k1)?, Sink::new(s1, flows)))
+            Ok((KernelTransport::new(k1)?, TrafficPort::sink(s1, flows)))
         })
         .map_err(|e| e.to_string())?;
         let j0 = spawn(tx_side, wcfg(c0), move || {
-            Ok((KernelTransport::new(kcfg)?, Generator::new(s2, size, flows)))
+            Ok((
+                KernelTransport::new(kcfg)?,
+                TrafficPort::generator(s2, spec),
+            ))
         })
         .map_err(|e| e.to_string())?;
         (SocketAddr::from((Ipv4Addr::LOCALHOST, port)), vec![j0, j1])
@@ -331,13 +341,13 @@ fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row,
             ..SmolConfig::default()
         };
         let j1 = spawn(rx_side, wcfg(c1), move || {
-            Ok((SmolTransport::new(pb, cfg_r)?, Sink::new(s1, flows)))
+            Ok((SmolTransport::new(pb, cfg_r)?, TrafficPort::sink(s1, flows)))
         })
         .map_err(|e| e.to_string())?;
         let j0 = spawn(tx_side, wcfg(c0), move || {
             Ok((
                 SmolTransport::new(pa, cfg_s)?,
-                Generator::new(s2, size, flows),
+                TrafficPort::generator(s2, spec),
             ))
         })
         .map_err(|e| e.to_string())?;
@@ -360,7 +370,7 @@ fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row,
 fn drive(
     a: &Args,
     h: &DataplaneHandle,
-    shared: &Arc<Shared>,
+    shared: &Arc<Flow>,
     backend: Backend,
     size: usize,
     listen: SocketAddr,
@@ -525,7 +535,7 @@ fn drive(
         p99_us,
         p999_us,
         packets: win.packets,
-        misordered: shared.misordered.load(Ordering::Relaxed),
+        misordered: shared.misordered(),
         tx_load: Some((tx1 - tx0) as f64 / win.seconds / 1e9),
         rx_load: Some((rx1 - rx0) as f64 / win.seconds / 1e9),
     })
@@ -536,7 +546,9 @@ fn drive(
 /// number and timestamp, from a sender thread (core 0) to a receiver thread (core 1).
 fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
     let offload = a.checksum_offload;
-    let shared = Shared::new()?;
+    let shared = Flow::new(Instant::now())?;
+    // The threads below run while the flow does; `measure` stops it.
+    shared.set_running(true);
     let (c0, c1) = cores();
     let (pa, pb) = pair(MemConfig {
         mtu: a.mtu,
@@ -557,8 +569,7 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
         t.listen(listen).map_err(|e| e.to_string())?;
         let mut dec = FrameDecoder::new(TcpRole::Responder);
         let (mut events, mut readable, mut frames) = (Vec::new(), Vec::new(), Vec::new());
-        let hist_guard = &rx_shared.hist;
-        while rx_shared.running.load(Ordering::Relaxed) {
+        while rx_shared.is_running() {
             t.poll(Instant::now(), &mut events)
                 .map_err(|e| e.to_string())?;
             events.clear();
@@ -570,9 +581,9 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
                         .recv(c, |buf| {
                             frames.clear();
                             let _ = dec.decode(buf, &mut frames);
-                            let now = rx_shared.origin.elapsed().as_nanos() as u64;
-                            let measuring = rx_shared.measuring.load(Ordering::Relaxed);
-                            let mut h = hist_guard.lock().ok();
+                            let now = rx_shared.now_ns();
+                            let measuring = rx_shared.is_measuring();
+                            let mut h = rx_shared.histogram().ok();
                             for f in &frames {
                                 let Some(b) = f.bytes(buf, dec.carry()) else {
                                     continue;
@@ -585,11 +596,7 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
                                 }
                             }
                             rx_shared
-                                .received
-                                .fetch_add(frames.len() as u64, Ordering::Relaxed);
-                            rx_shared
-                                .received_bytes
-                                .fetch_add((frames.len() * size) as u64, Ordering::Relaxed);
+                                .add_received(frames.len() as u64, (frames.len() * size) as u64);
                             buf.len()
                         })
                         .map_err(|e| e.to_string())?;
@@ -618,7 +625,7 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
         frame[2..6].copy_from_slice(&0x1000_0000u32.to_be_bytes());
         let mut seq = 0u64;
         let mut off = 0usize;
-        while tx_shared.running.load(Ordering::Relaxed) {
+        while tx_shared.is_running() {
             t.poll(Instant::now(), &mut events)
                 .map_err(|e| e.to_string())?;
             for e in events.drain(..) {
@@ -641,7 +648,7 @@ fn tcp_only(a: &Args, size: usize) -> Result<Row, String> {
             for _ in 0..64 {
                 if off == 0 {
                     seq += 1;
-                    let now = tx_shared.origin.elapsed().as_nanos() as u64;
+                    let now = tx_shared.now_ns();
                     frame[6..10].copy_from_slice(&(seq as u32).to_be_bytes());
                     frame[10..18].copy_from_slice(&now.to_be_bytes());
                 }

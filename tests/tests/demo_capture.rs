@@ -1,0 +1,242 @@
+//! R-5-c (RFC 9329 §5, MUST): once an IKE SA uses TCP, all its IKE messages and all ESP packets
+//! of its Child SAs travel over TCP until the IKE SA is deleted.
+//!
+//! A short `iketcp demo` (library API) with two tunnels, a Child SA and an IKE SA rekey on each
+//! and every SA deleted at the end, records the initiators' outer links with `--pcap`. The
+//! capture is parsed here: every IP packet in it is TCP (none UDP, none raw ESP), each
+//! connection's stream from the initiator starts with `IKETCP`, and both streams carry nothing
+//! but RFC 9329 frames, IKE messages and ESP packets of every SA (the rekeyed ones too). If
+//! `tshark` is installed it must read the file and see TCP only; without it that part is skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use iketcp_control::demo::{DemoArgs, run};
+
+/// One TCP segment of a connection direction: sequence number, SYN flag, payload.
+struct Segment {
+    seq: u32,
+    syn: bool,
+    payload: Vec<u8>,
+}
+
+/// (source address, source port, destination address, destination port).
+type FourTuple = (Vec<u8>, u16, Vec<u8>, u16);
+
+/// A big-endian u32 at the start of `b`.
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The records of a little-endian, microsecond, LINKTYPE_RAW pcap file.
+fn pcap_records(file: &[u8]) -> Vec<&[u8]> {
+    let le32 = |at: usize| u32::from_le_bytes([file[at], file[at + 1], file[at + 2], file[at + 3]]);
+    assert_eq!(le32(0), 0xa1b2_c3d4, "pcap magic");
+    assert_eq!(&file[4..8], &[2, 0, 4, 0], "version 2.4");
+    assert_eq!(le32(20), 101, "LINKTYPE_RAW");
+    let mut v = Vec::new();
+    let mut at = 24;
+    while at + 16 <= file.len() {
+        let incl = le32(at + 8) as usize;
+        assert_eq!(incl, le32(at + 12) as usize, "nothing truncated");
+        v.push(&file[at + 16..at + 16 + incl]);
+        at += 16 + incl;
+    }
+    assert_eq!(at, file.len(), "whole records");
+    v
+}
+
+/// The IP protocol (IPv4) or next header (IPv6), the addresses and the IP payload of a packet.
+fn ip(p: &[u8]) -> (u8, Vec<u8>, Vec<u8>, &[u8]) {
+    match p[0] >> 4 {
+        4 => {
+            let ihl = usize::from(p[0] & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            (p[9], p[12..16].to_vec(), p[16..20].to_vec(), &p[ihl..total])
+        }
+        6 => {
+            let len = usize::from(u16::from_be_bytes([p[4], p[5]]));
+            (
+                p[6],
+                p[8..24].to_vec(),
+                p[24..40].to_vec(),
+                &p[40..40 + len],
+            )
+        }
+        v => panic!("IP version {v} in the capture"),
+    }
+}
+
+/// A direction's byte stream from its segments (retransmissions and reordering allowed, no
+/// gaps: the capture loses nothing). Segments the capture saw after the last byte that made it
+/// across are all the stream may lack.
+fn reassemble(segs: &[Segment]) -> Vec<u8> {
+    let Some(syn) = segs.iter().find(|s| s.syn) else {
+        panic!("no SYN in the direction");
+    };
+    let first = syn.seq.wrapping_add(1);
+    let mut parts: Vec<(u32, &[u8])> = segs
+        .iter()
+        .filter(|s| !s.payload.is_empty())
+        .map(|s| (s.seq.wrapping_sub(first), &s.payload[..]))
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    let mut stream = Vec::new();
+    for (rel, data) in parts {
+        let rel = rel as usize;
+        assert!(
+            rel <= stream.len(),
+            "a gap in the TCP stream at {}",
+            stream.len()
+        );
+        if rel + data.len() > stream.len() {
+            stream.extend_from_slice(&data[stream.len() - rel..]);
+        }
+    }
+    stream
+}
+
+/// What an RFC 9329 frame stream carried.
+#[derive(Debug, Default)]
+struct Frames {
+    ike: usize,
+    esp: usize,
+    spis: BTreeSet<u32>,
+}
+
+/// Parses RFC 9329 frames (2-byte Length including itself; IKE behind a zero Non-ESP marker,
+/// ESP starting with its SPI). A frame cut off at the end (the capture stopped) is ignored.
+fn frames(mut s: &[u8]) -> Frames {
+    let mut f = Frames::default();
+    while s.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([s[0], s[1]]));
+        assert!(
+            len >= 6,
+            "Length {len}: no keepalives or empty frames expected here"
+        );
+        if s.len() < len {
+            break;
+        }
+        let body = &s[2..len];
+        let spi = be32(body);
+        if spi == 0 {
+            f.ike += 1;
+        } else {
+            f.esp += 1;
+            f.spis.insert(spi);
+        }
+        s = &s[len..];
+    }
+    f
+}
+
+#[test]
+fn r_5_c_demo_ike_and_esp_stay_on_tcp_until_deleted() {
+    let path = std::env::temp_dir().join(format!("iketcp-r-5-c-{}.pcap", std::process::id()));
+    let args = DemoArgs {
+        duration: 2.5,
+        workers: 2,
+        rate: Some(1000),
+        size: 200,
+        pcap: Some(path.clone()),
+        quiet: true,
+        no_pin: true,
+        ..DemoArgs::default()
+    };
+    let s = run(&args).unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let tshark = tshark_protocols(&path);
+    let _ = std::fs::remove_file(&path);
+
+    // The run did what the rule is about: rekeys on every tunnel, every SA deleted at the end.
+    assert_eq!(s.tunnels.len(), 2);
+    for t in &s.tunnels {
+        assert!(t.child_rekeys >= 1 && t.ike_rekeys >= 1, "{t:?}");
+        assert!(t.sas_deleted >= 4, "{t:?}");
+    }
+    let stats = s.pcap.unwrap();
+    assert_eq!((stats.dropped, stats.write_errors), (0, 0));
+    assert_eq!(stats.bytes, file.len() as u64);
+
+    let records = pcap_records(&file);
+    assert_eq!(records.len() as u64, stats.records);
+    let mut conns: BTreeMap<FourTuple, Vec<Segment>> = BTreeMap::new();
+    for p in &records {
+        let (proto, src, dst, l4) = ip(p);
+        assert_ne!(proto, 17, "UDP in the capture");
+        assert_ne!(proto, 50, "raw ESP in the capture");
+        assert_eq!(proto, 6, "only TCP in the capture");
+        let sport = u16::from_be_bytes([l4[0], l4[1]]);
+        let dport = u16::from_be_bytes([l4[2], l4[3]]);
+        let seq = be32(&l4[4..]);
+        let syn = l4[13] & 0x02 != 0;
+        let off = usize::from(l4[12] >> 4) * 4;
+        conns
+            .entry((src, sport, dst, dport))
+            .or_default()
+            .push(Segment {
+                seq,
+                syn,
+                payload: l4[off..].to_vec(),
+            });
+    }
+    if let Some(protos) = tshark {
+        assert_eq!(protos.len(), records.len(), "tshark read every packet");
+        assert!(protos.iter().all(|p| p == "6"), "tshark: {protos:?}");
+    }
+
+    // One connection per tunnel, initiator → responder port 4500, and its reverse.
+    let outbound: Vec<&FourTuple> = conns.keys().filter(|k| k.3 == 4500).collect();
+    assert_eq!(outbound.len(), 2, "{outbound:?}");
+    let mut all_spis = BTreeSet::new();
+    for k in outbound {
+        let back = (k.2.clone(), k.3, k.0.clone(), k.1);
+        let i_to_r = reassemble(&conns[k]);
+        let r_to_i = reassemble(conns.get(&back).expect("the responder's direction"));
+        assert_eq!(&i_to_r[..6], b"IKETCP", "the stream starts with the prefix");
+        let fi = frames(&i_to_r[6..]);
+        let fr = frames(&r_to_i);
+        // IKE_SA_INIT, IKE_AUTH, the Child SA rekey, the IKE SA rekey, and the Deletes of the old
+        // SAs: all IKE messages of the IKE SA, both ways, inside the TCP stream.
+        assert!(fi.ike >= 4, "{fi:?}");
+        assert!(fr.ike >= 4, "{fr:?}");
+        // ESP of the first and of the rekeyed Child SA, both ways.
+        assert!(fi.esp > 0 && fi.spis.len() >= 2, "{fi:?}");
+        assert!(fr.esp > 0 && fr.spis.len() >= 2, "{fr:?}");
+        all_spis.extend(fi.spis);
+        all_spis.extend(fr.spis);
+    }
+    assert!(
+        all_spis.len() >= 8,
+        "two tunnels' SAs are distinct: {all_spis:?}"
+    );
+}
+
+/// `ip.proto` of every packet as tshark reads the file, or `None` when tshark is not installed.
+fn tshark_protocols(path: &std::path::Path) -> Option<Vec<String>> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(path)
+        .args(["-T", "fields", "-e", "ip.proto"])
+        .output();
+    match out {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "tshark failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("tshark not installed: its check is skipped");
+            None
+        }
+        Err(e) => panic!("tshark: {e}"),
+    }
+}
