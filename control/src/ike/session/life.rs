@@ -715,6 +715,9 @@ impl Session {
             Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
         };
         self.life.last_inbound = Some(now);
+        // R-6.1-q: an authentic request with a syntax problem is answered at the IKE layer
+        // with INVALID_SYNTAX (then the IKE SA is deleted, §2.21.3); an unknown critical
+        // payload with UNSUPPORTED_CRITICAL_PAYLOAD (§2.5), which is not fatal.
         let payloads = match opened.payloads {
             Ok(p) => p,
             Err(e) => {
@@ -748,9 +751,6 @@ impl Session {
                 for &spi in &d.spis {
                     let Some(pos) = self.life.children.iter().position(|c| c.spi_out == spi) else {
                         continue;
-        // R-6.1-q: an authentic request with a syntax problem is answered at the IKE layer
-        // with INVALID_SYNTAX (then the IKE SA is deleted, §2.21.3); an unknown critical
-        // payload with UNSUPPORTED_CRITICAL_PAYLOAD (§2.5), which is not fatal.
                     };
                     let c = self.life.children.remove(pos);
                     // §1.4.1: a pair we are deleting ourselves is not named in the answer.

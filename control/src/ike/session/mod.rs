@@ -26,6 +26,8 @@ mod proposal;
 mod ts;
 
 #[cfg(test)]
+mod matrix_tests;
+#[cfg(test)]
 mod tests;
 
 use core::fmt;

@@ -42,7 +42,7 @@ fn cbc_modp() -> IkeSuite {
     .unwrap()
 }
 
-fn ts4(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
+pub(super) fn ts4(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
     TrafficSelector::Ipv4(TsRange {
         ip_protocol: 0,
         start_port: 0,
@@ -52,22 +52,22 @@ fn ts4(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
     })
 }
 
-const I_ADDR: ([u8; 4], u16) = ([10, 0, 0, 1], 40000);
-const R_ADDR: ([u8; 4], u16) = ([192, 0, 2, 1], 4500);
+pub(super) const I_ADDR: ([u8; 4], u16) = ([192, 0, 2, 2], 40000);
+pub(super) const R_ADDR: ([u8; 4], u16) = ([192, 0, 2, 1], 4500);
 
-fn sock((ip, port): ([u8; 4], u16)) -> SocketAddr {
+pub(super) fn sock((ip, port): ([u8; 4], u16)) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(ip), port))
 }
 
-fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
+pub(super) fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.example".to_vec()),
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
         psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
         ike_proposals: vec![ike],
         esp_proposals: vec![esp],
-        ts_local: vec![ts4([10, 1, 0, 0], [10, 1, 255, 255])],
-        ts_remote: vec![ts4([10, 2, 0, 0], [10, 2, 255, 255])],
+        ts_local: vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])],
+        ts_remote: vec![ts4([203, 0, 113, 0], [203, 0, 113, 255])],
     };
     let r = Config {
         local_id: i.remote_id.clone(),
@@ -80,13 +80,13 @@ fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
 }
 
 /// Both sessions of one TCP connection without NAT.
-fn pair(ci: Config, cr: Config, now: Instant) -> (Session, Session, Vec<u8>) {
+pub(super) fn pair(ci: Config, cr: Config, now: Instant) -> (Session, Session, Vec<u8>) {
     let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     let r = Session::responder(cr, sock(R_ADDR), sock(I_ADDR));
     (i, r, first)
 }
 
-fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
+pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
     let mut sends = Vec::new();
     let mut events = Vec::new();
     for o in out {
@@ -99,7 +99,7 @@ fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
 }
 
 /// Delivers messages back and forth until nobody sends; returns (initiator, responder) events.
-fn pump(
+pub(super) fn pump(
     i: &mut Session,
     r: &mut Session,
     first: Vec<u8>,
@@ -123,20 +123,20 @@ fn pump(
     }
 }
 
-fn child(events: &[SessionEvent]) -> Option<&ChildSa> {
+pub(super) fn child(events: &[SessionEvent]) -> Option<&ChildSa> {
     events.iter().find_map(|e| match e {
         SessionEvent::ChildSaUp(c) => Some(c),
         _ => None,
     })
 }
 
-fn ike_up(events: &[SessionEvent]) -> bool {
+pub(super) fn ike_up(events: &[SessionEvent]) -> bool {
     events
         .iter()
         .any(|e| matches!(e, SessionEvent::IkeSaUp { .. }))
 }
 
-fn failed(events: &[SessionEvent]) -> Option<FailReason> {
+pub(super) fn failed(events: &[SessionEvent]) -> Option<FailReason> {
     events.iter().find_map(|e| match e {
         SessionEvent::Failed(r) => Some(*r),
         _ => None,
@@ -150,14 +150,14 @@ fn ipv4_packet(body: &[u8]) -> Vec<u8> {
     p[2..4].copy_from_slice(&total.to_be_bytes());
     p[8] = 64;
     p[9] = 17;
-    p[12..16].copy_from_slice(&[10, 1, 0, 1]);
-    p[16..20].copy_from_slice(&[10, 2, 0, 1]);
+    p[12..16].copy_from_slice(&[198, 51, 100, 1]);
+    p[16..20].copy_from_slice(&[203, 0, 113, 1]);
     p.extend_from_slice(body);
     p
 }
 
 /// An ESP packet sealed with `from`'s outbound KEYMAT opens with `to`'s inbound KEYMAT.
-fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
+pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
     let out_params = SaParams {
         esn: from.esn,
         ..SaParams::new(
@@ -335,7 +335,7 @@ fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
     let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
     let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     // A NAPT that keeps the address but rewrites the TCP source port.
-    let mapped = ([10, 0, 0, 1], 61000);
+    let mapped = (I_ADDR.0, 61000);
     let mut r = Session::responder(cr, sock(R_ADDR), sock(mapped));
 
     // R-6.5-a: the request carries both notifies, SPIr = 0, over the TCP ports (R-6.5-b).
@@ -425,23 +425,26 @@ fn wrong_identity_authentication_failed() {
 fn traffic_selectors_narrowed_to_intersection() {
     let now = Instant::now();
     let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    ci.ts_local = vec![ts4([10, 1, 0, 0], [10, 1, 255, 255])];
+    ci.ts_local = vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])];
     ci.ts_remote = vec![ts4([0, 0, 0, 0], [255, 255, 255, 255])];
-    cr.ts_remote = vec![ts4([10, 1, 2, 0], [10, 1, 2, 255])];
+    cr.ts_remote = vec![ts4([198, 51, 100, 32], [198, 51, 100, 63])];
     cr.ts_local = vec![
-        ts4([10, 2, 0, 0], [10, 2, 0, 255]),
-        ts4([10, 3, 0, 0], [10, 3, 0, 255]),
+        ts4([203, 0, 113, 0], [203, 0, 113, 127]),
+        ts4([203, 0, 113, 192], [203, 0, 113, 255]),
     ];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     let ic = child(&ie).unwrap();
     let rc = child(&re).unwrap();
-    assert_eq!(ic.ts_local, vec![ts4([10, 1, 2, 0], [10, 1, 2, 255])]);
+    assert_eq!(
+        ic.ts_local,
+        vec![ts4([198, 51, 100, 32], [198, 51, 100, 63])]
+    );
     assert_eq!(
         ic.ts_remote,
         vec![
-            ts4([10, 2, 0, 0], [10, 2, 0, 255]),
-            ts4([10, 3, 0, 0], [10, 3, 0, 255])
+            ts4([203, 0, 113, 0], [203, 0, 113, 127]),
+            ts4([203, 0, 113, 192], [203, 0, 113, 255])
         ]
     );
     assert_eq!(rc.ts_local, ic.ts_remote);
@@ -454,15 +457,15 @@ fn narrowing_protocol_and_ports() {
         ip_protocol: 0,
         start_port: 0,
         end_port: 65535,
-        start_addr: Ipv4Addr::new(10, 0, 0, 0),
-        end_addr: Ipv4Addr::new(10, 0, 0, 255),
+        start_addr: Ipv4Addr::new(198, 51, 100, 0),
+        end_addr: Ipv4Addr::new(198, 51, 100, 127),
     });
     let b = TrafficSelector::Ipv4(TsRange {
         ip_protocol: 6,
         start_port: 443,
         end_port: 443,
-        start_addr: Ipv4Addr::new(10, 0, 0, 7),
-        end_addr: Ipv4Addr::new(10, 0, 1, 7),
+        start_addr: Ipv4Addr::new(198, 51, 100, 7),
+        end_addr: Ipv4Addr::new(198, 51, 100, 200),
     });
     let m = ts::meet(&a, &b).unwrap();
     assert_eq!(
@@ -471,8 +474,8 @@ fn narrowing_protocol_and_ports() {
             ip_protocol: 6,
             start_port: 443,
             end_port: 443,
-            start_addr: Ipv4Addr::new(10, 0, 0, 7),
-            end_addr: Ipv4Addr::new(10, 0, 0, 255),
+            start_addr: Ipv4Addr::new(198, 51, 100, 7),
+            end_addr: Ipv4Addr::new(198, 51, 100, 127),
         })
     );
     let udp = TrafficSelector::Ipv4(TsRange {
@@ -500,7 +503,7 @@ fn narrowing_protocol_and_ports() {
 fn ts_unacceptable_keeps_ike_sa_without_child() {
     let now = Instant::now();
     let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    cr.ts_local = vec![ts4([172, 16, 0, 0], [172, 16, 0, 255])];
+    cr.ts_local = vec![ts4([192, 0, 2, 0], [192, 0, 2, 255])];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     for ev in [&ie, &re] {
@@ -905,8 +908,16 @@ fn session_is_send_and_dropped_input_leaves_activity_alone() {
 
 /// Both ends with the IKE SA and the first Child SA up at `t0`.
 fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
+    established_with(gcm_x25519(), (Suite::Aes128Gcm16, false))
+}
+
+/// As [`established`], with these suites.
+pub(super) fn established_with(
+    ike: IkeSuite,
+    esp: (Suite, bool),
+) -> (Session, Session, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(ike, esp);
     let (mut i, mut r, first) = pair(ci, cr, t0);
     let (ie, re) = pump(&mut i, &mut r, first, t0);
     let (ic, rc) = (child(&ie).unwrap().clone(), child(&re).unwrap().clone());
@@ -916,7 +927,7 @@ fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
 }
 
 /// Delivers one message, returning what the receiver sends.
-fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
+pub(super) fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
     let (s, e) = split(to.handle(msg, now).unwrap());
     assert!(
         !e.iter().any(|e| matches!(
@@ -929,7 +940,7 @@ fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
 }
 
 /// Runs an exchange started by `a` with `req` to the end; returns the SA events of both.
-fn run(
+pub(super) fn run(
     a: &mut Session,
     b: &mut Session,
     req: Vec<u8>,
@@ -943,7 +954,7 @@ fn run(
     (a.take_sa_events(), b.take_sa_events())
 }
 
-fn rekeyed(ev: &[SaEvent]) -> Option<(u32, u32, &ChildSa)> {
+pub(super) fn rekeyed(ev: &[SaEvent]) -> Option<(u32, u32, &ChildSa)> {
     ev.iter().find_map(|e| match e {
         SaEvent::ChildSaRekeyed {
             old_spi_in,
@@ -954,7 +965,7 @@ fn rekeyed(ev: &[SaEvent]) -> Option<(u32, u32, &ChildSa)> {
     })
 }
 
-fn deleted(ev: &[SaEvent]) -> Vec<(u32, u32)> {
+pub(super) fn deleted(ev: &[SaEvent]) -> Vec<(u32, u32)> {
     ev.iter()
         .filter_map(|e| match e {
             SaEvent::ChildSaDeleted { spi_in, spi_out } => Some((*spi_in, *spi_out)),
@@ -963,7 +974,7 @@ fn deleted(ev: &[SaEvent]) -> Vec<(u32, u32)> {
         .collect()
 }
 
-fn paired(a: &ChildSa, b: &ChildSa) {
+pub(super) fn paired(a: &ChildSa, b: &ChildSa) {
     assert_eq!(a.spi_in, b.spi_out);
     assert_eq!(a.spi_out, b.spi_in);
     assert_eq!(a.keymat_in, b.keymat_out);
@@ -972,7 +983,7 @@ fn paired(a: &ChildSa, b: &ChildSa) {
     esp_roundtrip(b, a);
 }
 
-fn opened_payloads(by: &Session, msg: &[u8]) -> Vec<Payload> {
+pub(super) fn opened_payloads(by: &Session, msg: &[u8]) -> Vec<Payload> {
     by.open(msg).ok().unwrap().payloads.unwrap()
 }
 
@@ -984,13 +995,13 @@ fn r_6_7_a_liveness_check_both_directions() {
     dpd_roundtrip(&mut r, &mut i, t);
 }
 
-fn dpd_roundtrip_raw(a: &mut Session, b: &mut Session, req: Vec<u8>, t: Instant) {
+pub(super) fn dpd_roundtrip_raw(a: &mut Session, b: &mut Session, req: Vec<u8>, t: Instant) {
     let resp = deliver(b, &req, t);
     deliver(a, &resp[0], t);
     assert!(!a.has_outstanding());
 }
 
-fn dpd_roundtrip(a: &mut Session, b: &mut Session, t: Instant) {
+pub(super) fn dpd_roundtrip(a: &mut Session, b: &mut Session, t: Instant) {
     let req = a.start_dpd(t).unwrap();
     assert!(a.has_outstanding());
     assert_eq!(a.start_dpd(t).unwrap_err(), SessionError::Busy, "window 1");
@@ -1575,10 +1586,10 @@ fn r_7_5_a_large_ike_auth_sent_as_one_sk_message_never_fragmented() {
     let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
     // 2 × 64 selectors (the codec's bound per payload): well over 1,500 octets.
     ci.ts_local = (0..64u8)
-        .map(|k| ts4([10, 1, k, 0], [10, 1, k, 255]))
+        .map(|k| ts4([198, 51, 100, 4 * k], [198, 51, 100, 4 * k + 3]))
         .collect();
     ci.ts_remote = (0..64u8)
-        .map(|k| ts4([10, 2, k, 0], [10, 2, k, 255]))
+        .map(|k| ts4([203, 0, 113, 4 * k], [203, 0, 113, 4 * k + 3]))
         .collect();
     cr.ts_local = ci.ts_remote.clone();
     cr.ts_remote = ci.ts_local.clone();
