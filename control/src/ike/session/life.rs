@@ -77,11 +77,13 @@ enum Pending {
     /// Delete of the IKE SA.
     DeleteIke,
     /// CREATE_CHILD_SA for a Child SA: new, or rekeying the one with inbound SPI `rekey`.
+    /// `retried`: this is already the retry after INVALID_KE_PAYLOAD (RFC 7296 §1.3).
     Child {
         rekey: Option<u32>,
         spi_in: u32,
         ni: Vec<u8>,
         ke: Option<KeyExchange>,
+        retried: bool,
     },
     /// CREATE_CHILD_SA rekeying the IKE SA, with our new SPI.
     IkeRekey {
@@ -149,6 +151,8 @@ pub(super) struct Life {
     /// The IKE SA created by the peer's rekey that collided with ours (§2.8.2), until ours
     /// completes and the nonces decide which one survives.
     ike_collision: Option<IkeCandidate>,
+    /// PFS policy for Child SAs made by CREATE_CHILD_SA: the DH group we require, if any.
+    pfs: Option<DhGroup>,
 }
 
 /// An IKE SA negotiated but not in use yet.
@@ -176,6 +180,7 @@ impl Default for Life {
             collision: None,
             side: Vec::new(),
             ike_collision: None,
+            pfs: None,
         }
     }
 }
@@ -216,6 +221,14 @@ impl Session {
     /// Inbound silence after which a liveness check is sent (default 30 s, R-6.7-a).
     pub fn set_dpd_interval(&mut self, interval: Duration) {
         self.life.dpd_interval = interval;
+    }
+
+    /// Requires PFS with `group` for every Child SA created or rekeyed by CREATE_CHILD_SA
+    /// (`None`, the default: PFS only when a request asks for it). Our own requests then
+    /// always carry a KE payload of `group`; a peer's request without one, or with another
+    /// group, is answered with INVALID_KE_PAYLOAD naming `group` (RFC 7296 §1.3, §3.10.1).
+    pub fn set_child_pfs(&mut self, group: Option<DhGroup>) {
+        self.life.pfs = group;
     }
 
     /// The caller saw authentic inbound ESP on one of our Child SAs: that proves liveness.
@@ -339,35 +352,20 @@ impl Session {
     }
 
     /// A CREATE_CHILD_SA request for an additional Child SA with the configured proposals and
-    /// traffic selectors, without PFS (RFC 7296 §1.3.1).
+    /// traffic selectors (RFC 7296 §1.3.1), without PFS unless [`Session::set_child_pfs`]
+    /// requires it.
     ///
     /// # Errors
     /// As [`Session::start_dpd`].
     pub fn create_child(&mut self, now: Instant) -> Result<Vec<u8>, SessionError> {
         self.ready()?;
-        let spi_in = random_esp_spi()?;
-        let ni = random::<NONCE_LEN>()?.to_vec();
-        let inner = [
-            Payload::Sa(proposal::esp_offer(&self.cfg.esp_proposals, spi_in)),
-            Payload::Nonce(ni.clone()),
-            Payload::TsI(TsPayload {
-                selectors: self.cfg.ts_local.clone(),
-            }),
-            Payload::TsR(TsPayload {
-                selectors: self.cfg.ts_remote.clone(),
-            }),
-        ];
-        let pending = Pending::Child {
-            rekey: None,
-            spi_in,
-            ni,
-            ke: None,
-        };
-        self.request(pending, &inner, now)
+        self.child_request(None, self.life.pfs, false, now)
     }
 
     /// A CREATE_CHILD_SA request rekeying the Child SA with inbound SPI `spi_in` (RFC 7296
-    /// §1.3.3), with a KE payload of the IKE SA's group for PFS if `pfs`.
+    /// §1.3.3), with a KE payload for PFS if `pfs` (of the group set with
+    /// [`Session::set_child_pfs`], else of the IKE SA's group; that policy also makes PFS
+    /// mandatory).
     ///
     /// # Errors
     /// As [`Session::delete_child`].
@@ -378,32 +376,50 @@ impl Session {
         now: Instant,
     ) -> Result<Vec<u8>, SessionError> {
         self.ready()?;
-        let old = self
-            .life
-            .children
-            .iter()
-            .find(|c| c.spi_in == spi_in)
-            .ok_or(SessionError::UnknownChildSa)?;
-        let (ts_local, ts_remote) = (old.ts_local.clone(), old.ts_remote.clone());
+        let group = match (self.life.pfs, pfs) {
+            (Some(g), _) => Some(g),
+            (None, true) => Some(self.suite.ok_or(SessionError::Internal("no suite"))?.dh()),
+            (None, false) => None,
+        };
+        self.child_request(Some(spi_in), group, false, now)
+    }
+
+    /// Sends a CREATE_CHILD_SA request for a new Child SA or, with `rekey`, for rekeying the
+    /// Child SA with that inbound SPI; with a KE payload of `group` if given (PFS).
+    fn child_request(
+        &mut self,
+        rekey: Option<u32>,
+        group: Option<DhGroup>,
+        retried: bool,
+        now: Instant,
+    ) -> Result<Vec<u8>, SessionError> {
+        let (ts_local, ts_remote) = match rekey {
+            None => (self.cfg.ts_local.clone(), self.cfg.ts_remote.clone()),
+            Some(old_in) => {
+                let old = self
+                    .life
+                    .children
+                    .iter()
+                    .find(|c| c.spi_in == old_in)
+                    .ok_or(SessionError::UnknownChildSa)?;
+                (old.ts_local.clone(), old.ts_remote.clone())
+            }
+        };
         let new_spi = random_esp_spi()?;
         let ni = random::<NONCE_LEN>()?.to_vec();
-        let group = if pfs {
-            Some(self.suite.ok_or(SessionError::Internal("no suite"))?.dh())
-        } else {
-            None
-        };
-        let mut rekey = NotifyPayload::new(NotifyType::REKEY_SA, Vec::new());
-        rekey.protocol = ProtocolId::ESP;
-        rekey.spi = Spi::U32(spi_in);
-        let mut inner = vec![
-            Payload::Notify(rekey),
-            Payload::Sa(proposal::esp_offer_pfs(
-                &self.cfg.esp_proposals,
-                new_spi,
-                group,
-            )),
-            Payload::Nonce(ni.clone()),
-        ];
+        let mut inner = Vec::new();
+        if let Some(old_in) = rekey {
+            let mut n = NotifyPayload::new(NotifyType::REKEY_SA, Vec::new());
+            n.protocol = ProtocolId::ESP;
+            n.spi = Spi::U32(old_in);
+            inner.push(Payload::Notify(n));
+        }
+        inner.push(Payload::Sa(proposal::esp_offer_pfs(
+            &self.cfg.esp_proposals,
+            new_spi,
+            group,
+        )));
+        inner.push(Payload::Nonce(ni.clone()));
         let ke = match group {
             Some(g) => {
                 let (ke, public) = KeyExchange::generate(g).map_err(|_| SessionError::Rng)?;
@@ -422,12 +438,28 @@ impl Session {
             selectors: ts_remote,
         }));
         let pending = Pending::Child {
-            rekey: Some(spi_in),
+            rekey,
             spi_in: new_spi,
             ni,
             ke,
+            retried,
         };
         self.request(pending, &inner, now)
+    }
+
+    /// DH groups we accept for a Child SA's PFS, most preferred first: the required one if
+    /// [`Session::set_child_pfs`] set it, else the IKE SA's group and those of our IKE proposals.
+    fn pfs_groups(&self) -> Vec<DhGroup> {
+        if let Some(g) = self.life.pfs {
+            return vec![g];
+        }
+        let mut groups: Vec<DhGroup> = self.suite.map(|s| s.dh()).into_iter().collect();
+        for s in &self.cfg.ike_proposals {
+            if !groups.contains(&s.dh()) {
+                groups.push(s.dh());
+            }
+        }
+        groups
     }
 
     /// The IKE suites offered in an IKE SA rekey: those with the current group (our KE).
@@ -687,7 +719,8 @@ impl Session {
                 spi_in,
                 ni,
                 ke,
-            } => self.on_child_response(rekey, spi_in, &ni, ke, &payloads, now),
+                retried,
+            } => self.on_child_response((rekey, spi_in, retried), &ni, ke, &payloads, now),
             Pending::IkeRekey { spi, ni, ke } => {
                 self.on_ike_rekey_response(spi, &ni, &ke, &payloads, now)
             }
@@ -856,19 +889,28 @@ impl Session {
         {
             return self.answer_error(msg, h, NotifyType::TEMPORARY_FAILURE, Vec::new());
         }
-        let pfs = match ke {
-            None => None,
-            Some(k) => match DhGroup::from_transform(k.group) {
-                Ok(g) => Some(g),
-                Err(_) => {
-                    return self.answer_error(msg, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
-                }
-            },
-        };
-        let Some((number, spi_out, suite, esn)) =
-            proposal::esp_select_pfs(sa, &self.cfg.esp_proposals, pfs)
-        else {
+        // §1.3, §2.7: we pick a proposal and, if it offers DH groups, the group. A KE payload
+        // of another group, or none while the proposal or our policy needs one, is answered
+        // with INVALID_KE_PAYLOAD naming the group we want (§3.10.1); nothing changes.
+        let Some((number, spi_out, suite, esn, group)) = proposal::esp_select_child(
+            sa,
+            &self.cfg.esp_proposals,
+            &self.pfs_groups(),
+            ke.map(|k| k.group),
+        ) else {
             return self.answer_error(msg, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
+        };
+        let pfs = match (group.or(self.life.pfs), ke) {
+            (Some(g), Some(k)) if k.group == g.transform_id() => Some(g),
+            (Some(g), _) => {
+                let data = g.transform_id().to_be_bytes().to_vec();
+                return self.answer_error(msg, h, NotifyType::INVALID_KE_PAYLOAD, data);
+            }
+            // A KE payload but no DH group in the proposal we accept.
+            (None, Some(_)) => {
+                return self.answer_error(msg, h, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
+            }
+            (None, None) => None,
         };
         let ts_i = ts::narrow(tsi, &self.cfg.ts_remote);
         let ts_r = ts::narrow(tsr, &self.cfg.ts_local);
@@ -977,14 +1019,30 @@ impl Session {
 
     fn on_child_response(
         &mut self,
-        rekey: Option<u32>,
-        spi_in: u32,
+        (rekey, spi_in, retried): (Option<u32>, u32, bool),
         ni: &[u8],
         ke: Option<KeyExchange>,
         payloads: &[Payload],
         now: Instant,
     ) -> Result<Vec<Output>, SessionError> {
         if let Some(n) = first_error(payloads) {
+            // §1.3: INVALID_KE_PAYLOAD names the group the responder wants: retry once with
+            // it (a new request, new Message ID) if we accept that group; nothing changed.
+            if n.kind == NotifyType::INVALID_KE_PAYLOAD
+                && !retried
+                && self.life.collision.is_none()
+                && let Ok(b) = <[u8; 2]>::try_from(n.data.as_slice())
+                && let Ok(group) = DhGroup::from_transform(u16::from_be_bytes(b))
+                && ke.as_ref().map(KeyExchange::group) != Some(group)
+                && self.pfs_groups().contains(&group)
+            {
+                return match self.child_request(rekey, Some(group), true, now) {
+                    Ok(m) => Ok(vec![Output::Send(m)]),
+                    // The Child SA to rekey is gone meanwhile.
+                    Err(SessionError::UnknownChildSa) => self.child_refused(n.kind),
+                    Err(e) => Err(e),
+                };
+            }
             return self.child_refused(n.kind);
         }
         let sa = find(payloads, |p| match p {

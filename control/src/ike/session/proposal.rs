@@ -295,6 +295,49 @@ pub(super) fn esp_select_pfs(
     })
 }
 
+/// Responder of CREATE_CHILD_SA (RFC 7296 §1.3, §2.7): the first initiator ESP proposal
+/// whose cipher and ESN we accept → (number, peer SPI, suite, ESN, DH group). The group is
+/// `None` if the proposal offers none (no PFS); else the group `ke` of the initiator's KE
+/// payload if the proposal offers it and it is in `groups` (ours, most preferred first), else
+/// our most preferred group the proposal offers, else our most preferred group at all (for
+/// the caller to ask for with INVALID_KE_PAYLOAD, §3.10.1).
+pub(super) fn esp_select_child(
+    offer: &SaPayload,
+    ours: &[(Suite, bool)],
+    groups: &[DhGroup],
+    ke: Option<u16>,
+) -> Option<(u8, u32, Suite, bool, Option<DhGroup>)> {
+    offer.proposals.iter().find_map(|p| {
+        let Spi::U32(spi) = p.spi else { return None };
+        let offered: Vec<u16> = p
+            .transforms
+            .iter()
+            .filter(|t| t.kind == TransformType::DH && t.id != 0)
+            .map(|t| t.id)
+            .collect();
+        let group = if offered.is_empty() {
+            None
+        } else {
+            let is_offered = |g: &&DhGroup| offered.contains(&g.transform_id());
+            let by_ke = groups
+                .iter()
+                .filter(is_offered)
+                .find(|g| Some(g.transform_id()) == ke);
+            Some(
+                *by_ke
+                    .or_else(|| groups.iter().find(is_offered))
+                    .or_else(|| groups.first())?,
+            )
+        };
+        // The DH choice is made above; the rest of the proposal must suit us.
+        let mut rest = p.clone();
+        rest.transforms.retain(|t| t.kind != TransformType::DH);
+        ours.iter()
+            .find(|&&(s, e)| esp_accepts(&rest, s, e, None))
+            .map(|&(s, e)| (p.number, spi, s, e, group))
+    })
+}
+
 /// Initiator: the responder's single ESP proposal → (peer SPI, suite, ESN), if it is one of ours.
 pub(super) fn esp_chosen(
     answer: &SaPayload,

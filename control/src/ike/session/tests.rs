@@ -1928,3 +1928,147 @@ fn r_6_1_q_authenticated_malformed_response_deletes_ike_sa() {
         assert!(a.is_deleted() && a.child_sas().is_empty());
     }
 }
+
+// ----- CREATE_CHILD_SA with PFS: INVALID_KE_PAYLOAD (RFC 7296 §1.3, §2.7, §3.10.1) -----
+
+fn gcm_p256() -> IkeSuite {
+    IkeSuite::new(
+        EncrAlg::AesGcm16_256,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Ecp256,
+    )
+    .unwrap()
+}
+
+/// Established over X25519; the initiator also accepts group 19 (one of its IKE proposals).
+fn established_two_groups() -> (Session, Session, ChildSa, ChildSa, Instant) {
+    let t0 = Instant::now();
+    let (mut ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    ci.ike_proposals.push(gcm_p256());
+    let (mut i, mut r, first) = pair(ci, cr, t0);
+    let (ie, re) = pump(&mut i, &mut r, first, t0);
+    let (ic, rc) = (child(&ie).unwrap().clone(), child(&re).unwrap().clone());
+    (i, r, ic, rc, t0)
+}
+
+fn ke_group(p: &[Payload]) -> Option<u16> {
+    p.iter().find_map(|p| match p {
+        Payload::Ke(k) => Some(k.group),
+        _ => None,
+    })
+}
+
+/// The responder's answer is N(INVALID_KE_PAYLOAD) with `group`; it changed nothing.
+fn assert_invalid_ke(i: &Session, r: &mut Session, resp: &[u8], group: u16, children: usize) {
+    let p = opened_payloads(i, resp);
+    let n = find_notify(&p, NotifyType::INVALID_KE_PAYLOAD).unwrap();
+    assert_eq!(n.data, group.to_be_bytes());
+    assert!(r.take_sa_events().is_empty());
+    assert_eq!(r.child_sas().len(), children);
+    assert!(r.is_established());
+}
+
+#[test]
+fn child_rekey_pfs_invalid_ke_payload_retried_once_with_requested_group() {
+    let (mut i, mut r, ic, rc, t0) = established_two_groups();
+    r.set_child_pfs(Some(DhGroup::Ecp256));
+    let req = i.rekey_child(ic.spi_in, true, t0).unwrap();
+    assert_eq!(ke_group(&opened_payloads(&r, &req)), Some(31));
+    let resp = deliver(&mut r, &req, t0);
+    assert_invalid_ke(&i, &mut r, &resp[0], 19, 1);
+    // The initiator retries at once with a KE of group 19, under a new Message ID.
+    let retry = deliver(&mut i, &resp[0], t0);
+    assert_eq!(retry.len(), 1);
+    assert!(i.take_sa_events().is_empty(), "nothing changed yet");
+    assert_eq!(i.child_sas().len(), 1);
+    let (h0, h1) = (
+        Header::parse(&req).unwrap().header,
+        Header::parse(&retry[0]).unwrap().header,
+    );
+    assert_eq!(h1.message_id, h0.message_id + 1);
+    let p = opened_payloads(&r, &retry[0]);
+    assert_eq!(ke_group(&p), Some(19));
+    assert_eq!(
+        find_notify(&p, NotifyType::REKEY_SA).unwrap().spi,
+        Spi::U32(ic.spi_in)
+    );
+    let (ie, re) = run(&mut i, &mut r, retry[0].clone(), t0);
+    let (old_in, _, inew) = rekeyed(&ie).unwrap();
+    assert_eq!(old_in, ic.spi_in);
+    let (old_in, _, rnew) = rekeyed(&re).unwrap();
+    assert_eq!(old_in, rc.spi_in);
+    paired(inew, rnew);
+}
+
+#[test]
+fn new_child_without_ke_when_responder_requires_pfs_gets_invalid_ke_then_succeeds() {
+    let (mut i, mut r, _, _, t0) = established_two_groups();
+    r.set_child_pfs(Some(DhGroup::Curve25519));
+    let req = i.create_child(t0).unwrap();
+    assert_eq!(ke_group(&opened_payloads(&r, &req)), None);
+    let resp = deliver(&mut r, &req, t0);
+    assert_invalid_ke(&i, &mut r, &resp[0], 31, 1);
+    let retry = deliver(&mut i, &resp[0], t0);
+    assert_eq!(ke_group(&opened_payloads(&r, &retry[0])), Some(31));
+    let (ie, re) = run(&mut i, &mut r, retry[0].clone(), t0);
+    let created = |ev: &[SaEvent]| {
+        ev.iter()
+            .find_map(|e| match e {
+                SaEvent::ChildSaCreated(c) => Some(c.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    paired(&created(&ie), &created(&re));
+    assert_eq!((i.child_sas().len(), r.child_sas().len()), (2, 2));
+}
+
+#[test]
+fn invalid_ke_payload_for_unsupported_group_refuses_child_without_change() {
+    let (mut i, mut r, ic, _, t0) = established();
+    r.set_child_pfs(Some(DhGroup::Ecp384));
+    let req = i.rekey_child(ic.spi_in, true, t0).unwrap();
+    let resp = deliver(&mut r, &req, t0);
+    assert_invalid_ke(&i, &mut r, &resp[0], 20, 1);
+    assert!(deliver(&mut i, &resp[0], t0).is_empty(), "no retry");
+    assert!(matches!(
+        i.take_sa_events()[..],
+        [SaEvent::ChildSaRefused(NotifyType::INVALID_KE_PAYLOAD)]
+    ));
+    assert_eq!(i.child_sas().len(), 1);
+    assert_eq!(i.child_sas()[0].spi_in, ic.spi_in);
+    assert!(i.is_established() && !i.has_outstanding());
+    dpd_roundtrip(&mut i, &mut r, t0);
+}
+
+#[test]
+fn invalid_ke_payload_retry_happens_only_once() {
+    let (mut i, mut r, ic, _, t0) = established_two_groups();
+    r.set_child_pfs(Some(DhGroup::Ecp256));
+    let req = i.rekey_child(ic.spi_in, true, t0).unwrap();
+    let resp = deliver(&mut r, &req, t0);
+    let retry = deliver(&mut i, &resp[0], t0);
+    // The responder changes its mind: the second INVALID_KE_PAYLOAD ends the attempt.
+    r.set_child_pfs(Some(DhGroup::Curve25519));
+    let resp = deliver(&mut r, &retry[0], t0);
+    assert_invalid_ke(&i, &mut r, &resp[0], 31, 1);
+    assert!(deliver(&mut i, &resp[0], t0).is_empty());
+    assert!(matches!(
+        i.take_sa_events()[..],
+        [SaEvent::ChildSaRefused(NotifyType::INVALID_KE_PAYLOAD)]
+    ));
+    assert_eq!(i.child_sas().len(), 1);
+}
+
+/// With PFS required on both ends, our own rekeys use that group even when asked without.
+#[test]
+fn required_pfs_group_used_by_own_requests() {
+    let (mut i, mut r, ic, _, t0) = established_two_groups();
+    i.set_child_pfs(Some(DhGroup::Ecp256));
+    r.set_child_pfs(Some(DhGroup::Ecp256));
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    assert_eq!(ke_group(&opened_payloads(&r, &req)), Some(19));
+    let (ie, re) = run(&mut i, &mut r, req, t0);
+    paired(rekeyed(&ie).unwrap().2, rekeyed(&re).unwrap().2);
+}
