@@ -405,6 +405,10 @@ impl Driver {
         self.keylog_child(endpoint, c, conn);
         let limits = self.endpoints[endpoint].limits;
         let (rekey_at, expire_at) = lifetime::deadlines(now, limits.child_soft, limits.child_hard);
+        let selectors = Selectors {
+            local: to_spd(&c.ts_local),
+            remote: to_spd(&c.ts_remote),
+        };
         let child = self.children.len();
         self.children.push(ChildState {
             endpoint,
@@ -416,6 +420,7 @@ impl Driver {
             outbound_ok: false,
             rekey_at,
             expire_at,
+            selectors: selectors.clone(),
         });
         let ack = self.ack();
         self.pending.insert(
@@ -435,10 +440,6 @@ impl Driver {
                 ack,
             },
         )?;
-        let selectors = Selectors {
-            local: to_spd(&c.ts_local),
-            remote: to_spd(&c.ts_remote),
-        };
         Ok(Some((child, ack, Box::new(out), selectors)))
     }
 

@@ -84,9 +84,10 @@ impl Driver {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(i);
         }
-        if established {
-            // The SAs live on the worker that owns the session's connections (an Originator
-            // always reconnects from the same worker).
+        // SAs on another worker move there first, then the IKE SA is bound (an Originator
+        // always reconnects from the same worker; a Responder's new connection may land on
+        // another one).
+        if established && !self.migrate(i, conn)? {
             self.send(
                 conn.worker,
                 Command::BindIkeSa {
@@ -250,7 +251,7 @@ impl Driver {
             return None;
         }
         self.sessions.iter().position(|s| {
-            s.endpoint == endpoint
+            self.same_listener(s.endpoint, endpoint)
                 && s.alive()
                 && s.session.tcp_role() == Role::Responder
                 && s.session.spis() == (spi_i, spi_r)
@@ -427,6 +428,24 @@ impl Driver {
             )?;
         }
         Ok(())
+    }
+
+    /// Endpoints `a` and `b` are the same Responder listening on several workers (one endpoint
+    /// per worker, one address): a session of one may continue on a connection of the other.
+    pub(super) fn same_listener(&self, a: usize, b: usize) -> bool {
+        if a == b {
+            return true;
+        }
+        match (
+            self.endpoints.get(a).map(|e| e.role),
+            self.endpoints.get(b).map(|e| e.role),
+        ) {
+            (
+                Some(EndpointRole::Responder { listen: x }),
+                Some(EndpointRole::Responder { listen: y }),
+            ) => x == y,
+            _ => false,
+        }
     }
 
     fn is_originator(&self, endpoint: usize) -> bool {

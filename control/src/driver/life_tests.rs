@@ -890,3 +890,193 @@ fn r_6_4_b_invalid_ke_payload_retry_on_the_same_connection() {
     poll_until(&mut d, "the deletes", |d| !d.has_pending());
     rig.stop();
 }
+
+/// A Responder listening on two workers: the Originator's new connection lands on the other
+/// worker (a NAT changed its port, R-6.1-h). The worker reports the SPI it does not hold; the
+/// driver moves the SA objects (sequence numbers and replay windows with them) and binds the
+/// IKE SA to the new connection.
+#[test]
+fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
+    use iketcp_dataplane::worker::handle::RemovedSa;
+    let (h, sides) = channels(2);
+    let (ci, cr) = configs(Suite::Aes256Gcm16, true).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    for w in [0, 1] {
+        d.add(Endpoint::new(
+            w,
+            EndpointRole::Responder { listen },
+            cr.clone(),
+        ))
+        .unwrap();
+    }
+    let t0 = Instant::now();
+    let ack = |d: &mut Driver, worker: u16, ack: u64| {
+        d.handle_event(
+            Event::Ack {
+                worker,
+                ack,
+                result: Ok(()),
+            },
+            t0,
+        )
+        .unwrap();
+    };
+    for w in [0u16, 1] {
+        for c in sides[usize::from(w)].commands.try_iter() {
+            if let Command::Listen { ack: a, .. } = c {
+                ack(&mut d, w, a);
+            }
+        }
+    }
+    let peer = SocketAddr::from((INITIATOR_ADDR, 40001));
+    let (mut init, first) = Session::initiator(ci, peer, listen, t0).unwrap();
+    let on = |worker: u16, slot: u32| Conn {
+        worker,
+        id: iketcp_dataplane::transport::ConnId {
+            slot,
+            generation: 0,
+        },
+    };
+    let (c0, c1) = (on(0, 1), on(1, 2));
+    let conn_up = |d: &mut Driver, c: Conn, port: u16| {
+        d.handle_event(
+            Event::ConnUp {
+                conn: c,
+                local: listen,
+                peer: SocketAddr::from((INITIATOR_ADDR, port)),
+                role: TcpRole::Responder,
+                token: None,
+            },
+            t0,
+        )
+        .unwrap();
+    };
+    conn_up(&mut d, c0, 40001);
+    let mut msg = first;
+    let mut sas = (None, None, None);
+    while !init.is_established() {
+        d.handle_event(Event::IkeMessage { conn: c0, msg }, t0)
+            .unwrap();
+        let mut reply = None;
+        for _ in 0..2 {
+            for c in sides[0].commands.try_iter().collect::<Vec<_>>() {
+                match c {
+                    Command::InstallInbound { sa, ack: a, .. } => {
+                        sas.0 = Some(sa);
+                        ack(&mut d, 0, a);
+                    }
+                    Command::InstallOutbound {
+                        sa,
+                        ack: a,
+                        selectors,
+                        ..
+                    } => {
+                        sas.1 = Some(sa);
+                        sas.2 = Some(selectors);
+                        ack(&mut d, 0, a);
+                    }
+                    Command::SendIke { msg, .. } => reply = Some(msg),
+                    _ => {}
+                }
+            }
+        }
+        let out = init.handle(&reply.expect("a response"), t0).unwrap();
+        msg = match out.into_iter().find_map(|o| match o {
+            Output::Send(m) => Some(m),
+            Output::Event(_) => None,
+        }) {
+            Some(m) => m,
+            None => break,
+        };
+    }
+    let (Some(inb), Some(out), Some(selectors)) = sas else {
+        panic!("SAs not installed")
+    };
+    let (spi_in, spi_out) = (inb.spi(), out.spi());
+    assert_eq!(d.installed(), 1);
+    // The connection breaks; the new one lands on worker 1, whose first ESP is unknown there.
+    down(&mut d, c0, None);
+    conn_up(&mut d, c1, 40999);
+    d.handle_event(
+        Event::UnknownSpi {
+            conn: c1,
+            spi: spi_in,
+        },
+        t0,
+    )
+    .unwrap();
+    let w0: Vec<Command> = sides[0].commands.try_iter().collect();
+    let deletes: Vec<(u32, Direction)> = w0
+        .iter()
+        .filter_map(|c| match c {
+            Command::DeleteSa { spi, dir, .. } => Some((*spi, *dir)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![(spi_in, Direction::Inbound), (spi_out, Direction::Outbound)]
+    );
+    assert_eq!(d.installed(), 0, "in transit");
+    // Worker 0 hands the SA objects back; they go to worker 1 as they are.
+    d.handle_event(Event::SaRemoved(RemovedSa::Inbound(inb)), t0)
+        .unwrap();
+    d.handle_event(Event::SaRemoved(RemovedSa::Outbound(out)), t0)
+        .unwrap();
+    let w1: Vec<Command> = sides[1].commands.try_iter().collect();
+    let mut acks = Vec::new();
+    for c in &w1 {
+        match c {
+            Command::InstallInbound { sa, ack, .. } => {
+                assert_eq!(sa.spi(), spi_in);
+                acks.push(*ack);
+            }
+            Command::InstallOutbound {
+                sa,
+                ack,
+                selectors: s,
+                ..
+            } => {
+                assert_eq!(sa.spi(), spi_out);
+                assert_eq!(s, &selectors);
+                acks.push(*ack);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(acks.len(), 2, "{w1:?}");
+    assert!(matches!(w1.last(), Some(Command::BindIkeSa { conn, .. }) if *conn == c1.id));
+    assert!(
+        sides[0]
+            .commands
+            .try_iter()
+            .any(|c| matches!(c, Command::ForgetIkeSa { .. }))
+    );
+    for a in acks {
+        ack(&mut d, 1, a);
+    }
+    assert_eq!(d.installed(), 1);
+    let events = d.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DriverEvent::Migrated { from: 0, to: 1, .. })),
+        "{events:?}"
+    );
+    // The same session answers on the new connection.
+    let probe = init.start_dpd(t0).unwrap();
+    d.handle_event(
+        Event::IkeMessage {
+            conn: c1,
+            msg: probe,
+        },
+        t0,
+    )
+    .unwrap();
+    let answered = sides[1]
+        .commands
+        .try_iter()
+        .any(|c| matches!(c, Command::SendIke { conn, .. } if conn == c1.id));
+    assert!(answered);
+}

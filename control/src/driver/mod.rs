@@ -44,6 +44,7 @@ mod child;
 mod conn;
 mod keyfile;
 mod lifetime;
+mod migrate;
 
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
@@ -231,6 +232,17 @@ pub enum DriverEvent {
         /// Its name in the data plane.
         ike_sa: IkeSaId,
     },
+    /// An IKE SA's ESP SAs moved to the worker of its new connection.
+    Migrated {
+        /// Endpoint index.
+        endpoint: usize,
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// The worker that held them.
+        from: u16,
+        /// The worker that holds them now.
+        to: u16,
+    },
     /// A worker removed an ESP SA (answer to `DeleteSa`).
     SaRemoved {
         /// SPI.
@@ -314,6 +326,8 @@ struct ChildState {
     /// the worker).
     rekey_at: Option<Instant>,
     expire_at: Option<Instant>,
+    /// Its outbound traffic selectors (for a reinstall on another worker).
+    selectors: Selectors,
 }
 
 #[derive(Debug)]
@@ -328,6 +342,11 @@ enum Pending {
     },
     Outbound {
         child: usize,
+    },
+    /// An SA moved to another worker.
+    Moved {
+        child: usize,
+        dir: Direction,
     },
     Delete,
 }
@@ -371,6 +390,8 @@ pub struct Driver {
     keylog_seen: HashSet<String>,
     /// Session of each IKE SA name the workers use.
     by_ike_sa: HashMap<IkeSaId, usize>,
+    /// IKE SAs whose SAs are moving to another worker.
+    migrations: Vec<migrate::Migration>,
 }
 
 /// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
@@ -415,6 +436,7 @@ impl Driver {
             keylog: None,
             keylog_seen: HashSet::new(),
             by_ike_sa: HashMap::new(),
+            migrations: Vec::new(),
         }
     }
 
@@ -638,6 +660,9 @@ impl Driver {
             Event::IkeMessage { conn, msg } => self.on_ike(conn, &msg, now),
             // Removed SAs are dropped here (their keys are zeroized), off the worker.
             Event::SaRemoved(sa) => {
+                let Some(sa) = self.on_removed(sa)? else {
+                    return Ok(());
+                };
                 let (spi, dir) = match &sa {
                     RemovedSa::Inbound(i) => (i.spi(), Direction::Inbound),
                     RemovedSa::Outbound(o) => (o.spi(), Direction::Outbound),
@@ -664,7 +689,7 @@ impl Driver {
                 hard,
                 ..
             } => self.on_expired(worker, spi, dir, hard, now),
-            Event::UnknownSpi { .. } => Ok(()),
+            Event::UnknownSpi { conn, spi } => self.on_unknown_spi(conn, spi),
         }
     }
 
@@ -759,6 +784,23 @@ impl Driver {
                     self.events.push(DriverEvent::Failed {
                         endpoint,
                         reason: format!("outbound SA install: {e}"),
+                    });
+                }
+            },
+            Pending::Moved { child, dir } => match result {
+                Ok(()) => {
+                    if let Some(c) = self.children.get_mut(child) {
+                        match dir {
+                            Direction::Inbound => c.inbound_ok = true,
+                            Direction::Outbound => c.outbound_ok = true,
+                        }
+                    }
+                }
+                Err(e) => {
+                    let endpoint = self.children.get(child).map_or(0, |c| c.endpoint);
+                    self.events.push(DriverEvent::Failed {
+                        endpoint,
+                        reason: format!("moving an SA: {e}"),
                     });
                 }
             },

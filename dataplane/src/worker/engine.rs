@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::directory::SpiDirectory;
 use super::handle::{
     Command, Conn, Direction, Event, ExpiryCause, IkeSaId, Lifetime, RemovedSa, WorkerChannels,
 };
@@ -108,6 +109,8 @@ struct ConnState {
 struct Health {
     unknown_spi_run: u32,
     unparseable_run: u32,
+    /// ESP for an SPI of another worker was reported (see `SpiDirectory`).
+    foreign_reported: bool,
     /// Set when the connection must be closed (`Some(true)`: with RST); acted on after the
     /// current receive.
     doomed: Option<bool>,
@@ -158,6 +161,7 @@ pub struct Engine {
     commands: Receiver<Command>,
     events: Sender<Event>,
     stats: Arc<WorkerStats>,
+    directory: SpiDirectory,
     conns: FastMap<ConnId, ConnState>,
     inbound: FastMap<u32, InEntry>,
     outbound: FastMap<u32, OutEntry>,
@@ -186,6 +190,7 @@ impl Engine {
             commands: ch.commands,
             events: ch.events,
             stats: ch.stats,
+            directory: ch.directory,
             conns: FastMap::default(),
             inbound: FastMap::default(),
             outbound: FastMap::default(),
@@ -304,6 +309,7 @@ impl Engine {
             } => {
                 let spi = sa.spi();
                 self.groups.entry(ike_sa).or_default();
+                self.directory.insert(spi, self.index);
                 self.inbound.insert(
                     spi,
                     InEntry {
@@ -353,6 +359,7 @@ impl Engine {
             Command::DeleteSa { spi, dir, ack } => {
                 let removed = match dir {
                     Direction::Inbound => {
+                        self.directory.remove(spi, self.index);
                         self.inbound.remove(&spi).map(|e| RemovedSa::Inbound(e.sa))
                     }
                     Direction::Outbound => {
@@ -625,6 +632,20 @@ impl Engine {
         let spi = parse_header(bytes).map_or(0, |h| h.0);
         let Some(e) = self.inbound.get_mut(&spi).filter(|e| !e.dead) else {
             bump(&self.stats.unknown_spi, 1);
+            if self.directory.owner(spi).is_some_and(|w| w != self.index) {
+                // Another worker holds it: not corruption (R-6.1-p). Reported once per
+                // connection until its ESP is accepted here, so control moves the SAs.
+                if !std::mem::replace(&mut health.foreign_reported, true) {
+                    let _ = self.events.try_send(Event::UnknownSpi {
+                        conn: Conn {
+                            worker: self.index,
+                            id,
+                        },
+                        spi,
+                    });
+                }
+                return;
+            }
             health.unknown_spi_run += 1;
             if health.unknown_spi_run == 1 {
                 let _ = self.events.try_send(Event::UnknownSpi {
@@ -647,6 +668,7 @@ impl Engine {
         match e.sa.decap(bytes, 0..len) {
             Ok(d) => {
                 health.unknown_spi_run = 0;
+                health.foreign_reported = false;
                 bump(&self.stats.esp_in, 1);
                 // Authentic and not a replay: on the Responder this connection is now the IKE
                 // SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e). The

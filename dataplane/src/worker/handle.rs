@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::directory::SpiDirectory;
 use super::spd::Selectors;
 use super::stats::{StatsSnapshot, WorkerStats};
 use crate::sa::{InboundSa, OutboundSa};
@@ -258,6 +259,7 @@ pub struct DataplaneHandle {
     commands: Vec<Sender<Command>>,
     events: Receiver<Event>,
     stats: Vec<Arc<WorkerStats>>,
+    directory: SpiDirectory,
 }
 
 /// A worker's side of the channels.
@@ -271,6 +273,8 @@ pub struct WorkerChannels {
     pub events: Sender<Event>,
     /// Its counters.
     pub stats: Arc<WorkerStats>,
+    /// Which worker holds each inbound SPI (shared by all workers).
+    pub directory: SpiDirectory,
 }
 
 /// Creates the channels for `workers` workers.
@@ -279,6 +283,7 @@ pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
     let mut commands = Vec::new();
     let mut stats = Vec::new();
     let mut sides = Vec::new();
+    let directory = SpiDirectory::default();
     for index in 0..workers {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let st = Arc::new(WorkerStats::default());
@@ -289,6 +294,7 @@ pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
             commands: rx,
             events: ev_tx.clone(),
             stats: st,
+            directory: directory.clone(),
         });
     }
     (
@@ -296,6 +302,7 @@ pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
             commands,
             events: ev_rx,
             stats,
+            directory,
         },
         sides,
     )
@@ -363,5 +370,10 @@ impl DataplaneHandle {
     /// One worker's counters.
     pub fn worker_stats(&self, worker: u16) -> Option<StatsSnapshot> {
         self.stats.get(usize::from(worker)).map(|s| s.snapshot())
+    }
+
+    /// Which worker holds each inbound SPI.
+    pub fn directory(&self) -> &SpiDirectory {
+        &self.directory
     }
 }

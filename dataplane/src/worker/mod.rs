@@ -1,6 +1,7 @@
 //! Workers: one thread per core, pinned, each owning its TCP connections, their SAs, sequence
 //! numbers and replay windows. Nothing on the packet path is shared or locked.
 
+pub mod directory;
 pub mod engine;
 pub mod handle;
 pub mod spd;

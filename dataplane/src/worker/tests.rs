@@ -396,6 +396,40 @@ fn r_6_1_p_a_few_unknown_spis_tolerated() {
 }
 
 #[test]
+fn r_6_1_p_spis_of_another_worker_never_close_and_are_reported_once() {
+    let mut r = Rig::new(EngineConfig {
+        unknown_spi_limit: 8,
+        ..EngineConfig::default()
+    });
+    // Worker 3 holds this SPI (a connection landed on the wrong worker, e.g. after a NAT change).
+    r.handle.directory().insert(0x0bad_0000, 3);
+    let a = r.responder_conn("192.0.2.10:40000");
+    let mut foreign = r.peer.esp_frame(1);
+    foreign[2..6].copy_from_slice(&0x0bad_0000u32.to_be_bytes());
+    for _ in 0..20 {
+        r.t.feed(a, &foreign);
+    }
+    r.step();
+    assert_eq!(r.t.closed(a), None, "not corruption");
+    let reports = r
+        .events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::UnknownSpi {
+                    spi: 0x0bad_0000,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(reports, 1);
+    // Our own SPIs are in the directory too, under this worker.
+    assert_eq!(r.handle.directory().owner(SPI_IN), Some(0));
+}
+
+#[test]
 fn r_6_1_o_r_10_a_many_unknown_spis_close_the_connection_sas_survive() {
     let mut r = Rig::new(EngineConfig {
         unknown_spi_limit: 8,

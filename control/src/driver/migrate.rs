@@ -1,0 +1,152 @@
+//! Moving an IKE SA's ESP SAs to the worker that owns its new connection.
+//!
+//! With several workers behind one port, a reconnecting Originator's new 4-tuple (a NAT may
+//! have changed its address or port, RFC 9329 §6.1, R-6.1-h) can hash to another worker than
+//! the one holding the SAs. That worker reports the SPI (it knows from the shared
+//! [`SpiDirectory`](iketcp_dataplane::worker::directory::SpiDirectory) that the SPI is not
+//! corruption), or an IKE message of the IKE SA arrives there. The driver then takes each live
+//! SA out of the old worker (`DeleteSa` hands back the SA object, sequence numbers and replay
+//! window included), installs the same object on the new worker, and binds the IKE SA to the
+//! new connection once all are there. Packets that arrive meanwhile are dropped, never
+//! decrypted twice.
+
+use super::*;
+
+/// One IKE SA's SAs on their way to another worker.
+#[derive(Debug)]
+pub(super) struct Migration {
+    session: usize,
+    from: u16,
+    to: Conn,
+    /// SAs still to come back from the old worker: (SPI, direction, child).
+    waiting: Vec<(u32, Direction, usize)>,
+}
+
+impl Driver {
+    /// Starts moving session `i`'s live Child SAs to `to`'s worker; returns false if all of
+    /// them are there already.
+    pub(super) fn migrate(&mut self, i: usize, to: Conn) -> Result<bool, DriverError> {
+        if let Some(m) = self.migrations.iter_mut().find(|m| m.session == i) {
+            m.to = to;
+            return Ok(true);
+        }
+        let moving: Vec<usize> = (0..self.children.len())
+            .filter(|&c| {
+                let ch = &self.children[c];
+                ch.session == i
+                    && ch.inbound_ok
+                    && ch.outbound_ok
+                    && ch.worker != to.worker
+                    && !self.retiring.iter().any(|r| r.1 == c)
+            })
+            .collect();
+        let Some(&first) = moving.first() else {
+            return Ok(false);
+        };
+        let from = self.children[first].worker;
+        let mut waiting = Vec::new();
+        for c in moving {
+            let ch = &mut self.children[c];
+            ch.inbound_ok = false;
+            ch.outbound_ok = false;
+            let (worker, spi_in, spi_out) = (ch.worker, ch.spi_in, ch.spi_out);
+            waiting.push((spi_in, Direction::Inbound, c));
+            waiting.push((spi_out, Direction::Outbound, c));
+            self.delete_sa(worker, spi_in, Direction::Inbound)?;
+            self.delete_sa(worker, spi_out, Direction::Outbound)?;
+        }
+        self.migrations.push(Migration {
+            session: i,
+            from,
+            to,
+            waiting,
+        });
+        Ok(true)
+    }
+
+    /// A worker reports ESP for an SPI it does not hold: if another worker holds it, its IKE
+    /// SA moves to this connection's worker.
+    pub(super) fn on_unknown_spi(&mut self, conn: Conn, spi: u32) -> Result<(), DriverError> {
+        let Some(endpoint) = self.conns.get(&conn).map(|c| c.endpoint) else {
+            return Ok(());
+        };
+        let Some(c) = self.children.iter().rposition(|c| {
+            c.spi_in == spi
+                && c.inbound_ok
+                && c.worker != conn.worker
+                && self.same_listener(c.endpoint, endpoint)
+        }) else {
+            return Ok(());
+        };
+        let i = self.children[c].session;
+        if !self.sessions[i].alive() {
+            return Ok(());
+        }
+        self.sessions[i].conn = Some(conn);
+        if let Some(cs) = self.conns.get_mut(&conn) {
+            cs.session = Some(i);
+        }
+        self.migrate(i, conn).map(|_| ())
+    }
+
+    /// An SA came back from a worker: if it is moving, it goes to its new worker (and `None`
+    /// is returned); otherwise it is handed back to be dropped.
+    pub(super) fn on_removed(&mut self, sa: RemovedSa) -> Result<Option<RemovedSa>, DriverError> {
+        let (spi, dir) = match &sa {
+            RemovedSa::Inbound(s) => (s.spi(), Direction::Inbound),
+            RemovedSa::Outbound(s) => (s.spi(), Direction::Outbound),
+        };
+        let Some((m, k)) = self.migrations.iter().enumerate().find_map(|(m, mig)| {
+            mig.waiting
+                .iter()
+                .position(|w| w.0 == spi && w.1 == dir)
+                .map(|k| (m, k))
+        }) else {
+            return Ok(Some(sa));
+        };
+        let (_, _, child) = self.migrations[m].waiting.remove(k);
+        let to = self.migrations[m].to;
+        let session = self.migrations[m].session;
+        let ike_sa = self.sessions[session].ike_sa;
+        let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
+        self.children[child].worker = to.worker;
+        let ack = self.ack();
+        self.pending.insert(ack, Pending::Moved { child, dir });
+        let cmd = match sa {
+            RemovedSa::Inbound(sa) => Command::InstallInbound {
+                sa,
+                ike_sa,
+                lifetime,
+                ack,
+            },
+            RemovedSa::Outbound(sa) => Command::InstallOutbound {
+                sa,
+                ike_sa,
+                selectors: self.children[child].selectors.clone(),
+                lifetime,
+                ack,
+            },
+        };
+        self.send(to.worker, cmd)?;
+        if self.migrations[m].waiting.is_empty() {
+            let done = self.migrations.remove(m);
+            // Traffic of the IKE SA now goes out on the new connection (RFC 9329 §6.1).
+            self.send(done.from, Command::ForgetIkeSa { ike_sa })?;
+            self.send(
+                to.worker,
+                Command::BindIkeSa {
+                    ike_sa,
+                    conn: to.id,
+                },
+            )?;
+            let endpoint = self.sessions[session].endpoint;
+            self.events.push(DriverEvent::Migrated {
+                endpoint,
+                ike_sa,
+                from: done.from,
+                to: to.worker,
+            });
+        }
+        Ok(None)
+    }
+}
