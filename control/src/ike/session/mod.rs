@@ -540,7 +540,12 @@ impl Session {
         let Ok(info) = Header::parse(msg) else {
             return Ok(dropped(DropReason::Malformed));
         };
-        if info.check(msg.len()).is_err() {
+        if let Err(e) = info.check(msg.len()) {
+            if let crate::ike::wire::Error::UnsupportedMajorVersion(_) = e
+                && let Some(answer) = self.invalid_major_version(&info.header)
+            {
+                return Ok(vec![Output::Send(answer?)]);
+            }
             return Ok(dropped(DropReason::Malformed));
         }
         let h = info.header;
@@ -571,6 +576,35 @@ impl Session {
                 Ok(dropped(DropReason::Unexpected))
             }
         }
+    }
+
+    /// RFC 7296 §2.5, §1.5: a responder without state answers a first request of a higher
+    /// major version with an unprotected N(INVALID_MAJOR_VERSION) in a version 2.0 header
+    /// (SPIs, Message ID and Exchange Type copied, no data) and keeps no state. `None`: drop.
+    fn invalid_major_version(&self, h: &Header) -> Option<Result<Vec<u8>, SessionError>> {
+        let first_request = self.role == Role::Responder
+            && matches!(self.state, State::Idle)
+            && !h.flags.response
+            && h.spi_i != 0
+            && h.spi_r == 0
+            && h.message_id == 0;
+        if !first_request {
+            return None;
+        }
+        let answer = Message {
+            header: Header {
+                flags: Flags {
+                    initiator: false,
+                    version: false,
+                    response: true,
+                },
+                ..*h
+            },
+            payloads: vec![notify(NotifyType::INVALID_MAJOR_VERSION, Vec::new())],
+        }
+        .to_bytes()
+        .map_err(emit_err);
+        Some(answer)
     }
 
     /// R-7.5-b: an SKF message is authenticated with the established keys (IKE_AUTH and later)

@@ -2072,3 +2072,65 @@ fn required_pfs_group_used_by_own_requests() {
     let (ie, re) = run(&mut i, &mut r, req, t0);
     paired(rekeyed(&ie).unwrap().2, rekeyed(&re).unwrap().2);
 }
+
+// ----- INVALID_MAJOR_VERSION (RFC 7296 §1.5, §2.5) -----
+
+fn with_major_version(msg: &[u8], version: u8) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    m[17] = version;
+    m
+}
+
+#[test]
+fn higher_major_version_answered_invalid_major_version_without_state() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let v3 = with_major_version(&first, 0x31);
+    let (s, ev) = split(r.handle(&v3, now).unwrap());
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(s.len(), 1);
+    let info = Header::parse(&s[0]).unwrap();
+    assert_eq!((info.major_version, info.minor_version), (2, 0));
+    let req = Header::parse(&first).unwrap().header;
+    assert_eq!(info.header.spi_i, req.spi_i);
+    assert_eq!(info.header.spi_r, 0);
+    assert_eq!(info.header.message_id, 0);
+    assert_eq!(info.header.exchange, ExchangeType::IKE_SA_INIT);
+    assert!(info.header.flags.response && !info.header.flags.initiator);
+    let m = Message::parse(&s[0]).unwrap();
+    assert_eq!(
+        m.payloads,
+        vec![notify(NotifyType::INVALID_MAJOR_VERSION, Vec::new())]
+    );
+    // No state: still waiting for IKE_SA_INIT, and the version 2 request works.
+    assert_eq!(r.spis(), (0, 0));
+    assert!(r.cached.is_none() && r.prot.is_none());
+    // Lower versions and higher-version responses are dropped without an answer.
+    for bad in [
+        with_major_version(&first, 0x10),
+        with_major_version(&response_to(&first, Vec::new()), 0x30),
+    ] {
+        let (s, ev) = split(r.handle(&bad, now).unwrap());
+        assert!(s.is_empty() && matches!(ev[..], [SessionEvent::Dropped(_)]));
+    }
+    // The initiator has no other version to offer: it gives up (R-6.4-a).
+    let (_, ie) = split(i.handle(&s[0], now).unwrap());
+    assert_eq!(
+        failed(&ie),
+        Some(FailReason::PeerError(NotifyType::INVALID_MAJOR_VERSION))
+    );
+    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut i, _, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    assert!(ike_up(&ie) && ike_up(&re));
+}
+
+#[test]
+fn higher_major_version_after_init_is_dropped() {
+    let (mut i, mut r, _, _, t0) = established();
+    let req = i.start_dpd(t0).unwrap();
+    let (s, ev) = split(r.handle(&with_major_version(&req, 0x30), t0).unwrap());
+    assert!(s.is_empty() && matches!(ev[..], [SessionEvent::Dropped(_)]));
+    assert!(r.is_established());
+}
