@@ -1080,3 +1080,72 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
         .any(|c| matches!(c, Command::SendIke { conn, .. } if conn == c1.id));
     assert!(answered);
 }
+
+#[test]
+fn finished_sessions_and_child_sas_are_forgotten() {
+    // Many rekeys: each leaves a finished Child SA behind.
+    let mut h = originator(calm());
+    let mut now = h.t0;
+    for _ in 0..80 {
+        now += Duration::from_secs(2);
+        assert_eq!(h.d.rekey_child_sas(now).unwrap(), 1);
+        let cmds = h.cmds();
+        let answers = h.peer_handles(&cmds, now);
+        let cmds = h.deliver(answers[0].clone(), now);
+        // The old Child SA's Delete exchange.
+        for m in h.peer_handles(&cmds, now) {
+            h.deliver(m, now);
+        }
+        // The old inbound SA's grace period ends; its delete is acknowledged.
+        h.d.handle_timers(now + OLD_INBOUND_GRACE).unwrap();
+        let cmds = h.cmds();
+        h.ack_all(&cmds);
+    }
+    assert_eq!(h.d.child_rekeys(), 80);
+    assert_eq!(h.d.installed(), 1);
+    assert!(
+        h.d.children.len() < 70,
+        "{} Child SAs kept",
+        h.d.children.len()
+    );
+    // Still coherent: the live Child SA rekeys once more.
+    now += Duration::from_secs(2);
+    assert_eq!(h.d.rekey_child_sas(now).unwrap(), 1);
+    let cmds = h.cmds();
+    let answers = h.peer_handles(&cmds, now);
+    h.deliver(answers[0].clone(), now);
+    assert_eq!(h.d.child_rekeys(), 81);
+
+    // A flood of half-open IKE SAs on a Responder.
+    let (hd, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(hd);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    ep.timers = quick();
+    d.add(ep).unwrap();
+    let t0 = Instant::now();
+    for k in 0..100u32 {
+        up(&mut d, conn(k + 10), TcpRole::Responder, None);
+        let (_, first) = Session::initiator(
+            ci.clone(),
+            SocketAddr::from((INITIATOR_ADDR, 20000 + k as u16)),
+            listen,
+            t0,
+        )
+        .unwrap();
+        d.handle_event(
+            Event::IkeMessage {
+                conn: conn(k + 10),
+                msg: first,
+            },
+            t0,
+        )
+        .unwrap();
+    }
+    assert_eq!(d.sessions.len(), 100);
+    d.handle_timers(t0 + Duration::from_secs(9)).unwrap();
+    assert!(d.sessions.is_empty(), "{} sessions kept", d.sessions.len());
+    assert!(d.conns.values().all(|c| c.session.is_none()));
+    drop(sides);
+}

@@ -22,6 +22,30 @@ pub(super) struct Migration {
     waiting: Vec<(u32, Direction, usize)>,
 }
 
+impl Migration {
+    /// Child SAs on the move.
+    pub(super) fn children(&self) -> impl Iterator<Item = usize> + '_ {
+        self.waiting.iter().map(|w| w.2)
+    }
+
+    /// The session moving.
+    pub(super) fn session(&self) -> usize {
+        self.session
+    }
+
+    /// Applies new session and Child SA numbers (see `reap`).
+    pub(super) fn renumber(
+        &mut self,
+        s: &impl Fn(usize) -> Option<usize>,
+        c: &impl Fn(usize) -> Option<usize>,
+    ) {
+        self.session = s(self.session).unwrap_or(usize::MAX);
+        for w in &mut self.waiting {
+            w.2 = c(w.2).unwrap_or(usize::MAX);
+        }
+    }
+}
+
 impl Driver {
     /// Starts moving session `i`'s live Child SAs to `to`'s worker; returns false if all of
     /// them are there already.

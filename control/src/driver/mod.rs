@@ -45,6 +45,7 @@ mod conn;
 mod keyfile;
 mod lifetime;
 mod migrate;
+mod reap;
 
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
@@ -634,6 +635,7 @@ impl Driver {
             self.switches.retain(|x| x.old != w.old);
             self.switch(w, now)?;
         }
+        self.maybe_reap();
         Ok(())
     }
 
