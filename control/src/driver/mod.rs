@@ -12,10 +12,22 @@
 //!   session produced in the same call (the responder's IKE_AUTH response) are held until the
 //!   inbound SA's install is acknowledged, so the peer never uses an SA we cannot decrypt with yet.
 //!
-//! - If a TCP Originator's connection goes down while its request is outstanding, it reconnects
-//!   (at most three times) and re-sends that request bit for bit on the new connection (RFC 9329
-//!   §6.2, R-6.2-b). A Responder continues a session whose request arrives on a new connection
-//!   (matched by both IKE SPIs) and, once established, binds the IKE SA to it.
+//! - Connections (`conn.rs`): the SAs outlive their connection (RFC 9329 §6.1). Only the TCP
+//!   Originator dials again, after any unexpected close (R-6.1-g), at most three times in a row
+//!   without an answer; the IKE SA is bound to the new connection and a request still waiting
+//!   for its response is re-sent bit for bit (R-6.2-b). A Responder continues a session whose
+//!   message or ESP arrives on a new connection. An IKE integrity failure closes the connection
+//!   (R-6.1-o); the Originator closes it once the IKE SA is deleted (R-6.1-d); a Responder
+//!   closes connections without a live IKE SA after [`Timers::orphan`] (R-6.1-e) and drops
+//!   half-open sessions after [`Timers::half_open`].
+//! - Liveness: workers report which IKE SAs received authentic ESP; with that and authentic IKE
+//!   messages the session checks liveness after silence and deletes the IKE SA when the check
+//!   goes unanswered (RFC 7296 §2.4, RFC 9329 §6.7).
+//! - Lifetimes (`lifetime.rs`): rekeys at soft limits (time with jitter, or traffic limits the
+//!   workers report), deletes at hard limits.
+//! - Moves (`migrate.rs`): a connection that lands on another worker than the IKE SA's SAs
+//!   takes them along.
+//! - Reaping (`reap.rs`): finished sessions and Child SAs are forgotten.
 //!
 //! - After every session call the driver takes the session's [`SaEvent`]s. A Child SA created by
 //!   CREATE_CHILD_SA is installed like the first one. A rekeyed Child SA: the new inbound SA is
@@ -31,9 +43,6 @@
 //! - Simultaneous rekeys of one Child SA (RFC 7296 §2.8.1) defer the switch until a Delete shows
 //!   which new SA survives; a deleted Child SA's inbound SA also gets the grace period. This path
 //!   still loses a few packets (unknown SPI at the peer) and has no test yet.
-//!
-//! Not yet: reconnects after the IKE SA is up, SA migration between workers, rekeys triggered
-//! by lifetimes, reaping half-open responder sessions.
 
 #[cfg(test)]
 mod life_tests;
