@@ -3,7 +3,8 @@
 //! R-7.5-a: we never send SKF payloads and never announce IKEV2_FRAGMENTATION_SUPPORTED over
 //! TCP. R-7.5-b: a peer may still fragment, so Encrypted Fragment payloads protected with the
 //! established IKE SA keys (IKE_AUTH and later) are verified one by one, collected per Message ID
-//! and, once complete, processed exactly like an unfragmented SK message.
+//! and, once complete, the reassembled chain is processed exactly like the decrypted content of an
+//! unfragmented SK message (never encrypted again).
 //!
 //! Bounds: at most [`MAX_FRAGMENTS`] fragments, at most [`MAX_REASSEMBLED`] octets of reassembled
 //! plaintext, duplicates ignored, and an incomplete set is discarded after [`REASSEMBLY_TIMEOUT`].
@@ -15,8 +16,8 @@ use aes_gcm::{Aes128Gcm, Aes256Gcm};
 use chacha20poly1305::ChaCha20Poly1305;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::ike::crypto::{EncrAlg, IkeSaKeys, IntegKey, Role, SkCipher};
-use crate::ike::wire::{Header, Message, Payload, PayloadType, SkPayload, locate_encrypted};
+use crate::ike::crypto::{EncrAlg, IkeSaKeys, IntegKey, Role};
+use crate::ike::wire::{Header, PayloadType, locate_encrypted};
 
 /// Most fragments accepted for one message.
 pub(super) const MAX_FRAGMENTS: u16 = 64;
@@ -231,7 +232,7 @@ pub(super) fn seal_fragment(
     total: u16,
     plain: &[u8],
 ) -> Vec<u8> {
-    use crate::ike::wire::SkfPayload;
+    use crate::ike::wire::{Message, Payload, SkfPayload};
     let suite = keys.suite();
     let encr = suite.encr();
     let (sk_e, sk_a) = keys.sending_keys(sender);
@@ -357,37 +358,4 @@ impl Reassembly {
         }
         Added::Complete(done.header, done.first_payload, all)
     }
-}
-
-/// Wraps a reassembled, already authenticated chain in an SK message protected with the peer's
-/// sending keys, so the normal receive path (which opens SK messages) processes it unchanged.
-/// The result never leaves this process.
-pub(super) fn reframe(
-    keys: &IkeSaKeys,
-    us: Role,
-    header: Header,
-    first: PayloadType,
-    plain: &[u8],
-) -> Result<Vec<u8>, FragError> {
-    let suite = keys.suite();
-    let (sk_e, sk_a) = keys.sending_keys(peer(us));
-    let c =
-        SkCipher::new(suite.encr(), suite.integ(), sk_e, sk_a).map_err(|_| FragError::Malformed)?;
-    let skel = Message {
-        header,
-        payloads: vec![Payload::Sk(SkPayload {
-            first_payload: first,
-            body: vec![0u8; c.sealed_body_len(plain.len())],
-        })],
-    }
-    .to_bytes()
-    .map_err(|_| FragError::Malformed)?;
-    let layout = locate_encrypted(&skel)
-        .ok()
-        .flatten()
-        .ok_or(FragError::Malformed)?;
-    let mut out = Vec::with_capacity(skel.len());
-    c.seal(&skel[..layout.header.end], plain, &mut out)
-        .map_err(|_| FragError::Malformed)?;
-    Ok(out)
 }

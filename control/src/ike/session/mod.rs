@@ -283,6 +283,9 @@ pub struct Session {
     life: life::Life,
     /// IKE fragments (RFC 7383) of one message being reassembled (R-7.5-b).
     frags: Option<frag::Reassembly>,
+    /// While a reassembled SKF message is processed: its first inner payload type and its
+    /// authenticated, decrypted chain, which [`Session::open`] hands out instead of decrypting.
+    reassembled: Option<(PayloadType, Zeroizing<Vec<u8>>)>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], SessionError> {
@@ -443,6 +446,7 @@ impl Session {
             tcp_role: Role::Initiator,
             life: life::Life::default(),
             frags: None,
+            reassembled: None,
         };
         let msg = s.start_init(group)?;
         Ok((s, msg))
@@ -476,6 +480,7 @@ impl Session {
             tcp_role: Role::Responder,
             life: life::Life::default(),
             frags: None,
+            reassembled: None,
         }
     }
 
@@ -638,11 +643,23 @@ impl Session {
             frag::Added::Pending => Some(Ok(Vec::new())),
             frag::Added::Dropped => Some(Ok(dropped(DropReason::Unexpected))),
             frag::Added::Complete(header, first, plain) => {
-                let whole = match frag::reframe(&prot.keys, self.role, header, first, &plain) {
-                    Ok(m) => m,
-                    Err(_) => return Some(Ok(dropped(DropReason::Malformed))),
+                // Every fragment was verified and decrypted on arrival: the chain goes to the
+                // normal processing as the content of an SK message whose body stays empty,
+                // so nothing is encrypted again (RFC 7383 §2.6: processed as if unfragmented).
+                let Ok(skeleton) = (Message {
+                    header,
+                    payloads: vec![Payload::Sk(SkPayload {
+                        first_payload: first,
+                        body: Vec::new(),
+                    })],
+                })
+                .to_bytes() else {
+                    return Some(Ok(dropped(DropReason::Malformed)));
                 };
-                Some(self.handle_inner(&whole, now))
+                self.reassembled = Some((first, plain));
+                let out = self.handle_inner(&skeleton, now);
+                self.reassembled = None;
+                Some(out)
             }
         }
     }
@@ -900,6 +917,13 @@ impl Session {
 
     /// Verifies and decrypts the SK payload of a received message.
     fn open(&self, msg: &[u8]) -> Result<Opened, OpenError> {
+        if let Some((first, plain)) = &self.reassembled {
+            return Ok(Opened {
+                plain: plain.clone(),
+                first: *first,
+                payloads: parse_chain(*first, plain),
+            });
+        }
         open_with(self.prot.as_ref().ok_or(OpenError::Malformed)?, msg)
     }
 

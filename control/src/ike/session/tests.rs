@@ -2134,3 +2134,52 @@ fn higher_major_version_after_init_is_dropped() {
     assert!(s.is_empty() && matches!(ev[..], [SessionEvent::Dropped(_)]));
     assert!(r.is_established());
 }
+
+/// R-7.5-b after IKE_AUTH: a Delete request arriving as SKF fragments is processed from the
+/// reassembled chain (nothing is encrypted again), and the same fragments again get the cached
+/// response (R-6.2-c).
+#[test]
+fn r_7_5_b_fragmented_informational_request_and_its_retransmission() {
+    let (mut i, mut r, ic, rc, t0) = established();
+    let req = i.delete_child(ic.spi_in, t0).unwrap();
+    let opened = r.open(&req).ok().unwrap();
+    let header = Header::parse(&req).unwrap().header;
+    let keys = &i.prot.as_ref().unwrap().keys;
+    let plain = opened.plain.to_vec();
+    let half = plain.len() / 2;
+    let frags = [
+        frag::seal_fragment(
+            keys,
+            Role::Initiator,
+            header,
+            opened.first,
+            1,
+            2,
+            &plain[..half],
+        ),
+        frag::seal_fragment(
+            keys,
+            Role::Initiator,
+            header,
+            PayloadType(0),
+            2,
+            2,
+            &plain[half..],
+        ),
+    ];
+    let (s, ev) = deliver_frag(&mut r, &frags[1], t0);
+    assert!(s.is_empty() && ev.is_empty());
+    let (resp, ev) = deliver_frag(&mut r, &frags[0], t0);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(resp.len(), 1);
+    assert!(r.reassembled.is_none());
+    assert_eq!(deleted(&r.take_sa_events()), [(rc.spi_in, rc.spi_out)]);
+    let mut again = Vec::new();
+    for f in &frags {
+        again = deliver_frag(&mut r, f, t0).0;
+    }
+    assert_eq!(again, resp, "the cached answer again");
+    deliver(&mut i, &resp[0], t0);
+    assert_eq!(deleted(&i.take_sa_events()), [(ic.spi_in, ic.spi_out)]);
+    assert!(i.child_sas().is_empty() && r.child_sas().is_empty());
+}
