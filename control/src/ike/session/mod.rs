@@ -17,7 +17,9 @@
 //! IKEV2_FRAGMENTATION_SUPPORTED over TCP (R-7.5-a), but reassembles SKF fragments a peer sends
 //! under the established keys (R-7.5-b); see the `frag` submodule.
 //!
-//! Not covered yet: COOKIE, certificates and EAP.
+//! An initiator answers COOKIE (RFC 7296 §2.6) and solves PUZZLEs (RFC 8019 §7.1.2); the
+//! responder's stateless cookie and puzzle screen is `crate::ike::cookie`, in front of the
+//! session. Not covered yet: certificates and EAP.
 
 mod frag;
 pub mod keylog;
@@ -25,6 +27,8 @@ mod life;
 mod proposal;
 mod ts;
 
+#[cfg(test)]
+mod cookie_tests;
 #[cfg(test)]
 mod matrix_tests;
 #[cfg(test)]
@@ -40,6 +44,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 pub use self::life::SaEvent;
+use crate::ike::cookie;
 pub use crate::ike::crypto::Role;
 use crate::ike::crypto::{
     ChildKeyLengths, DhGroup, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes, SkCipher,
@@ -123,6 +128,9 @@ pub enum FailReason {
     /// A request got no answer within the exchange timeout (RFC 9329 §6.2, R-6.2-a); the IKE
     /// SA is deleted.
     Timeout,
+    /// The responder asked for a puzzle of this difficulty, harder than we solve (above
+    /// `cookie::MAX_SOLVE_DIFFICULTY`) or not solved within the work bound (RFC 8019 §7.1.2).
+    PuzzleRefused(u8),
 }
 
 /// A Child SA ready for the data plane. Keys are wiped on drop and redacted in `Debug`.
@@ -272,6 +280,9 @@ pub struct Session {
     ke_public: Vec<u8>,
     /// Initiator: the responder's cookie, sent first in every further IKE_SA_INIT request.
     cookie: Option<Vec<u8>>,
+    /// Initiator: our solution to the responder's puzzle, sent after the cookie (RFC 8019
+    /// §7.1.2).
+    puzzle_solution: Option<Vec<u8>>,
     /// Initiator: groups already sent in a KE payload (no INVALID_KE_PAYLOAD ping-pong).
     tried_groups: Vec<DhGroup>,
     /// Initiator: IKE_SA_INIT requests sent so far.
@@ -440,6 +451,7 @@ impl Session {
             nat: (false, false),
             ke_public: Vec::new(),
             cookie: None,
+            puzzle_solution: None,
             tried_groups: Vec::new(),
             init_attempts: 0,
             last_activity: Some(now),
@@ -474,6 +486,7 @@ impl Session {
             nat: (false, false),
             ke_public: Vec::new(),
             cookie: None,
+            puzzle_solution: None,
             tried_groups: Vec::new(),
             init_attempts: 0,
             last_activity: None,
@@ -750,6 +763,10 @@ impl Session {
         let mut payloads = Vec::new();
         if let Some(c) = &self.cookie {
             payloads.push(notify(NotifyType::COOKIE, c.clone()));
+            // RFC 8019 §7.1.2: HDR, N(COOKIE), [PS,] SA, KE, Ni.
+            if let Some(ps) = &self.puzzle_solution {
+                payloads.push(Payload::Ps(ps.clone()));
+            }
         }
         payloads.extend([
             Payload::Sa(proposal::ike_offer(&self.cfg.ike_proposals)),
@@ -818,11 +835,26 @@ impl Session {
         };
         let current = ke.group();
         let retry_ok = self.init_attempts < MAX_INIT_ATTEMPTS;
+        let puzzle_n = find_notify(&m.payloads, NotifyType::PUZZLE);
+        let cookie_n = find_notify(&m.payloads, NotifyType::COOKIE);
+        // RFC 8019 §7.1.2: a PUZZLE without a COOKIE is malformed: ignore it, keep waiting.
+        if puzzle_n.is_some() && cookie_n.is_none() {
+            return Ok(dropped(DropReason::Malformed));
+        }
         // RFC 7296 §2.6: retry with the cookie first and everything else unchanged.
-        if let Some(c) = find_notify(&m.payloads, NotifyType::COOKIE)
+        if let Some(c) = cookie_n
             && retry_ok
             && (1..=64).contains(&c.data.len())
         {
+            // RFC 8019 §7.1.2: solve the puzzle over the cookie and return the solution.
+            let answer = puzzle_n.map(|p| cookie::answer_puzzle(&p.data, &c.data));
+            self.puzzle_solution = match answer {
+                None => None,
+                Some(Ok(ps)) => ps,
+                Some(Err(cookie::SolveError::TooHard(d) | cookie::SolveError::GaveUp(d))) => {
+                    return Ok(self.fail(FailReason::PuzzleRefused(d), Vec::new()));
+                }
+            };
             self.cookie = Some(c.data.clone());
             return Ok(vec![Output::Send(self.init_message(current)?)]);
         }

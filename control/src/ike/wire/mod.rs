@@ -43,7 +43,7 @@ pub use error::{Error, Part};
 pub use header::{ExchangeType, Flags, HEADER_LEN, Header, HeaderInfo};
 pub use id::{AuthMethod, AuthPayload, CertEncoding, CertPayload, Identity, KePayload, id_type};
 pub use message::{Message, emit_chain, parse_chain};
-pub use notify::{DeletePayload, NotifyPayload, NotifyType, Spi};
+pub use notify::{DeletePayload, NotifyPayload, NotifyType, PuzzleData, Spi};
 pub use payload::{Payload, PayloadIter, PayloadType, RawPayload};
 pub use sa::{
     ATTR_KEY_LENGTH, Attribute, Proposal, ProtocolId, SaPayload, Transform, TransformType, dh,

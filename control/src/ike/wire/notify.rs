@@ -6,7 +6,8 @@ use super::reader::Reader;
 use super::{Error, Part, ProtocolId};
 
 registry! {
-    /// Notify Message Type (RFC 7296 §3.10.1; RFC 4555 §6; RFC 7383 §2.3; RFC 7427 §4).
+    /// Notify Message Type (RFC 7296 §3.10.1; RFC 4555 §6; RFC 7383 §2.3; RFC 7427 §4;
+    /// RFC 8019 §8.1).
     /// Below 16384: errors; from 16384 on: status.
     pub struct NotifyType(u16) {
         UNSUPPORTED_CRITICAL_PAYLOAD = 1,
@@ -60,6 +61,8 @@ registry! {
         IKEV2_FRAGMENTATION_SUPPORTED = 16430,
         /// RFC 7427 §4.
         SIGNATURE_HASH_ALGORITHMS = 16431,
+        /// RFC 8019 §8.1: a puzzle to solve, with the COOKIE it is computed over.
+        PUZZLE = 16434,
     }
 }
 
@@ -67,6 +70,39 @@ impl NotifyType {
     /// RFC 7296 §3.10.1: types 0-16383 report errors.
     pub fn is_error(self) -> bool {
         self.0 < 16384
+    }
+}
+
+/// The Notification Data of a PUZZLE notification (RFC 8019 §8.1): the PRF to solve the
+/// puzzle with and the difficulty (the least number of trailing zero bits, ZBC; 0 lets the
+/// initiator choose, RFC 8019 §7.1.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PuzzleData {
+    /// PRF transform ID (RFC 7296 §3.3.2, Transform Type 2).
+    pub prf: u16,
+    /// Difficulty level: the least number of trailing zero bits of each PRF result.
+    pub difficulty: u8,
+}
+
+impl PuzzleData {
+    /// Size of the data: PRF (2 octets) and Difficulty (1 octet).
+    pub const LEN: usize = 3;
+
+    /// Reads PUZZLE Notification Data; anything but exactly 3 octets is malformed.
+    pub fn parse(data: &[u8]) -> Result<PuzzleData, Error> {
+        let mut r = Reader::new(data);
+        let prf = r.u16()?;
+        let difficulty = r.u8()?;
+        if !r.is_empty() {
+            return Err(Error::BadLength(Part::Payload));
+        }
+        Ok(PuzzleData { prf, difficulty })
+    }
+
+    /// The 3 octets of Notification Data.
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let [a, b] = self.prf.to_be_bytes();
+        [a, b, self.difficulty]
     }
 }
 

@@ -10,7 +10,8 @@ use super::{
 };
 
 registry! {
-    /// Payload type, as found in Next Payload fields (RFC 7296 §3.2; SKF: RFC 7383 §2.5).
+    /// Payload type, as found in Next Payload fields (RFC 7296 §3.2; SKF: RFC 7383 §2.5;
+    /// PS: RFC 8019 §8.2).
     pub struct PayloadType(u8) {
         /// No Next Payload: end of chain.
         NONE = 0,
@@ -31,6 +32,8 @@ registry! {
         CP = 47,
         EAP = 48,
         SKF = 53,
+        /// Puzzle Solution (RFC 8019 §8.2).
+        PS = 54,
     }
 }
 
@@ -88,6 +91,10 @@ pub enum Payload {
     Eap(Vec<u8>),
     /// Encrypted and Authenticated Fragment (RFC 7383 §2.5); must be last.
     Skf(SkfPayload),
+    /// Puzzle Solution (RFC 8019 §8.2): four equal-sized PRF keys, kept raw here. Its rules
+    /// (not empty, a multiple of 4 octets) are checked by the puzzle code, not the codec, so
+    /// that a responder that asked for no puzzle can ignore a malformed one (RFC 8019 §7.1.4).
+    Ps(Vec<u8>),
     /// A payload type this codec does not know, with the critical bit clear (RFC 7296 §2.5:
     /// skipped; kept so that re-emission is exact). Parsing never yields `critical: true`:
     /// that is [`Error::UnsupportedCriticalPayload`]. Emit refuses known types and type 0.
@@ -122,6 +129,7 @@ impl Payload {
             Payload::Cp(_) => PayloadType::CP,
             Payload::Eap(_) => PayloadType::EAP,
             Payload::Skf(_) => PayloadType::SKF,
+            Payload::Ps(_) => PayloadType::PS,
             Payload::Unknown { kind, .. } => *kind,
         }
     }
@@ -151,6 +159,7 @@ impl Payload {
             PayloadType::CP => Payload::Cp(CpPayload::parse(body)?),
             PayloadType::EAP => Payload::Eap(body.to_vec()),
             PayloadType::SKF => Payload::Skf(SkfPayload::parse(raw.next, body)?),
+            PayloadType::PS => Payload::Ps(body.to_vec()),
             // RFC 7296 §2.5: reject the whole message if an unknown payload is critical.
             kind if raw.critical => return Err(Error::UnsupportedCriticalPayload(kind)),
             kind => Payload::Unknown {
@@ -194,9 +203,10 @@ impl Payload {
             Payload::Sk(p) => out.extend_from_slice(&p.body),
             Payload::Cp(p) => p.emit(out)?,
             Payload::Skf(p) => p.emit(out)?,
-            Payload::VendorId(b) | Payload::Eap(b) | Payload::Unknown { body: b, .. } => {
-                out.extend_from_slice(b)
-            }
+            Payload::VendorId(b)
+            | Payload::Eap(b)
+            | Payload::Ps(b)
+            | Payload::Unknown { body: b, .. } => out.extend_from_slice(b),
         }
         patch_len16(out, start)
     }

@@ -1186,6 +1186,7 @@ fn notify_type_numbers() {
         (NotifyType::UPDATE_SA_ADDRESSES, 16400),
         (NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, 16430),
         (NotifyType::SIGNATURE_HASH_ALGORITHMS, 16431),
+        (NotifyType::PUZZLE, 16434),
     ];
     for (t, n) in table {
         assert_eq!(t.0, n, "{t:?}");
@@ -1497,6 +1498,7 @@ fn arb_inner_payload() -> impl Strategy<Value = Payload> {
                 attributes
             })),
         bytes(32).prop_map(Payload::Eap),
+        bytes(64).prop_map(Payload::Ps),
         (arb_unknown_kind(), bytes(32)).prop_map(|(kind, body)| Payload::Unknown {
             kind,
             critical: false,
@@ -1626,7 +1628,7 @@ proptest! {
     fn prop_random_chain_behind_valid_header_never_panics(
         chain in bytes(600),
         first in prop::sample::select(vec![33u8, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
-                                            45, 46, 47, 48, 53, 0, 1, 200]),
+                                            45, 46, 47, 48, 53, 54, 0, 1, 200]),
     ) {
         let bytes = raw_message(first, &chain);
         let _ = Message::parse(&bytes);
@@ -1663,4 +1665,41 @@ proptest! {
             prop_assert!(Message::parse(&short).is_err());
         }
     }
+}
+
+/// RFC 8019 §7.1.2, §8: an IKE_SA_INIT retry with N(COOKIE), PS, ... and the PUZZLE notify.
+#[test]
+fn puzzle_solution_payload_and_puzzle_notify() {
+    let ps = vec![
+        0x06, 0x18, 0x40, 0x07, 0x33, 0x24, 0x0c, 0x8a, 0x2a, 0x0d, 0x94, 0xc8,
+    ];
+    let msg = Message {
+        header: sample_header(),
+        payloads: vec![
+            Payload::Notify(NotifyPayload::new(NotifyType::COOKIE, vec![7; 20])),
+            Payload::Ps(ps.clone()),
+            Payload::Nonce(vec![1; 32]),
+        ],
+    };
+    let bytes = msg.to_bytes().unwrap();
+    // The PS payload: type 54 in the Notify's Next Payload, its body as given.
+    let raws: Vec<_> = PayloadIter::new(&bytes, HEADER_LEN, PayloadType::NOTIFY)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(raws[0].next, PayloadType(54));
+    assert_eq!(raws[1].kind, PayloadType::PS);
+    assert_eq!(raws[1].body, &ps[..]);
+    assert_eq!(Message::parse(&bytes).unwrap(), msg);
+    assert!(PayloadType::PS.is_known());
+
+    // PUZZLE data: PRF transform ID and difficulty, nothing else (RFC 8019 §8.1).
+    let p = PuzzleData {
+        prf: 5,
+        difficulty: 18,
+    };
+    assert_eq!(p.to_bytes(), [0, 5, 18]);
+    assert_eq!(PuzzleData::parse(&[0, 5, 18]), Ok(p));
+    assert!(PuzzleData::parse(&[0, 5]).is_err());
+    assert!(PuzzleData::parse(&[0, 5, 18, 0]).is_err());
+    assert!(PuzzleData::parse(&[]).is_err());
 }
