@@ -136,7 +136,7 @@ struct OldIke {
 #[derive(Debug)]
 pub(super) struct Life {
     pub(super) own_next_id: u32,
-    peer_next_id: u32,
+    pub(super) peer_next_id: u32,
     outstanding: Option<Outstanding>,
     last_inbound: Option<Instant>,
     last_tcp: Option<Instant>,
@@ -1043,6 +1043,15 @@ impl Session {
                     Err(e) => Err(e),
                 };
             }
+            // §2.25: the Child SA we tried to rekey does not exist on the peer: delete it
+            // silently here too (a new one from scratch is the caller's decision).
+            if n.kind == NotifyType::CHILD_SA_NOT_FOUND
+                && let Some(old_in) = rekey
+            {
+                self.remove_child_in(old_in);
+            }
+            // §2.21.3: other errors (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE, TEMPORARY_FAILURE,
+            // NO_ADDITIONAL_SAS, ...) refuse this Child SA only; the IKE SA is untouched.
             return self.child_refused(n.kind);
         }
         let sa = find(payloads, |p| match p {

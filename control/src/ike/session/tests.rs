@@ -2183,3 +2183,73 @@ fn r_7_5_b_fragmented_informational_request_and_its_retransmission() {
     assert_eq!(deleted(&i.take_sa_events()), [(ic.spi_in, ic.spi_out)]);
     assert!(i.child_sas().is_empty() && r.child_sas().is_empty());
 }
+
+// ----- error notifications in CREATE_CHILD_SA / INFORMATIONAL responses (RFC 7296 §2.21.3) -----
+
+/// `r`'s encrypted response to `req` carrying only N(`kind`).
+fn error_response(r: &Session, req: &[u8], kind: NotifyType) -> Vec<u8> {
+    let h = Header::parse(req).unwrap().header;
+    let mut plain = Vec::new();
+    let first = emit_chain(&[notify(kind, Vec::new())], &mut plain).unwrap();
+    seal_raw(r, r.header(h.exchange, true, h.message_id), first, &plain)
+}
+
+#[test]
+fn child_error_notifications_refuse_the_child_sa_only() {
+    for kind in [
+        NotifyType::NO_PROPOSAL_CHOSEN,
+        NotifyType::TS_UNACCEPTABLE,
+        NotifyType::TEMPORARY_FAILURE,
+        NotifyType::NO_ADDITIONAL_SAS,
+        NotifyType::INVALID_KE_PAYLOAD,
+        NotifyType::CHILD_SA_NOT_FOUND,
+    ] {
+        for rekey in [false, true] {
+            let (mut i, mut r, ic, _, t0) = established();
+            let spis = i.spis();
+            let req = if rekey {
+                i.rekey_child(ic.spi_in, false, t0).unwrap()
+            } else {
+                i.create_child(t0).unwrap()
+            };
+            let resp = error_response(&r, &req, kind);
+            assert!(deliver(&mut i, &resp, t0).is_empty(), "{kind:?}");
+            let ev = i.take_sa_events();
+            if rekey && kind == NotifyType::CHILD_SA_NOT_FOUND {
+                // §2.25: the Child SA is gone on the peer: deleted silently here too.
+                assert!(
+                    matches!(&ev[..], [
+                        SaEvent::ChildSaDeleted { spi_in, .. },
+                        SaEvent::ChildSaRefused(k),
+                    ] if *spi_in == ic.spi_in && *k == kind),
+                    "{ev:?}"
+                );
+                assert!(i.child_sas().is_empty());
+            } else {
+                assert!(
+                    matches!(&ev[..], [SaEvent::ChildSaRefused(k)] if *k == kind),
+                    "{kind:?} {ev:?}"
+                );
+                assert_eq!(i.child_sas().len(), 1);
+            }
+            assert!(i.is_established() && !i.has_outstanding());
+            assert_eq!(i.spis(), spis);
+            // The IKE SA keeps working (Message IDs included).
+            r.life.peer_next_id += 1;
+            dpd_roundtrip(&mut i, &mut r, t0);
+        }
+    }
+}
+
+#[test]
+fn error_notification_in_informational_response_changes_nothing() {
+    let (mut i, mut r, _, _, t0) = established();
+    let req = i.start_dpd(t0).unwrap();
+    let resp = error_response(&r, &req, NotifyType::TEMPORARY_FAILURE);
+    assert!(deliver(&mut i, &resp, t0).is_empty());
+    assert!(i.take_sa_events().is_empty());
+    assert!(i.is_established() && !i.has_outstanding());
+    assert_eq!(i.child_sas().len(), 1);
+    r.life.peer_next_id += 1;
+    dpd_roundtrip(&mut i, &mut r, t0);
+}
