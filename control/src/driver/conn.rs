@@ -40,6 +40,7 @@ impl Driver {
                 session: None,
                 since: now,
                 closing: false,
+                cookie_wait: None,
             },
         );
         self.events.push(DriverEvent::ConnUp { endpoint, conn });
@@ -280,8 +281,12 @@ impl Driver {
                         self.adopt(i, conn)?;
                         i
                     }
-                    // Only an IKE_SA_INIT request creates state (RFC 7296 §2.6).
+                    // Only an IKE_SA_INIT request creates state (RFC 7296 §2.6), and under
+                    // load only one that brings a valid cookie and puzzle solution.
                     None if responder && is_init_request(msg) => {
+                        if !self.screen(endpoint, conn, peer, msg, now)? {
+                            return Ok(());
+                        }
                         let cfg = self.endpoints[endpoint].ike.clone();
                         let session = Session::responder(cfg, local, peer);
                         self.new_session(endpoint, session, conn, now)
@@ -428,6 +433,62 @@ impl Driver {
             )?;
         }
         Ok(())
+    }
+
+    /// Screens an IKE_SA_INIT request before a responder session is created for it: whether
+    /// to go on. A stateless cookie (and puzzle) reply goes out here, and the connection is
+    /// closed if no repeated request follows (RFC 9329 §6.3, R-6.3-a/b).
+    fn screen(
+        &mut self,
+        endpoint: usize,
+        conn: Conn,
+        peer: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<bool, DriverError> {
+        let EndpointRole::Responder { listen } = self.endpoints[endpoint].role else {
+            return Ok(false);
+        };
+        let half_open = self
+            .sessions
+            .iter()
+            .filter(|s| self.same_listener(s.endpoint, endpoint) && self.half_open(s))
+            .count();
+        let Some(jar) = self.jars.get_mut(&listen) else {
+            return Ok(true);
+        };
+        jar.rotate_if_due(now)
+            .map_err(|e| DriverError(format!("cookie secret: {e:?}")))?;
+        let retry_wait = jar.policy().retry_wait;
+        match jar.screen(msg, peer.ip(), half_open) {
+            Screen::Accept => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.cookie_wait = None;
+                }
+                Ok(true)
+            }
+            Screen::Reply(r) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.cookie_wait = Some(now + retry_wait);
+                }
+                self.events.push(DriverEvent::CookieSent {
+                    endpoint,
+                    kind: r.kind,
+                });
+                self.send(
+                    conn.worker,
+                    Command::SendIke {
+                        conn: conn.id,
+                        msg: r.message,
+                    },
+                )?;
+                Ok(false)
+            }
+            Screen::Drop(_) => {
+                self.events.push(DriverEvent::InitDropped { endpoint });
+                Ok(false)
+            }
+        }
     }
 
     /// Endpoints `a` and `b` are the same Responder listening on several workers (one endpoint

@@ -1149,3 +1149,154 @@ fn finished_sessions_and_child_sas_are_forgotten() {
     assert!(d.conns.values().all(|c| c.session.is_none()));
     drop(sides);
 }
+
+/// Under load a TCP Responder answers IKE_SA_INIT with a cookie and a puzzle, never a cookie
+/// alone (R-6.3-a), keeps no state, and closes the connection when no repeated request comes
+/// (R-6.3-b); the repeated request may come from another TCP port (R-6.3-c) and then the
+/// handshake completes.
+#[test]
+fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
+    use crate::ike::cookie::CookiePolicy;
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    // Always "under load", with an easy puzzle.
+    ep.cookies = CookiePolicy {
+        half_open_threshold: 0,
+        puzzle_difficulty: 8,
+        ..CookiePolicy::tcp()
+    };
+    d.add(ep).unwrap();
+    let cmds = &sides[0].commands;
+    let Ok(Command::Listen { ack, .. }) = cmds.try_recv() else {
+        panic!("no Listen")
+    };
+    let t0 = Instant::now();
+    d.handle_event(
+        Event::Ack {
+            worker: 0,
+            ack,
+            result: Ok(()),
+        },
+        t0,
+    )
+    .unwrap();
+    let sent_on = |c: Conn| -> Vec<Vec<u8>> {
+        cmds.try_iter()
+            .filter_map(|x| match x {
+                Command::SendIke { conn, msg } if conn == c.id => Some(msg),
+                _ => None,
+            })
+            .collect()
+    };
+    // A first attempt that never comes back: the connection is closed after the wait.
+    up(&mut d, conn(1), TcpRole::Responder, None);
+    let (_, first) = Session::initiator(
+        ci.clone(),
+        SocketAddr::from((INITIATOR_ADDR, 40001)),
+        listen,
+        t0,
+    )
+    .unwrap();
+    d.handle_event(
+        Event::IkeMessage {
+            conn: conn(1),
+            msg: first,
+        },
+        t0,
+    )
+    .unwrap();
+    assert_eq!(sent_on(conn(1)).len(), 1);
+    assert!(d.sessions.is_empty(), "no state for a cookie reply");
+    assert!(d.take_events().iter().any(|e| matches!(
+        e,
+        DriverEvent::CookieSent {
+            kind: crate::ike::cookie::ReplyKind::CookieAndPuzzle(_),
+            ..
+        }
+    )));
+    // Not closed as an orphan before the retry wait ...
+    d.handle_timers(t0 + Duration::from_secs(9)).unwrap();
+    assert!(!cmds.try_iter().any(|c| matches!(c, Command::Close { .. })));
+    // ... but at its end.
+    d.handle_timers(t0 + Duration::from_secs(10)).unwrap();
+    assert!(
+        cmds.try_iter()
+            .any(|c| matches!(c, Command::Close { conn: c, .. } if c == conn(1).id))
+    );
+
+    // A second initiator solves the puzzle and retries from another port.
+    up(&mut d, conn(2), TcpRole::Responder, None);
+    let (mut init, first) =
+        Session::initiator(ci, SocketAddr::from((INITIATOR_ADDR, 40002)), listen, t0).unwrap();
+    d.handle_event(
+        Event::IkeMessage {
+            conn: conn(2),
+            msg: first,
+        },
+        t0,
+    )
+    .unwrap();
+    let reply = sent_on(conn(2));
+    let retry = init
+        .handle(&reply[0], t0)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send(m) => Some(m),
+            Output::Event(_) => None,
+        })
+        .expect("retry with cookie and solution");
+    down(&mut d, conn(2), None);
+    up(&mut d, conn(3), TcpRole::Responder, None);
+    d.handle_event(
+        Event::IkeMessage {
+            conn: conn(3),
+            msg: retry,
+        },
+        t0,
+    )
+    .unwrap();
+    assert_eq!(d.sessions.len(), 1, "accepted");
+    let resp = sent_on(conn(3));
+    let auth = init
+        .handle(&resp[0], t0)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send(m) => Some(m),
+            Output::Event(_) => None,
+        })
+        .expect("IKE_AUTH");
+    d.handle_event(
+        Event::IkeMessage {
+            conn: conn(3),
+            msg: auth,
+        },
+        t0,
+    )
+    .unwrap();
+    for c in cmds.try_iter().collect::<Vec<_>>() {
+        if let Command::InstallInbound { ack, .. } | Command::InstallOutbound { ack, .. } = c {
+            d.handle_event(
+                Event::Ack {
+                    worker: 0,
+                    ack,
+                    result: Ok(()),
+                },
+                t0,
+            )
+            .unwrap();
+        }
+    }
+    let resp2 = sent_on(conn(3));
+    assert!(
+        init.handle(&resp2[0], t0)
+            .unwrap()
+            .iter()
+            .any(|o| matches!(o, Output::Event(SessionEvent::ChildSaUp(_))))
+    );
+    assert_eq!(d.installed(), 1);
+}

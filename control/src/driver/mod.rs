@@ -76,6 +76,7 @@ use iketcp_dataplane::worker::handle::{
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
+use crate::ike::cookie::{CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::session::{
     ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent,
 };
@@ -125,6 +126,9 @@ pub struct Endpoint {
     pub timers: Timers,
     /// Time limits of its IKE and Child SAs.
     pub limits: TimeLimits,
+    /// When a TCP Responder asks for cookies and puzzles (RFC 7296 §2.6, RFC 8019, RFC 9329
+    /// §6.3); endpoints listening on one address share the first one's.
+    pub cookies: CookiePolicy,
 }
 
 /// Timers of an endpoint's sessions.
@@ -166,6 +170,7 @@ impl Endpoint {
             lifetime: Lifetime::UNLIMITED,
             timers: Timers::default(),
             limits: TimeLimits::default(),
+            cookies: CookiePolicy::tcp(),
         }
     }
 }
@@ -242,6 +247,20 @@ pub enum DriverEvent {
         /// Its name in the data plane.
         ike_sa: IkeSaId,
     },
+    /// A stateless IKE_SA_INIT response asked for a cookie (and a puzzle) before any state
+    /// was kept (RFC 7296 §2.6, RFC 8019 §7.1.1).
+    CookieSent {
+        /// Endpoint index.
+        endpoint: usize,
+        /// What was asked.
+        kind: ReplyKind,
+    },
+    /// An IKE_SA_INIT request was dropped before any state was kept (not an initial request,
+    /// malformed, or under load without a valid cookie and puzzle solution).
+    InitDropped {
+        /// Endpoint index.
+        endpoint: usize,
+    },
     /// An IKE SA's ESP SAs moved to the worker of its new connection.
     Migrated {
         /// Endpoint index.
@@ -295,6 +314,9 @@ struct ConnState {
     session: Option<usize>,
     /// When it came up.
     since: Instant,
+    /// A stateless cookie reply went out on it: closed at this time unless the repeated
+    /// request came (RFC 9329 §6.3, R-6.3-b).
+    cookie_wait: Option<Instant>,
     /// A `Close` was sent.
     closing: bool,
 }
@@ -402,6 +424,8 @@ pub struct Driver {
     by_ike_sa: HashMap<IkeSaId, usize>,
     /// IKE SAs whose SAs are moving to another worker.
     migrations: Vec<migrate::Migration>,
+    /// Cookie secrets per listening address.
+    jars: HashMap<SocketAddr, CookieJar>,
 }
 
 /// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
@@ -447,6 +471,7 @@ impl Driver {
             keylog_seen: HashSet::new(),
             by_ike_sa: HashMap::new(),
             migrations: Vec::new(),
+            jars: HashMap::new(),
         }
     }
 
@@ -468,6 +493,11 @@ impl Driver {
                 token: index as u64,
             },
             EndpointRole::Responder { listen } => {
+                if let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen) {
+                    let jar = CookieJar::new(ep.cookies, Instant::now())
+                        .map_err(|e| DriverError(format!("cookie secret: {e:?}")))?;
+                    v.insert(jar);
+                }
                 let ack = self.ack();
                 self.pending
                     .insert(ack, Pending::Listen { endpoint: index });
@@ -554,11 +584,17 @@ impl Driver {
             .filter(|(k, c)| self.orphan(**k, c))
             .map(|(_, c)| c)
             .map(|c| c.since + self.endpoints[c.endpoint].timers.orphan);
+        let cookie_waits = self
+            .conns
+            .values()
+            .filter(|c| !c.closing && c.session.is_none())
+            .filter_map(|c| c.cookie_wait);
         sessions
             .chain(retiring)
             .chain(switches)
             .chain(half_open)
             .chain(orphans)
+            .chain(cookie_waits)
             .chain(self.next_lifetime_timer())
             .min()
     }
@@ -571,6 +607,7 @@ impl Driver {
     /// A TCP Responder's connection that carries no live IKE SA (R-6.1-e).
     fn orphan(&self, k: Conn, c: &ConnState) -> bool {
         !c.closing
+            && c.cookie_wait.is_none()
             && matches!(
                 self.endpoints[c.endpoint].role,
                 EndpointRole::Responder { .. }
@@ -617,6 +654,14 @@ impl Driver {
         }
         // A TCP Responder closes connections without a live IKE SA after a few seconds
         // (RFC 9329 §6.1, R-6.1-e).
+        let cookie_waits: Vec<Conn> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.closing && c.session.is_none() && c.cookie_wait.is_some_and(|t| t <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
         let orphans: Vec<Conn> = self
             .conns
             .iter()
@@ -625,7 +670,9 @@ impl Driver {
             })
             .map(|(k, _)| *k)
             .collect();
-        for conn in orphans {
+        // After a cookie reply, no repeated request came: the connection goes (RFC 9329
+        // §6.3.1, R-6.3-b), leaving no state behind.
+        for conn in cookie_waits.into_iter().chain(orphans) {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.closing = true;
             }
