@@ -1300,3 +1300,43 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     );
     assert_eq!(d.installed(), 1);
 }
+
+/// R-6.1-q through the driver: an authenticated request with a malformed payload is answered
+/// with INVALID_SYNTAX first; then the IKE SA and its SAs are deleted. The receiver does not
+/// close the connection as its reaction (the Originator closes it afterwards, R-6.1-d).
+#[test]
+fn r_6_1_q_invalid_syntax_answered_then_ike_sa_deleted() {
+    // The Responder receives it: answer, delete, connection left to the Originator.
+    let mut h = responder(quick());
+    let now = h.t0 + Duration::from_secs(1);
+    let bad = crate::ike::session::tests::malformed_request(&mut h.peer, now);
+    let cmds = h.deliver(bad, now);
+    assert_eq!(sent(&cmds).len(), 1, "{cmds:?}");
+    assert_eq!(
+        cmds.iter()
+            .filter(|c| matches!(c, Command::DeleteSa { .. }))
+            .count(),
+        2
+    );
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Close { .. })));
+    assert_eq!(h.d.installed(), 0);
+    // The peer learns it from the answer and deletes its IKE SA too.
+    let answers = h.peer_handles(&cmds, now);
+    assert!(answers.is_empty());
+    assert!(h.peer.is_deleted());
+
+    // The Originator receives it: answer first, then the deletes, then its FIN.
+    let mut h = originator(quick());
+    let bad = crate::ike::session::tests::malformed_request(&mut h.peer, now);
+    let cmds = h.deliver(bad, now);
+    let send = cmds
+        .iter()
+        .position(|c| matches!(c, Command::SendIke { .. }))
+        .unwrap();
+    let close = cmds
+        .iter()
+        .position(|c| matches!(c, Command::Close { abort: false, .. }))
+        .unwrap();
+    assert!(send < close, "{cmds:?}");
+    assert_eq!(h.d.installed(), 0);
+}

@@ -32,7 +32,7 @@ mod cookie_tests;
 #[cfg(test)]
 mod matrix_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -1781,6 +1781,19 @@ fn r_7_5_b_oversized_late_and_early_fragments_dropped() {
 /// An inner chain whose first payload's length runs past the chain.
 const BAD_CHAIN: [u8; 8] = [0u8, 0, 0, 200, 2, 0, 0, 0];
 
+/// For tests elsewhere in the crate: an authenticated INFORMATIONAL request from `from` (under
+/// its next Message ID) whose inner payload chain is malformed (R-6.1-q).
+pub(crate) fn malformed_request(from: &mut Session, now: Instant) -> Vec<u8> {
+    let _genuine = from.start_dpd(now).unwrap();
+    let id = from.life.own_next_id - 1;
+    seal_raw(
+        from,
+        from.header(ExchangeType::INFORMATIONAL, false, id),
+        PayloadType::IDI,
+        &BAD_CHAIN,
+    )
+}
+
 fn ike_deleted_event(s: &mut Session) -> bool {
     matches!(s.take_sa_events()[..], [SaEvent::IkeSaDeleted])
 }
