@@ -689,15 +689,23 @@ fn drive(args: &DemoArgs, h: &DataplaneHandle, tunnels: &[Tunnel]) -> Result<Sum
     if progress {
         eprintln!();
     }
-    // Let what is in flight arrive before the SAs go.
-    let mut seen = dirs.map(|f| totals(f).0);
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(25));
+    // Let what is in flight arrive before the SAs go: until every packet generated is delivered,
+    // or nothing arrived for 250 ms (packets were lost), or 2 s at most. A loaded machine can
+    // stall a worker for tens of milliseconds, so a short quiet spell proves nothing.
+    let drain_end = Instant::now() + Duration::from_secs(2);
+    let mut seen = (Instant::now(), dirs.map(|f| totals(f).0));
+    loop {
+        let sent = all().map(|f| f.sent()).sum::<u64>();
         let now = dirs.map(|f| totals(f).0);
-        if now == seen {
+        if now.iter().sum::<u64>() >= sent || Instant::now() >= drain_end {
             break;
         }
-        seen = now;
+        if now != seen.1 {
+            seen = (Instant::now(), now);
+        } else if seen.0.elapsed() >= Duration::from_millis(250) {
+            break;
+        }
+        tally.poll(&mut d, Duration::from_millis(10))?;
     }
     tally.poll(&mut d, Duration::ZERO)?;
     tally.deleting = true;
