@@ -709,13 +709,18 @@ fn drive(args: &DemoArgs, h: &DataplaneHandle, tunnels: &[Tunnel]) -> Result<Sum
     }
     tally.poll(&mut d, Duration::ZERO)?;
     tally.deleting = true;
-    d.delete_all().map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while d.has_pending() && Instant::now() < deadline {
-        tally.poll(&mut d, Duration::from_millis(50))?;
+    // Each initiator deletes its IKE SA with a Delete exchange (RFC 9329 §6.1, R-6.1-c); the
+    // Child SAs go with it on both sides and the TCP Originator closes its connection.
+    let now = Instant::now();
+    for k in 0..n {
+        d.delete_ike_sas_of(n + k, now).map_err(|e| e.to_string())?;
     }
-    if d.has_pending() {
-        return Err("timed out waiting for SA deletes".into());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (d.ike_sas() > 0 || d.has_pending()) && Instant::now() < deadline {
+        tally.poll(&mut d, Duration::from_millis(20))?;
+    }
+    if d.ike_sas() > 0 || d.has_pending() {
+        return Err("timed out waiting for the IKE SAs' Delete exchanges".into());
     }
     let directions = ["initiator", "responder"]
         .into_iter()

@@ -68,9 +68,28 @@ impl Driver {
     /// # Errors
     /// A worker's queue stayed full or the worker is gone.
     pub fn delete_ike_sas(&mut self, now: Instant) -> Result<usize, DriverError> {
+        self.delete_ikes(None, now)
+    }
+
+    /// As [`delete_ike_sas`](Self::delete_ike_sas), for the IKE SAs of one endpoint only.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn delete_ike_sas_of(
+        &mut self,
+        endpoint: usize,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        self.delete_ikes(Some(endpoint), now)
+    }
+
+    fn delete_ikes(&mut self, endpoint: Option<usize>, now: Instant) -> Result<usize, DriverError> {
         let mut n = 0;
         for st in &mut self.sessions {
-            if st.alive() && st.session.is_established() {
+            if endpoint.is_none_or(|e| e == st.endpoint)
+                && st.alive()
+                && st.session.is_established()
+            {
                 st.ike_expire_at = Some(now);
                 n += 1;
             }
