@@ -47,6 +47,7 @@ impl Driver {
         if role != TcpRole::Originator {
             return Ok(());
         }
+        self.dial_failures.remove(&endpoint);
         // A reconnect: the session waiting for it takes the new connection (RFC 9329 §6.1).
         if let Some(i) = self
             .sessions
@@ -141,11 +142,12 @@ impl Driver {
         conn: Conn,
         reason: CloseReason,
         token: Option<u64>,
+        now: Instant,
     ) -> Result<(), DriverError> {
-        let (endpoint, session) = match self.conns.remove(&conn) {
-            Some(c) => (c.endpoint, c.session),
+        let (endpoint, session, was_up) = match self.conns.remove(&conn) {
+            Some(c) => (c.endpoint, c.session, true),
             None => match token {
-                Some(t) => (t as usize, None),
+                Some(t) => (t as usize, None, false),
                 None => return Ok(()),
             },
         };
@@ -163,6 +165,10 @@ impl Driver {
             })
         });
         let Some(i) = session else {
+            if !was_up && self.is_originator(endpoint) {
+                // The first connect failed (the peer is not there yet): dial again later.
+                self.schedule_dial(endpoint, now);
+            }
             return Ok(());
         };
         let st = &mut self.sessions[i];
@@ -180,6 +186,47 @@ impl Driver {
         // The SAs stay (RFC 9329 §6.1, R-6.1-f); the TCP Originator brings the connection back
         // "if it is torn down for any unexpected reason" (R-6.1-g), the Responder waits.
         self.reconnect(i)
+    }
+
+    /// An Originator endpoint whose connect failed dials again after a backoff that doubles
+    /// from [`DIAL_BACKOFF_MIN`] up to [`DIAL_BACKOFF_MAX`], without end: a gateway that comes
+    /// up before its peer keeps trying.
+    fn schedule_dial(&mut self, endpoint: usize, now: Instant) {
+        let failures = self.dial_failures.entry(endpoint).or_insert(0);
+        *failures = failures.saturating_add(1);
+        let delay = DIAL_BACKOFF_MIN
+            .saturating_mul(1 << (*failures - 1).min(16))
+            .min(DIAL_BACKOFF_MAX);
+        self.dials.push((now + delay, endpoint));
+        self.events.push(DriverEvent::ConnectFailed {
+            endpoint,
+            retry_in: delay,
+        });
+    }
+
+    /// Dials what is due.
+    pub(super) fn dial_timers(&mut self, now: Instant) -> Result<(), DriverError> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.dials)
+            .into_iter()
+            .partition(|d| d.0 <= now);
+        self.dials = later;
+        for (_, endpoint) in due {
+            let Some(ep) = self.endpoints.get(endpoint) else {
+                continue;
+            };
+            if let EndpointRole::Originator { remote, local } = ep.role {
+                let worker = ep.worker;
+                self.send(
+                    worker,
+                    Command::Connect {
+                        local,
+                        remote,
+                        token: endpoint as u64,
+                    },
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// A TCP Originator's session without a connection dials again, at most

@@ -472,6 +472,38 @@ fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
     assert!(closes(&mut d, t0 + Duration::from_secs(20)).is_empty());
 }
 
+/// Adds a Responder on worker 1 and, once it listens, an Originator on worker 0 (both with
+/// `timers`), and waits for both Child SAs. Returns the Originator's endpoint index and the
+/// events so far.
+fn start_pair(d: &mut Driver, ci: Config, cr: Config, timers: Timers) -> (usize, Vec<DriverEvent>) {
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut r = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
+    r.timers = timers;
+    let r = d.add(r).unwrap();
+    let mut events = Vec::new();
+    poll_until(d, "listen", |d| {
+        events.extend(d.take_events());
+        events
+            .iter()
+            .any(|e| matches!(e, DriverEvent::Listening { endpoint } if *endpoint == r))
+    });
+    let mut o = Endpoint::new(
+        0,
+        EndpointRole::Originator {
+            remote: listen,
+            local: None,
+        },
+        ci,
+    );
+    o.timers = timers;
+    let i = d.add(o).unwrap();
+    poll_until(d, "both Child SAs", |d| {
+        events.extend(d.take_events());
+        d.installed() == 2
+    });
+    (i, events)
+}
+
 /// Real workers: a reset TCP connection, the TCP Originator reconnects, the same SAs carry
 /// traffic again (R-6.1-f, R-6.1-g, R-6.1-k, R-6.2-b).
 #[test]
@@ -479,24 +511,7 @@ fn r_6_1_f_r_6_1_g_reset_connection_sas_survive_originator_reconnects() {
     let rig = Rig::new();
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(rig.h.clone());
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    d.add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
-        .unwrap();
-    let i = d
-        .add(Endpoint::new(
-            0,
-            EndpointRole::Originator {
-                remote: listen,
-                local: None,
-            },
-            ci,
-        ))
-        .unwrap();
-    let mut events = Vec::new();
-    poll_until(&mut d, "both Child SAs", |d| {
-        events.extend(d.take_events());
-        d.installed() == 2
-    });
+    let (i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
     let mut t = Traffic { next: [0, 0] };
     pump_until(&mut d, &rig, &mut t, &mut events, "traffic", |_, _| {
         Traffic::delivered(&rig, 0).len() > 20 && Traffic::delivered(&rig, 1).len() > 20
@@ -568,25 +583,7 @@ fn r_6_7_a_dead_peer_deleted_end_to_end() {
         exchange_timeout: Duration::from_secs(3),
         ..Timers::default()
     };
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    let mut r = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
-    r.timers = timers;
-    d.add(r).unwrap();
-    let mut o = Endpoint::new(
-        0,
-        EndpointRole::Originator {
-            remote: listen,
-            local: None,
-        },
-        ci,
-    );
-    o.timers = timers;
-    d.add(o).unwrap();
-    let mut events = Vec::new();
-    poll_until(&mut d, "both Child SAs", |d| {
-        events.extend(d.take_events());
-        d.installed() == 2
-    });
+    let (_, mut events) = start_pair(&mut d, ci, cr, timers);
     // Alive: liveness checks are answered for a while.
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
@@ -798,24 +795,7 @@ fn r_6_1_c_r_6_1_d_graceful_delete_end_to_end() {
     let rig = Rig::new();
     let (ci, cr) = configs(Suite::ChaCha20Poly1305, true).unwrap();
     let mut d = Driver::new(rig.h.clone());
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    d.add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
-        .unwrap();
-    let i = d
-        .add(Endpoint::new(
-            0,
-            EndpointRole::Originator {
-                remote: listen,
-                local: None,
-            },
-            ci,
-        ))
-        .unwrap();
-    let mut events = Vec::new();
-    poll_until(&mut d, "both Child SAs", |d| {
-        events.extend(d.take_events());
-        d.installed() == 2
-    });
+    let (i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
     assert_eq!(d.ike_sas(), 2);
     events.clear();
     // The Originator's side deletes; the Responder learns it from the Delete.
@@ -855,23 +835,7 @@ fn r_6_4_b_invalid_ke_payload_retry_on_the_same_connection() {
     ci.ike_proposals = vec![suite(DhGroup::Ecp256), suite(DhGroup::Curve25519)];
     cr.ike_proposals = vec![suite(DhGroup::Curve25519)];
     let mut d = Driver::new(rig.h.clone());
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    d.add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
-        .unwrap();
-    d.add(Endpoint::new(
-        0,
-        EndpointRole::Originator {
-            remote: listen,
-            local: None,
-        },
-        ci,
-    ))
-    .unwrap();
-    let mut events = Vec::new();
-    poll_until(&mut d, "both Child SAs", |d| {
-        events.extend(d.take_events());
-        d.installed() == 2
-    });
+    let (_, events) = start_pair(&mut d, ci, cr, Timers::default());
     let ups = events
         .iter()
         .filter(|e| matches!(e, DriverEvent::ConnUp { .. }))
@@ -1339,4 +1303,63 @@ fn r_6_1_q_invalid_syntax_answered_then_ike_sa_deleted() {
         .unwrap();
     assert!(send < close, "{cmds:?}");
     assert_eq!(h.d.installed(), 0);
+}
+
+/// A failed connect (the peer is not listening yet) is dialled again with a doubling backoff;
+/// a connection that comes up resets it.
+#[test]
+fn failed_connects_are_retried_with_backoff() {
+    let (h, sides) = channels(1);
+    let (ci, _) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let remote = SocketAddr::from((RESPONDER_ADDR, 4500));
+    d.add(Endpoint::new(
+        0,
+        EndpointRole::Originator {
+            remote,
+            local: None,
+        },
+        ci,
+    ))
+    .unwrap();
+    let cmds = &sides[0].commands;
+    let connects = || {
+        cmds.try_iter()
+            .filter(|c| matches!(c, Command::Connect { .. }))
+            .count()
+    };
+    assert_eq!(connects(), 1);
+    let t0 = Instant::now();
+    let fail = |d: &mut Driver, slot: u32, t: Instant| {
+        d.handle_event(
+            Event::ConnDown {
+                conn: conn(slot),
+                reason: CloseReason::Reset,
+                token: Some(0),
+            },
+            t,
+        )
+        .unwrap();
+    };
+    fail(&mut d, 1, t0);
+    assert_eq!(connects(), 0, "not at once");
+    d.handle_timers(t0 + Duration::from_millis(999)).unwrap();
+    assert_eq!(connects(), 0);
+    d.handle_timers(t0 + Duration::from_secs(1)).unwrap();
+    assert_eq!(connects(), 1);
+    let t1 = t0 + Duration::from_secs(1);
+    fail(&mut d, 2, t1);
+    d.handle_timers(t1 + Duration::from_millis(1999)).unwrap();
+    assert_eq!(connects(), 0, "doubled");
+    d.handle_timers(t1 + Duration::from_secs(2)).unwrap();
+    assert_eq!(connects(), 1);
+    assert!(
+        d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::ConnectFailed { retry_in, .. } if *retry_in == Duration::from_secs(2)))
+    );
+    // Success resets the backoff; the handshake starts.
+    up(&mut d, conn(3), TcpRole::Originator, Some(0));
+    assert!(matches!(cmds.try_recv(), Ok(Command::SendIke { .. })));
+    assert!(d.dial_failures.is_empty());
 }

@@ -86,6 +86,10 @@ use crate::ike::wire::TrafficSelector;
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnects of a TCP Originator with a request outstanding before it gives up.
 const MAX_RECONNECTS: u8 = 3;
+/// First delay before an Originator endpoint dials again after a failed connect.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest delay between dials.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long the old inbound SA of a rekeyed Child SA stays after traffic moved to the new one.
 pub const OLD_INBOUND_GRACE: Duration = Duration::from_secs(1);
 /// How long a rekey responder waits for the old Child SA's Delete before it switches its
@@ -246,6 +250,13 @@ pub enum DriverEvent {
         endpoint: usize,
         /// Its name in the data plane.
         ike_sa: IkeSaId,
+    },
+    /// An Originator endpoint's connect failed; it dials again after `retry_in`.
+    ConnectFailed {
+        /// Endpoint index.
+        endpoint: usize,
+        /// The backoff before the next dial.
+        retry_in: Duration,
     },
     /// A stateless IKE_SA_INIT response asked for a cookie (and a puzzle) before any state
     /// was kept (RFC 7296 §2.6, RFC 8019 §7.1.1).
@@ -426,6 +437,10 @@ pub struct Driver {
     migrations: Vec<migrate::Migration>,
     /// Cookie secrets per listening address.
     jars: HashMap<SocketAddr, CookieJar>,
+    /// Originator endpoints to dial again, and when.
+    dials: Vec<(Instant, usize)>,
+    /// Failed connects in a row per Originator endpoint.
+    dial_failures: HashMap<usize, u32>,
 }
 
 /// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
@@ -472,6 +487,8 @@ impl Driver {
             by_ike_sa: HashMap::new(),
             migrations: Vec::new(),
             jars: HashMap::new(),
+            dials: Vec::new(),
+            dial_failures: HashMap::new(),
         }
     }
 
@@ -595,6 +612,7 @@ impl Driver {
             .chain(half_open)
             .chain(orphans)
             .chain(cookie_waits)
+            .chain(self.dials.iter().map(|d| d.0))
             .chain(self.next_lifetime_timer())
             .min()
     }
@@ -633,6 +651,7 @@ impl Driver {
             }
         }
         self.lifetime_timers(now)?;
+        self.dial_timers(now)?;
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
             .into_iter()
             .partition(|r| r.0 <= now);
@@ -714,7 +733,7 @@ impl Driver {
                 conn,
                 reason,
                 token,
-            } => self.on_conn_down(conn, reason, token),
+            } => self.on_conn_down(conn, reason, token, now),
             Event::IkeMessage { conn, msg } => self.on_ike(conn, &msg, now),
             // Removed SAs are dropped here (their keys are zeroized), off the worker.
             Event::SaRemoved(sa) => {
