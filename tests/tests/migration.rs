@@ -46,19 +46,26 @@ struct Rig {
 }
 
 impl Rig {
-    fn wait(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
-        if let Some(i) = self.log.iter().position(&mut f) {
-            return self.log.remove(i);
+    fn wait(&mut self, f: impl FnMut(&Event) -> bool) -> Event {
+        match self.wait_for(f, Duration::from_secs(20)) {
+            Some(e) => e,
+            None => panic!("timed out; other events: {:?}", self.log),
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    fn wait_for(&mut self, mut f: impl FnMut(&Event) -> bool, limit: Duration) -> Option<Event> {
+        if let Some(i) = self.log.iter().position(&mut f) {
+            return Some(self.log.remove(i));
+        }
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             match self.h.events().recv_timeout(Duration::from_millis(10)) {
-                Ok(e) if f(&e) => return e,
+                Ok(e) if f(&e) => return Some(e),
                 Ok(Event::Stats { .. }) | Err(_) => {}
                 Ok(e) => self.log.push(e),
             }
         }
-        panic!("timed out; other events: {:?}", self.log);
+        None
     }
 
     fn send_a(&mut self, nums: std::ops::Range<u32>) {
@@ -263,10 +270,21 @@ fn r_6_1_h_sa_follows_a_reconnect_to_another_worker() {
             break;
         }
     }
-    // The other worker does not know the SPI: it reports it (the packet is dropped).
-    r.send_a(100..101);
-    let Event::UnknownSpi { conn, spi } = r.wait(|e| matches!(e, Event::UnknownSpi { .. })) else {
-        unreachable!()
+    // The other worker does not hold the SPI: it reports it (the packet is dropped). A packet
+    // sent before A's worker applied the rebind goes nowhere, so send until the report comes.
+    let mut report = None;
+    for _ in 0..200 {
+        r.send_a(100..101);
+        report = r.wait_for(
+            |e| matches!(e, Event::UnknownSpi { .. }),
+            Duration::from_millis(50),
+        );
+        if report.is_some() {
+            break;
+        }
+    }
+    let Some(Event::UnknownSpi { conn, spi }) = report else {
+        panic!("no UnknownSpi; other events: {:?}", r.log)
     };
     assert_eq!((conn.worker, spi), (other, SPI));
     // Control moves the SA with its state: out of the old worker, into the new one.
