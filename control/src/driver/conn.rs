@@ -90,13 +90,7 @@ impl Driver {
         // always reconnects from the same worker; a Responder's new connection may land on
         // another one).
         if established && !self.migrate(i, conn)? {
-            self.send(
-                conn.worker,
-                Command::BindIkeSa {
-                    ike_sa,
-                    conn: conn.id,
-                },
-            )?;
+            self.bind(ike_sa, conn)?;
         }
         if let Some(msg) = again {
             self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
@@ -211,20 +205,7 @@ impl Driver {
             .partition(|d| d.0 <= now);
         self.dials = later;
         for (_, endpoint) in due {
-            let Some(ep) = self.endpoints.get(endpoint) else {
-                continue;
-            };
-            if let EndpointRole::Originator { remote, local } = ep.role {
-                let worker = ep.worker;
-                self.send(
-                    worker,
-                    Command::Connect {
-                        local,
-                        remote,
-                        token: endpoint as u64,
-                    },
-                )?;
-            }
+            self.dial(endpoint)?;
         }
         Ok(())
     }
@@ -233,14 +214,11 @@ impl Driver {
     /// [`MAX_RECONNECTS`] times in a row without an authentic answer. A TCP Responder never
     /// dials (RFC 9329 §6.1, R-6.1-g).
     pub(super) fn reconnect(&mut self, i: usize) -> Result<(), DriverError> {
+        let endpoint = self.sessions[i].endpoint;
+        if !self.is_originator(endpoint) {
+            return Ok(());
+        }
         let st = &mut self.sessions[i];
-        let endpoint = st.endpoint;
-        let Some(ep) = self.endpoints.get(endpoint) else {
-            return Ok(());
-        };
-        let EndpointRole::Originator { remote, local } = ep.role else {
-            return Ok(());
-        };
         if st.connecting {
             return Ok(());
         }
@@ -258,15 +236,7 @@ impl Driver {
         }
         st.reconnects += 1;
         st.connecting = true;
-        let worker = ep.worker;
-        self.send(
-            worker,
-            Command::Connect {
-                local,
-                remote,
-                token: endpoint as u64,
-            },
-        )
+        self.dial(endpoint)
     }
 
     /// The worker moved an IKE SA's traffic to `conn` (authentic ESP arrived there, R-6.1-t):
@@ -422,13 +392,7 @@ impl Driver {
         {
             hold = Some(ack);
             self.install_outbound(child, out, selectors)?;
-            self.send(
-                conn.worker,
-                Command::BindIkeSa {
-                    ike_sa,
-                    conn: conn.id,
-                },
-            )?;
+            self.bind(ike_sa, conn)?;
         }
         let sa_events = self.sessions[index].session.take_sa_events();
         for ev in sa_events {
@@ -461,23 +425,11 @@ impl Driver {
             }
         }
         if close {
-            self.send(
-                conn.worker,
-                Command::Close {
-                    conn: conn.id,
-                    abort: true,
-                },
-            )?;
+            self.close(conn, true)?;
         } else if dead && self.is_originator(endpoint) && !self.conn_in_use(conn, index) {
             // The IKE SA is gone: the TCP Originator closes its connection (RFC 9329 §6.1,
             // R-6.1-d) after the last message (a Delete response) went out.
-            self.send(
-                conn.worker,
-                Command::Close {
-                    conn: conn.id,
-                    abort: false,
-                },
-            )?;
+            self.close(conn, false)?;
         }
         Ok(())
     }

@@ -156,13 +156,7 @@ impl Driver {
             let done = self.migrations.remove(m);
             // Traffic of the IKE SA now goes out on the new connection (RFC 9329 §6.1).
             self.send(done.from, Command::ForgetIkeSa { ike_sa })?;
-            self.send(
-                to.worker,
-                Command::BindIkeSa {
-                    ike_sa,
-                    conn: to.id,
-                },
-            )?;
+            self.bind(ike_sa, to)?;
             let endpoint = self.sessions[session].endpoint;
             self.events.push(DriverEvent::Migrated {
                 endpoint,

@@ -503,27 +503,23 @@ impl Driver {
     /// The worker's command queue stayed full or the worker is gone.
     pub fn add(&mut self, ep: Endpoint) -> Result<usize, DriverError> {
         let index = self.endpoints.len();
-        let cmd = match ep.role {
-            EndpointRole::Originator { remote, local } => Command::Connect {
-                local,
-                remote,
-                token: index as u64,
-            },
-            EndpointRole::Responder { listen } => {
-                if let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen) {
-                    let jar = CookieJar::new(ep.cookies, Instant::now())
-                        .map_err(|e| DriverError(format!("cookie secret: {e:?}")))?;
-                    v.insert(jar);
-                }
-                let ack = self.ack();
-                self.pending
-                    .insert(ack, Pending::Listen { endpoint: index });
-                Command::Listen { local: listen, ack }
-            }
-        };
-        let worker = ep.worker;
+        let (worker, role, policy) = (ep.worker, ep.role, ep.cookies);
+        if let EndpointRole::Responder { listen } = role
+            && let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen)
+        {
+            let jar = CookieJar::new(policy, Instant::now())
+                .map_err(|e| DriverError(format!("cookie secret: {e:?}")))?;
+            v.insert(jar);
+        }
         self.endpoints.push(ep);
-        self.send(worker, cmd)?;
+        let EndpointRole::Responder { listen } = role else {
+            self.dial(index)?;
+            return Ok(index);
+        };
+        let ack = self.ack();
+        self.pending
+            .insert(ack, Pending::Listen { endpoint: index });
+        self.send(worker, Command::Listen { local: listen, ack })?;
         Ok(index)
     }
 
@@ -692,16 +688,7 @@ impl Driver {
         // After a cookie reply, no repeated request came: the connection goes (RFC 9329
         // §6.3.1, R-6.3-b), leaving no state behind.
         for conn in cookie_waits.into_iter().chain(orphans) {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.closing = true;
-            }
-            self.send(
-                conn.worker,
-                Command::Close {
-                    conn: conn.id,
-                    abort: false,
-                },
-            )?;
+            self.close(conn, false)?;
         }
         while let Some(k) = self.switches.iter().position(|w| w.due <= now) {
             let w = self.switches.remove(k);
@@ -807,6 +794,52 @@ impl Driver {
         let a = self.next_ack;
         self.next_ack += 1;
         a
+    }
+
+    /// Points an IKE SA's traffic at `conn` (on the worker that holds its SAs).
+    fn bind(&self, ike_sa: IkeSaId, conn: Conn) -> Result<(), DriverError> {
+        self.send(
+            conn.worker,
+            Command::BindIkeSa {
+                ike_sa,
+                conn: conn.id,
+            },
+        )
+    }
+
+    /// Closes `conn` (with RST if `abort`), once.
+    fn close(&mut self, conn: Conn, abort: bool) -> Result<(), DriverError> {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.closing {
+                return Ok(());
+            }
+            c.closing = true;
+        }
+        self.send(
+            conn.worker,
+            Command::Close {
+                conn: conn.id,
+                abort,
+            },
+        )
+    }
+
+    /// An Originator endpoint opens a connection.
+    fn dial(&self, endpoint: usize) -> Result<(), DriverError> {
+        let Some(ep) = self.endpoints.get(endpoint) else {
+            return Ok(());
+        };
+        let EndpointRole::Originator { remote, local } = ep.role else {
+            return Ok(());
+        };
+        self.send(
+            ep.worker,
+            Command::Connect {
+                local,
+                remote,
+                token: endpoint as u64,
+            },
+        )
     }
 
     fn send(&self, worker: u16, cmd: Command) -> Result<(), DriverError> {
