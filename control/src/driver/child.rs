@@ -73,6 +73,15 @@ impl Driver {
         self.rekey_ikes(Some(endpoint), now)
     }
 
+    /// Session `i` (of `endpoint`, if given) can start a rekey now: established, connected.
+    fn rekeyable(&self, i: usize, endpoint: Option<usize>) -> bool {
+        let st = &self.sessions[i];
+        endpoint.is_none_or(|e| e == st.endpoint)
+            && st.alive()
+            && st.session.is_established()
+            && st.conn.is_some()
+    }
+
     pub(super) fn rekey_children(
         &mut self,
         endpoint: Option<usize>,
@@ -80,11 +89,7 @@ impl Driver {
     ) -> Result<usize, DriverError> {
         let mut started = 0;
         for i in 0..self.sessions.len() {
-            let st = &self.sessions[i];
-            if endpoint.is_some_and(|e| e != st.endpoint)
-                || !st.session.is_established()
-                || st.conn.is_none()
-            {
+            if !self.rekeyable(i, endpoint) {
                 continue;
             }
             let current: Vec<u32> = self
@@ -130,11 +135,7 @@ impl Driver {
     ) -> Result<usize, DriverError> {
         let mut started = 0;
         for i in 0..self.sessions.len() {
-            let st = &self.sessions[i];
-            if endpoint.is_some_and(|e| e != st.endpoint)
-                || !st.session.is_established()
-                || st.conn.is_none()
-            {
+            if !self.rekeyable(i, endpoint) {
                 continue;
             }
             if let Ok(msg) = self.sessions[i].session.rekey_ike(now) {

@@ -32,6 +32,12 @@ impl Hand {
         self.sides[0].commands.try_iter().collect()
     }
 
+    /// Runs the driver's timers at `t`; returns its commands.
+    fn at(&mut self, t: Instant) -> Vec<Command> {
+        self.d.handle_timers(t).unwrap();
+        self.cmds()
+    }
+
     fn ack_all(&mut self, cmds: &[Command]) {
         for c in cmds {
             let ack = match c {
@@ -266,8 +272,7 @@ fn r_6_1_g_responder_never_dials() {
     down(&mut h.d, conn(1), None);
     // Its own liveness check finds no connection: it waits for the Originator.
     let now = h.t0 + Duration::from_secs(11);
-    h.d.handle_timers(now).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(now);
     assert!(
         !cmds
             .iter()
@@ -304,16 +309,14 @@ fn r_6_7_a_liveness_check_deletes_a_dead_peer() {
         t,
     )
     .unwrap();
-    h.d.handle_timers(h.t0 + Duration::from_secs(11)).unwrap();
-    assert!(sent(&h.cmds()).is_empty());
+    assert!(sent(&h.at(h.t0 + Duration::from_secs(11))).is_empty());
     // Silence: a liveness check at 19 s ...
     let t = h.t0 + Duration::from_secs(19);
     h.d.handle_timers(t).unwrap();
     assert_eq!(sent(&h.cmds()).len(), 1);
     // ... unanswered for the exchange timeout: the IKE SA and its SAs go, and the TCP
     // Originator closes its connection (R-6.1-d).
-    h.d.handle_timers(t + Duration::from_secs(5)).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(t + Duration::from_secs(5));
     let deletes = cmds
         .iter()
         .filter(|c| matches!(c, Command::DeleteSa { .. }))
@@ -646,11 +649,9 @@ fn child_sa_rekeyed_at_its_soft_time_limit_with_jitter() {
     let due = h.d.next_timer().unwrap();
     // Jitter cuts at most 10 % off the soft limit.
     assert!(due >= h.t0 + Duration::from_secs(90) && due <= h.t0 + Duration::from_secs(100));
-    h.d.handle_timers(h.t0 + Duration::from_secs(89)).unwrap();
-    assert!(!has_request(&h.cmds()));
+    assert!(!has_request(&h.at(h.t0 + Duration::from_secs(89))));
     let now = h.t0 + Duration::from_secs(100);
-    h.d.handle_timers(now).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(now);
     assert!(has_request(&cmds));
     let answers = h.peer_handles(&cmds, now);
     h.deliver(answers[0].clone(), now);
@@ -658,8 +659,7 @@ fn child_sa_rekeyed_at_its_soft_time_limit_with_jitter() {
     // The new Child SA runs under fresh limits: at the old one's hard limit only the old
     // inbound SA (kept for a grace period) goes, and no Delete request is sent.
     let new_in = h.d.children[1].spi_in;
-    h.d.handle_timers(h.t0 + Duration::from_secs(121)).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(h.t0 + Duration::from_secs(121));
     assert!(!has_request(&cmds), "{cmds:?}");
     assert!(
         !cmds
@@ -677,8 +677,7 @@ fn child_sa_deleted_at_its_hard_time_limit() {
         ..TimeLimits::default()
     });
     let now = h.t0 + Duration::from_secs(50);
-    h.d.handle_timers(now).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(now);
     assert_eq!(
         cmds.iter()
             .filter(|c| matches!(c, Command::DeleteSa { .. }))
@@ -744,11 +743,9 @@ fn ike_sa_rekeyed_at_its_soft_time_limit() {
         ike_soft: Some(Duration::from_secs(100)),
         ..TimeLimits::default()
     });
-    h.d.handle_timers(h.t0 + Duration::from_secs(89)).unwrap();
-    assert!(!has_request(&h.cmds()));
+    assert!(!has_request(&h.at(h.t0 + Duration::from_secs(89))));
     let now = h.t0 + Duration::from_secs(100);
-    h.d.handle_timers(now).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(now);
     assert!(has_request(&cmds));
     let answers = h.peer_handles(&cmds, now);
     // The response completes the rekey; the old IKE SA's Delete exchange follows.
@@ -758,10 +755,8 @@ fn ike_sa_rekeyed_at_its_soft_time_limit() {
     assert_eq!(answers.len(), 1);
     h.deliver(answers[0].clone(), now);
     // The new IKE SA's clock starts at the rekey.
-    h.d.handle_timers(now + Duration::from_secs(89)).unwrap();
-    assert!(!has_request(&h.cmds()));
-    h.d.handle_timers(now + Duration::from_secs(100)).unwrap();
-    assert!(has_request(&h.cmds()));
+    assert!(!has_request(&h.at(now + Duration::from_secs(89))));
+    assert!(has_request(&h.at(now + Duration::from_secs(100))));
     assert_eq!(h.d.installed(), 1);
 }
 
@@ -771,12 +766,10 @@ fn ike_sa_deleted_at_its_hard_time_limit() {
         ike_hard: Some(Duration::from_secs(200)),
         ..TimeLimits::default()
     });
-    h.d.handle_timers(h.t0 + Duration::from_secs(199)).unwrap();
-    assert!(!has_request(&h.cmds()));
+    assert!(!has_request(&h.at(h.t0 + Duration::from_secs(199))));
     // Deleted with a Delete exchange (RFC 7296 §1.4.1), its Child SAs along.
     let end = h.t0 + Duration::from_secs(200);
-    h.d.handle_timers(end).unwrap();
-    let cmds = h.cmds();
+    let cmds = h.at(end);
     let answers = h.peer_handles(&cmds, end);
     assert!(h.peer.is_deleted());
     h.deliver(answers[0].clone(), end);
@@ -1061,8 +1054,7 @@ fn finished_sessions_and_child_sas_are_forgotten() {
             h.deliver(m, now);
         }
         // The old inbound SA's grace period ends; its delete is acknowledged.
-        h.d.handle_timers(now + OLD_INBOUND_GRACE).unwrap();
-        let cmds = h.cmds();
+        let cmds = h.at(now + OLD_INBOUND_GRACE);
         h.ack_all(&cmds);
     }
     assert_eq!(h.d.child_rekeys(), 80);
