@@ -85,11 +85,12 @@ enum Pending {
         ke: Option<KeyExchange>,
         retried: bool,
     },
-    /// CREATE_CHILD_SA rekeying the IKE SA, with our new SPI.
+    /// CREATE_CHILD_SA rekeying the IKE SA, with our new SPI; `retried` as for `Child`.
     IkeRekey {
         spi: u64,
         ni: Vec<u8>,
         ke: KeyExchange,
+        retried: bool,
     },
 }
 
@@ -462,16 +463,19 @@ impl Session {
         groups
     }
 
-    /// The IKE suites offered in an IKE SA rekey: those with the current group (our KE).
-    fn ike_rekey_offer(&self) -> Result<(DhGroup, Vec<IkeSuite>), SessionError> {
-        let group = self.suite.ok_or(SessionError::Internal("no suite"))?.dh();
-        let offer = self
-            .cfg
-            .ike_proposals
-            .iter()
-            .filter(|s| s.dh() == group)
-            .copied()
-            .collect();
+    /// The group of our KE in an IKE SA rekey (`group`, by default the current IKE SA's) and
+    /// the suites offered: every configured one, those of that group first, so the peer may
+    /// pick another group and ask for it with INVALID_KE_PAYLOAD (RFC 7296 §1.3.2, §1.2).
+    fn ike_rekey_offer(
+        &self,
+        group: Option<DhGroup>,
+    ) -> Result<(DhGroup, Vec<IkeSuite>), SessionError> {
+        let group = match group {
+            Some(g) => g,
+            None => self.suite.ok_or(SessionError::Internal("no suite"))?.dh(),
+        };
+        let mut offer = self.cfg.ike_proposals.clone();
+        offer.sort_by_key(|s| s.dh() != group);
         Ok((group, offer))
     }
 
@@ -482,7 +486,17 @@ impl Session {
     /// As [`Session::start_dpd`].
     pub fn rekey_ike(&mut self, now: Instant) -> Result<Vec<u8>, SessionError> {
         self.ready()?;
-        let (group, offer) = self.ike_rekey_offer()?;
+        self.ike_rekey_request(None, false, now)
+    }
+
+    /// An IKE SA rekey request with a KE of `group` (default: the current one).
+    fn ike_rekey_request(
+        &mut self,
+        group: Option<DhGroup>,
+        retried: bool,
+        now: Instant,
+    ) -> Result<Vec<u8>, SessionError> {
+        let (group, offer) = self.ike_rekey_offer(group)?;
         let spi = random_ike_spi()?;
         let ni = random::<NONCE_LEN>()?.to_vec();
         let (ke, public) = KeyExchange::generate(group).map_err(|_| SessionError::Rng)?;
@@ -494,7 +508,16 @@ impl Session {
                 data: public,
             }),
         ];
-        self.request(Pending::IkeRekey { spi, ni, ke }, &inner, now)
+        self.request(
+            Pending::IkeRekey {
+                spi,
+                ni,
+                ke,
+                retried,
+            },
+            &inner,
+            now,
+        )
     }
 
     /// When [`Session::handle_timeout`] wants to be called: the exchange timeout of the
@@ -721,9 +744,12 @@ impl Session {
                 ke,
                 retried,
             } => self.on_child_response((rekey, spi_in, retried), &ni, ke, &payloads, now),
-            Pending::IkeRekey { spi, ni, ke } => {
-                self.on_ike_rekey_response(spi, &ni, &ke, &payloads, now)
-            }
+            Pending::IkeRekey {
+                spi,
+                ni,
+                ke,
+                retried,
+            } => self.on_ike_rekey_response((spi, retried), &ni, &ke, &payloads, now),
         }
     }
 
@@ -1227,7 +1253,7 @@ impl Session {
 
     fn on_ike_rekey_response(
         &mut self,
-        spi_i: u64,
+        (spi_i, retried): (u64, bool),
         ni: &[u8],
         ke: &KeyExchange,
         payloads: &[Payload],
@@ -1242,6 +1268,19 @@ impl Session {
             Ok(Vec::new())
         };
         if let Some(n) = first_error(payloads) {
+            // §1.3 / §2.7: INVALID_KE_PAYLOAD names the group the responder wants: retry once
+            // with it (new Message ID, new SPI and nonce) if we have suites of that group.
+            if n.kind == NotifyType::INVALID_KE_PAYLOAD
+                && !retried
+                && self.life.ike_collision.is_none()
+                && let Ok(b) = <[u8; 2]>::try_from(n.data.as_slice())
+                && let Ok(group) = DhGroup::from_transform(u16::from_be_bytes(b))
+                && group != ke.group()
+                && self.cfg.ike_proposals.iter().any(|s| s.dh() == group)
+            {
+                let m = self.ike_rekey_request(Some(group), true, now)?;
+                return Ok(vec![Output::Send(m)]);
+            }
             return refused(self, n.kind);
         }
         let sa = find(payloads, |p| match p {
@@ -1256,7 +1295,7 @@ impl Session {
             Payload::Ke(k) => Some(k),
             _ => None,
         });
-        let (_, offer) = self.ike_rekey_offer()?;
+        let (_, offer) = self.ike_rekey_offer(Some(ke.group()))?;
         let chosen = sa.and_then(|sa| {
             let suite = proposal::ike_chosen(sa, &offer)?;
             match sa.proposals.first()?.spi {

@@ -1261,6 +1261,44 @@ fn additional_child_sa() {
     assert_ne!(inew.spi_in, ic.spi_in);
 }
 
+/// The peer picks another group for the new IKE SA: it answers INVALID_KE_PAYLOAD naming it,
+/// and the rekey is retried once with a KE of that group (RFC 7296 §1.3.2, §1.2).
+#[test]
+fn ike_rekey_invalid_ke_payload_retried_with_the_requested_group() {
+    let (mut i, mut r, _, _, t0) = established();
+    let suite = |g| IkeSuite::new(EncrAlg::AesGcm16_256, PrfAlg::HmacSha256, None, g).unwrap();
+    i.cfg.ike_proposals = vec![suite(DhGroup::Curve25519), suite(DhGroup::Ecp256)];
+    r.cfg.ike_proposals = vec![suite(DhGroup::Ecp256)];
+    let req = i.rekey_ike(t0).unwrap();
+    let answer = deliver(&mut r, &req, t0);
+    assert!(r.take_sa_events().is_empty(), "nothing changes at the peer");
+    let retry = deliver(&mut i, &answer[0], t0);
+    assert_eq!(retry.len(), 1, "retried once");
+    let (ie, re) = run(&mut i, &mut r, retry[0].clone(), t0);
+    for ev in [&ie, &re] {
+        assert!(
+            ev.iter().any(|e| matches!(e, SaEvent::IkeSaRekeyed { .. })),
+            "{ev:?}"
+        );
+    }
+    assert_eq!(i.suite().map(|s| s.dh()), Some(DhGroup::Ecp256));
+    assert_eq!(i.spis(), r.spis());
+
+    // A group we do not have is not retried: the rekey is refused, the IKE SA stays.
+    let (mut i, mut r, _, _, t0) = established();
+    r.cfg.ike_proposals = vec![suite(DhGroup::Ecp384)];
+    i.cfg.ike_proposals.push(suite(DhGroup::Ecp384));
+    let req = i.rekey_ike(t0).unwrap();
+    let answer = deliver(&mut r, &req, t0);
+    i.cfg.ike_proposals.retain(|s| s.dh() != DhGroup::Ecp384);
+    assert!(deliver(&mut i, &answer[0], t0).is_empty());
+    assert!(matches!(
+        i.take_sa_events()[..],
+        [SaEvent::IkeRekeyRefused(NotifyType::INVALID_KE_PAYLOAD)]
+    ));
+    assert!(i.is_established());
+}
+
 #[test]
 fn r_1_2_a_ike_rekey_by_responder_keeps_tcp_roles() {
     let (mut i, mut r, ic, _, t0) = established();
