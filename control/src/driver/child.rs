@@ -353,6 +353,8 @@ impl Driver {
         let Some(c) = self.children.get_mut(child) else {
             return Ok(());
         };
+        // An install still in flight is deleted when its ack comes.
+        c.unwanted.1 = true;
         if !std::mem::take(&mut c.outbound_ok) {
             return Ok(());
         }
@@ -364,6 +366,7 @@ impl Driver {
         let Some(c) = self.children.get_mut(child) else {
             return Ok(());
         };
+        c.unwanted.0 = true;
         if !std::mem::take(&mut c.inbound_ok) {
             return Ok(());
         }
@@ -422,6 +425,7 @@ impl Driver {
             rekey_at,
             expire_at,
             selectors: selectors.clone(),
+            unwanted: (false, false),
         });
         let ack = self.ack();
         self.pending.insert(
