@@ -70,7 +70,7 @@ impl Driver {
             return;
         };
         // The two SPIs lead the line.
-        let key = format!("ike {}", line.get(..37).unwrap_or(&line));
+        let key = format!("ike {}", line.get(..33).unwrap_or(&line));
         self.keylog_write(endpoint, KEYLOG_IKE_FILE, key, &line);
     }
 
