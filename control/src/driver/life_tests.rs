@@ -11,7 +11,7 @@ use iketcp_dataplane::crypto::Suite;
 use iketcp_dataplane::transport::TcpRole;
 use iketcp_dataplane::worker::handle::{Command, WorkerChannels, channels};
 
-use super::tests::{Rig, Traffic, conn, down, poll_until, pump_until, up};
+use super::tests::{Rig, Traffic, conn, down, poll_until, pump_until, start_pair, up};
 use super::*;
 use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 
@@ -475,38 +475,6 @@ fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
     assert!(closes(&mut d, t0 + Duration::from_secs(20)).is_empty());
 }
 
-/// Adds a Responder on worker 1 and, once it listens, an Originator on worker 0 (both with
-/// `timers`), and waits for both Child SAs. Returns the Originator's endpoint index and the
-/// events so far.
-fn start_pair(d: &mut Driver, ci: Config, cr: Config, timers: Timers) -> (usize, Vec<DriverEvent>) {
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    let mut r = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
-    r.timers = timers;
-    let r = d.add(r).unwrap();
-    let mut events = Vec::new();
-    poll_until(d, "listen", |d| {
-        events.extend(d.take_events());
-        events
-            .iter()
-            .any(|e| matches!(e, DriverEvent::Listening { endpoint } if *endpoint == r))
-    });
-    let mut o = Endpoint::new(
-        0,
-        EndpointRole::Originator {
-            remote: listen,
-            local: None,
-        },
-        ci,
-    );
-    o.timers = timers;
-    let i = d.add(o).unwrap();
-    poll_until(d, "both Child SAs", |d| {
-        events.extend(d.take_events());
-        d.installed() == 2
-    });
-    (i, events)
-}
-
 /// Real workers: a reset TCP connection, the TCP Originator reconnects, the same SAs carry
 /// traffic again (R-6.1-f, R-6.1-g, R-6.1-k, R-6.2-b).
 #[test]
@@ -514,7 +482,7 @@ fn r_6_1_f_r_6_1_g_reset_connection_sas_survive_originator_reconnects() {
     let rig = Rig::new();
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(rig.h.clone());
-    let (i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
+    let (_, i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
     let mut t = Traffic { next: [0, 0] };
     pump_until(&mut d, &rig, &mut t, &mut events, "traffic", |_, _| {
         Traffic::delivered(&rig, 0).len() > 20 && Traffic::delivered(&rig, 1).len() > 20
@@ -586,7 +554,7 @@ fn r_6_7_a_dead_peer_deleted_end_to_end() {
         exchange_timeout: Duration::from_secs(3),
         ..Timers::default()
     };
-    let (_, mut events) = start_pair(&mut d, ci, cr, timers);
+    let (_, _, mut events) = start_pair(&mut d, ci, cr, timers);
     // Alive: liveness checks are answered for a while.
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
@@ -788,7 +756,7 @@ fn r_6_1_c_r_6_1_d_graceful_delete_end_to_end() {
     let rig = Rig::new();
     let (ci, cr) = configs(Suite::ChaCha20Poly1305, true).unwrap();
     let mut d = Driver::new(rig.h.clone());
-    let (i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
+    let (_, i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
     assert_eq!(d.ike_sas(), 2);
     events.clear();
     // The Originator's side deletes; the Responder learns it from the Delete.
@@ -828,7 +796,7 @@ fn r_6_4_b_invalid_ke_payload_retry_on_the_same_connection() {
     ci.ike_proposals = vec![suite(DhGroup::Ecp256), suite(DhGroup::Curve25519)];
     cr.ike_proposals = vec![suite(DhGroup::Curve25519)];
     let mut d = Driver::new(rig.h.clone());
-    let (_, events) = start_pair(&mut d, ci, cr, Timers::default());
+    let (_, _, events) = start_pair(&mut d, ci, cr, Timers::default());
     let ups = events
         .iter()
         .filter(|e| matches!(e, DriverEvent::ConnUp { .. }))
@@ -1364,7 +1332,7 @@ fn simultaneous_child_sa_rekeys_settle_under_traffic() {
     let rig = Rig::new();
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(rig.h.clone());
-    let (_, mut events) = start_pair(&mut d, ci, cr, Timers::default());
+    let (_, _, mut events) = start_pair(&mut d, ci, cr, Timers::default());
     let mut t = Traffic { next: [0, 0] };
     pump_until(&mut d, &rig, &mut t, &mut events, "traffic", |_, _| {
         Traffic::delivered(&rig, 0).len() > 20 && Traffic::delivered(&rig, 1).len() > 20

@@ -162,36 +162,49 @@ pub(super) fn wait_delivered(q: &Queue, want: &[u8]) {
     }
 }
 
-#[test]
-fn handshake_installs_sas_and_packets_cross() {
-    let rig = Rig::new();
-    let (ci, cr) = configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
-    let mut d = Driver::new(rig.h.clone());
+/// Adds a Responder on worker 1 and, once it listens, an Originator on worker 0 (both with
+/// `timers`), and waits for both Child SAs. Returns the Responder's and the Originator's
+/// endpoint indexes and the events so far.
+pub(super) fn start_pair(
+    d: &mut Driver,
+    ci: Config,
+    cr: Config,
+    timers: Timers,
+) -> (usize, usize, Vec<DriverEvent>) {
     let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    let r = d
-        .add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
-        .unwrap();
+    let mut r = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
+    r.timers = timers;
+    let r = d.add(r).unwrap();
     let mut events = Vec::new();
-    poll_until(&mut d, "listen", |d| {
+    poll_until(d, "listen", |d| {
         events.extend(d.take_events());
         events
             .iter()
             .any(|e| matches!(e, DriverEvent::Listening { endpoint } if *endpoint == r))
     });
-    let i = d
-        .add(Endpoint::new(
-            0,
-            EndpointRole::Originator {
-                remote: listen,
-                local: None,
-            },
-            ci,
-        ))
-        .unwrap();
-    poll_until(&mut d, "both Child SAs", |d| {
+    let mut o = Endpoint::new(
+        0,
+        EndpointRole::Originator {
+            remote: listen,
+            local: None,
+        },
+        ci,
+    );
+    o.timers = timers;
+    let i = d.add(o).unwrap();
+    poll_until(d, "both Child SAs", |d| {
         events.extend(d.take_events());
         d.installed() == 2
     });
+    (r, i, events)
+}
+
+#[test]
+fn handshake_installs_sas_and_packets_cross() {
+    let rig = Rig::new();
+    let (ci, cr) = configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(rig.h.clone());
+    let (r, i, events) = start_pair(&mut d, ci, cr, Timers::default());
     assert!(!events.iter().any(|e| matches!(
         e,
         DriverEvent::Failed { .. } | DriverEvent::IntegrityFailure { .. }
@@ -303,31 +316,7 @@ fn rekeys_under_traffic_lose_no_packet() {
     let rig = Rig::new();
     let (ci, cr) = configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(rig.h.clone());
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    let r = d
-        .add(Endpoint::new(1, EndpointRole::Responder { listen }, cr))
-        .unwrap();
-    let mut events = Vec::new();
-    poll_until(&mut d, "listen", |d| {
-        events.extend(d.take_events());
-        events
-            .iter()
-            .any(|e| matches!(e, DriverEvent::Listening { endpoint } if *endpoint == r))
-    });
-    let i = d
-        .add(Endpoint::new(
-            0,
-            EndpointRole::Originator {
-                remote: listen,
-                local: None,
-            },
-            ci,
-        ))
-        .unwrap();
-    poll_until(&mut d, "both Child SAs", |d| {
-        events.extend(d.take_events());
-        d.installed() == 2
-    });
+    let (r, i, mut events) = start_pair(&mut d, ci, cr, Timers::default());
     let (i_in, i_out) = events
         .iter()
         .find_map(|e| match e {
