@@ -299,6 +299,10 @@ impl Tunnel {
                 conn: conn.id,
             },
         );
+        // Packets sent before the worker applies the bind have no connection: wait for it.
+        let ack = 1000 + token;
+        self.cmd(A, Command::Barrier { ack });
+        self.wait(|e| matches!(e, Event::Ack { ack: a, .. } if *a == ack));
         self.conn_a = Some(conn);
     }
 

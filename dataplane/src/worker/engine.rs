@@ -384,6 +384,7 @@ impl Engine {
                 }
             }
             Command::SendIke { conn, msg } => self.queue_ike(t, conn, &msg),
+            Command::Barrier { ack } => self.ack(ack, Ok(())),
             Command::Shutdown => return false,
         }
         true

@@ -78,6 +78,12 @@ pub enum Command {
         /// Correlates the resulting `ConnUp`/`ConnDown`.
         token: u64,
     },
+    /// Acknowledged when reached: commands are applied in order, so its ack says every command
+    /// sent before it to this worker is in effect (e.g. a `BindIkeSa`, which has no ack).
+    Barrier {
+        /// Answered with [`Event::Ack`].
+        ack: u64,
+    },
     /// Close a connection (`abort` = RST). The SAs stay (RFC 9329 §6.1).
     Close {
         /// The connection.

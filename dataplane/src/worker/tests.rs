@@ -740,3 +740,28 @@ fn r_6_6_a_worker_never_sends_nat_keepalives() {
     assert_eq!(dec.stats().keepalive, 0);
     assert_eq!(dec.stats().esp, 1);
 }
+
+#[test]
+fn barrier_is_acknowledged_after_the_commands_before_it() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    r.handle
+        .send(
+            0,
+            Command::BindIkeSa {
+                ike_sa: IKE,
+                conn: a,
+            },
+        )
+        .expect("send");
+    r.cmd(Command::Barrier { ack: 77 });
+    assert!(r.events().iter().any(|e| matches!(
+        e,
+        Event::Ack {
+            ack: 77,
+            result: Ok(()),
+            ..
+        }
+    )));
+    assert_eq!(r.engine.active_conn(IKE), Some(a));
+}
