@@ -159,6 +159,17 @@ fn shared_ports_steer_each_connection_to_its_worker() {
                 },
             )
             .unwrap_or_else(|e| panic!("{e:?}"));
+        // Bound before the outbound install, so that install's ack says the bind is in effect
+        // (a packet read before it would have no connection).
+        handle
+            .send(
+                a_conn.worker,
+                Command::BindIkeSa {
+                    ike_sa: ike,
+                    conn: a_conn.id,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
         handle
             .send(
                 a_conn.worker,
@@ -168,15 +179,6 @@ fn shared_ports_steer_each_connection_to_its_worker() {
                     selectors: sel,
                     lifetime: Lifetime::UNLIMITED,
                     ack: 200 + t,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        handle
-            .send(
-                a_conn.worker,
-                Command::BindIkeSa {
-                    ike_sa: ike,
-                    conn: a_conn.id,
                 },
             )
             .unwrap_or_else(|e| panic!("{e:?}"));
