@@ -391,8 +391,10 @@ impl Driver {
             && let Some((child, ack, out, selectors)) = self.install_child(index, &c, conn, now)?
         {
             hold = Some(ack);
-            self.install_outbound(child, out, selectors)?;
+            // Bound first: the outbound SA's ack (and `ChildSaInstalled`) then means traffic
+            // has a connection.
             self.bind(ike_sa, conn)?;
+            self.install_outbound(child, out, selectors)?;
         }
         let sa_events = self.sessions[index].session.take_sa_events();
         for ev in sa_events {
