@@ -179,7 +179,7 @@ impl Driver {
         }
         // The SAs stay (RFC 9329 §6.1, R-6.1-f); the TCP Originator brings the connection back
         // "if it is torn down for any unexpected reason" (R-6.1-g), the Responder waits.
-        self.reconnect(i)
+        self.reconnect(i, now)
     }
 
     /// An Originator endpoint whose connect failed dials again after a backoff that doubles
@@ -213,7 +213,7 @@ impl Driver {
     /// A TCP Originator's session without a connection dials again, at most
     /// [`MAX_RECONNECTS`] times in a row without an authentic answer. A TCP Responder never
     /// dials (RFC 9329 §6.1, R-6.1-g).
-    pub(super) fn reconnect(&mut self, i: usize) -> Result<(), DriverError> {
+    pub(super) fn reconnect(&mut self, i: usize, now: Instant) -> Result<(), DriverError> {
         let endpoint = self.sessions[i].endpoint;
         if !self.is_originator(endpoint) {
             return Ok(());
@@ -236,7 +236,16 @@ impl Driver {
         }
         st.reconnects += 1;
         st.connecting = true;
-        self.dial(endpoint)
+        // The first attempt at once, then after 1 s and 2 s: a peer that just restarted gets
+        // time to listen again.
+        match st.reconnects {
+            1 => self.dial(endpoint),
+            n => {
+                let delay = DIAL_BACKOFF_MIN.saturating_mul(1 << (n - 2).min(16));
+                self.dials.push((now + delay, endpoint));
+                Ok(())
+            }
+        }
     }
 
     /// The worker moved an IKE SA's traffic to `conn` (authentic ESP arrived there, R-6.1-t):
@@ -413,7 +422,7 @@ impl Driver {
             // Something to send and no connection: a TCP Originator dials (a Responder waits).
             if !sends.is_empty() && st.alive() && !st.connecting {
                 st.reconnects = 0;
-                self.reconnect(index)?;
+                self.reconnect(index, now)?;
             }
             return Ok(());
         };

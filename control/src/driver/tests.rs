@@ -625,8 +625,12 @@ fn r_6_2_b_r_6_1_k_originator_resends_outstanding_request_after_reconnect() {
         panic!("no IKE_SA_INIT");
     };
     assert_eq!(c1, conn(1).id);
+    let t0 = Instant::now();
     for n in 2..=4 {
         down(&mut d, conn(n - 1), token);
+        // At once, then after 1 s and 2 s.
+        d.handle_timers(t0 + Duration::from_secs(3 * u64::from(n)))
+            .unwrap();
         assert!(matches!(
             cmds.try_recv(),
             Ok(Command::Connect { token: 0, .. })
