@@ -1414,3 +1414,69 @@ fn simultaneous_child_sa_rekeys_settle_under_traffic() {
     );
     rig.stop();
 }
+
+/// R-6.1-l: a connection carries one IKE SA. A second IKE_SA_INIT on the connection of a live
+/// IKE SA creates no second session; during an IKE SA rekey old and new IKE SA share it.
+#[test]
+fn r_6_1_l_one_ike_sa_per_connection() {
+    let mut h = responder(quick());
+    let now = h.t0 + Duration::from_secs(1);
+    let (ci, _) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let (_, other) =
+        Session::initiator(ci, SocketAddr::from((INITIATOR_ADDR, 40001)), listen, now).unwrap();
+    let cmds = h.deliver(other, now);
+    assert!(cmds.is_empty(), "{cmds:?}");
+    assert_eq!(h.d.sessions.len(), 1);
+    // The peer rekeys the IKE SA on the same connection: still one session, same connection.
+    let req = h.peer.rekey_ike(now).unwrap();
+    let cmds = h.deliver(req, now);
+    assert!(
+        cmds.iter()
+            .all(|c| !matches!(c, Command::SendIke { conn, .. } if *conn != h.conn.id))
+    );
+    for m in h.peer_handles(&cmds, now) {
+        let cmds = h.deliver(m, now);
+        h.peer_handles(&cmds, now);
+    }
+    assert_eq!(h.d.sessions.len(), 1);
+    assert_eq!(h.d.sessions[0].conn, Some(h.conn));
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaRekeyed { .. }))
+    );
+}
+
+/// R-6.1-r: the TCP Originator carries all of an IKE SA's IKE and ESP traffic on one
+/// connection: the SAs are bound to the IKE SA's connection, and rekeys open no other.
+#[test]
+fn r_6_1_r_originator_uses_one_connection_per_ike_sa() {
+    let mut h = originator(calm());
+    let mut now = h.t0;
+    for _ in 0..2 {
+        now += Duration::from_secs(1);
+        h.d.rekey_child_sas(now).unwrap();
+        let cmds = h.cmds();
+        for m in h.peer_handles(&cmds, now) {
+            let cmds = h.deliver(m, now);
+            for m in h.peer_handles(&cmds, now) {
+                h.deliver(m, now);
+            }
+        }
+        now += Duration::from_secs(1);
+        h.d.rekey_ike_sas(now).unwrap();
+        let cmds = h.cmds();
+        for m in h.peer_handles(&cmds, now) {
+            let cmds = h.deliver(m, now);
+            for m in h.peer_handles(&cmds, now) {
+                h.deliver(m, now);
+            }
+        }
+    }
+    assert_eq!((h.d.child_rekeys(), h.d.ike_rekeys()), (2, 2));
+    let all = h.cmds();
+    assert!(!all.iter().any(|c| matches!(c, Command::Connect { .. })));
+    assert_eq!(h.d.conns.len(), 1);
+    assert_eq!(h.d.sessions[0].conn, Some(h.conn));
+}
