@@ -368,3 +368,60 @@ fn keylog_lines_decrypt_in_tshark() {
     }
     assert!(esp > 20 && ike >= 6, "{esp} ESP, {ike} IKE");
 }
+
+/// The outer TCP of a demo run: the Originator connects to port 4500 (R-2-a, R-11-a), its SYN
+/// negotiates an MSS (R-9.4-a), and every outer packet carries the same DSCP (R-9.3-a) and is
+/// not ECN-capable, as RFC 6040's compatibility mode asks of the tunnel ingress (R-9.5-a).
+#[test]
+fn r_2_a_r_11_a_r_9_4_a_r_9_3_a_r_9_5_a_outer_tcp_of_a_run() {
+    let path = std::env::temp_dir().join(format!("iketcp-outer-{}.pcap", std::process::id()));
+    let args = DemoArgs {
+        duration: 1.0,
+        rate: Some(200),
+        size: 400,
+        pcap: Some(path.clone()),
+        quiet: true,
+        no_pin: true,
+        ..DemoArgs::default()
+    };
+    run(&args).unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let records = pcap_records(&file);
+    assert!(records.len() > 100);
+    let mut syns = 0;
+    let mut tos = BTreeSet::new();
+    for p in &records {
+        assert_eq!(p[0] >> 4, 4, "the demo's outer addresses are IPv4");
+        tos.insert(p[1]);
+        let (_, _, _, l4) = ip(p);
+        let flags = l4[13];
+        if flags & 0x12 == 0x02 {
+            // The Originator's SYN goes to 4500 and carries an MSS option (kind 2, length 4).
+            syns += 1;
+            assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), 4500);
+            let opts = &l4[20..usize::from(l4[12] >> 4) * 4];
+            let mut i = 0;
+            let mut mss = None;
+            while i < opts.len() {
+                match opts[i] {
+                    0 => break,
+                    1 => i += 1,
+                    kind => {
+                        let len = usize::from(*opts.get(i + 1).unwrap_or(&2)).max(2);
+                        if kind == 2 && len == 4 {
+                            mss = Some(u16::from_be_bytes([opts[i + 2], opts[i + 3]]));
+                        }
+                        i += len;
+                    }
+                }
+            }
+            let mss = mss.expect("MSS option in the SYN");
+            assert!((536..=1460).contains(&mss), "MSS {mss}");
+        }
+    }
+    assert!(syns >= 1);
+    // One DSCP for the whole connection, and ECN bits 00 (Not-ECT) on every outer packet.
+    assert_eq!(tos.len(), 1, "{tos:?}");
+    assert!(tos.iter().all(|t| t & 0x03 == 0), "{tos:?}");
+}

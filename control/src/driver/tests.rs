@@ -239,6 +239,12 @@ fn handshake_installs_sas_and_packets_cross() {
     let back = udp([203, 0, 113, 9], [198, 51, 100, 7], 0x5a);
     rig.ports[1].0.lock().unwrap().push_back(back.clone());
     wait_delivered(&rig.ports[0].1, &back);
+    // R-9.5-a (RFC 6040): the tunnel leaves the inner header alone, so a CE mark (and the DSCP)
+    // arrives as sent; the outer TCP is Not-ECT (tests/tests/demo_capture.rs).
+    let mut marked = udp([198, 51, 100, 7], [203, 0, 113, 9], 0xce);
+    marked[1] = 0xb8 | 0x03;
+    rig.ports[0].0.lock().unwrap().push_back(marked.clone());
+    wait_delivered(&rig.ports[1].1, &marked);
     // Outside the selectors: not sent.
     let stray = udp([10, 0, 0, 1], [203, 0, 113, 9], 0x11);
     rig.ports[0].0.lock().unwrap().push_back(stray);
