@@ -39,6 +39,7 @@ impl Driver {
                 peer,
                 session: None,
                 since: now,
+                orphan_since: None,
                 closing: false,
                 cookie_wait: None,
             },

@@ -326,6 +326,8 @@ struct ConnState {
     session: Option<usize>,
     /// When it came up.
     since: Instant,
+    /// Since when it carries no live IKE SA (stamped by the timers; `None` while it does).
+    orphan_since: Option<Instant>,
     /// A stateless cookie reply went out on it: closed at this time unless the repeated
     /// request came (RFC 9329 §6.3, R-6.3-b).
     cookie_wait: Option<Instant>,
@@ -600,7 +602,7 @@ impl Driver {
             .iter()
             .filter(|(k, c)| self.orphan(**k, c))
             .map(|(_, c)| c)
-            .map(|c| c.since + self.endpoints[c.endpoint].timers.orphan);
+            .map(|c| c.orphan_since.unwrap_or(c.since) + self.endpoints[c.endpoint].timers.orphan);
         let cookie_waits = self
             .conns
             .values()
@@ -681,11 +683,31 @@ impl Driver {
             })
             .map(|(k, _)| *k)
             .collect();
+        // A connection without a live IKE SA, or superseded by a newer one of its IKE SA (its
+        // traffic moved, R-6.1-v), is closed after a grace period: packets still in flight on
+        // it are accepted meanwhile (R-6.1-u).
+        let orphaned: Vec<(Conn, bool)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (*k, self.orphan(*k, c)))
+            .collect();
+        for (k, orphan) in orphaned {
+            if let Some(c) = self.conns.get_mut(&k) {
+                // One that never carried an IKE SA has been an orphan since it came up.
+                let from = if c.session.is_none() { c.since } else { now };
+                c.orphan_since = if orphan {
+                    c.orphan_since.or(Some(from))
+                } else {
+                    None
+                };
+            }
+        }
         let orphans: Vec<Conn> = self
             .conns
             .iter()
-            .filter(|(k, c)| {
-                self.orphan(**k, c) && c.since + self.endpoints[c.endpoint].timers.orphan <= now
+            .filter(|(_, c)| {
+                c.orphan_since
+                    .is_some_and(|t| t + self.endpoints[c.endpoint].timers.orphan <= now)
             })
             .map(|(k, _)| *k)
             .collect();
