@@ -1482,3 +1482,33 @@ fn r_6_1_r_originator_uses_one_connection_per_ike_sa() {
     assert_eq!(h.d.conns.len(), 1);
     assert_eq!(h.d.sessions[0].conn, Some(h.conn));
 }
+
+/// R-6.1-v: the Originator came back on a new connection while the old one never closed; the
+/// Responder closes the superseded one after the orphan grace period, counted from when its
+/// IKE SA moved (packets in flight on it are still accepted meanwhile, R-6.1-u).
+#[test]
+fn r_6_1_v_superseded_connection_closed_after_a_grace_period() {
+    let mut h = responder(quick());
+    // Long after the first connection came up, the peer continues on a second one.
+    let now = h.t0 + Duration::from_secs(60);
+    up(&mut h.d, conn(2), TcpRole::Responder, None);
+    h.conn = conn(2);
+    let probe = h.peer.start_dpd(now).unwrap();
+    let cmds = h.deliver(probe, now);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::SendIke { conn: x, .. } if *x == conn(2).id))
+    );
+    let closed = |cmds: &[Command]| {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Close { conn: x, .. } => Some(x.slot),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(closed(&h.at(now)).is_empty(), "not at once");
+    assert!(closed(&h.at(now + Duration::from_millis(2900))).is_empty());
+    assert_eq!(closed(&h.at(now + Duration::from_secs(3))), vec![1]);
+    assert_eq!(h.d.installed(), 1);
+}
