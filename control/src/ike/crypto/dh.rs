@@ -9,12 +9,16 @@
 //!
 //! Private values are generated fresh for every exchange (RFC 6989 §2.4 allows reuse only with the
 //! checks above; we never reuse) and are wiped on drop.
+//!
+//! The ECP groups run on AWS-LC (`aws-lc-rs`'s ECDH: key generation in [1, n−1], the peer's
+//! point decoded and checked to lie on the curve before use), about ten times faster here than
+//! the pure-Rust curves; X25519 and MODP-2048 stay in Rust.
 
 use core::fmt;
 
+use aws_lc_rs::agreement::{self, ECDH_P256, ECDH_P384, UnparsedPublicKey};
 use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
 use crypto_bigint::{Odd, U512, U2048};
-use p256::elliptic_curve;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -118,8 +122,8 @@ pub const MODP2048_EXPONENT_BITS: u32 = 512;
 
 enum Private {
     Curve25519(x25519_dalek::StaticSecret),
-    Ecp256(p256::SecretKey),
-    Ecp384(p384::SecretKey),
+    /// P-256 or P-384; AWS-LC frees (and clears) the key on drop.
+    Ecp(agreement::PrivateKey),
     /// Exponent x; the public value is 2^x mod p.
     Modp2048(Zeroizing<U512>),
 }
@@ -145,23 +149,6 @@ fn random_bytes(buf: &mut [u8]) -> Result<(), DhError> {
     getrandom::fill(buf).map_err(|_| DhError::Rng)
 }
 
-/// Rejection-samples a NIST-curve scalar in [1, n−1] from `N`-octet random strings.
-fn random_ec_scalar<C, const N: usize>() -> Result<elliptic_curve::SecretKey<C>, DhError>
-where
-    C: elliptic_curve::Curve,
-{
-    let mut bytes = Zeroizing::new([0u8; N]);
-    // For P-256 and P-384 a random string is ≥ n with probability < 2^-32; 64 tries cannot fail
-    // unless the RNG is broken.
-    for _ in 0..64 {
-        random_bytes(&mut bytes[..])?;
-        if let Ok(sk) = elliptic_curve::SecretKey::<C>::from_slice(&bytes[..]) {
-            return Ok(sk);
-        }
-    }
-    Err(DhError::Rng)
-}
-
 impl KeyExchange {
     /// Generates a fresh private value and returns it with the public Key Exchange Data to send.
     ///
@@ -175,8 +162,9 @@ impl KeyExchange {
                 random_bytes(&mut k[..])?;
                 Private::Curve25519(x25519_dalek::StaticSecret::from(*k))
             }
-            DhGroup::Ecp256 => Private::Ecp256(random_ec_scalar::<p256::NistP256, 32>()?),
-            DhGroup::Ecp384 => Private::Ecp384(random_ec_scalar::<p384::NistP384, 48>()?),
+            DhGroup::Ecp256 | DhGroup::Ecp384 => Private::Ecp(
+                agreement::PrivateKey::generate(ecdh(group)).map_err(|_| DhError::Rng)?,
+            ),
             DhGroup::Modp2048 => {
                 let mut bytes = Zeroizing::new([0u8; 64]);
                 let mut x = Zeroizing::new(U512::ZERO);
@@ -191,7 +179,7 @@ impl KeyExchange {
                 Private::Modp2048(x)
             }
         };
-        let public = public_value(&private);
+        let public = public_value(&private)?;
         let kx = Self {
             group,
             private,
@@ -210,8 +198,9 @@ impl KeyExchange {
                 let k: [u8; 32] = bytes.try_into().ok()?;
                 Private::Curve25519(x25519_dalek::StaticSecret::from(k))
             }
-            DhGroup::Ecp256 => Private::Ecp256(p256::SecretKey::from_slice(bytes).ok()?),
-            DhGroup::Ecp384 => Private::Ecp384(p384::SecretKey::from_slice(bytes).ok()?),
+            DhGroup::Ecp256 | DhGroup::Ecp384 => {
+                Private::Ecp(agreement::PrivateKey::from_private_key(ecdh(group), bytes).ok()?)
+            }
             DhGroup::Modp2048 => {
                 if bytes.len() > 64 {
                     return None;
@@ -221,7 +210,7 @@ impl KeyExchange {
                 Private::Modp2048(Zeroizing::new(U512::from_be_slice(&padded)))
             }
         };
-        let public = public_value(&private);
+        let public = public_value(&private).ok()?;
         Some(Self {
             group,
             private,
@@ -265,16 +254,17 @@ impl KeyExchange {
                 }
                 SecretBytes::from_slice(shared.as_bytes())
             }
-            Private::Ecp256(sk) => {
-                let pk = ecp_public_key::<p256::NistP256>(peer)?;
-                let shared = sk.diffie_hellman(&pk);
-                // RFC 5903 §9: g^ir is the x coordinate only.
-                SecretBytes::from_slice(shared.raw_secret_bytes())
-            }
-            Private::Ecp384(sk) => {
-                let pk = ecp_public_key::<p384::NistP384>(peer)?;
-                let shared = sk.diffie_hellman(&pk);
-                SecretBytes::from_slice(shared.raw_secret_bytes())
+            Private::Ecp(sk) => {
+                // RFC 5903 §7: x ‖ y; AWS-LC takes the uncompressed SEC1 form 0x04 ‖ x ‖ y and
+                // refuses points not on the curve (RFC 6989 §2.3).
+                let mut sec1 = Zeroizing::new(Vec::with_capacity(peer.len() + 1));
+                sec1.push(0x04);
+                sec1.extend_from_slice(peer);
+                let pk = UnparsedPublicKey::new(ecdh(self.group), &sec1[..]);
+                // RFC 5903 §9: g^ir is the x coordinate only, which is what ECDH yields.
+                agreement::agree(sk, pk, DhError::InvalidPublicValue, |x| {
+                    Ok(SecretBytes::from_slice(x))
+                })?
             }
             Private::Modp2048(x) => {
                 let y: &[u8; 256] = peer.try_into().map_err(|_| DhError::InvalidPublicValue)?;
@@ -285,47 +275,30 @@ impl KeyExchange {
     }
 }
 
+/// The AWS-LC ECDH algorithm of an ECP group (P-384 for anything but P-256: only called for
+/// the two ECP groups).
+fn ecdh(group: DhGroup) -> &'static agreement::Algorithm {
+    match group {
+        DhGroup::Ecp256 => &ECDH_P256,
+        _ => &ECDH_P384,
+    }
+}
+
 /// The public Key Exchange Data of a private value.
-fn public_value(private: &Private) -> Vec<u8> {
-    match private {
+fn public_value(private: &Private) -> Result<Vec<u8>, DhError> {
+    Ok(match private {
         Private::Curve25519(sk) => x25519_dalek::PublicKey::from(sk).as_bytes().to_vec(),
         // RFC 5903 §7: x ‖ y, each padded to the field size, without the SEC1 0x04 octet.
-        Private::Ecp256(sk) => sec1_uncompressed_body(&sk.public_key()),
-        Private::Ecp384(sk) => sec1_uncompressed_body(&sk.public_key()),
+        Private::Ecp(sk) => {
+            let pk = sk.compute_public_key().map_err(|_| DhError::Rng)?;
+            pk.as_ref().get(1..).unwrap_or_default().to_vec()
+        }
         Private::Modp2048(x) => {
             let g = FixedMontyForm::new(&U2048::from_u8(2), &MODP2048_PARAMS);
             let y = g.pow(&**x).retrieve();
             y.to_be_bytes().as_ref().to_vec()
         }
-    }
-}
-
-fn sec1_uncompressed_body<C>(pk: &elliptic_curve::PublicKey<C>) -> Vec<u8>
-where
-    C: elliptic_curve::CurveArithmetic,
-    elliptic_curve::AffinePoint<C>:
-        elliptic_curve::sec1::FromSec1Point<C> + elliptic_curve::sec1::ToSec1Point<C>,
-    elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
-{
-    use elliptic_curve::sec1::ToSec1Point;
-    let point = pk.to_sec1_point(false);
-    // Uncompressed SEC1: 0x04 ‖ x ‖ y.
-    point.as_bytes().get(1..).unwrap_or_default().to_vec()
-}
-
-/// Parses x ‖ y as an uncompressed SEC1 point; `from_sec1_bytes` rejects points not on the curve
-/// and the identity (RFC 6989 §2.3).
-fn ecp_public_key<C>(xy: &[u8]) -> Result<elliptic_curve::PublicKey<C>, DhError>
-where
-    C: elliptic_curve::CurveArithmetic,
-    elliptic_curve::AffinePoint<C>:
-        elliptic_curve::sec1::FromSec1Point<C> + elliptic_curve::sec1::ToSec1Point<C>,
-    elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
-{
-    let mut sec1 = Vec::with_capacity(xy.len() + 1);
-    sec1.push(0x04);
-    sec1.extend_from_slice(xy);
-    elliptic_curve::PublicKey::<C>::from_sec1_bytes(&sec1).map_err(|_| DhError::InvalidPublicValue)
+    })
 }
 
 fn modp2048_agree(x: &U512, peer: &[u8; 256]) -> Result<SecretBytes, DhError> {
