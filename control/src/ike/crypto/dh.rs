@@ -10,13 +10,13 @@
 //! Private values are generated fresh for every exchange (RFC 6989 §2.4 allows reuse only with the
 //! checks above; we never reuse) and are wiped on drop.
 //!
-//! The ECP groups run on AWS-LC (`aws-lc-rs`'s ECDH: key generation in [1, n−1], the peer's
-//! point decoded and checked to lie on the curve before use), about ten times faster here than
-//! the pure-Rust curves; X25519 and MODP-2048 stay in Rust.
+//! X25519 and the ECP groups run on AWS-LC (`aws-lc-rs`'s agreement: ECP keys in [1, n−1], the
+//! peer's point decoded and checked to lie on the curve before use; X25519 fails on an all-zero
+//! result), several times faster here than the pure-Rust curves; MODP-2048 stays in Rust.
 
 use core::fmt;
 
-use aws_lc_rs::agreement::{self, ECDH_P256, ECDH_P384, UnparsedPublicKey};
+use aws_lc_rs::agreement::{self, ECDH_P256, ECDH_P384, UnparsedPublicKey, X25519};
 use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
 use crypto_bigint::{Odd, U512, U2048};
 use subtle::ConstantTimeEq;
@@ -121,16 +121,16 @@ const MODP2048_PARAMS: FixedMontyParams<{ U2048::LIMBS }> = FixedMontyParams::ne
 pub const MODP2048_EXPONENT_BITS: u32 = 512;
 
 enum Private {
-    Curve25519(x25519_dalek::StaticSecret),
+    /// X25519; AWS-LC frees (and clears) the key on drop.
+    Curve25519(agreement::PrivateKey),
     /// P-256 or P-384; AWS-LC frees (and clears) the key on drop.
     Ecp(agreement::PrivateKey),
     /// Exponent x; the public value is 2^x mod p.
     Modp2048(Zeroizing<U512>),
 }
 
-/// An ephemeral key-exchange private value of one group. Wiped on drop (`x25519_dalek` and
-/// `elliptic_curve` zeroize their secrets, the MODP exponent is held in [`Zeroizing`]); `Debug`
-/// prints only the group.
+/// An ephemeral key-exchange private value of one group. Wiped on drop (AWS-LC clears its keys
+/// when freed, the MODP exponent is held in [`Zeroizing`]); `Debug` prints only the group.
 pub struct KeyExchange {
     group: DhGroup,
     private: Private,
@@ -156,12 +156,10 @@ impl KeyExchange {
     /// [`DhError::Rng`] if the system RNG fails.
     pub fn generate(group: DhGroup) -> Result<(Self, Vec<u8>), DhError> {
         let private = match group {
-            DhGroup::Curve25519 => {
-                // RFC 8031 §2: 32 random octets; X25519 clamps them (RFC 7748 §5).
-                let mut k = Zeroizing::new([0u8; 32]);
-                random_bytes(&mut k[..])?;
-                Private::Curve25519(x25519_dalek::StaticSecret::from(*k))
-            }
+            // RFC 8031 §2: 32 random octets; X25519 clamps them (RFC 7748 §5).
+            DhGroup::Curve25519 => Private::Curve25519(
+                agreement::PrivateKey::generate(&X25519).map_err(|_| DhError::Rng)?,
+            ),
             DhGroup::Ecp256 | DhGroup::Ecp384 => Private::Ecp(
                 agreement::PrivateKey::generate(ecdh(group)).map_err(|_| DhError::Rng)?,
             ),
@@ -195,8 +193,7 @@ impl KeyExchange {
     pub(crate) fn from_private_bytes(group: DhGroup, bytes: &[u8]) -> Option<Self> {
         let private = match group {
             DhGroup::Curve25519 => {
-                let k: [u8; 32] = bytes.try_into().ok()?;
-                Private::Curve25519(x25519_dalek::StaticSecret::from(k))
+                Private::Curve25519(agreement::PrivateKey::from_private_key(&X25519, bytes).ok()?)
             }
             DhGroup::Ecp256 | DhGroup::Ecp384 => {
                 Private::Ecp(agreement::PrivateKey::from_private_key(ecdh(group), bytes).ok()?)
@@ -245,14 +242,17 @@ impl KeyExchange {
         }
         let secret = match &self.private {
             Private::Curve25519(sk) => {
-                let u: [u8; 32] = peer.try_into().map_err(|_| DhError::InvalidPublicValue)?;
-                let shared = sk.diffie_hellman(&x25519_dalek::PublicKey::from(u));
                 // RFC 8031 §2: "MUST check whether the computed shared secret is the all-zero
-                // value and abort if so" (RFC 7748 §6.1).
-                if bool::from(shared.as_bytes().ct_eq(&[0u8; 32])) {
+                // value and abort if so" (RFC 7748 §6.1). AWS-LC's X25519 refuses that result
+                // itself (its only failure for a 32-octet input); checked again here.
+                let pk = UnparsedPublicKey::new(&X25519, peer);
+                let shared = agreement::agree(sk, pk, DhError::DegenerateSharedSecret, |x| {
+                    Ok(SecretBytes::from_slice(x))
+                })?;
+                if bool::from(shared.expose().ct_eq(&[0u8; 32])) {
                     return Err(DhError::DegenerateSharedSecret);
                 }
-                SecretBytes::from_slice(shared.as_bytes())
+                shared
             }
             Private::Ecp(sk) => {
                 // RFC 5903 §7: x ‖ y; AWS-LC takes the uncompressed SEC1 form 0x04 ‖ x ‖ y and
@@ -287,7 +287,11 @@ fn ecdh(group: DhGroup) -> &'static agreement::Algorithm {
 /// The public Key Exchange Data of a private value.
 fn public_value(private: &Private) -> Result<Vec<u8>, DhError> {
     Ok(match private {
-        Private::Curve25519(sk) => x25519_dalek::PublicKey::from(sk).as_bytes().to_vec(),
+        Private::Curve25519(sk) => sk
+            .compute_public_key()
+            .map_err(|_| DhError::Rng)?
+            .as_ref()
+            .to_vec(),
         // RFC 5903 §7: x ‖ y, each padded to the field size, without the SEC1 0x04 octet.
         Private::Ecp(sk) => {
             let pk = sk.compute_public_key().map_err(|_| DhError::Rng)?;
@@ -470,7 +474,8 @@ mod tests {
         let mut k: [u8; 32] = hexf(it, "start").try_into().unwrap();
         let mut u = k;
         for round in 1..=1000 {
-            let out = x25519_dalek::x25519(k, u);
+            let key = KeyExchange::from_private_bytes(DhGroup::Curve25519, &k).unwrap();
+            let out: [u8; 32] = key.agree(&u).unwrap().expose().try_into().unwrap();
             u = k;
             k = out;
             if round == 1 {
