@@ -470,8 +470,10 @@ impl SessionState {
 }
 
 impl Driver {
-    /// A driver with no endpoints yet.
+    /// A driver with no endpoints yet. Seeds the key-exchange RNG once, so the first handshake
+    /// does not pay for it.
     pub fn new(handle: DataplaneHandle) -> Self {
+        crate::ike::crypto::dh::warm_up();
         Driver {
             handle,
             endpoints: Vec::new(),

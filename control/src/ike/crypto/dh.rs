@@ -149,6 +149,14 @@ fn random_bytes(buf: &mut [u8]) -> Result<(), DhError> {
     getrandom::fill(buf).map_err(|_| DhError::Rng)
 }
 
+/// Seeds AWS-LC's random generator now: its first use in a process takes tens of milliseconds
+/// (entropy gathering), which would otherwise land on the first handshake. Failures surface
+/// again, as [`DhError::Rng`], when a key is generated.
+pub fn warm_up() {
+    let mut b = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+}
+
 impl KeyExchange {
     /// Generates a fresh private value and returns it with the public Key Exchange Data to send.
     ///
