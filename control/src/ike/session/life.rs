@@ -703,10 +703,7 @@ impl Session {
         }
         let opened = match self.open(msg) {
             Ok(o) => o,
-            Err(OpenError::Integrity) => {
-                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
-            }
-            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+            Err(e) => return Ok(not_opened(e)),
         };
         let Some(o) = self.life.outstanding.take() else {
             return Ok(dropped(DropReason::UnexpectedMessageId));
@@ -768,10 +765,7 @@ impl Session {
         }
         let opened = match self.open(msg) {
             Ok(o) => o,
-            Err(OpenError::Integrity) => {
-                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
-            }
-            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+            Err(e) => return Ok(not_opened(e)),
         };
         self.life.last_inbound = Some(now);
         // R-6.1-q: an authentic request with a syntax problem is answered at the IKE layer
@@ -1469,10 +1463,7 @@ impl Session {
         }
         let opened = match open_with(&old.prot, msg) {
             Ok(o) => o,
-            Err(OpenError::Integrity) => {
-                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
-            }
-            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+            Err(e) => return Ok(not_opened(e)),
         };
         self.life.last_inbound = Some(now);
         let gone = SaEvent::OldIkeSaDeleted {

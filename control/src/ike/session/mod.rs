@@ -379,6 +379,15 @@ fn dropped(r: DropReason) -> Vec<Output> {
     vec![Output::Event(SessionEvent::Dropped(r))]
 }
 
+/// What a message whose SK payload did not open yields: an integrity failure, with no state
+/// change (the caller may count it as corruption, R-6.1-o), or a drop as malformed.
+fn not_opened(e: OpenError) -> Vec<Output> {
+    match e {
+        OpenError::Integrity => vec![Output::Event(SessionEvent::IntegrityFailure)],
+        OpenError::Malformed => dropped(DropReason::Malformed),
+    }
+}
+
 fn emit_err<E>(_: E) -> SessionError {
     SessionError::Internal("encoding")
 }
@@ -1039,10 +1048,7 @@ impl Session {
         }
         let opened = match self.open(msg) {
             Ok(o) => o,
-            Err(OpenError::Integrity) => {
-                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
-            }
-            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+            Err(e) => return Ok(not_opened(e)),
         };
         let Ok(payloads) = opened.payloads else {
             return Ok(self.fail(
@@ -1255,11 +1261,7 @@ impl Session {
         }
         let opened = match self.open(msg) {
             Ok(o) => o,
-            // R-6.1-o: no state change; the caller may count it as corruption.
-            Err(OpenError::Integrity) => {
-                return Ok(vec![Output::Event(SessionEvent::IntegrityFailure)]);
-            }
-            Err(OpenError::Malformed) => return Ok(dropped(DropReason::Malformed)),
+            Err(e) => return Ok(not_opened(e)),
         };
         // R-6.1-q: authentic but unparsable → INVALID_SYNTAX at the IKE layer.
         let payloads = match opened.payloads {
