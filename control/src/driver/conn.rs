@@ -77,26 +77,33 @@ impl Driver {
     /// SAs move there (RFC 9329 §6.1), and a request still waiting for its response is re-sent
     /// bit for bit (RFC 9329 §6.2, R-6.2-b).
     pub(super) fn adopt(&mut self, i: usize, conn: Conn) -> Result<(), DriverError> {
-        let st = &mut self.sessions[i];
-        st.conn = Some(conn);
-        let (ike_sa, established, again) = (
-            st.ike_sa,
-            st.session.is_established(),
-            st.outstanding.clone(),
-        );
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.session = Some(i);
-        }
+        self.attach(i, conn);
+        let st = &self.sessions[i];
+        let (ike_sa, established) = (st.ike_sa, st.session.is_established());
         // SAs on another worker move there first, then the IKE SA is bound (an Originator
         // always reconnects from the same worker; a Responder's new connection may land on
         // another one).
         if established && !self.migrate(i, conn)? {
             self.bind(ike_sa, conn)?;
         }
-        if let Some(msg) = again {
-            self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+        self.resend(i, conn)
+    }
+
+    /// Session `i` now uses `conn`, and `conn` carries session `i`.
+    pub(super) fn attach(&mut self, i: usize, conn: Conn) {
+        self.sessions[i].conn = Some(conn);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(i);
         }
-        Ok(())
+    }
+
+    /// Re-sends session `i`'s request still waiting for its response on `conn`, bit for bit
+    /// (RFC 9329 §6.2, R-6.2-b).
+    fn resend(&self, i: usize, conn: Conn) -> Result<(), DriverError> {
+        match self.sessions[i].outstanding.clone() {
+            Some(msg) => self.send(conn.worker, Command::SendIke { conn: conn.id, msg }),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn new_session(
@@ -126,9 +133,7 @@ impl Driver {
             ike_expire_at: None,
         });
         self.by_ike_sa.insert(ike_sa, i);
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.session = Some(i);
-        }
+        self.attach(i, conn);
         i
     }
 
@@ -259,16 +264,9 @@ impl Driver {
         if st.conn == Some(conn) || !st.alive() || !self.conns.contains_key(&conn) {
             return Ok(());
         }
-        st.conn = Some(conn);
         st.connecting = false;
-        let again = st.outstanding.clone();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.session = Some(i);
-        }
-        if let Some(msg) = again {
-            self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
-        }
-        Ok(())
+        self.attach(i, conn);
+        self.resend(i, conn)
     }
 
     /// A responder session of `endpoint` that `msg` (a request with both IKE SPIs) continues.

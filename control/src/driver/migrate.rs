@@ -106,10 +106,7 @@ impl Driver {
         if !self.sessions[i].alive() {
             return Ok(());
         }
-        self.sessions[i].conn = Some(conn);
-        if let Some(cs) = self.conns.get_mut(&conn) {
-            cs.session = Some(i);
-        }
+        self.attach(i, conn);
         self.migrate(i, conn).map(|_| ())
     }
 
