@@ -73,6 +73,43 @@ impl Driver {
         self.rekey_ikes(Some(endpoint), now)
     }
 
+    /// Starts a rekey of session `i`'s Child SA `spi_in` and sends the request. The inner error
+    /// is the session's refusal (busy with another exchange, no such Child SA); the outer one a
+    /// local fault.
+    pub(super) fn start_child_rekey(
+        &mut self,
+        i: usize,
+        spi_in: u32,
+        pfs: bool,
+        now: Instant,
+    ) -> Result<Result<(), SessionError>, DriverError> {
+        match self.sessions[i].session.rekey_child(spi_in, pfs, now) {
+            Ok(msg) => {
+                self.child_rekeying.push((i, spi_in));
+                self.finish(i, vec![Output::Send(msg)], now)?;
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Starts a rekey of session `i`'s IKE SA and sends the request; errors as for
+    /// [`start_child_rekey`](Self::start_child_rekey).
+    pub(super) fn start_ike_rekey(
+        &mut self,
+        i: usize,
+        now: Instant,
+    ) -> Result<Result<(), SessionError>, DriverError> {
+        match self.sessions[i].session.rekey_ike(now) {
+            Ok(msg) => {
+                self.ike_rekeying.push(i);
+                self.finish(i, vec![Output::Send(msg)], now)?;
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
     /// Session `i` (of `endpoint`, if given) can start a rekey now: established, connected.
     fn rekeyable(&self, i: usize, endpoint: Option<usize>) -> bool {
         let st = &self.sessions[i];
@@ -105,12 +142,8 @@ impl Driver {
                 .map(|c| c.spi_in)
                 .collect();
             for spi_in in current {
-                match self.sessions[i].session.rekey_child(spi_in, false, now) {
-                    Ok(msg) => {
-                        self.child_rekeying.push((i, spi_in));
-                        started += 1;
-                        self.finish(i, vec![Output::Send(msg)], now)?;
-                    }
+                match self.start_child_rekey(i, spi_in, false, now)? {
+                    Ok(()) => started += 1,
                     // Window size 1: the others wait for the next call.
                     Err(_) => break,
                 }
@@ -138,10 +171,8 @@ impl Driver {
             if !self.rekeyable(i, endpoint) {
                 continue;
             }
-            if let Ok(msg) = self.sessions[i].session.rekey_ike(now) {
-                self.ike_rekeying.push(i);
+            if self.start_ike_rekey(i, now)?.is_ok() {
                 started += 1;
-                self.finish(i, vec![Output::Send(msg)], now)?;
             }
         }
         Ok(started)

@@ -168,15 +168,10 @@ impl Driver {
                 && !self.child_rekeying.contains(&(index, spi_in))
             {
                 let pfs = self.endpoints[ch.endpoint].limits.pfs;
-                match self.sessions[index].session.rekey_child(spi_in, pfs, now) {
-                    Ok(msg) => {
-                        self.children[c].rekey_at = None;
-                        self.child_rekeying.push((index, spi_in));
-                        self.finish(index, vec![Output::Send(msg)], now)?;
-                    }
-                    Err(SessionError::Busy) => self.children[c].rekey_at = Some(now + BUSY_RETRY),
-                    Err(_) => self.children[c].rekey_at = None,
-                }
+                self.children[c].rekey_at = match self.start_child_rekey(index, spi_in, pfs, now)? {
+                    Err(SessionError::Busy) => Some(now + BUSY_RETRY),
+                    Ok(()) | Err(_) => None,
+                };
             }
         }
         for i in 0..self.sessions.len() {
@@ -195,17 +190,10 @@ impl Driver {
                     Err(_) => {}
                 }
             } else if st.ike_rekey_at.is_some_and(|t| t <= now) && !self.ike_rekeying.contains(&i) {
-                match self.sessions[i].session.rekey_ike(now) {
-                    Ok(msg) => {
-                        self.sessions[i].ike_rekey_at = None;
-                        self.ike_rekeying.push(i);
-                        self.finish(i, vec![Output::Send(msg)], now)?;
-                    }
-                    Err(SessionError::Busy) => {
-                        self.sessions[i].ike_rekey_at = Some(now + BUSY_RETRY);
-                    }
-                    Err(_) => self.sessions[i].ike_rekey_at = None,
-                }
+                self.sessions[i].ike_rekey_at = match self.start_ike_rekey(i, now)? {
+                    Err(SessionError::Busy) => Some(now + BUSY_RETRY),
+                    Ok(()) | Err(_) => None,
+                };
             }
         }
         Ok(())
