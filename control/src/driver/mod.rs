@@ -594,28 +594,13 @@ impl Driver {
             .filter_map(|s| s.session.poll_timeout());
         let retiring = self.retiring.iter().map(|r| r.0);
         let switches = self.switches.iter().map(|w| w.due);
-        let half_open = self
-            .sessions
-            .iter()
-            .filter(|s| self.half_open(s))
-            .map(|s| s.born + self.endpoints[s.endpoint].timers.half_open);
-        let orphans = self
-            .conns
-            .iter()
-            .filter(|(k, c)| self.orphan(**k, c))
-            .map(|(_, c)| c)
-            .map(|c| c.orphan_since.unwrap_or(c.since) + self.endpoints[c.endpoint].timers.orphan);
-        let cookie_waits = self
-            .conns
-            .values()
-            .filter(|c| !c.closing && c.session.is_none())
-            .filter_map(|c| c.cookie_wait);
+        let half_open = self.sessions.iter().filter_map(|s| self.half_open_due(s));
+        let closes = self.conns.iter().filter_map(|(k, c)| self.close_due(*k, c));
         sessions
             .chain(retiring)
             .chain(switches)
             .chain(half_open)
-            .chain(orphans)
-            .chain(cookie_waits)
+            .chain(closes)
             .chain(self.dials.iter().map(|d| d.0))
             .chain(self.next_lifetime_timer())
             .min()
@@ -624,6 +609,28 @@ impl Driver {
     /// A responder session still unauthenticated.
     fn half_open(&self, s: &SessionState) -> bool {
         s.session.tcp_role() == Role::Responder && s.alive() && !s.session.is_established()
+    }
+
+    /// When a half-open responder session is dropped (RFC 7296 §2.6).
+    fn half_open_due(&self, s: &SessionState) -> Option<Instant> {
+        self.half_open(s)
+            .then(|| s.born + self.endpoints[s.endpoint].timers.half_open)
+    }
+
+    /// When a TCP Responder closes connection `k`: a cookie reply that no repeated request
+    /// followed (RFC 9329 §6.3.1, R-6.3-b), or no live IKE SA on it for the orphan grace period
+    /// (R-6.1-e; superseded by a newer connection of its IKE SA, R-6.1-v). The grace counts from
+    /// `orphan_since`, stamped by the timers, or for a connection that never carried an IKE SA
+    /// from when it came up.
+    fn close_due(&self, k: Conn, c: &ConnState) -> Option<Instant> {
+        if c.closing || (c.session.is_some() && c.cookie_wait.is_some()) {
+            return None;
+        }
+        if let Some(t) = c.cookie_wait {
+            return Some(t);
+        }
+        self.orphan(k, c)
+            .then(|| c.orphan_since.unwrap_or(c.since) + self.endpoints[c.endpoint].timers.orphan)
     }
 
     /// A TCP Responder's connection that carries no live IKE SA (R-6.1-e).
@@ -666,7 +673,7 @@ impl Driver {
         // Half-open responder sessions go (RFC 7296 §2.6), and so do their connections.
         for i in 0..self.sessions.len() {
             let st = &self.sessions[i];
-            if self.half_open(st) && st.born + self.endpoints[st.endpoint].timers.half_open <= now {
+            if self.half_open_due(st).is_some_and(|t| t <= now) {
                 let endpoint = st.endpoint;
                 self.sessions[i].dropped = true;
                 self.events.push(DriverEvent::Failed {
@@ -675,19 +682,8 @@ impl Driver {
                 });
             }
         }
-        // A TCP Responder closes connections without a live IKE SA after a few seconds
-        // (RFC 9329 §6.1, R-6.1-e).
-        let cookie_waits: Vec<Conn> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                !c.closing && c.session.is_none() && c.cookie_wait.is_some_and(|t| t <= now)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        // A connection without a live IKE SA, or superseded by a newer one of its IKE SA (its
-        // traffic moved, R-6.1-v), is closed after a grace period: packets still in flight on
-        // it are accepted meanwhile (R-6.1-u).
+        // Connections a TCP Responder no longer needs: first stamp when each lost its IKE SA,
+        // then close those whose time is up (see `close_due`).
         let orphaned: Vec<(Conn, bool)> = self
             .conns
             .iter()
@@ -704,18 +700,13 @@ impl Driver {
                 };
             }
         }
-        let orphans: Vec<Conn> = self
+        let due: Vec<Conn> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                c.orphan_since
-                    .is_some_and(|t| t + self.endpoints[c.endpoint].timers.orphan <= now)
-            })
+            .filter(|(k, c)| self.close_due(**k, c).is_some_and(|t| t <= now))
             .map(|(k, _)| *k)
             .collect();
-        // After a cookie reply, no repeated request came: the connection goes (RFC 9329
-        // §6.3.1, R-6.3-b), leaving no state behind.
-        for conn in cookie_waits.into_iter().chain(orphans) {
+        for conn in due {
             self.close(conn, false)?;
         }
         while let Some(k) = self.switches.iter().position(|w| w.due <= now) {
