@@ -104,20 +104,48 @@ struct Frames {
     spis: BTreeSet<u32>,
 }
 
-/// Parses RFC 9329 frames (2-byte Length including itself; IKE behind a zero Non-ESP marker,
-/// ESP starting with its SPI). A frame cut off at the end (the capture stopped) is ignored.
-fn frames(mut s: &[u8]) -> Frames {
-    let mut f = Frames::default();
+/// The TCP segments of a capture's packets, by connection direction.
+fn tcp_segments(records: &[&[u8]]) -> BTreeMap<FourTuple, Vec<Segment>> {
+    let mut conns: BTreeMap<FourTuple, Vec<Segment>> = BTreeMap::new();
+    for p in records {
+        let (_, src, dst, l4) = ip(p);
+        let sport = u16::from_be_bytes([l4[0], l4[1]]);
+        let dport = u16::from_be_bytes([l4[2], l4[3]]);
+        let off = usize::from(l4[12] >> 4) * 4;
+        conns
+            .entry((src, sport, dst, dport))
+            .or_default()
+            .push(Segment {
+                seq: be32(&l4[4..]),
+                syn: l4[13] & 0x02 != 0,
+                payload: l4[off..].to_vec(),
+            });
+    }
+    conns
+}
+
+/// The bodies of a stream's RFC 9329 frames (2-byte Length including itself; IKE behind a zero
+/// Non-ESP marker, ESP starting with its SPI). A frame cut off at the end (the capture
+/// stopped) is left out; every Length read, that one's too, must be at least `min_len`.
+fn frame_bodies(mut s: &[u8], min_len: usize) -> Vec<&[u8]> {
+    let mut v = Vec::new();
     while s.len() >= 2 {
         let len = usize::from(u16::from_be_bytes([s[0], s[1]]));
-        assert!(
-            len >= 6,
-            "Length {len}: no keepalives or empty frames expected here"
-        );
+        assert!(len >= min_len, "Length {len} below {min_len}");
         if s.len() < len {
             break;
         }
-        let body = &s[2..len];
+        v.push(&s[2..len]);
+        s = &s[len..];
+    }
+    v
+}
+
+/// Counts the IKE messages and ESP packets (and SPIs) of a stream's frames.
+fn frames(s: &[u8]) -> Frames {
+    let mut f = Frames::default();
+    // No keepalives or empty frames expected here: every Length is at least 6.
+    for body in frame_bodies(s, 6) {
         let spi = be32(body);
         if spi == 0 {
             f.ike += 1;
@@ -125,7 +153,6 @@ fn frames(mut s: &[u8]) -> Frames {
             f.esp += 1;
             f.spis.insert(spi);
         }
-        s = &s[len..];
     }
     f
 }
@@ -160,26 +187,13 @@ fn r_5_c_demo_ike_and_esp_stay_on_tcp_until_deleted() {
 
     let records = pcap_records(&file);
     assert_eq!(records.len() as u64, stats.records);
-    let mut conns: BTreeMap<FourTuple, Vec<Segment>> = BTreeMap::new();
     for p in &records {
-        let (proto, src, dst, l4) = ip(p);
+        let (proto, ..) = ip(p);
         assert_ne!(proto, 17, "UDP in the capture");
         assert_ne!(proto, 50, "raw ESP in the capture");
         assert_eq!(proto, 6, "only TCP in the capture");
-        let sport = u16::from_be_bytes([l4[0], l4[1]]);
-        let dport = u16::from_be_bytes([l4[2], l4[3]]);
-        let seq = be32(&l4[4..]);
-        let syn = l4[13] & 0x02 != 0;
-        let off = usize::from(l4[12] >> 4) * 4;
-        conns
-            .entry((src, sport, dst, dport))
-            .or_default()
-            .push(Segment {
-                seq,
-                syn,
-                payload: l4[off..].to_vec(),
-            });
     }
+    let conns = tcp_segments(&records);
     if let Some(protos) = tshark {
         assert_eq!(protos.len(), records.len(), "tshark read every packet");
         assert!(protos.iter().all(|p| p == "6"), "tshark: {protos:?}");
@@ -241,20 +255,6 @@ fn tshark_protocols(path: &std::path::Path) -> Option<Vec<String>> {
     }
 }
 
-/// The RFC 9329 frame bodies of a stream (IKE with its Non-ESP marker, ESP from its SPI).
-fn frame_bodies(mut s: &[u8]) -> Vec<Vec<u8>> {
-    let mut v = Vec::new();
-    while s.len() >= 2 {
-        let len = usize::from(u16::from_be_bytes([s[0], s[1]]));
-        if len < 3 || s.len() < len {
-            break;
-        }
-        v.push(s[2..len].to_vec());
-        s = &s[len..];
-    }
-    v
-}
-
 /// A LINKTYPE_RAW pcap of IPv4/UDP packets from `src` to `dst`, port 4500 both ways.
 fn udp_pcap(packets: &[(Vec<u8>, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -311,30 +311,13 @@ fn keylog_lines_decrypt_in_tshark() {
     let s = run(&args).unwrap();
     assert!(s.child_rekeys >= 1 && s.ike_rekeys >= 1);
     let file = std::fs::read(tmp.join("tcp.pcap")).unwrap();
-    let mut conns: BTreeMap<FourTuple, Vec<Segment>> = BTreeMap::new();
-    for p in pcap_records(&file) {
-        let (_, src, dst, l4) = ip(p);
-        let off = usize::from(l4[12] >> 4) * 4;
-        conns
-            .entry((
-                src,
-                u16::from_be_bytes([l4[0], l4[1]]),
-                dst,
-                u16::from_be_bytes([l4[2], l4[3]]),
-            ))
-            .or_default()
-            .push(Segment {
-                seq: be32(&l4[4..]),
-                syn: l4[13] & 0x02 != 0,
-                payload: l4[off..].to_vec(),
-            });
-    }
     let mut packets = Vec::new();
-    for (k, segs) in &conns {
+    for (k, segs) in &tcp_segments(&pcap_records(&file)) {
         let stream = reassemble(segs);
         let body = stream.strip_prefix(b"IKETCP").unwrap_or(&stream);
-        for b in frame_bodies(body) {
-            packets.push((k.0.clone(), k.2.clone(), b));
+        // RFC 9329 §3: Length 0 and 1 are fatal; 2 (empty) and 3 (keepalive) may occur.
+        for b in frame_bodies(body, 2) {
+            packets.push((k.0.clone(), k.2.clone(), b.to_vec()));
         }
     }
     std::fs::write(tmp.join("udp.pcap"), udp_pcap(&packets)).unwrap();
