@@ -390,7 +390,7 @@ fn drive(
             worker: 1,
             ack: 1,
             result,
-        } => Some(result.clone()),
+        } => Some(result.clone().map_err(|e| e.to_string())),
         _ => None,
     })??;
     let local = None;
@@ -470,7 +470,7 @@ fn drive(
             wait_for(h, "SA install acks", t, |e| match e {
                 Event::Ack { ack, result, .. } if missing.contains(ack) => {
                     missing.retain(|x| x != ack);
-                    Some(result.clone())
+                    Some(result.clone().map_err(|e| e.to_string()))
                 }
                 _ => None,
             })??;

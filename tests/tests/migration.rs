@@ -1,6 +1,6 @@
 //! R-6.1-h with several workers: the Originator reconnects and the new connection lands on
-//! another worker of the Responder than the one holding the SA. That worker reports the unknown
-//! SPI; control moves the SA (DeleteSa returns it with its replay window, InstallInbound puts it on
+//! another worker of the Responder than the one holding the SA. That worker reports the foreign
+//! frame; the owner verifies it (R-10-e); control moves the SA (DeleteSa returns it with its replay window, InstallInbound puts it on
 //! the new worker) and traffic continues on the same SA with no replay or ICV failure.
 
 use std::collections::VecDeque;
@@ -16,7 +16,8 @@ use iketcp_dataplane::port::{Packet, PacketPool, Port};
 use iketcp_dataplane::sa::{InboundSa, OutboundSa, SaParams};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::worker::handle::{
-    Command, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa, channels,
+    Command, CommandError, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa,
+    VerifyFailure, channels,
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector};
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
@@ -270,23 +271,47 @@ fn r_6_1_h_sa_follows_a_reconnect_to_another_worker() {
             break;
         }
     }
-    // The other worker does not hold the SPI: it reports it (the packet is dropped). A packet
-    // sent before A's worker applied the rebind goes nowhere, so send until the report comes.
+    // The other worker does not hold the SPI: it reports the frame (the packet is dropped
+    // there). A packet sent before A's worker applied the rebind goes nowhere, so send until
+    // the report comes.
     let mut report = None;
     for _ in 0..200 {
         r.send_a(100..101);
         report = r.wait_for(
-            |e| matches!(e, Event::UnknownSpi { .. }),
+            |e| matches!(e, Event::ForeignEsp { .. }),
             Duration::from_millis(50),
         );
         if report.is_some() {
             break;
         }
     }
-    let Some(Event::UnknownSpi { conn, spi }) = report else {
-        panic!("no UnknownSpi; other events: {:?}", r.log)
+    let Some(Event::ForeignEsp { conn, spi, frame }) = report else {
+        panic!("no ForeignEsp; other events: {:?}", r.log)
     };
     assert_eq!((conn.worker, spi), (other, SPI));
+    // R-10-e: nothing moves before the owner verified the packet with the SA. A forged copy
+    // fails there; the genuine one passes (and is delivered), and a second copy is a replay.
+    let verify = |r: &mut Rig, frame: Vec<u8>, ack: u64| {
+        r.h.send(first, Command::VerifyEsp { spi, frame, ack })
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let Event::Ack { result, .. } =
+            r.wait(|e| matches!(e, Event::Ack { ack: a, .. } if *a == ack))
+        else {
+            unreachable!()
+        };
+        result
+    };
+    let mut forged = frame.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let fail = |failure| Err(CommandError::Verify { spi, failure });
+    assert_eq!(verify(&mut r, forged, 15), fail(VerifyFailure::Integrity));
+    assert_eq!(verify(&mut r, frame.clone(), 16), Ok(()));
+    assert_eq!(r.recv_b(usize::from(first), 1), vec![100]);
+    assert_eq!(
+        verify(&mut r, frame.clone(), 17),
+        fail(VerifyFailure::Replay)
+    );
     // Control moves the SA with its state: out of the old worker, into the new one.
     r.h.send(
         first,
@@ -302,9 +327,10 @@ fn r_6_1_h_sa_follows_a_reconnect_to_another_worker() {
     else {
         unreachable!()
     };
+    let seq = u64::from(u32::from_be_bytes(frame[4..8].try_into().unwrap_or([0; 4])));
     assert_eq!(
         sa.window().top(),
-        100,
+        seq,
         "the replay window travels with the SA"
     );
     r.h.send(

@@ -86,7 +86,7 @@ impl Driver {
         match self.sessions[i].session.rekey_child(spi_in, pfs, now) {
             Ok(msg) => {
                 self.child_rekeying.push((i, spi_in));
-                self.finish(i, vec![Output::Send(msg)], now)?;
+                self.finish(i, vec![Output::Send(msg)], None, now)?;
                 Ok(Ok(()))
             }
             Err(e) => Ok(Err(e)),
@@ -103,7 +103,7 @@ impl Driver {
         match self.sessions[i].session.rekey_ike(now) {
             Ok(msg) => {
                 self.ike_rekeying.push(i);
-                self.finish(i, vec![Output::Send(msg)], now)?;
+                self.finish(i, vec![Output::Send(msg)], None, now)?;
                 Ok(Ok(()))
             }
             Err(e) => Ok(Err(e)),

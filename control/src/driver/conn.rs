@@ -56,7 +56,7 @@ impl Driver {
             .position(|s| s.endpoint == endpoint && s.connecting && s.alive())
         {
             self.sessions[i].connecting = false;
-            return self.adopt(i, conn);
+            return self.adopt(i, conn, true);
         }
         let cfg = self.endpoints[endpoint].ike.clone();
         match Session::initiator(cfg, local, peer, now) {
@@ -74,9 +74,10 @@ impl Driver {
     }
 
     /// Session `i` continues on `conn`, a new connection: an established IKE SA and its Child
-    /// SAs move there (RFC 9329 §6.1), and a request still waiting for its response is re-sent
-    /// bit for bit (RFC 9329 §6.2, R-6.2-b).
-    pub(super) fn adopt(&mut self, i: usize, conn: Conn) -> Result<(), DriverError> {
+    /// SAs move there (RFC 9329 §6.1), and (if `resend`) a request still waiting for its
+    /// response is re-sent bit for bit (RFC 9329 §6.2, R-6.2-b). Only for a connection the
+    /// driver dialled itself or one that carried a fresh, authentic message (R-6.1-t, R-10-e).
+    pub(super) fn adopt(&mut self, i: usize, conn: Conn, resend: bool) -> Result<(), DriverError> {
         self.attach(i, conn);
         let st = &self.sessions[i];
         let (ike_sa, established) = (st.ike_sa, st.session.is_established());
@@ -86,7 +87,7 @@ impl Driver {
         if established && !self.migrate(i, conn)? {
             self.bind(ike_sa, conn)?;
         }
-        self.resend(i, conn)
+        if resend { self.resend(i, conn) } else { Ok(()) }
     }
 
     /// Session `i` now uses `conn`, and `conn` carries session `i`.
@@ -300,12 +301,9 @@ impl Driver {
             _ => {
                 let (local, peer) = (state.local, state.peer);
                 match self.find_responder_session(endpoint, msg) {
-                    // The peer reconnected and continues (or retransmits) on this connection. An
-                    // SA on another worker would have to move first: not done yet.
-                    Some(i) => {
-                        self.adopt(i, conn)?;
-                        i
-                    }
+                    // The peer may have reconnected and continue (or retransmit) here; nothing
+                    // moves before the session has verified the message (below).
+                    Some(i) => i,
                     // Only an IKE_SA_INIT request creates state (RFC 7296 §2.6), and under
                     // load only one that brings a valid cookie and puzzle solution.
                     None if responder && is_init_request(msg) => {
@@ -326,7 +324,8 @@ impl Driver {
             // §1.4.1) are dropped.
             return Ok(());
         }
-        let outputs = match st.session.handle(msg, now) {
+        let was_established = st.session.is_established();
+        let (outputs, verdict) = match st.session.handle_verified(msg, now) {
             Ok(o) => o,
             Err(e) => {
                 self.events.push(DriverEvent::Failed {
@@ -346,15 +345,32 @@ impl Driver {
             // The peer answers: reconnecting works.
             st.reconnects = 0;
         }
-        self.finish(index, outputs, now)
+        // RFC 9329 §6.1 (R-6.1-t) and §10 (R-10-e): the Responder moves an IKE SA to the
+        // connection of the most recent message that was decrypted, authenticated and not a
+        // retransmission; anything else on another connection (forged, replayed, corrupt)
+        // moves nothing. Our own request waiting for its answer follows unless this message
+        // was that answer.
+        if verdict == Verdict::Fresh && responder && st.conn != Some(conn) {
+            if was_established {
+                self.adopt(index, conn, is_request(msg))?;
+            } else {
+                // IKE_AUTH on a new connection: `finish` binds the new IKE SA there.
+                self.attach(index, conn);
+            }
+        }
+        self.finish(index, outputs, Some(conn), now)
     }
 
     /// Acts on what a session call produced: its events, its lifecycle events (installing and
     /// deleting SAs) and its messages, which wait for the ack of an inbound SA installed here.
+    /// `arrived` is the connection of the message the call handled: responses go back on it
+    /// (a retransmitted request on a new connection is answered there without moving the
+    /// path), and an integrity failure closes it, never another connection (R-6.1-o).
     pub(super) fn finish(
         &mut self,
         index: usize,
         outputs: Vec<Output>,
+        arrived: Option<Conn>,
         now: Instant,
     ) -> Result<(), DriverError> {
         let endpoint = self.sessions[index].endpoint;
@@ -417,26 +433,44 @@ impl Driver {
         } else if st.session.is_established() && !st.session.has_outstanding() {
             st.outstanding = None;
         }
+        if close && let Some(bad) = arrived.or(conn) {
+            // An IKE message failed its integrity check on `bad`: the stream is corrupt or
+            // injected (RFC 9329 §6.1, R-6.1-o). That connection closes; the SAs stay.
+            self.close(bad, true)?;
+        }
+        let held = match hold.and_then(|a| self.pending.get_mut(&a)) {
+            Some(Pending::Inbound { held, .. }) => Some(held),
+            _ => None,
+        };
+        let mut unsent = false;
+        if let Some(held) = held {
+            held.extend(sends);
+        } else {
+            for msg in sends {
+                // Requests go on the IKE SA's connection, responses back where the request
+                // came from (RFC 7296 §2.11; RFC 9329 §6.1).
+                let to = if is_request(&msg) {
+                    conn
+                } else {
+                    arrived.or(conn)
+                };
+                match to {
+                    Some(to) => self.send(to.worker, Command::SendIke { conn: to.id, msg })?,
+                    None => unsent = true,
+                }
+            }
+        }
+        let st = &mut self.sessions[index];
         let Some(conn) = conn else {
-            // Something to send and no connection: a TCP Originator dials (a Responder waits).
-            if !sends.is_empty() && st.alive() && !st.connecting {
+            // A request and no connection: a TCP Originator dials (a Responder waits).
+            if unsent && st.alive() && !st.connecting {
                 st.reconnects = 0;
                 self.reconnect(index, now)?;
             }
             return Ok(());
         };
         let dead = !st.alive();
-        match hold.and_then(|a| self.pending.get_mut(&a)) {
-            Some(Pending::Inbound { held, .. }) => held.extend(sends),
-            _ => {
-                for msg in sends {
-                    self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
-                }
-            }
-        }
-        if close {
-            self.close(conn, true)?;
-        } else if dead && self.is_originator(endpoint) && !self.conn_in_use(conn, index) {
+        if !close && dead && self.is_originator(endpoint) && !self.conn_in_use(conn, index) {
             // The IKE SA is gone: the TCP Originator closes its connection (RFC 9329 §6.1,
             // R-6.1-d) after the last message (a Delete response) went out.
             self.close(conn, false)?;

@@ -16,29 +16,29 @@ use super::*;
 use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 
 /// One driver endpoint with its IKE SA established against a session run by hand.
-struct Hand {
-    d: Driver,
-    sides: Vec<WorkerChannels>,
+pub(super) struct Hand {
+    pub(super) d: Driver,
+    pub(super) sides: Vec<WorkerChannels>,
     /// The peer.
-    peer: Session,
-    ike_sa: IkeSaId,
+    pub(super) peer: Session,
+    pub(super) ike_sa: IkeSaId,
     /// The driver's connection.
-    conn: Conn,
-    t0: Instant,
+    pub(super) conn: Conn,
+    pub(super) t0: Instant,
 }
 
 impl Hand {
-    fn cmds(&self) -> Vec<Command> {
+    pub(super) fn cmds(&self) -> Vec<Command> {
         self.sides[0].commands.try_iter().collect()
     }
 
     /// Runs the driver's timers at `t`; returns its commands.
-    fn at(&mut self, t: Instant) -> Vec<Command> {
+    pub(super) fn at(&mut self, t: Instant) -> Vec<Command> {
         self.d.handle_timers(t).unwrap();
         self.cmds()
     }
 
-    fn ack_all(&mut self, cmds: &[Command]) {
+    pub(super) fn ack_all(&mut self, cmds: &[Command]) {
         for c in cmds {
             let ack = match c {
                 Command::InstallInbound { ack, .. }
@@ -61,12 +61,12 @@ impl Hand {
     }
 
     /// Delivers `msg` to the driver on its connection at `now`; returns its commands.
-    fn deliver(&mut self, msg: Vec<u8>, now: Instant) -> Vec<Command> {
+    pub(super) fn deliver(&mut self, msg: Vec<u8>, now: Instant) -> Vec<Command> {
         self.d
             .handle_event(
                 Event::IkeMessage {
                     conn: self.conn,
-                    msg,
+                    msg: msg.into(),
                 },
                 now,
             )
@@ -79,7 +79,7 @@ impl Hand {
     }
 
     /// The peer handles what the driver sent; returns the peer's messages.
-    fn peer_handles(&mut self, cmds: &[Command], now: Instant) -> Vec<Vec<u8>> {
+    pub(super) fn peer_handles(&mut self, cmds: &[Command], now: Instant) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for c in cmds {
             if let Command::SendIke { msg, .. } = c {
@@ -94,7 +94,7 @@ impl Hand {
     }
 }
 
-fn sent(cmds: &[Command]) -> Vec<Vec<u8>> {
+pub(super) fn sent(cmds: &[Command]) -> Vec<Vec<u8>> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::SendIke { msg, .. } => Some(msg.clone()),
@@ -114,7 +114,7 @@ fn ike_sa_up(events: &[DriverEvent]) -> IkeSaId {
 }
 
 /// A TCP Originator endpoint (IKE initiator) established against a responder session.
-fn originator(timers: Timers) -> Hand {
+pub(super) fn originator(timers: Timers) -> Hand {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(h);
@@ -155,7 +155,7 @@ fn originator(timers: Timers) -> Hand {
 }
 
 /// A TCP Responder endpoint established by an initiator session run by hand.
-fn responder(timers: Timers) -> Hand {
+pub(super) fn responder(timers: Timers) -> Hand {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(Suite::ChaCha20Poly1305, true).unwrap();
     let mut d = Driver::new(h);
@@ -192,7 +192,7 @@ fn responder(timers: Timers) -> Hand {
     hand
 }
 
-fn quick() -> Timers {
+pub(super) fn quick() -> Timers {
     Timers {
         dpd_interval: Duration::from_secs(10),
         exchange_timeout: Duration::from_secs(5),
@@ -449,7 +449,7 @@ fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(2),
-            msg: first,
+            msg: first.into(),
         },
         t0,
     )
@@ -888,8 +888,14 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
     let mut msg = first;
     let mut sas = (None, None, None);
     while !init.is_established() {
-        d.handle_event(Event::IkeMessage { conn: c0, msg }, t0)
-            .unwrap();
+        d.handle_event(
+            Event::IkeMessage {
+                conn: c0,
+                msg: msg.into(),
+            },
+            t0,
+        )
+        .unwrap();
         let mut reply = None;
         for _ in 0..2 {
             for c in sides[0].commands.try_iter().collect::<Vec<_>>() {
@@ -930,14 +936,69 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
     // The connection breaks; the new one lands on worker 1, whose first ESP is unknown there.
     down(&mut d, c0, None);
     conn_up(&mut d, c1, 40999);
+    // R-6.1-t, R-10-e: a forged frame with the live SPI on an attacker's connection to worker
+    // 1 is checked by worker 0, fails its ICV there, and moves nothing; only the attacker's
+    // connection is closed (R-6.1-o).
+    let evil = on(1, 7);
+    conn_up(&mut d, evil, 50000);
     d.handle_event(
-        Event::UnknownSpi {
-            conn: c1,
+        Event::ForeignEsp {
+            conn: evil,
             spi: spi_in,
+            frame: vec![0xee; 60],
         },
         t0,
     )
     .unwrap();
+    let verify: Vec<Command> = sides[0].commands.try_iter().collect();
+    let [Command::VerifyEsp { ack: a, .. }] = verify.as_slice() else {
+        panic!("expected one VerifyEsp, got {verify:?}");
+    };
+    d.handle_event(
+        Event::Ack {
+            worker: 0,
+            ack: *a,
+            result: Err(CommandError::Verify {
+                spi: spi_in,
+                failure: VerifyFailure::Integrity,
+            }),
+        },
+        t0,
+    )
+    .unwrap();
+    assert!(
+        sides[0].commands.try_iter().next().is_none(),
+        "no SA leaves worker 0"
+    );
+    let w1: Vec<Command> = sides[1].commands.try_iter().collect();
+    assert!(
+        matches!(&w1[..], [Command::Close { conn: c, abort: true }] if *c == evil.id),
+        "{w1:?}"
+    );
+    assert_eq!(d.installed(), 1);
+    assert!(d.migrations.is_empty());
+    assert!(
+        d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::ForgedEsp { conn, .. } if *conn == evil))
+    );
+    // Nothing moves on the report alone: the owner verifies the packet first (R-10-e).
+    d.handle_event(
+        Event::ForeignEsp {
+            conn: c1,
+            spi: spi_in,
+            frame: vec![0; 40],
+        },
+        t0,
+    )
+    .unwrap();
+    let verify: Vec<Command> = sides[0].commands.try_iter().collect();
+    let [Command::VerifyEsp { spi, ack: a, .. }] = verify.as_slice() else {
+        panic!("expected one VerifyEsp, got {verify:?}");
+    };
+    assert_eq!(*spi, spi_in);
+    assert!(sides[1].commands.try_iter().next().is_none());
+    ack(&mut d, 0, *a);
     let w0: Vec<Command> = sides[0].commands.try_iter().collect();
     let deletes: Vec<(u32, Direction)> = w0
         .iter()
@@ -1001,7 +1062,7 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
     d.handle_event(
         Event::IkeMessage {
             conn: c1,
-            msg: probe,
+            msg: probe.into(),
         },
         t0,
     )
@@ -1068,7 +1129,7 @@ fn finished_sessions_and_child_sas_are_forgotten() {
         d.handle_event(
             Event::IkeMessage {
                 conn: conn(k + 10),
-                msg: first,
+                msg: first.into(),
             },
             t0,
         )
@@ -1134,7 +1195,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(1),
-            msg: first,
+            msg: first.into(),
         },
         t0,
     )
@@ -1165,7 +1226,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(2),
-            msg: first,
+            msg: first.into(),
         },
         t0,
     )
@@ -1185,7 +1246,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(3),
-            msg: retry,
+            msg: retry.into(),
         },
         t0,
     )
@@ -1204,7 +1265,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(3),
-            msg: auth,
+            msg: auth.into(),
         },
         t0,
     )

@@ -183,7 +183,7 @@ impl Driver {
                 self.sessions[i].ike_expire_at = None;
                 // Deleting the IKE SA takes its Child SAs along (RFC 7296 §1.4.1).
                 match self.sessions[i].session.delete_ike(now) {
-                    Ok(msg) => self.finish(i, vec![Output::Send(msg)], now)?,
+                    Ok(msg) => self.finish(i, vec![Output::Send(msg)], None, now)?,
                     Err(SessionError::Busy) => {
                         self.sessions[i].ike_expire_at = Some(now + BUSY_RETRY);
                     }
@@ -214,7 +214,7 @@ impl Driver {
             reason: format!("Child SA {spi_in:#010x} reached its hard lifetime before a rekey"),
         });
         match self.sessions[index].session.delete_child(spi_in, now) {
-            Ok(msg) => self.finish(index, vec![Output::Send(msg)], now),
+            Ok(msg) => self.finish(index, vec![Output::Send(msg)], None, now),
             // Busy: the peer learns of it from the next Delete or its own lifetime.
             Err(_) => Ok(()),
         }

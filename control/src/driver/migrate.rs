@@ -88,26 +88,82 @@ impl Driver {
         Ok(true)
     }
 
-    /// A worker reports ESP for an SPI it does not hold: if another worker holds it, its IKE
-    /// SA moves to this connection's worker.
-    pub(super) fn on_unknown_spi(&mut self, conn: Conn, spi: u32) -> Result<(), DriverError> {
+    /// A worker reports ESP for an SPI another worker holds: the owner verifies the packet
+    /// (ICV and replay check with the SA's key) before anything moves (RFC 9329 §6.1, R-6.1-t;
+    /// §10, R-10-e). One check per connection at a time.
+    pub(super) fn on_foreign_esp(
+        &mut self,
+        conn: Conn,
+        spi: u32,
+        frame: Vec<u8>,
+    ) -> Result<(), DriverError> {
         let Some(endpoint) = self.conns.get(&conn).map(|c| c.endpoint) else {
             return Ok(());
         };
-        let Some(c) = self.children.iter().rposition(|c| {
+        let Some(c) = self.moving_candidate(conn, endpoint, spi) else {
+            return Ok(());
+        };
+        if self
+            .pending
+            .values()
+            .any(|p| matches!(p, Pending::Verify { conn: x, .. } if *x == conn))
+        {
+            return Ok(());
+        }
+        let owner = self.children[c].worker;
+        let ack = self.ack();
+        self.pending.insert(ack, Pending::Verify { conn, spi });
+        self.send(owner, Command::VerifyEsp { spi, frame, ack })
+    }
+
+    /// The live Child SA with inbound `spi` held by another worker than `conn`'s, of the same
+    /// listener, whose IKE SA is alive.
+    fn moving_candidate(&self, conn: Conn, endpoint: usize, spi: u32) -> Option<usize> {
+        let c = self.children.iter().rposition(|c| {
             c.spi_in == spi
                 && c.inbound_ok
                 && c.worker != conn.worker
                 && self.same_listener(c.endpoint, endpoint)
-        }) else {
-            return Ok(());
-        };
-        let i = self.children[c].session;
-        if !self.sessions[i].alive() {
-            return Ok(());
+        })?;
+        self.sessions[self.children[c].session].alive().then_some(c)
+    }
+
+    /// The owner answered a `VerifyEsp`: an authentic packet moves its IKE SA's SAs to `conn`'s
+    /// worker; a forged one changes nothing but closes `conn`, which carried it (R-6.1-o).
+    pub(super) fn on_verified(
+        &mut self,
+        conn: Conn,
+        spi: u32,
+        result: Result<(), CommandError>,
+    ) -> Result<(), DriverError> {
+        match result {
+            Ok(()) => {
+                let Some(endpoint) = self.conns.get(&conn).map(|c| c.endpoint) else {
+                    return Ok(());
+                };
+                let Some(c) = self.moving_candidate(conn, endpoint, spi) else {
+                    return Ok(());
+                };
+                let i = self.children[c].session;
+                self.attach(i, conn);
+                self.migrate(i, conn).map(|_| ())
+            }
+            Err(CommandError::Verify {
+                failure: VerifyFailure::Integrity,
+                ..
+            }) => {
+                if let Some(endpoint) = self.conns.get(&conn).map(|c| c.endpoint) {
+                    self.events.push(DriverEvent::ForgedEsp {
+                        endpoint,
+                        conn,
+                        spi,
+                    });
+                }
+                self.close(conn, true)
+            }
+            // A replay or an SA gone meanwhile: nothing moves.
+            Err(_) => Ok(()),
         }
-        self.attach(i, conn);
-        self.migrate(i, conn).map(|_| ())
     }
 
     /// An SA came back from a worker: if it is moving, it goes to its new worker (and `None`

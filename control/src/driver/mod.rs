@@ -48,6 +48,8 @@
 #[cfg(test)]
 mod life_tests;
 #[cfg(test)]
+mod path_tests;
+#[cfg(test)]
 mod tests;
 
 mod child;
@@ -73,13 +75,14 @@ use iketcp_dataplane::crypto::{Backend, Keymat};
 use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaParams};
 use iketcp_dataplane::transport::{CloseReason, TcpRole};
 use iketcp_dataplane::worker::handle::{
-    Command, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa, SendError,
+    Command, CommandError, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa,
+    SendError, VerifyFailure,
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
 use crate::ike::cookie::{CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::session::{
-    ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent,
+    ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent, Verdict,
 };
 use crate::ike::wire::TrafficSelector;
 
@@ -291,6 +294,16 @@ pub enum DriverEvent {
         /// Direction.
         dir: Direction,
     },
+    /// ESP that arrived on another worker's connection for a live SPI failed its ICV at the
+    /// SA's owner: nothing moved, and the connection was closed (RFC 9329 §6.1, R-6.1-o).
+    ForgedEsp {
+        /// Endpoint index.
+        endpoint: usize,
+        /// Where it arrived.
+        conn: Conn,
+        /// The SPI it named.
+        spi: u32,
+    },
     /// An encrypted IKE message failed its integrity check.
     IntegrityFailure {
         /// Endpoint index.
@@ -396,6 +409,11 @@ enum Pending {
     Moved {
         child: usize,
         dir: Direction,
+    },
+    /// The owner of `spi` checks an ESP packet that arrived on `conn` (another worker's).
+    Verify {
+        conn: Conn,
+        spi: u32,
     },
     Delete,
 }
@@ -658,7 +676,7 @@ impl Driver {
                 .is_some_and(|t| t <= now)
             {
                 let outputs = self.sessions[i].session.handle_timeout(now);
-                self.finish(i, outputs, now)?;
+                self.finish(i, outputs, None, now)?;
             }
         }
         self.lifetime_timers(now)?;
@@ -772,7 +790,9 @@ impl Driver {
                 hard,
                 ..
             } => self.on_expired(worker, spi, dir, hard, now),
-            Event::UnknownSpi { conn, spi } => self.on_unknown_spi(conn, spi),
+            Event::ForeignEsp { conn, spi, frame } => self.on_foreign_esp(conn, spi, frame),
+            // An SPI no worker holds: counted by the worker, nothing to move.
+            Event::UnknownSpi { .. } => Ok(()),
         }
     }
 
@@ -870,7 +890,7 @@ impl Driver {
             })
     }
 
-    fn on_ack(&mut self, ack: u64, result: Result<(), String>) -> Result<(), DriverError> {
+    fn on_ack(&mut self, ack: u64, result: Result<(), CommandError>) -> Result<(), DriverError> {
         let Some(p) = self.pending.remove(&ack) else {
             return Ok(());
         };
@@ -939,6 +959,7 @@ impl Driver {
                     });
                 }
             },
+            Pending::Verify { conn, spi } => return self.on_verified(conn, spi, result),
             Pending::Delete => {}
         }
         Ok(())

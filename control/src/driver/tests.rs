@@ -496,8 +496,14 @@ fn responder_holds_auth_response_until_inbound_sa_acked() {
     .unwrap();
     // The initiator session runs here by hand.
     let (mut init, first) = Session::initiator(ci, peer, listen, now).unwrap();
-    d.handle_event(Event::IkeMessage { conn, msg: first }, now)
-        .unwrap();
+    d.handle_event(
+        Event::IkeMessage {
+            conn,
+            msg: first.into(),
+        },
+        now,
+    )
+    .unwrap();
     let Ok(Command::SendIke { msg: resp1, .. }) = cmds.try_recv() else {
         panic!("no IKE_SA_INIT response");
     };
@@ -510,8 +516,14 @@ fn responder_holds_auth_response_until_inbound_sa_acked() {
             Output::Event(_) => None,
         })
         .unwrap();
-    d.handle_event(Event::IkeMessage { conn, msg: auth }, now)
-        .unwrap();
+    d.handle_event(
+        Event::IkeMessage {
+            conn,
+            msg: auth.into(),
+        },
+        now,
+    )
+    .unwrap();
     let Ok(Command::InstallInbound {
         ack: ack_in, sa, ..
     }) = cmds.try_recv()
@@ -675,7 +687,7 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(1),
-            msg: first,
+            msg: first.into(),
         },
         now,
     )
@@ -698,7 +710,7 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
     d.handle_event(
         Event::IkeMessage {
             conn: conn(2),
-            msg: auth.clone(),
+            msg: auth.clone().into(),
         },
         now,
     )
@@ -731,22 +743,19 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
         panic!("no IKE_AUTH response");
     };
     assert_eq!(c, conn(2).id);
-    // Lost again: the initiator re-sends on a third connection and gets the same response,
-    // and the IKE SA is bound to that connection.
+    // Lost again: the initiator re-sends on a third connection and gets the same response
+    // there. A retransmission proves nothing about the connection (R-6.1-t): the IKE SA is not
+    // bound to it until authentic ESP arrives there (the worker's PathMoved).
     down(&mut d, conn(2), None);
     up(&mut d, conn(3), TcpRole::Responder, None);
     d.handle_event(
         Event::IkeMessage {
             conn: conn(3),
-            msg: auth,
+            msg: auth.into(),
         },
         now,
     )
     .unwrap();
-    assert!(matches!(
-        cmds.try_recv(),
-        Ok(Command::BindIkeSa { conn: c, .. }) if c == conn(3).id
-    ));
     let Ok(Command::SendIke {
         conn: c,
         msg: again,
@@ -755,10 +764,21 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
         panic!("no cached response");
     };
     assert_eq!((c, &again), (conn(3).id, &resp2));
+    assert!(cmds.try_recv().is_err(), "a retransmission moves nothing");
     assert!(
         init.handle(&again, now)
             .unwrap()
             .iter()
             .any(|o| matches!(o, Output::Event(SessionEvent::ChildSaUp(_))))
     );
+    let ike_sa = d.sessions[0].ike_sa;
+    d.handle_event(
+        Event::PathMoved {
+            ike_sa,
+            conn: conn(3),
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(d.sessions[0].conn, Some(conn(3)));
 }

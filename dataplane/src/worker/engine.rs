@@ -7,12 +7,14 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::directory::SpiDirectory;
 use super::handle::{
-    Command, Conn, Direction, Event, ExpiryCause, IkeSaId, Lifetime, RemovedSa, WorkerChannels,
+    Command, CommandError, Conn, Direction, Event, ExpiryCause, IkeBytes, IkeSaId, Lifetime,
+    RemovedSa, VerifyFailure, WorkerChannels,
 };
 use super::spd::{FlowKey, Spd};
 use super::stats::{WorkerStats, bump};
@@ -25,6 +27,9 @@ use crate::wire::frame::{
     MAX_IKE_MESSAGE_LEN, NON_ESP_MARKER, StreamError, encode_esp_in_place,
 };
 
+/// A connection's run of ESP for another worker's SPIs is reported at its first frame and then
+/// every this many frames (a lost report or a forged first frame does not stall a move).
+const FOREIGN_REPORT_EVERY: u32 = 64;
 /// Frames handed to the transport per send call.
 const FLUSH_BURST: usize = 64;
 /// Received bytes deframed per transport call.
@@ -46,6 +51,11 @@ pub struct EngineConfig {
     pub ike_queue: usize,
     /// Decrypted packets waiting for the plaintext port; past it the worker stops reading TCP.
     pub plain_queue: usize,
+    /// IKE bytes of one connection handed to control and not yet consumed; past it the worker
+    /// stops reading that connection (TCP's window then pushes back on the peer).
+    pub ike_bytes_per_conn: usize,
+    /// The same for all connections of the worker together.
+    pub ike_bytes_total: usize,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +66,8 @@ impl Default for EngineConfig {
             conn_queue: 512,
             ike_queue: 64,
             plain_queue: 1024,
+            ike_bytes_per_conn: 256 * 1024,
+            ike_bytes_total: 8 * 1024 * 1024,
         }
     }
 }
@@ -102,6 +114,8 @@ struct ConnState {
     health: Health,
     /// Listed in `Engine::backlog` (its queue was not empty after the last write).
     in_backlog: bool,
+    /// Bytes of its IKE messages that control has not consumed yet (see [`IkeBytes`]).
+    ike_bytes: Arc<AtomicUsize>,
 }
 
 /// RFC 9329 §6.1 corruption tracking of one connection.
@@ -109,8 +123,9 @@ struct ConnState {
 struct Health {
     unknown_spi_run: u32,
     unparseable_run: u32,
-    /// ESP for an SPI of another worker was reported (see `SpiDirectory`).
-    foreign_reported: bool,
+    /// ESP frames in a row for SPIs of another worker (see `SpiDirectory`); the first and every
+    /// [`FOREIGN_REPORT_EVERY`]th are reported.
+    foreign_run: u32,
     /// Set when the connection must be closed (`Some(true)`: with RST); acted on after the
     /// current receive.
     doomed: Option<bool>,
@@ -179,6 +194,45 @@ pub struct Engine {
     to_close: Vec<(ConnId, bool)>,
     /// Connections whose queues TCP did not take in full.
     backlog: Vec<ConnId>,
+    /// Reliable events that found the channel full, oldest first (see [`Event`]).
+    outbox: VecDeque<Event>,
+    /// IKE bytes of all connections handed to control and not yet consumed.
+    ike_total: Arc<AtomicUsize>,
+}
+
+/// Sends a reliable event: behind those already waiting, and kept in `outbox` if the channel is
+/// full. Never drops and never blocks. (A free function so callers can hold other fields.)
+fn send_reliable(
+    events: &Sender<Event>,
+    outbox: &mut VecDeque<Event>,
+    stats: &WorkerStats,
+    ev: Event,
+) {
+    if !outbox.is_empty() {
+        outbox.push_back(ev);
+        return;
+    }
+    match events.try_send(ev) {
+        Ok(()) => {}
+        Err(TrySendError::Full(ev)) => {
+            bump(&stats.events_deferred, 1);
+            outbox.push_back(ev);
+        }
+        // Control is gone; the worker stops when its command channel closes.
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+/// Sends a hint (stats, SPI reports): dropped and counted if the channel is full. Returns the
+/// event it could not send.
+fn send_lossy(events: &Sender<Event>, stats: &WorkerStats, ev: Event) -> Option<Event> {
+    match events.try_send(ev) {
+        Ok(()) => None,
+        Err(TrySendError::Full(ev) | TrySendError::Disconnected(ev)) => {
+            bump(&stats.events_dropped, 1);
+            Some(ev)
+        }
+    }
 }
 
 impl Engine {
@@ -204,6 +258,8 @@ impl Engine {
             readable: Vec::with_capacity(256),
             to_close: Vec::new(),
             backlog: Vec::new(),
+            outbox: VecDeque::new(),
+            ike_total: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -224,13 +280,34 @@ impl Engine {
         }
     }
 
-    fn emit(&self, ev: Event) {
-        // Never block the packet path on control: a full event queue drops the event (control
-        // that far behind resynchronises from stats and connection state).
-        let _ = self.events.try_send(ev);
+    /// Sends a reliable event (see [`send_reliable`]).
+    fn emit(&mut self, ev: Event) {
+        send_reliable(&self.events, &mut self.outbox, &self.stats, ev);
     }
 
-    fn ack(&self, ack: u64, result: Result<(), String>) {
+    /// Moves events waiting in the outbox into the channel as far as it has room.
+    pub fn flush_events(&mut self) {
+        while let Some(ev) = self.outbox.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    self.outbox.push_front(ev);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.outbox.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reliable events waiting for room in the channel.
+    pub fn events_waiting(&self) -> usize {
+        self.outbox.len()
+    }
+
+    fn ack(&mut self, ack: u64, result: Result<(), CommandError>) {
         self.emit(Event::Ack {
             worker: self.index,
             ack,
@@ -252,15 +329,24 @@ impl Engine {
                 inbound_esp.push(*id);
             }
         }
-        self.emit(Event::Stats {
+        let ev = Event::Stats {
             worker: self.index,
             stats: self.stats.snapshot(),
             inbound_esp,
-        });
+        };
+        // Dropped when control lags; the liveness marks then wait for the next report.
+        if let Some(Event::Stats { inbound_esp, .. }) = send_lossy(&self.events, &self.stats, ev) {
+            for id in inbound_esp {
+                if let Some(g) = self.groups.get_mut(&id) {
+                    g.inbound_seen = true;
+                }
+            }
+        }
     }
 
     /// Applies every queued command. Returns false on `Shutdown`.
     pub fn handle_commands<T: Transport>(&mut self, t: &mut T) -> bool {
+        self.flush_events();
         while let Ok(cmd) = self.commands.try_recv() {
             bump(&self.stats.commands, 1);
             if !self.apply(t, cmd) {
@@ -273,9 +359,10 @@ impl Engine {
     fn apply<T: Transport>(&mut self, t: &mut T, cmd: Command) -> bool {
         match cmd {
             Command::Listen { local, ack } => {
-                let r = t
-                    .listen(local)
-                    .map_err(|e| format!("listen on {local}: {e}"));
+                let r = t.listen(local).map_err(|e| CommandError::Listen {
+                    local,
+                    kind: e.kind(),
+                });
                 self.ack(ack, r);
             }
             Command::Connect {
@@ -286,14 +373,17 @@ impl Engine {
                 Ok(id) => {
                     self.connect_tokens.insert(id, token);
                 }
-                Err(_) => self.emit(Event::ConnDown {
-                    conn: self.conn(ConnId {
+                Err(_) => {
+                    let conn = self.conn(ConnId {
                         slot: u32::MAX,
                         generation: 0,
-                    }),
-                    reason: CloseReason::Local,
-                    token: Some(token),
-                }),
+                    });
+                    self.emit(Event::ConnDown {
+                        conn,
+                        reason: CloseReason::Local,
+                        token: Some(token),
+                    });
+                }
             },
             Command::Close { conn, abort } => {
                 if self.conns.contains_key(&conn) {
@@ -308,6 +398,12 @@ impl Engine {
                 ack,
             } => {
                 let spi = sa.spi();
+                if self.inbound.contains_key(&spi) {
+                    // Never overwrite a live SA (its keys and replay window would be lost).
+                    let dir = Direction::Inbound;
+                    self.ack(ack, Err(CommandError::DuplicateSpi { spi, dir }));
+                    return true;
+                }
                 self.groups.entry(ike_sa).or_default();
                 self.directory.insert(spi, self.index);
                 self.inbound.insert(
@@ -330,8 +426,15 @@ impl Engine {
                 ack,
             } => {
                 let spi = sa.spi();
+                if self.outbound.contains_key(&spi) {
+                    // The peer chose an SPI another SA of this worker sends with: refused, so
+                    // one peer's SA never replaces another's.
+                    let dir = Direction::Outbound;
+                    self.ack(ack, Err(CommandError::DuplicateSpi { spi, dir }));
+                    return true;
+                }
                 self.groups.entry(ike_sa).or_default();
-                if let Some(old) = self.outbound.insert(
+                self.outbound.insert(
                     spi,
                     OutEntry {
                         sa,
@@ -340,10 +443,7 @@ impl Engine {
                         soft_sent: false,
                         dead: false,
                     },
-                ) {
-                    self.spd.remove(spi);
-                    self.emit(Event::SaRemoved(RemovedSa::Outbound(old.sa)));
-                }
+                );
                 // The newest SA for these selectors wins (rekey: RFC 7296 §2.8).
                 self.spd.insert_front(selectors, spi);
                 self.ack(ack, Ok(()));
@@ -374,8 +474,24 @@ impl Engine {
                         self.emit(Event::SaRemoved(r));
                         self.ack(ack, Ok(()));
                     }
-                    None => self.ack(ack, Err(format!("no {dir:?} SA with SPI {spi:#010x}"))),
+                    None => self.ack(ack, Err(CommandError::NoSuchSa { spi, dir })),
                 }
+            }
+            Command::VerifyEsp {
+                spi,
+                mut frame,
+                ack,
+            } => {
+                let r = self.verify_esp(spi, &mut frame);
+                let counter = match r {
+                    Ok(()) => &self.stats.verify_ok,
+                    Err(_) => &self.stats.verify_failed,
+                };
+                bump(counter, 1);
+                self.ack(
+                    ack,
+                    r.map_err(|failure| CommandError::Verify { spi, failure }),
+                );
             }
             Command::ForgetIkeSa { ike_sa } => {
                 self.groups.remove(&ike_sa);
@@ -456,6 +572,7 @@ impl Engine {
             ike_sas: Vec::new(),
             health: Health::default(),
             in_backlog: false,
+            ike_bytes: Arc::new(AtomicUsize::new(0)),
         };
         // RFC 9329 §4, §6.1: an Originator's stream starts with the prefix, on every connection.
         let mut enc = FrameEncoder::new(role);
@@ -515,6 +632,12 @@ impl Engine {
         t.readable(&mut self.readable);
         let mut readable = std::mem::take(&mut self.readable);
         'conns: for &id in &readable {
+            // IKE messages control has not consumed yet: past the budget the connection is not
+            // read (its bytes wait in TCP) rather than any message being dropped.
+            if self.ike_over_budget(id) {
+                bump(&self.stats.ike_paused, 1);
+                continue;
+            }
             // Bounded per connection per loop so one busy peer cannot starve the others.
             for _ in 0..64 {
                 // Decrypted packets wait for the plaintext port: stop reading when that queue is
@@ -539,6 +662,7 @@ impl Engine {
                     .conns
                     .get(&id)
                     .is_some_and(|c| c.health.doomed.is_some())
+                    || self.ike_over_budget(id)
                 {
                     break;
                 }
@@ -549,6 +673,16 @@ impl Engine {
         for (id, abort) in std::mem::take(&mut self.to_close) {
             if abort { t.abort(id) } else { t.close(id) }
         }
+    }
+
+    /// Whether `id`'s IKE messages, or all of the worker's, waiting for control reached their
+    /// budget (see [`EngineConfig::ike_bytes_per_conn`]).
+    fn ike_over_budget(&self, id: ConnId) -> bool {
+        self.ike_total.load(Ordering::Relaxed) >= self.cfg.ike_bytes_total
+            || self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.ike_bytes.load(Ordering::Relaxed) >= self.cfg.ike_bytes_per_conn)
     }
 
     fn process_rx(&mut self, id: ConnId, buf: &mut [u8]) {
@@ -580,11 +714,9 @@ impl Engine {
                     FrameKind::Ike => {
                         c.health.unparseable_run = 0;
                         bump(&self.stats.ike_in, 1);
-                        let msg = bytes.to_vec();
-                        self.emit(Event::IkeMessage {
-                            conn: self.conn(id),
-                            msg,
-                        });
+                        let msg = IkeBytes::charged(bytes.to_vec(), &c.ike_bytes, &self.ike_total);
+                        let conn = self.conn(id);
+                        self.emit(Event::IkeMessage { conn, msg });
                     }
                     FrameKind::Esp => {
                         c.health.unparseable_run = 0;
@@ -631,31 +763,23 @@ impl Engine {
         ike_sas: &mut Vec<IkeSaId>,
     ) {
         let spi = parse_header(bytes).map_or(0, |h| h.0);
+        let conn = self.conn(id);
         let Some(e) = self.inbound.get_mut(&spi).filter(|e| !e.dead) else {
             bump(&self.stats.unknown_spi, 1);
             if self.directory.owner(spi).is_some_and(|w| w != self.index) {
-                // Another worker holds it: not corruption (R-6.1-p). Reported once per
-                // connection until its ESP is accepted here, so control moves the SAs.
-                if !std::mem::replace(&mut health.foreign_reported, true) {
-                    let _ = self.events.try_send(Event::UnknownSpi {
-                        conn: Conn {
-                            worker: self.index,
-                            id,
-                        },
-                        spi,
-                    });
+                // Another worker holds it: not corruption (R-6.1-p). Control asks the owner to
+                // verify the packet before anything moves (R-6.1-t, R-10-e).
+                if health.foreign_run.is_multiple_of(FOREIGN_REPORT_EVERY) {
+                    let frame = bytes.to_vec();
+                    let ev = Event::ForeignEsp { conn, spi, frame };
+                    let _ = send_lossy(&self.events, &self.stats, ev);
                 }
+                health.foreign_run = health.foreign_run.wrapping_add(1);
                 return;
             }
             health.unknown_spi_run += 1;
             if health.unknown_spi_run == 1 {
-                let _ = self.events.try_send(Event::UnknownSpi {
-                    conn: Conn {
-                        worker: self.index,
-                        id,
-                    },
-                    spi,
-                });
+                let _ = send_lossy(&self.events, &self.stats, Event::UnknownSpi { conn, spi });
             }
             // A few unknown SPIs are tolerated (R-6.1-p); a run of them means the stream is
             // corrupt or injected (R-6.1-o, R-10-a).
@@ -669,13 +793,11 @@ impl Engine {
         match e.sa.decap(bytes, 0..len) {
             Ok(d) => {
                 health.unknown_spi_run = 0;
-                health.foreign_reported = false;
-                bump(&self.stats.esp_in, 1);
+                health.foreign_run = 0;
                 // Authentic and not a replay: on the Responder this connection is now the IKE
                 // SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e). The
                 // Originator keeps the connection it chose, unless it has none.
                 let g = self.groups.entry(e.ike_sa).or_default();
-                g.inbound_seen = true;
                 if g.active != Some(id) && (role == TcpRole::Responder || g.active.is_none()) {
                     g.active = Some(id);
                     if !ike_sas.contains(&e.ike_sa) {
@@ -683,45 +805,22 @@ impl Engine {
                     }
                     // Control learns which connection carries the IKE SA now (a reconnected
                     // Originator may send only ESP on it).
-                    let _ = self.events.try_send(Event::PathMoved {
+                    let ev = Event::PathMoved {
                         ike_sa: e.ike_sa,
-                        conn: Conn {
-                            worker: self.index,
-                            id,
-                        },
-                    });
+                        conn,
+                    };
+                    send_reliable(&self.events, &mut self.outbox, &self.stats, ev);
                 }
-                match d {
-                    Decapped::Packet { range, .. } => {
-                        let mut p = self.pool.get();
-                        if bytes.get(range).is_some_and(|inner| p.fill_from(inner)) {
-                            bump(&self.stats.bytes_decap, p.len() as u64);
-                            self.plain_out.push_back(p);
-                        } else {
-                            bump(&self.stats.bad_payload, 1);
-                            self.pool.put(p);
-                        }
-                    }
-                    Decapped::Dummy { .. } => bump(&self.stats.dummies, 1),
-                }
-                let (packets, bytes) = e.sa.counters();
-                let (events, index) = (&self.events, self.index);
-                check_lifetime(
-                    e.lifetime,
-                    packets,
-                    bytes,
-                    &mut e.soft_sent,
-                    &mut e.dead,
-                    |hard, cause| {
-                        let _ = events.try_send(Event::SaExpired {
-                            worker: index,
-                            spi,
-                            dir: Direction::Inbound,
-                            hard,
-                            cause,
-                        });
-                    },
-                );
+                let mut rx = Accepted {
+                    index: self.index,
+                    stats: &self.stats,
+                    events: &self.events,
+                    outbox: &mut self.outbox,
+                    groups: &mut self.groups,
+                    pool: &mut self.pool,
+                    plain_out: &mut self.plain_out,
+                };
+                rx.accept(spi, e, bytes, d);
             }
             Err(DecapError::Authentication) => {
                 // RFC 9329 §6.1 (R-6.1-o): a failed ICV on a known SPI means corruption: close.
@@ -737,6 +836,43 @@ impl Engine {
                 // Too short to be ESP, or authentic but unusable (padding, Next Header, inner
                 // packet): dropped, not corruption of the stream.
                 bump(&self.stats.bad_payload, 1);
+            }
+        }
+    }
+
+    /// `Command::VerifyEsp`: a packet that arrived on another worker's connection, checked with
+    /// this worker's SA. It changes nothing here but the replay window (after the ICV, as for
+    /// any packet) and is delivered if it passes.
+    fn verify_esp(&mut self, spi: u32, frame: &mut [u8]) -> Result<(), VerifyFailure> {
+        let Some(e) = self.inbound.get_mut(&spi).filter(|e| !e.dead) else {
+            return Err(VerifyFailure::NoSa);
+        };
+        let len = frame.len();
+        match e.sa.decap(frame, 0..len) {
+            Ok(d) => {
+                let mut rx = Accepted {
+                    index: self.index,
+                    stats: &self.stats,
+                    events: &self.events,
+                    outbox: &mut self.outbox,
+                    groups: &mut self.groups,
+                    pool: &mut self.pool,
+                    plain_out: &mut self.plain_out,
+                };
+                rx.accept(spi, e, frame, d);
+                Ok(())
+            }
+            Err(DecapError::Authentication) => {
+                bump(&self.stats.icv_failures, 1);
+                Err(VerifyFailure::Integrity)
+            }
+            Err(DecapError::Replay(_)) => {
+                bump(&self.stats.replays, 1);
+                Err(VerifyFailure::Replay)
+            }
+            Err(_) => {
+                bump(&self.stats.bad_payload, 1);
+                Err(VerifyFailure::Malformed)
             }
         }
     }
@@ -857,7 +993,7 @@ impl Engine {
         Ok(conn)
     }
 
-    fn emit_expiry(&self, spi: u32, dir: Direction, hard: bool, cause: ExpiryCause) {
+    fn emit_expiry(&mut self, spi: u32, dir: Direction, hard: bool, cause: ExpiryCause) {
         self.emit(Event::SaExpired {
             worker: self.index,
             spi,
@@ -959,6 +1095,60 @@ impl Engine {
     /// The connection an IKE SA's traffic uses now (for tests and diagnostics).
     pub fn active_conn(&self, ike_sa: IkeSaId) -> Option<ConnId> {
         self.groups.get(&ike_sa).and_then(|g| g.active)
+    }
+}
+
+/// The parts of an engine that an authentic inbound ESP packet touches, borrowed apart from
+/// the SA table that holds the SA.
+struct Accepted<'a> {
+    index: u16,
+    stats: &'a WorkerStats,
+    events: &'a Sender<Event>,
+    outbox: &'a mut VecDeque<Event>,
+    groups: &'a mut FastMap<IkeSaId, Group>,
+    pool: &'a mut PacketPool,
+    plain_out: &'a mut VecDeque<Packet>,
+}
+
+impl Accepted<'_> {
+    /// Counts an authentic, non-replayed packet of `e`, marks its IKE SA alive, delivers the
+    /// inner packet and checks the SA's traffic limits.
+    fn accept(&mut self, spi: u32, e: &mut InEntry, bytes: &[u8], d: Decapped) {
+        bump(&self.stats.esp_in, 1);
+        self.groups.entry(e.ike_sa).or_default().inbound_seen = true;
+        match d {
+            Decapped::Packet { range, .. } => {
+                let mut p = self.pool.get();
+                if bytes.get(range).is_some_and(|inner| p.fill_from(inner)) {
+                    bump(&self.stats.bytes_decap, p.len() as u64);
+                    self.plain_out.push_back(p);
+                } else {
+                    bump(&self.stats.bad_payload, 1);
+                    self.pool.put(p);
+                }
+            }
+            Decapped::Dummy { .. } => bump(&self.stats.dummies, 1),
+        }
+        let (packets, bytes) = e.sa.counters();
+        let index = self.index;
+        let (events, outbox, stats) = (self.events, &mut *self.outbox, self.stats);
+        check_lifetime(
+            e.lifetime,
+            packets,
+            bytes,
+            &mut e.soft_sent,
+            &mut e.dead,
+            |hard, cause| {
+                let ev = Event::SaExpired {
+                    worker: index,
+                    spi,
+                    dir: Direction::Inbound,
+                    hard,
+                    cause,
+                };
+                send_reliable(events, outbox, stats, ev);
+            },
+        );
     }
 }
 

@@ -2,8 +2,11 @@
 //! crossbeam channels. Workers drain commands once per loop iteration and never block on control;
 //! control never touches a socket.
 
+use std::io;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -135,6 +138,18 @@ pub enum Command {
         /// Answered with [`Event::Ack`].
         ack: u64,
     },
+    /// Check an ESP packet that arrived on another worker's connection with the inbound SA of
+    /// `spi`: ICV, then the replay check and window update (RFC 4303 §3.4.3). Acknowledged with
+    /// `Ok` only if it passed; its inner packet is then delivered like any other. Control moves
+    /// an IKE SA's SAs to a new connection only after this (RFC 9329 §6.1, R-6.1-t, R-10-e).
+    VerifyEsp {
+        /// SPI of the inbound SA.
+        spi: u32,
+        /// The ESP packet (no Length field).
+        frame: Vec<u8>,
+        /// Answered with [`Event::Ack`].
+        ack: u64,
+    },
     /// Forget an IKE SA's connection binding (after its Child SAs were deleted).
     ForgetIkeSa {
         /// The IKE SA.
@@ -162,7 +177,133 @@ pub enum ExpiryCause {
     Sequence,
 }
 
-/// What a worker reports.
+/// Why a command with an `ack` failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// The transport could not listen on this address.
+    Listen {
+        /// The address.
+        local: SocketAddr,
+        /// What the OS (or the transport) said.
+        kind: io::ErrorKind,
+    },
+    /// No SA with this SPI in this direction (`DeleteSa`).
+    NoSuchSa {
+        /// SPI.
+        spi: u32,
+        /// Direction.
+        dir: Direction,
+    },
+    /// An SA with this SPI is installed already; the new one was refused (and dropped).
+    DuplicateSpi {
+        /// SPI.
+        spi: u32,
+        /// Direction.
+        dir: Direction,
+    },
+    /// `VerifyEsp` failed: the packet moves nothing.
+    Verify {
+        /// SPI.
+        spi: u32,
+        /// Why.
+        failure: VerifyFailure,
+    },
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::Listen { local, kind } => write!(f, "listen on {local}: {kind}"),
+            CommandError::NoSuchSa { spi, dir } => write!(f, "no {dir:?} SA with SPI {spi:#010x}"),
+            CommandError::DuplicateSpi { spi, dir } => {
+                write!(f, "an {dir:?} SA with SPI {spi:#010x} exists already")
+            }
+            CommandError::Verify { spi, failure } => {
+                write!(f, "ESP for SPI {spi:#010x} not verified: {failure:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// Why an ESP packet did not verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyFailure {
+    /// No live inbound SA with that SPI on this worker.
+    NoSa,
+    /// The ICV failed: forged or corrupt (RFC 9329 §6.1, R-6.1-o).
+    Integrity,
+    /// Authentic but a replay or too old (RFC 4303 §3.4.3).
+    Replay,
+    /// Too short to be ESP, or authentic but unusable.
+    Malformed,
+}
+
+/// An IKE message handed to control. It holds a share of the worker's IKE byte budget (per
+/// connection and in total) until it is dropped: a worker reads no more from a connection
+/// whose messages control has not consumed yet beyond the budget, so a peer cannot queue
+/// unbounded bytes while control lags.
+#[derive(Debug, Default)]
+pub struct IkeBytes {
+    msg: Vec<u8>,
+    credit: Option<IkeCredit>,
+}
+
+#[derive(Debug)]
+struct IkeCredit {
+    conn: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
+
+impl IkeBytes {
+    /// A message charged to these two counters until dropped.
+    pub(crate) fn charged(msg: Vec<u8>, conn: &Arc<AtomicUsize>, total: &Arc<AtomicUsize>) -> Self {
+        conn.fetch_add(msg.len(), Ordering::Relaxed);
+        total.fetch_add(msg.len(), Ordering::Relaxed);
+        IkeBytes {
+            credit: Some(IkeCredit {
+                conn: conn.clone(),
+                total: total.clone(),
+            }),
+            msg,
+        }
+    }
+
+    /// The message bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.msg
+    }
+}
+
+impl From<Vec<u8>> for IkeBytes {
+    /// An uncharged message (tests, injected messages).
+    fn from(msg: Vec<u8>) -> Self {
+        IkeBytes { msg, credit: None }
+    }
+}
+
+impl Deref for IkeBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.msg
+    }
+}
+
+impl Drop for IkeBytes {
+    fn drop(&mut self) {
+        if let Some(c) = &self.credit {
+            c.conn.fetch_sub(self.msg.len(), Ordering::Relaxed);
+            c.total.fetch_sub(self.msg.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a worker reports. Every variant but [`Event::Stats`], [`Event::UnknownSpi`] and
+/// [`Event::ForeignEsp`] is reliable: never dropped (a worker holds it until the channel has
+/// room), and bounded by what is in flight (acks by commands, connection events by connections,
+/// IKE messages by the byte budget). The three hints are dropped when the channel is full, and
+/// each drop is counted (`events_dropped`).
 #[derive(Debug)]
 pub enum Event {
     /// A command with an `ack` number was applied (or failed, with the reason).
@@ -172,14 +313,14 @@ pub enum Event {
         /// The command's `ack`.
         ack: u64,
         /// Ok, or why not.
-        result: Result<(), String>,
+        result: Result<(), CommandError>,
     },
     /// An IKE message arrived (marker stripped).
     IkeMessage {
         /// Where.
         conn: Conn,
         /// The message.
-        msg: Vec<u8>,
+        msg: IkeBytes,
     },
     /// A connection is up.
     ConnUp {
@@ -216,8 +357,19 @@ pub enum Event {
         /// Why.
         cause: ExpiryCause,
     },
-    /// ESP arrived for an SPI this worker does not have (it may live on another worker, or be
-    /// gone). Rate-limited per connection.
+    /// ESP arrived for an SPI that another worker holds (see
+    /// [`SpiDirectory`](super::directory::SpiDirectory)): a candidate for moving that IKE SA's
+    /// SAs here, once [`Command::VerifyEsp`] on the owner proved the packet authentic. The first
+    /// such packet of a connection and every 64th after it are reported.
+    ForeignEsp {
+        /// Where it arrived.
+        conn: Conn,
+        /// The SPI.
+        spi: u32,
+        /// The ESP packet (no Length field).
+        frame: Vec<u8>,
+    },
+    /// ESP arrived for an SPI no worker has (gone, or never ours). Rate-limited per connection.
     UnknownSpi {
         /// Where.
         conn: Conn,
@@ -285,7 +437,13 @@ pub struct WorkerChannels {
 
 /// Creates the channels for `workers` workers.
 pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
-    let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
+    channels_with(workers, EVENT_QUEUE)
+}
+
+/// As [`channels`], with an event channel of `events` slots (at least 1). Reliable events
+/// that find it full wait in their worker (see [`Event`]).
+pub fn channels_with(workers: u16, events: usize) -> (DataplaneHandle, Vec<WorkerChannels>) {
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded(events.max(1));
     let mut commands = Vec::new();
     let mut stats = Vec::new();
     let mut sides = Vec::new();

@@ -86,6 +86,18 @@ counters! {
     commands,
     /// Worker loop iterations.
     loops,
+    /// Hints for control (stats, unknown or foreign SPIs) dropped because the event channel was
+    /// full.
+    events_dropped,
+    /// Reliable events that found the event channel full and waited in the worker's outbox.
+    events_deferred,
+    /// Times a connection was not read because its IKE messages (or the worker's) waiting for
+    /// control reached the IKE byte budget.
+    ike_paused,
+    /// `VerifyEsp` packets that passed (`verify_ok`) or failed (`verify_failed`).
+    verify_ok,
+    /// See `verify_ok`.
+    verify_failed,
     /// Nanoseconds spent in iterations that did work (the rest is polling an idle link):
     /// `busy_ns` over wall time is the worker's load.
     busy_ns,

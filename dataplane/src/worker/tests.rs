@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use super::engine::{Engine, EngineConfig};
 use super::handle::{
-    Command, DataplaneHandle, Direction, Event, ExpiryCause, IkeSaId, Lifetime, channels,
+    Command, CommandError, DataplaneHandle, Direction, Event, ExpiryCause, IkeSaId, Lifetime,
+    VerifyFailure, channels, channels_with,
 };
 use super::spd::{Selectors, TrafficSelector};
 use crate::crypto::{Backend, Keymat, Suite};
@@ -212,7 +213,10 @@ struct Rig {
 
 impl Rig {
     fn new(cfg: EngineConfig) -> Self {
-        let (handle, mut sides) = channels(1);
+        Self::with_events(cfg, crate::worker::handle::EVENT_QUEUE)
+    }
+    fn with_events(cfg: EngineConfig, slots: usize) -> Self {
+        let (handle, mut sides) = channels_with(1, slots);
         let engine = Engine::new(sides.remove(0), cfg, PacketPool::new(4096, 64));
         let mut rig = Rig {
             engine,
@@ -348,7 +352,7 @@ fn r_6_1_u_old_connection_still_accepted_until_closed() {
     r.t.feed(a, &ike[..n]);
     r.step();
     assert!(r.events().iter().any(
-        |e| matches!(e, Event::IkeMessage { conn, msg } if conn.id == a && msg == &[0x42; 28])
+        |e| matches!(e, Event::IkeMessage { conn, msg } if conn.id == a && msg.as_slice() == [0x42; 28])
     ));
     assert_eq!(r.t.closed(a), None);
 }
@@ -396,7 +400,7 @@ fn r_6_1_p_a_few_unknown_spis_tolerated() {
 }
 
 #[test]
-fn r_6_1_p_spis_of_another_worker_never_close_and_are_reported_once() {
+fn r_6_1_p_spis_of_another_worker_never_close_and_are_reported_with_the_frame() {
     let mut r = Rig::new(EngineConfig {
         unknown_spi_limit: 8,
         ..EngineConfig::default()
@@ -406,27 +410,120 @@ fn r_6_1_p_spis_of_another_worker_never_close_and_are_reported_once() {
     let a = r.responder_conn("192.0.2.10:40000");
     let mut foreign = r.peer.esp_frame(1);
     foreign[2..6].copy_from_slice(&0x0bad_0000u32.to_be_bytes());
-    for _ in 0..20 {
+    for _ in 0..70 {
         r.t.feed(a, &foreign);
     }
     r.step();
     assert_eq!(r.t.closed(a), None, "not corruption");
-    let reports = r
+    // The first frame and the 65th go to control, whole, so the owner can verify them.
+    let reports: Vec<Vec<u8>> = r
         .events()
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                Event::UnknownSpi {
-                    spi: 0x0bad_0000,
-                    ..
-                }
-            )
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ForeignEsp {
+                spi: 0x0bad_0000,
+                frame,
+                ..
+            } => Some(frame),
+            _ => None,
         })
-        .count();
-    assert_eq!(reports, 1);
+        .collect();
+    assert_eq!(reports, vec![foreign[2..].to_vec(); 2]);
     // Our own SPIs are in the directory too, under this worker.
     assert_eq!(r.handle.directory().owner(SPI_IN), Some(0));
+}
+
+fn verify(r: &mut Rig, frame: Vec<u8>) -> Result<(), CommandError> {
+    r.ack += 1;
+    let ack = r.ack;
+    r.cmd(Command::VerifyEsp {
+        spi: SPI_IN,
+        frame,
+        ack,
+    });
+    r.events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Ack { ack: a, result, .. } if a == ack => Some(result),
+            _ => None,
+        })
+        .expect("an ack")
+}
+
+/// R-10-e: the owner of an SA verifies a packet that arrived on another worker's connection
+/// with the SA's key and replay window before control moves anything.
+#[test]
+fn r_10_e_verify_esp_passes_only_authentic_new_packets() {
+    let mut r = Rig::new(EngineConfig::default());
+    let good = r.peer.esp_frame(7)[2..].to_vec();
+    let mut forged = good.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let failure = |f| {
+        Err(CommandError::Verify {
+            spi: SPI_IN,
+            failure: f,
+        })
+    };
+    assert_eq!(verify(&mut r, forged), failure(VerifyFailure::Integrity));
+    assert_eq!(r.delivered(), Vec::<u32>::new());
+    assert_eq!(verify(&mut r, good.clone()), Ok(()));
+    assert_eq!(r.delivered(), vec![7], "an authentic packet is not lost");
+    assert_eq!(verify(&mut r, good), failure(VerifyFailure::Replay));
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.verify_ok, s.verify_failed), (1, 2));
+}
+
+/// Issue 6: an SPI is never installed twice on a worker; the live SA keeps its state.
+#[test]
+fn duplicate_spi_installs_are_refused() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    r.ack += 1;
+    let ack = r.ack;
+    r.cmd(Command::InstallInbound {
+        sa: Box::new(InboundSa::new(&params(SPI_IN, 9)).expect("sa")),
+        ike_sa: IKE,
+        lifetime: Lifetime::UNLIMITED,
+        ack,
+    });
+    let refused = r.events().into_iter().any(|e| {
+        matches!(e, Event::Ack { ack: x, result: Err(CommandError::DuplicateSpi { spi: SPI_IN, dir: Direction::Inbound }), .. } if x == ack)
+    });
+    assert!(refused);
+    // The old SA (key 3, its replay window) still decrypts the next packet and rejects a replay.
+    let f2 = r.peer.esp_frame(2);
+    r.t.feed(a, &f2);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![2]);
+    assert_eq!(r.engine.stats().snapshot().replays, 1);
+    r.ack += 1;
+    let ack = r.ack;
+    r.cmd(Command::InstallOutbound {
+        sa: Box::new(OutboundSa::new(&params(SPI_OUT, 9)).expect("sa")),
+        ike_sa: IKE,
+        selectors: Selectors {
+            local: vec![TrafficSelector::any(false)],
+            remote: vec![TrafficSelector::any(false)],
+        },
+        lifetime: Lifetime::UNLIMITED,
+        ack,
+    });
+    assert!(r.events().into_iter().any(|e| matches!(
+        e,
+        Event::Ack {
+            result: Err(CommandError::DuplicateSpi {
+                dir: Direction::Outbound,
+                ..
+            }),
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -764,4 +861,86 @@ fn barrier_is_acknowledged_after_the_commands_before_it() {
         }
     )));
     assert_eq!(r.engine.active_conn(IKE), Some(a));
+}
+
+fn ike_frame(tag: u8, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; 2 + 4 + len];
+    let total = u16::try_from(f.len()).expect("fits");
+    f[..2].copy_from_slice(&total.to_be_bytes());
+    f[6..].fill(tag);
+    f
+}
+
+/// Issue 8, item 4: events control depends on are never dropped when the channel is full; they
+/// wait in the worker, in order, and hints are dropped and counted instead.
+#[test]
+fn reliable_events_wait_for_room_and_hints_are_counted_when_dropped() {
+    let mut r = Rig::with_events(EngineConfig::default(), 4);
+    let a = r.responder_conn("192.0.2.10:40000");
+    let _ = r.events();
+    for tag in 1..=10u8 {
+        r.t.feed(a, &ike_frame(tag, 40));
+    }
+    r.step();
+    r.engine.report_stats();
+    assert_eq!(
+        r.engine.events_waiting(),
+        6,
+        "four fit the channel, six wait"
+    );
+    let s = r.engine.stats().snapshot();
+    assert_eq!(s.events_deferred, 1, "counted once when the channel filled");
+    assert_eq!(
+        s.events_dropped, 1,
+        "the stats report is a hint: dropped, counted"
+    );
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        for e in r.events() {
+            if let Event::IkeMessage { msg, .. } = e {
+                got.push(msg[0]);
+            }
+        }
+        r.step();
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<u8>>(), "all of them, in order");
+    assert_eq!(r.engine.events_waiting(), 0);
+}
+
+/// Issue 8, item 4: IKE bytes waiting for control are bounded per connection: past the budget
+/// the connection is not read (its bytes wait in TCP) until control consumes what it has.
+#[test]
+fn ike_bytes_waiting_for_control_are_bounded_per_connection() {
+    let mut r = Rig::new(EngineConfig {
+        ike_bytes_per_conn: 1000,
+        ..EngineConfig::default()
+    });
+    let a = r.responder_conn("192.0.2.10:40000");
+    let b = r.responder_conn("192.0.2.11:40000");
+    let _ = r.events();
+    for tag in 1..=3u8 {
+        r.t.feed(a, &ike_frame(tag, 400));
+    }
+    r.step();
+    // Not consumed yet: the next frames on `a` stay unread; `b` is read as usual.
+    let held: Vec<Event> = r.events();
+    assert_eq!(held.len(), 3);
+    r.t.feed(a, &ike_frame(4, 400));
+    r.t.feed(b, &ike_frame(9, 400));
+    r.step();
+    let next = r.events();
+    assert!(
+        matches!(&next[..], [Event::IkeMessage { conn, .. }] if conn.id == b),
+        "{next:?}"
+    );
+    assert!(r.engine.stats().snapshot().ike_paused >= 1);
+    drop(next);
+    // Control consumed the first three: `a` is read again, nothing was lost.
+    drop(held);
+    r.step();
+    let rest = r.events();
+    assert!(
+        matches!(&rest[..], [Event::IkeMessage { conn, msg }] if conn.id == a && msg[0] == 4),
+        "{rest:?}"
+    );
 }

@@ -1465,6 +1465,7 @@ impl Session {
             Ok(o) => o,
             Err(e) => return Ok(not_opened(e)),
         };
+        self.verified.set(true);
         self.life.last_inbound = Some(now);
         let gone = SaEvent::OldIkeSaDeleted {
             spi_i: old.spi_i,

@@ -297,6 +297,27 @@ pub struct Session {
     /// While a reassembled SKF message is processed: its first inner payload type and its
     /// authenticated, decrypted chain, which [`Session::open`] hands out instead of decrypting.
     reassembled: Option<(PayloadType, Zeroizing<Vec<u8>>)>,
+    /// Set when an SK payload passed its integrity check during the current `handle` call
+    /// (see [`Verdict`]).
+    verified: std::cell::Cell<bool>,
+    /// Set when the current `handle` call answered from the response cache.
+    retransmitted: bool,
+}
+
+/// What a received message proved, for the caller's path decisions: only a fresh, authentic
+/// message may move an IKE SA to the connection it came on (RFC 9329 §6.1, R-6.1-t; §10,
+/// R-10-e: validation includes decryption, authentication and the replay check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decrypted and authenticated, and new: the expected response, or a request with the
+    /// expected Message ID.
+    Fresh,
+    /// A retransmitted request answered from the response cache (R-6.2-c): it proves nothing
+    /// about the connection it came on (anyone can replay captured bytes).
+    Retransmit,
+    /// Not authenticated: dropped, failed its integrity check, unencrypted (IKE_SA_INIT), or a
+    /// fragment of a message still incomplete.
+    Unverified,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], SessionError> {
@@ -461,6 +482,8 @@ impl Session {
             ke_public: Vec::new(),
             cookie: None,
             puzzle_solution: None,
+            verified: std::cell::Cell::new(false),
+            retransmitted: false,
             tried_groups: Vec::new(),
             init_attempts: 0,
             last_activity: Some(now),
@@ -496,6 +519,8 @@ impl Session {
             ke_public: Vec::new(),
             cookie: None,
             puzzle_solution: None,
+            verified: std::cell::Cell::new(false),
+            retransmitted: false,
             tried_groups: Vec::new(),
             init_attempts: 0,
             last_activity: None,
@@ -543,6 +568,38 @@ impl Session {
     /// [`SessionError::Closed`] after a failure (except that a retransmitted request still gets
     /// the cached response); [`SessionError::Rng`] / [`SessionError::Internal`] for local faults.
     pub fn handle(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
+        self.handle_verified(msg, now).map(|(out, _)| out)
+    }
+
+    /// [`handle`](Self::handle), and what the message proved ([`Verdict`]).
+    ///
+    /// # Errors
+    /// As [`handle`](Self::handle).
+    pub fn handle_verified(
+        &mut self,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(Vec<Output>, Verdict), SessionError> {
+        self.verified.set(false);
+        self.retransmitted = false;
+        let out = self.handle_counted(msg, now)?;
+        let ignored = matches!(
+            out.as_slice(),
+            [Output::Event(
+                SessionEvent::Dropped(_) | SessionEvent::IntegrityFailure
+            )]
+        );
+        let verdict = if self.retransmitted {
+            Verdict::Retransmit
+        } else if self.verified.get() && !ignored {
+            Verdict::Fresh
+        } else {
+            Verdict::Unverified
+        };
+        Ok((out, verdict))
+    }
+
+    fn handle_counted(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
         let was_up = self.is_established();
         let out = self.handle_inner(msg, now)?;
         if !was_up && self.is_established() {
@@ -580,6 +637,7 @@ impl Session {
             return out;
         }
         if let Some(out) = self.retransmission(msg, &h) {
+            self.retransmitted = matches!(out.as_slice(), [Output::Send(_)]);
             return Ok(out);
         }
         if matches!(self.state, State::Failed | State::Deleted) {
@@ -959,13 +1017,19 @@ impl Session {
     /// Verifies and decrypts the SK payload of a received message.
     fn open(&self, msg: &[u8]) -> Result<Opened, OpenError> {
         if let Some((first, plain)) = &self.reassembled {
+            // Every fragment passed its integrity check on arrival (RFC 7383 §2.6).
+            self.verified.set(true);
             return Ok(Opened {
                 plain: plain.clone(),
                 first: *first,
                 payloads: parse_chain(*first, plain),
             });
         }
-        open_with(self.prot.as_ref().ok_or(OpenError::Malformed)?, msg)
+        let opened = open_with(self.prot.as_ref().ok_or(OpenError::Malformed)?, msg);
+        if opened.is_ok() {
+            self.verified.set(true);
+        }
+        opened
     }
 
     fn auth_request(&self) -> Result<Vec<u8>, SessionError> {

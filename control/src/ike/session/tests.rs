@@ -2304,3 +2304,47 @@ fn error_notification_in_informational_response_changes_nothing() {
     r.life.peer_next_id += 1;
     dpd_roundtrip(&mut i, &mut r, t0);
 }
+
+/// R-6.1-t, R-10-e: only a fresh, authentic message counts as one that may move the path; a
+/// retransmission, a tampered copy and an unencrypted message do not.
+#[test]
+fn r_6_1_t_r_10_e_verdict_fresh_only_for_new_authentic_messages() {
+    let (mut i, mut r, _ic, _rc, t0) = established();
+    let req = i.start_dpd(t0).unwrap();
+    let mut bad = req.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    let (_, v) = r.handle_verified(&bad, t0).unwrap();
+    assert_eq!(v, Verdict::Unverified, "bad ICV");
+    let (out, v) = r.handle_verified(&req, t0).unwrap();
+    assert_eq!(v, Verdict::Fresh, "new request");
+    let (resp, _) = split(out);
+    let (_, v) = r.handle_verified(&req, t0).unwrap();
+    assert_eq!(v, Verdict::Retransmit, "answered from the cache");
+    let (_, v) = r.handle_verified(&bad, t0).unwrap();
+    assert_eq!(
+        v,
+        Verdict::Unverified,
+        "tampered copy of an answered request"
+    );
+    let mut bad_resp = resp[0].clone();
+    let last = bad_resp.len() - 1;
+    bad_resp[last] ^= 0x01;
+    let (_, v) = i.handle_verified(&bad_resp, t0).unwrap();
+    assert_eq!(v, Verdict::Unverified, "tampered response");
+    let (_, v) = i.handle_verified(&resp[0], t0).unwrap();
+    assert_eq!(v, Verdict::Fresh, "the expected response");
+    let (_, v) = i.handle_verified(&resp[0], t0).unwrap();
+    assert_eq!(
+        v,
+        Verdict::Unverified,
+        "a duplicate response answers nothing"
+    );
+    // Garbage with the IKE SA's SPIs (what a forged frame on a new connection carries).
+    let mut forged = req[..28].to_vec();
+    forged.extend_from_slice(&[0u8; 40]);
+    let len = forged.len() as u32;
+    forged[24..28].copy_from_slice(&len.to_be_bytes());
+    let (_, v) = r.handle_verified(&forged, t0).unwrap();
+    assert_eq!(v, Verdict::Unverified, "forged");
+}
