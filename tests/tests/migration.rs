@@ -47,6 +47,8 @@ struct Rig {
 }
 
 impl Rig {
+    /// Panics where it was called (the step that timed out).
+    #[track_caller]
     fn wait(&mut self, f: impl FnMut(&Event) -> bool) -> Event {
         match self.wait_for(f, Duration::from_secs(20)) {
             Some(e) => e,

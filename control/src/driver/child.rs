@@ -37,7 +37,7 @@ fn sa_params(
     Ok(p)
 }
 
-impl Driver {
+impl Core {
     /// Starts a rekey of one Child SA on every established session (without PFS) and sends the
     /// requests; returns how many were started. A session with a request outstanding (window
     /// size 1, RFC 7296 §2.3) is skipped.
@@ -437,7 +437,7 @@ impl Driver {
                 return Ok(None);
             }
         };
-        self.keylog_child(endpoint, c, conn);
+        self.keylog_child(c, conn);
         let limits = self.endpoints[endpoint].limits;
         let (rekey_at, expire_at) = lifetime::deadlines(now, limits.child_soft, limits.child_hard);
         let selectors = Selectors {

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Driver {
+impl Core {
     pub(super) fn on_conn_up(
         &mut self,
         conn: Conn,
@@ -100,7 +100,7 @@ impl Driver {
 
     /// Re-sends session `i`'s request still waiting for its response on `conn`, bit for bit
     /// (RFC 9329 §6.2, R-6.2-b).
-    fn resend(&self, i: usize, conn: Conn) -> Result<(), DriverError> {
+    fn resend(&mut self, i: usize, conn: Conn) -> Result<(), DriverError> {
         match self.sessions[i].outstanding.clone() {
             Some(msg) => self.send(conn.worker, Command::SendIke { conn: conn.id, msg }),
             None => Ok(()),
@@ -500,8 +500,7 @@ impl Driver {
         let Some(jar) = self.jars.get_mut(&listen) else {
             return Ok(true);
         };
-        jar.rotate_if_due(now)
-            .map_err(|e| DriverError(format!("cookie secret: {e:?}")))?;
+        jar.rotate_if_due(now).map_err(DriverError::Rng)?;
         let retry_wait = jar.policy().retry_wait;
         match jar.screen(msg, peer.ip(), half_open) {
             Screen::Accept => {

@@ -9,74 +9,61 @@ pub const KEYLOG_IKE_FILE: &str = "ikev2_decryption_table";
 /// Wireshark UAT file of ESP SA keys.
 pub const KEYLOG_ESP_FILE: &str = "esp_sa";
 
-/// Appends `line` to `file`, creating it with mode 0600.
-fn append_secret(file: &Path, line: &str) -> std::io::Result<()> {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(file)?;
-    writeln!(f, "{line}")
+/// One line for a Wireshark key file, produced by the core for the runtime to write (the core
+/// writes no file). The line holds keys: it is wiped on drop and never printed.
+pub struct KeyLine {
+    /// [`KEYLOG_IKE_FILE`] or [`KEYLOG_ESP_FILE`].
+    pub file: &'static str,
+    /// The SA it describes: a line already written under this name is not written again (both
+    /// ends of a demo report the same SA).
+    pub key: String,
+    /// The line.
+    pub line: zeroize::Zeroizing<String>,
 }
 
-impl Driver {
-    /// Writes the keys of every IKE SA (on IKE_AUTH and IKE SA rekeys) and Child SA (both ESP
-    /// directions, rekeyed ones included) from now on to `dir`, in Wireshark's
-    /// `ikev2_decryption_table` and `esp_sa` files (created with mode 0600, appended to).
-    /// Keys are secrets: call this only when the operator asked for a key log.
-    ///
-    /// # Errors
-    /// If the files cannot be created.
-    pub fn set_keylog(&mut self, dir: &Path) -> Result<(), DriverError> {
-        for name in [KEYLOG_IKE_FILE, KEYLOG_ESP_FILE] {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(dir.join(name))
-                .map_err(|e| DriverError(format!("key log {}: {e}", dir.join(name).display())))?;
-        }
-        self.keylog = Some(dir.to_path_buf());
-        Ok(())
+impl fmt::Debug for KeyLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLine")
+            .field("file", &self.file)
+            .field("key", &self.key)
+            .field("line", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Core {
+    /// Produces key log lines of every IKE SA (on IKE_AUTH and IKE SA rekeys) and Child SA
+    /// (both ESP directions, rekeyed ones included) from now on. Keys are secrets: turn this on
+    /// only when the operator asked for a key log.
+    pub fn set_keylog(&mut self, on: bool) {
+        self.keylog = on;
     }
 
-    /// Appends a key log line unless it was written before under `key`.
-    pub(super) fn keylog_write(&mut self, endpoint: usize, file: &str, key: String, line: &str) {
-        let Some(dir) = &self.keylog else {
-            return;
-        };
-        if self.keylog_seen.contains(&key) {
-            return;
-        }
-        match append_secret(&dir.join(file), line) {
-            Ok(()) => {
-                self.keylog_seen.insert(key);
-            }
-            Err(e) => self.events.push(DriverEvent::Failed {
-                endpoint,
-                reason: format!("key log {file}: {e}"),
-            }),
-        }
+    fn keylog_write(&mut self, file: &'static str, key: String, line: String) {
+        self.keylines.push_back(KeyLine {
+            file,
+            key,
+            line: zeroize::Zeroizing::new(line),
+        });
     }
 
     /// Key log of the current IKE SA of session `index`.
     pub(super) fn keylog_ike(&mut self, index: usize) {
-        if self.keylog.is_none() {
+        if !self.keylog {
             return;
         }
         let s = &self.sessions[index];
-        let endpoint = s.endpoint;
         let Some(line) = s.session.keylog_ike() else {
             return;
         };
         // The two SPIs lead the line.
         let key = format!("ike {}", line.get(..33).unwrap_or(&line));
-        self.keylog_write(endpoint, KEYLOG_IKE_FILE, key, &line);
+        self.keylog_write(KEYLOG_IKE_FILE, key, line);
     }
 
     /// Key log of both ESP SAs of a Child SA carried on `conn`.
-    pub(super) fn keylog_child(&mut self, endpoint: usize, c: &ChildSa, conn: Conn) {
-        if self.keylog.is_none() {
+    pub(super) fn keylog_child(&mut self, c: &ChildSa, conn: Conn) {
+        if !self.keylog {
             return;
         }
         let (local, peer) = self
@@ -89,7 +76,7 @@ impl Driver {
             format!("esp {peer:?} {local:?} {}", c.spi_in),
             format!("esp {local:?} {peer:?} {}", c.spi_out),
         );
-        self.keylog_write(endpoint, KEYLOG_ESP_FILE, kin, &inb);
-        self.keylog_write(endpoint, KEYLOG_ESP_FILE, kout, &out);
+        self.keylog_write(KEYLOG_ESP_FILE, kin, inb);
+        self.keylog_write(KEYLOG_ESP_FILE, kout, out);
     }
 }

@@ -599,14 +599,15 @@ fn calm() -> Timers {
 fn originator_with(limits: TimeLimits) -> Hand {
     // The limits apply to SAs created after they are set: build the endpoint with them.
     let mut h = originator(calm());
-    h.d.endpoints[0].limits = limits;
+    let core = h.d.core_mut();
+    core.endpoints[0].limits = limits;
     let now = h.t0;
     // Restart the IKE SA's and the first Child SA's clocks under the new limits.
-    h.d.ike_sa_born(0, now);
+    core.ike_sa_born(0, now);
     let (soft, hard) = (limits.child_soft, limits.child_hard);
     let (r, e) = lifetime::deadlines(now, soft, hard);
-    h.d.children[0].rekey_at = r;
-    h.d.children[0].expire_at = e;
+    core.children[0].rekey_at = r;
+    core.children[0].expire_at = e;
     h
 }
 

@@ -50,7 +50,7 @@ pub(super) fn deadlines(
     )
 }
 
-impl Driver {
+impl Core {
     /// Session `index` has a new IKE SA (IKE_AUTH or a rekey): its time limits start.
     pub(super) fn ike_sa_born(&mut self, index: usize, now: Instant) {
         let limits = self.endpoints[self.sessions[index].endpoint].limits;

@@ -46,7 +46,7 @@ impl Migration {
     }
 }
 
-impl Driver {
+impl Core {
     /// Starts moving session `i`'s live Child SAs to `to`'s worker; returns false if all of
     /// them are there already.
     pub(super) fn migrate(&mut self, i: usize, to: Conn) -> Result<bool, DriverError> {

@@ -58,36 +58,32 @@ mod keyfile;
 mod lifetime;
 mod migrate;
 mod reap;
+mod runtime;
 
-pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE};
+pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE, KeyLine};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
+pub use runtime::Driver;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use iketcp_dataplane::crypto::{Backend, Keymat};
 use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaParams};
 use iketcp_dataplane::transport::{CloseReason, TcpRole};
 use iketcp_dataplane::worker::handle::{
-    Command, CommandError, Conn, DataplaneHandle, Direction, Event, IkeSaId, Lifetime, RemovedSa,
-    SendError, VerifyFailure,
+    Command, CommandError, Conn, Direction, Event, IkeSaId, Lifetime, RemovedSa, VerifyFailure,
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
-use crate::ike::cookie::{CookieJar, CookiePolicy, ReplyKind, Screen};
+use crate::ike::cookie::{CookieError, CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::session::{
     ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent, Verdict,
 };
 use crate::ike::wire::TrafficSelector;
 
-/// How long a command may wait for room in a worker's queue.
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnects of a TCP Originator with a request outstanding before it gives up.
 const MAX_RECONNECTS: u8 = 3;
 /// First delay before an Originator endpoint dials again after a failed connect.
@@ -320,11 +316,42 @@ pub enum DriverEvent {
 
 /// A local fault of the driver (not a peer's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverError(pub String);
+pub enum DriverError {
+    /// The system's random number generator failed (cookie secrets).
+    Rng(CookieError),
+    /// A worker's command channel is closed, or there is no such worker.
+    WorkerGone {
+        /// The worker.
+        worker: u16,
+    },
+    /// A worker stopped taking commands: this many wait for room in its queue.
+    WorkerStuck {
+        /// The worker.
+        worker: u16,
+        /// Commands waiting.
+        queued: usize,
+    },
+    /// The key log could not be written.
+    KeyLog {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        kind: std::io::ErrorKind,
+    },
+}
 
 impl fmt::Display for DriverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            DriverError::Rng(e) => write!(f, "random number generator: {e:?}"),
+            DriverError::WorkerGone { worker } => write!(f, "worker {worker} is gone"),
+            DriverError::WorkerStuck { worker, queued } => {
+                write!(f, "worker {worker} takes no commands ({queued} waiting)")
+            }
+            DriverError::KeyLog { path, kind } => {
+                write!(f, "key log {}: {kind}", path.display())
+            }
+        }
     }
 }
 
@@ -429,10 +456,17 @@ struct Switch {
     due: Instant,
 }
 
-/// Sessions, connections and SAs of a set of endpoints on one data plane. See the module docs.
+/// The sans-IO driver core: sessions, connections and SAs of a set of endpoints on one data
+/// plane. It takes data-plane events and the time ([`Core::handle_event`],
+/// [`Core::handle_timers`]) and gives commands for the workers ([`Core::poll_command`]), key log
+/// lines ([`Core::poll_keylog`]) and events ([`Core::take_events`]); it owns no channel, clock
+/// or file. [`Driver`] is the runtime that pumps it. See the module docs.
 #[derive(Debug)]
-pub struct Driver {
-    handle: DataplaneHandle,
+pub struct Core {
+    /// Commands for the workers, in order.
+    commands: VecDeque<(u16, Command)>,
+    /// Key log lines to write (only while `keylog` is on).
+    keylines: VecDeque<KeyLine>,
     endpoints: Vec<Endpoint>,
     conns: HashMap<Conn, ConnState>,
     sessions: Vec<SessionState>,
@@ -451,10 +485,8 @@ pub struct Driver {
     ike_rekeying: Vec<usize>,
     child_rekeys: u64,
     ike_rekeys: u64,
-    /// Directory of the Wireshark key log (`--keylog`), `None` when keys must not be written.
-    keylog: Option<PathBuf>,
-    /// Key log lines already written, by SA name (both sides of a run may report the same SA).
-    keylog_seen: HashSet<String>,
+    /// Whether key log lines are produced (`--keylog`); off, no key is ever formatted.
+    keylog: bool,
     /// Session of each IKE SA name the workers use.
     by_ike_sa: HashMap<IkeSaId, usize>,
     /// IKE SAs whose SAs are moving to another worker.
@@ -487,13 +519,20 @@ impl SessionState {
     }
 }
 
-impl Driver {
+impl Default for Core {
+    fn default() -> Self {
+        Core::new()
+    }
+}
+
+impl Core {
     /// A driver with no endpoints yet. Seeds the key-exchange RNG once, so the first handshake
     /// does not pay for it.
-    pub fn new(handle: DataplaneHandle) -> Self {
+    pub fn new() -> Self {
         crate::ike::crypto::dh::warm_up();
-        Driver {
-            handle,
+        Core {
+            commands: VecDeque::new(),
+            keylines: VecDeque::new(),
             endpoints: Vec::new(),
             conns: HashMap::new(),
             sessions: Vec::new(),
@@ -508,8 +547,7 @@ impl Driver {
             ike_rekeying: Vec::new(),
             child_rekeys: 0,
             ike_rekeys: 0,
-            keylog: None,
-            keylog_seen: HashSet::new(),
+            keylog: false,
             by_ike_sa: HashMap::new(),
             migrations: Vec::new(),
             jars: HashMap::new(),
@@ -518,23 +556,27 @@ impl Driver {
         }
     }
 
-    /// The data plane handle.
-    pub fn handle(&self) -> &DataplaneHandle {
-        &self.handle
+    /// The next command for a worker.
+    pub fn poll_command(&mut self) -> Option<(u16, Command)> {
+        self.commands.pop_front()
+    }
+
+    /// The next key log line to write.
+    pub fn poll_keylog(&mut self) -> Option<KeyLine> {
+        self.keylines.pop_front()
     }
 
     /// Adds an endpoint and starts it (`Listen` or `Connect`); returns its index.
     ///
     /// # Errors
-    /// The worker's command queue stayed full or the worker is gone.
-    pub fn add(&mut self, ep: Endpoint) -> Result<usize, DriverError> {
+    /// The random number generator failed (cookie secret).
+    pub fn add(&mut self, ep: Endpoint, now: Instant) -> Result<usize, DriverError> {
         let index = self.endpoints.len();
         let (worker, role, policy) = (ep.worker, ep.role, ep.cookies);
         if let EndpointRole::Responder { listen } = role
             && let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen)
         {
-            let jar = CookieJar::new(policy, Instant::now())
-                .map_err(|e| DriverError(format!("cookie secret: {e:?}")))?;
+            let jar = CookieJar::new(policy, now).map_err(DriverError::Rng)?;
             v.insert(jar);
         }
         self.endpoints.push(ep);
@@ -565,33 +607,6 @@ impl Driver {
             .iter()
             .filter(|c| c.inbound_ok && c.outbound_ok)
             .count()
-    }
-
-    /// Waits up to `timeout` for one data-plane event and handles it, then handles whatever else
-    /// is already queued. Returns whether an event was handled.
-    ///
-    /// # Errors
-    /// See [`handle_event`](Self::handle_event).
-    pub fn poll(&mut self, timeout: Duration) -> Result<bool, DriverError> {
-        let now = Instant::now();
-        self.handle_timers(now)?;
-        let wait = match self.next_timer() {
-            Some(t) => timeout.min(t.saturating_duration_since(now)),
-            None => timeout,
-        };
-        let first = match self.handle.events().recv_timeout(wait) {
-            Ok(ev) => ev,
-            Err(_) => {
-                self.handle_timers(Instant::now())?;
-                return Ok(false);
-            }
-        };
-        self.handle_event(first, Instant::now())?;
-        while let Ok(ev) = self.handle.events().try_recv() {
-            self.handle_event(ev, Instant::now())?;
-        }
-        self.handle_timers(Instant::now())?;
-        Ok(true)
     }
 
     /// Child SA rekeys started by this driver that completed.
@@ -836,7 +851,7 @@ impl Driver {
     }
 
     /// Points an IKE SA's traffic at `conn` (on the worker that holds its SAs).
-    fn bind(&self, ike_sa: IkeSaId, conn: Conn) -> Result<(), DriverError> {
+    fn bind(&mut self, ike_sa: IkeSaId, conn: Conn) -> Result<(), DriverError> {
         self.send(
             conn.worker,
             Command::BindIkeSa {
@@ -864,7 +879,7 @@ impl Driver {
     }
 
     /// An Originator endpoint opens a connection.
-    fn dial(&self, endpoint: usize) -> Result<(), DriverError> {
+    fn dial(&mut self, endpoint: usize) -> Result<(), DriverError> {
         let Some(ep) = self.endpoints.get(endpoint) else {
             return Ok(());
         };
@@ -881,13 +896,10 @@ impl Driver {
         )
     }
 
-    fn send(&self, worker: u16, cmd: Command) -> Result<(), DriverError> {
-        self.handle
-            .send_timeout(worker, cmd, SEND_TIMEOUT)
-            .map_err(|e| match e {
-                SendError::Full(_) => DriverError(format!("worker {worker}: command queue full")),
-                SendError::Gone => DriverError(format!("worker {worker} is gone")),
-            })
+    /// Queues a command for `worker` (see [`poll_command`](Self::poll_command)).
+    fn send(&mut self, worker: u16, cmd: Command) -> Result<(), DriverError> {
+        self.commands.push_back((worker, cmd));
+        Ok(())
     }
 
     fn on_ack(&mut self, ack: u64, result: Result<(), CommandError>) -> Result<(), DriverError> {

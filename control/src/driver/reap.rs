@@ -24,7 +24,7 @@ fn renumber(keep: &[bool]) -> Vec<Option<usize>> {
         .collect()
 }
 
-impl Driver {
+impl Core {
     /// Reaps if enough finished entries have accumulated.
     pub(super) fn maybe_reap(&mut self) {
         let dead_sessions = self.sessions.iter().filter(|s| !s.alive()).count();
