@@ -42,7 +42,7 @@ use iketcp_dataplane::worker::{WorkerConfig, spawn};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::driver::{Driver, DriverEvent, Endpoint, EndpointRole};
+use crate::driver::{Driver, DriverEvent, Endpoint, EndpointId, EndpointRole};
 use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
 use crate::ike::session::Config;
 use crate::ike::wire::{Identity, TrafficSelector, TsRange};
@@ -493,11 +493,11 @@ fn finish_pcap(w: &SharedPcap) -> CaptureStats {
     g.stats()
 }
 
-/// Per-tunnel bookkeeping from the driver's events. Endpoints `0..n` are the responders of
-/// tunnels `0..n`, endpoints `n..2n` their initiators.
+/// Per-tunnel bookkeeping from the driver's events.
 #[derive(Debug)]
 struct Tally {
-    n: usize,
+    /// Each endpoint's tunnel, and whether it is the tunnel's initiator.
+    endpoints: HashMap<EndpointId, (usize, bool)>,
     tunnels: Vec<TunnelSummary>,
     /// Which tunnel an SPI belongs to.
     spis: HashMap<u32, usize>,
@@ -508,7 +508,7 @@ struct Tally {
 impl Tally {
     fn new(n: usize) -> Self {
         Tally {
-            n,
+            endpoints: HashMap::new(),
             tunnels: vec![TunnelSummary::default(); n],
             spis: HashMap::new(),
             deleting: false,
@@ -517,7 +517,7 @@ impl Tally {
 
     /// Notes one event; a `Failed` event is an error.
     fn note(&mut self, ev: &DriverEvent) -> Result<(), String> {
-        let n = self.n;
+        let tunnel = |e: &EndpointId| self.endpoints.get(e).copied();
         match *ev {
             DriverEvent::Failed {
                 endpoint,
@@ -528,16 +528,22 @@ impl Tally {
                 spi_in,
                 spi_out,
             } => {
-                self.spis.insert(spi_in, endpoint % n);
-                self.spis.insert(spi_out, endpoint % n);
+                if let Some((k, _)) = tunnel(&endpoint) {
+                    self.spis.insert(spi_in, k);
+                    self.spis.insert(spi_out, k);
+                }
             }
-            DriverEvent::ChildSaRekeyed { endpoint, .. } if endpoint >= n => {
-                if let Some(t) = self.tunnels.get_mut(endpoint - n) {
+            DriverEvent::ChildSaRekeyed { endpoint, .. } => {
+                if let Some((k, true)) = tunnel(&endpoint)
+                    && let Some(t) = self.tunnels.get_mut(k)
+                {
                     t.child_rekeys += 1;
                 }
             }
-            DriverEvent::IkeSaRekeyed { endpoint, .. } if endpoint >= n => {
-                if let Some(t) = self.tunnels.get_mut(endpoint - n) {
+            DriverEvent::IkeSaRekeyed { endpoint, .. } => {
+                if let Some((k, true)) = tunnel(&endpoint)
+                    && let Some(t) = self.tunnels.get_mut(k)
+                {
                     t.ike_rekeys += 1;
                 }
             }
@@ -607,12 +613,14 @@ fn drive(args: &DemoArgs, h: &DataplaneHandle, tunnels: &[Tunnel]) -> Result<Sum
     for k in 0..n {
         let (ci, cr) = tunnel_configs(args.suite, esn, k, n)?;
         let listen = SocketAddr::from((responder_addr(k), 4500));
-        d.add(Endpoint::new(
-            initiator_worker(k) + 1,
-            EndpointRole::Responder { listen },
-            cr,
-        ))
-        .map_err(|e| e.to_string())?;
+        let e = d
+            .add(Endpoint::new(
+                initiator_worker(k) + 1,
+                EndpointRole::Responder { listen },
+                cr,
+            ))
+            .map_err(|e| e.to_string())?;
+        tally.endpoints.insert(e, (k, false));
         configs.push((ci, listen));
     }
     let mut listening = 0;
@@ -630,6 +638,7 @@ fn drive(args: &DemoArgs, h: &DataplaneHandle, tunnels: &[Tunnel]) -> Result<Sum
         let e = d
             .add(Endpoint::new(initiator_worker(k), role, ci))
             .map_err(|e| e.to_string())?;
+        tally.endpoints.insert(e, (k, true));
         initiators.push(e);
     }
     tally.wait(&mut d, "the handshakes", t, |d, _| d.installed() == 2 * n)?;
@@ -712,8 +721,8 @@ fn drive(args: &DemoArgs, h: &DataplaneHandle, tunnels: &[Tunnel]) -> Result<Sum
     // Each initiator deletes its IKE SA with a Delete exchange (RFC 9329 §6.1, R-6.1-c); the
     // Child SAs go with it on both sides and the TCP Originator closes its connection.
     let now = Instant::now();
-    for k in 0..n {
-        d.delete_ike_sas_of(n + k, now).map_err(|e| e.to_string())?;
+    for &e in &initiators {
+        d.delete_ike_sas_of(e, now).map_err(|e| e.to_string())?;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while (d.ike_sas() > 0 || d.has_pending()) && Instant::now() < deadline {

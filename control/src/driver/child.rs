@@ -55,7 +55,7 @@ impl Core {
     /// A worker's queue stayed full or the worker is gone.
     pub fn rekey_child_sas_of(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
         self.rekey_children(Some(endpoint), now)
@@ -67,7 +67,7 @@ impl Core {
     /// A worker's queue stayed full or the worker is gone.
     pub fn rekey_ike_sas_of(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
         self.rekey_ikes(Some(endpoint), now)
@@ -78,7 +78,7 @@ impl Core {
     /// local fault.
     pub(super) fn start_child_rekey(
         &mut self,
-        i: usize,
+        i: IkeSaId,
         spi_in: u32,
         pfs: bool,
         now: Instant,
@@ -97,7 +97,7 @@ impl Core {
     /// [`start_child_rekey`](Self::start_child_rekey).
     pub(super) fn start_ike_rekey(
         &mut self,
-        i: usize,
+        i: IkeSaId,
         now: Instant,
     ) -> Result<Result<(), SessionError>, DriverError> {
         match self.sessions[i].session.rekey_ike(now) {
@@ -111,7 +111,7 @@ impl Core {
     }
 
     /// Session `i` (of `endpoint`, if given) can start a rekey now: established, connected.
-    fn rekeyable(&self, i: usize, endpoint: Option<usize>) -> bool {
+    fn rekeyable(&self, i: IkeSaId, endpoint: Option<EndpointId>) -> bool {
         let st = &self.sessions[i];
         endpoint.is_none_or(|e| e == st.endpoint)
             && st.alive()
@@ -121,25 +121,25 @@ impl Core {
 
     pub(super) fn rekey_children(
         &mut self,
-        endpoint: Option<usize>,
+        endpoint: Option<EndpointId>,
         now: Instant,
     ) -> Result<usize, DriverError> {
         let mut started = 0;
-        for i in 0..self.sessions.len() {
+        for i in self.sessions.handles() {
             if !self.rekeyable(i, endpoint) {
                 continue;
             }
             let current: Vec<u32> = self
                 .children
                 .iter()
-                .filter(|c| c.session == i && c.inbound_ok && c.outbound_ok)
-                .filter(|c| {
+                .filter(|(_, c)| c.session == i && c.inbound_ok && c.outbound_ok)
+                .filter(|(_, c)| {
                     !self
                         .retiring
                         .iter()
-                        .any(|r| self.children[r.1].spi_in == c.spi_in)
+                        .any(|r| self.children.get(r.1).is_some_and(|x| x.spi_in == c.spi_in))
                 })
-                .map(|c| c.spi_in)
+                .map(|(_, c)| c.spi_in)
                 .collect();
             for spi_in in current {
                 match self.start_child_rekey(i, spi_in, false, now)? {
@@ -163,11 +163,11 @@ impl Core {
 
     pub(super) fn rekey_ikes(
         &mut self,
-        endpoint: Option<usize>,
+        endpoint: Option<EndpointId>,
         now: Instant,
     ) -> Result<usize, DriverError> {
         let mut started = 0;
-        for i in 0..self.sessions.len() {
+        for i in self.sessions.handles() {
             if !self.rekeyable(i, endpoint) {
                 continue;
             }
@@ -181,12 +181,12 @@ impl Core {
     /// One lifecycle event of session `index`; returns the ack of an inbound SA it installed.
     pub(super) fn on_sa_event(
         &mut self,
-        index: usize,
+        index: IkeSaId,
         ev: SaEvent,
         now: Instant,
     ) -> Result<Option<u64>, DriverError> {
         let endpoint = self.sessions[index].endpoint;
-        let ike_sa = self.sessions[index].ike_sa;
+        let ike_sa = index;
         let conn = self.sessions[index].conn;
         match ev {
             SaEvent::ChildSaCreated(c) => {
@@ -255,7 +255,7 @@ impl Core {
                 let Some(child) = self.find_child(index, spi_in) else {
                     return Ok(None);
                 };
-                let old_of = |d: &Self, c: usize| {
+                let old_of = |d: &Self, c: ChildSaId| {
                     d.switches
                         .iter()
                         .filter(|w| w.session == index && w.old == c)
@@ -326,8 +326,11 @@ impl Core {
             SaEvent::OldIkeSaDeleted { .. } => Ok(None),
             SaEvent::IkeSaDeleted => {
                 self.switches.retain(|w| w.session != index);
-                let mine: Vec<usize> = (0..self.children.len())
-                    .filter(|&c| self.children[c].session == index)
+                let mine: Vec<ChildSaId> = self
+                    .children
+                    .iter()
+                    .filter(|(_, c)| c.session == index)
+                    .map(|(c, _)| c)
                     .collect();
                 self.retiring.retain(|r| !mine.contains(&r.1));
                 for c in mine {
@@ -347,15 +350,18 @@ impl Core {
     }
 
     /// Whether `new` replaced `old` in a rekey we started (its outbound SA is in use already).
-    pub(super) fn collided(&self, old: usize, new: usize) -> bool {
-        self.retiring.iter().any(|r| r.1 == old) && self.children[new].outbound_ok
+    pub(super) fn collided(&self, old: ChildSaId, new: ChildSaId) -> bool {
+        self.retiring.iter().any(|r| r.1 == old)
+            && self.children.get(new).is_some_and(|c| c.outbound_ok)
     }
 
     /// The live Child SA of session `index` with this inbound SPI.
-    pub(super) fn find_child(&self, index: usize, spi_in: u32) -> Option<usize> {
+    pub(super) fn find_child(&self, index: IkeSaId, spi_in: u32) -> Option<ChildSaId> {
         self.children
             .iter()
-            .rposition(|c| c.session == index && c.spi_in == spi_in)
+            .filter(|(_, c)| c.session == index && c.spi_in == spi_in)
+            .map(|(c, _)| c)
+            .last()
     }
 
     /// Moves traffic from `w.old` to `w.new`: installs the new outbound SA (it takes
@@ -380,7 +386,7 @@ impl Core {
         self.send(worker, Command::DeleteSa { spi, dir, ack })
     }
 
-    pub(super) fn delete_outbound(&mut self, child: usize) -> Result<(), DriverError> {
+    pub(super) fn delete_outbound(&mut self, child: ChildSaId) -> Result<(), DriverError> {
         let Some(c) = self.children.get_mut(child) else {
             return Ok(());
         };
@@ -393,7 +399,7 @@ impl Core {
         self.delete_sa(worker, spi, Direction::Outbound)
     }
 
-    pub(super) fn delete_inbound(&mut self, child: usize) -> Result<(), DriverError> {
+    pub(super) fn delete_inbound(&mut self, child: ChildSaId) -> Result<(), DriverError> {
         let Some(c) = self.children.get_mut(child) else {
             return Ok(());
         };
@@ -411,13 +417,13 @@ impl Core {
     #[allow(clippy::type_complexity)]
     pub(super) fn install_child(
         &mut self,
-        index: usize,
+        index: IkeSaId,
         c: &ChildSa,
         conn: Conn,
         now: Instant,
-    ) -> Result<Option<(usize, u64, Box<OutboundSa>, Selectors)>, DriverError> {
+    ) -> Result<Option<(ChildSaId, u64, Box<OutboundSa>, Selectors)>, DriverError> {
         let endpoint = self.sessions[index].endpoint;
-        let ike_sa = self.sessions[index].ike_sa;
+        let ike_sa = index;
         let ep = &self.endpoints[endpoint];
         let (backend, lifetime) = (ep.backend, ep.lifetime);
         let built = sa_params(c.spi_in, c, c.keymat_in.expose(), backend)
@@ -444,8 +450,7 @@ impl Core {
             local: to_spd(&c.ts_local),
             remote: to_spd(&c.ts_remote),
         };
-        let child = self.children.len();
-        self.children.push(ChildState {
+        let child = self.children.insert(ChildState {
             endpoint,
             session: index,
             worker: conn.worker,
@@ -482,7 +487,7 @@ impl Core {
     /// Sends the install of a Child SA's outbound SA.
     pub(super) fn install_outbound(
         &mut self,
-        child: usize,
+        child: ChildSaId,
         sa: Box<OutboundSa>,
         selectors: Selectors,
     ) -> Result<(), DriverError> {
@@ -490,7 +495,7 @@ impl Core {
             return Ok(());
         };
         let (worker, session) = (c.worker, c.session);
-        let ike_sa = self.sessions[session].ike_sa;
+        let ike_sa = session;
         let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
         let ack = self.ack();
         self.pending.insert(ack, Pending::Outbound { child });

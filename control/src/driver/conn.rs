@@ -13,22 +13,22 @@ impl Core {
         now: Instant,
     ) -> Result<(), DriverError> {
         let endpoint = match (role, token) {
-            (TcpRole::Originator, Some(t)) => t as usize,
+            (TcpRole::Originator, Some(t)) => EndpointId::from_token(t),
             (TcpRole::Responder, _) => {
                 // The Responder endpoint listening on this worker and port.
-                match self.endpoints.iter().position(|e| {
+                match self.endpoints.iter().find(|(_, e)| {
                     e.worker == conn.worker
                         && matches!(e.role, EndpointRole::Responder { listen }
                             if listen.port() == local.port()
                                 && (listen.ip().is_unspecified() || listen.ip() == local.ip()))
                 }) {
-                    Some(i) => i,
+                    Some((i, _)) => i,
                     None => return Ok(()),
                 }
             }
             _ => return Ok(()),
         };
-        if endpoint >= self.endpoints.len() {
+        if !self.endpoints.contains(endpoint) {
             return Ok(());
         }
         self.conns.insert(
@@ -50,11 +50,12 @@ impl Core {
         }
         self.dial_failures.remove(&endpoint);
         // A reconnect: the session waiting for it takes the new connection (RFC 9329 §6.1).
-        if let Some(i) = self
+        let waiting = self
             .sessions
             .iter()
-            .position(|s| s.endpoint == endpoint && s.connecting && s.alive())
-        {
+            .find(|(_, s)| s.endpoint == endpoint && s.connecting && s.alive())
+            .map(|(i, _)| i);
+        if let Some(i) = waiting {
             self.sessions[i].connecting = false;
             return self.adopt(i, conn, true);
         }
@@ -77,10 +78,14 @@ impl Core {
     /// SAs move there (RFC 9329 §6.1), and (if `resend`) a request still waiting for its
     /// response is re-sent bit for bit (RFC 9329 §6.2, R-6.2-b). Only for a connection the
     /// driver dialled itself or one that carried a fresh, authentic message (R-6.1-t, R-10-e).
-    pub(super) fn adopt(&mut self, i: usize, conn: Conn, resend: bool) -> Result<(), DriverError> {
+    pub(super) fn adopt(
+        &mut self,
+        i: IkeSaId,
+        conn: Conn,
+        resend: bool,
+    ) -> Result<(), DriverError> {
         self.attach(i, conn);
-        let st = &self.sessions[i];
-        let (ike_sa, established) = (st.ike_sa, st.session.is_established());
+        let (ike_sa, established) = (i, self.sessions[i].session.is_established());
         // SAs on another worker move there first, then the IKE SA is bound (an Originator
         // always reconnects from the same worker; a Responder's new connection may land on
         // another one).
@@ -91,7 +96,7 @@ impl Core {
     }
 
     /// Session `i` now uses `conn`, and `conn` carries session `i`.
-    pub(super) fn attach(&mut self, i: usize, conn: Conn) {
+    pub(super) fn attach(&mut self, i: IkeSaId, conn: Conn) {
         self.sessions[i].conn = Some(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(i);
@@ -100,7 +105,7 @@ impl Core {
 
     /// Re-sends session `i`'s request still waiting for its response on `conn`, bit for bit
     /// (RFC 9329 §6.2, R-6.2-b).
-    fn resend(&mut self, i: usize, conn: Conn) -> Result<(), DriverError> {
+    fn resend(&mut self, i: IkeSaId, conn: Conn) -> Result<(), DriverError> {
         match self.sessions[i].outstanding.clone() {
             Some(msg) => self.send(conn.worker, Command::SendIke { conn: conn.id, msg }),
             None => Ok(()),
@@ -109,21 +114,17 @@ impl Core {
 
     pub(super) fn new_session(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         mut session: Session,
         conn: Conn,
         now: Instant,
-    ) -> usize {
+    ) -> IkeSaId {
         let timers = self.endpoints[endpoint].timers;
         session.set_dpd_interval(timers.dpd_interval);
         session.set_exchange_timeout(timers.exchange_timeout);
-        let ike_sa = IkeSaId(self.next_ike_sa);
-        self.next_ike_sa += 1;
-        let i = self.sessions.len();
-        self.sessions.push(SessionState {
+        let i = self.sessions.insert(SessionState {
             endpoint,
             session,
-            ike_sa,
             conn: Some(conn),
             outstanding: None,
             reconnects: 0,
@@ -133,7 +134,6 @@ impl Core {
             ike_rekey_at: None,
             ike_expire_at: None,
         });
-        self.by_ike_sa.insert(ike_sa, i);
         self.attach(i, conn);
         i
     }
@@ -148,7 +148,7 @@ impl Core {
         let (endpoint, session, was_up) = match self.conns.remove(&conn) {
             Some(c) => (c.endpoint, c.session, true),
             None => match token {
-                Some(t) => (t as usize, None, false),
+                Some(t) => (EndpointId::from_token(t), None, false),
                 None => return Ok(()),
             },
         };
@@ -162,7 +162,8 @@ impl Core {
             token.and_then(|_| {
                 self.sessions
                     .iter()
-                    .position(|s| s.endpoint == endpoint && s.connecting)
+                    .find(|(_, s)| s.endpoint == endpoint && s.connecting)
+                    .map(|(i, _)| i)
             })
         });
         let Some(i) = session else {
@@ -192,7 +193,7 @@ impl Core {
     /// An Originator endpoint whose connect failed dials again after a backoff that doubles
     /// from [`DIAL_BACKOFF_MIN`] up to [`DIAL_BACKOFF_MAX`], without end: a gateway that comes
     /// up before its peer keeps trying.
-    fn schedule_dial(&mut self, endpoint: usize, now: Instant) {
+    fn schedule_dial(&mut self, endpoint: EndpointId, now: Instant) {
         let failures = self.dial_failures.entry(endpoint).or_insert(0);
         *failures = failures.saturating_add(1);
         let delay = DIAL_BACKOFF_MIN
@@ -220,7 +221,7 @@ impl Core {
     /// A TCP Originator's session without a connection dials again, at most
     /// [`MAX_RECONNECTS`] times in a row without an authentic answer. A TCP Responder never
     /// dials (RFC 9329 §6.1, R-6.1-g).
-    pub(super) fn reconnect(&mut self, i: usize, now: Instant) -> Result<(), DriverError> {
+    pub(super) fn reconnect(&mut self, i: IkeSaId, now: Instant) -> Result<(), DriverError> {
         let endpoint = self.sessions[i].endpoint;
         if !self.is_originator(endpoint) {
             return Ok(());
@@ -258,10 +259,10 @@ impl Core {
     /// The worker moved an IKE SA's traffic to `conn` (authentic ESP arrived there, R-6.1-t):
     /// the session follows, and a request of ours still waiting is re-sent there (R-6.2-b).
     pub(super) fn on_path_moved(&mut self, ike_sa: IkeSaId, conn: Conn) -> Result<(), DriverError> {
-        let Some(&i) = self.by_ike_sa.get(&ike_sa) else {
+        let i = ike_sa;
+        let Some(st) = self.sessions.get_mut(i) else {
             return Ok(());
         };
-        let st = &mut self.sessions[i];
         if st.conn == Some(conn) || !st.alive() || !self.conns.contains_key(&conn) {
             return Ok(());
         }
@@ -271,18 +272,25 @@ impl Core {
     }
 
     /// A responder session of `endpoint` that `msg` (a request with both IKE SPIs) continues.
-    pub(super) fn find_responder_session(&self, endpoint: usize, msg: &[u8]) -> Option<usize> {
+    pub(super) fn find_responder_session(
+        &self,
+        endpoint: EndpointId,
+        msg: &[u8],
+    ) -> Option<IkeSaId> {
         let spi_i = u64::from_be_bytes(msg.get(0..8)?.try_into().ok()?);
         let spi_r = u64::from_be_bytes(msg.get(8..16)?.try_into().ok()?);
         if spi_r == 0 {
             return None;
         }
-        self.sessions.iter().position(|s| {
-            self.same_listener(s.endpoint, endpoint)
-                && s.alive()
-                && s.session.tcp_role() == Role::Responder
-                && s.session.spis() == (spi_i, spi_r)
-        })
+        self.sessions
+            .iter()
+            .find(|(_, s)| {
+                self.same_listener(s.endpoint, endpoint)
+                    && s.alive()
+                    && s.session.tcp_role() == Role::Responder
+                    && s.session.spis() == (spi_i, spi_r)
+            })
+            .map(|(i, _)| i)
     }
 
     pub(super) fn on_ike(
@@ -368,13 +376,13 @@ impl Core {
     /// path), and an integrity failure closes it, never another connection (R-6.1-o).
     pub(super) fn finish(
         &mut self,
-        index: usize,
+        index: IkeSaId,
         outputs: Vec<Output>,
         arrived: Option<Conn>,
         now: Instant,
     ) -> Result<(), DriverError> {
         let endpoint = self.sessions[index].endpoint;
-        let ike_sa = self.sessions[index].ike_sa;
+        let ike_sa = index;
         let conn = self.sessions[index].conn;
         let mut sends: Vec<Vec<u8>> = Vec::new();
         let mut first = None;
@@ -483,7 +491,7 @@ impl Core {
     /// closed if no repeated request follows (RFC 9329 §6.3, R-6.3-a/b).
     fn screen(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         conn: Conn,
         peer: SocketAddr,
         msg: &[u8],
@@ -495,7 +503,7 @@ impl Core {
         let half_open = self
             .sessions
             .iter()
-            .filter(|s| self.same_listener(s.endpoint, endpoint) && self.half_open(s))
+            .filter(|(_, s)| self.same_listener(s.endpoint, endpoint) && self.half_open(s))
             .count();
         let Some(jar) = self.jars.get_mut(&listen) else {
             return Ok(true);
@@ -535,7 +543,7 @@ impl Core {
 
     /// Endpoints `a` and `b` are the same Responder listening on several workers (one endpoint
     /// per worker, one address): a session of one may continue on a connection of the other.
-    pub(super) fn same_listener(&self, a: usize, b: usize) -> bool {
+    pub(super) fn same_listener(&self, a: EndpointId, b: EndpointId) -> bool {
         if a == b {
             return true;
         }
@@ -551,17 +559,16 @@ impl Core {
         }
     }
 
-    fn is_originator(&self, endpoint: usize) -> bool {
+    fn is_originator(&self, endpoint: EndpointId) -> bool {
         self.endpoints
             .get(endpoint)
             .is_some_and(|e| matches!(e.role, EndpointRole::Originator { .. }))
     }
 
     /// Whether a live session other than `except` uses `conn`.
-    fn conn_in_use(&self, conn: Conn, except: usize) -> bool {
+    fn conn_in_use(&self, conn: Conn, except: IkeSaId) -> bool {
         self.sessions
             .iter()
-            .enumerate()
             .any(|(i, s)| i != except && s.conn == Some(conn) && s.alive())
     }
 }

@@ -48,7 +48,7 @@ impl Core {
     }
 
     /// Key log of the current IKE SA of session `index`.
-    pub(super) fn keylog_ike(&mut self, index: usize) {
+    pub(super) fn keylog_ike(&mut self, index: IkeSaId) {
         if !self.keylog {
             return;
         }

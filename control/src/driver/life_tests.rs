@@ -140,7 +140,7 @@ pub(super) fn originator(timers: Timers) -> Hand {
         t0,
     };
     assert!(matches!(hand.cmds()[..], [Command::Connect { .. }]));
-    up(&mut hand.d, conn(1), TcpRole::Originator, Some(e as u64));
+    up(&mut hand.d, conn(1), TcpRole::Originator, Some(e.token()));
     let mut cmds = hand.cmds();
     // IKE_SA_INIT, IKE_AUTH.
     for _ in 0..2 {
@@ -600,14 +600,15 @@ fn originator_with(limits: TimeLimits) -> Hand {
     // The limits apply to SAs created after they are set: build the endpoint with them.
     let mut h = originator(calm());
     let core = h.d.core_mut();
-    core.endpoints[0].limits = limits;
+    core.endpoints.nth_mut(0).1.limits = limits;
     let now = h.t0;
     // Restart the IKE SA's and the first Child SA's clocks under the new limits.
-    core.ike_sa_born(0, now);
+    let ike = core.sessions.nth(0).0;
+    core.ike_sa_born(ike, now);
     let (soft, hard) = (limits.child_soft, limits.child_hard);
     let (r, e) = lifetime::deadlines(now, soft, hard);
-    core.children[0].rekey_at = r;
-    core.children[0].expire_at = e;
+    core.children.nth_mut(0).1.rekey_at = r;
+    core.children.nth_mut(0).1.expire_at = e;
     h
 }
 
@@ -634,7 +635,7 @@ fn child_sa_rekeyed_at_its_soft_time_limit_with_jitter() {
     assert_eq!(h.d.child_rekeys(), 1);
     // The new Child SA runs under fresh limits: at the old one's hard limit only the old
     // inbound SA (kept for a grace period) goes, and no Delete request is sent.
-    let new_in = h.d.children[1].spi_in;
+    let new_in = h.d.children.nth(1).1.spi_in;
     let cmds = h.at(h.t0 + Duration::from_secs(121));
     assert!(!has_request(&cmds), "{cmds:?}");
     assert!(
@@ -671,7 +672,7 @@ fn child_sa_deleted_at_its_hard_time_limit() {
 #[test]
 fn worker_traffic_limits_rekey_on_soft_and_delete_on_hard() {
     let mut h = originator(calm());
-    let spi_out = h.d.children[0].spi_out;
+    let spi_out = h.d.children.nth(0).1.spi_out;
     let now = h.t0 + Duration::from_secs(1);
     h.d.handle_event(
         Event::SaExpired {
@@ -1138,7 +1139,7 @@ fn finished_sessions_and_child_sas_are_forgotten() {
     }
     assert_eq!(d.sessions.len(), 100);
     d.handle_timers(t0 + Duration::from_secs(9)).unwrap();
-    assert!(d.sessions.is_empty(), "{} sessions kept", d.sessions.len());
+    assert!(d.sessions.len() == 0, "{} sessions kept", d.sessions.len());
     assert!(d.conns.values().all(|c| c.session.is_none()));
     drop(sides);
 }
@@ -1202,7 +1203,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     )
     .unwrap();
     assert_eq!(sent_on(conn(1)).len(), 1);
-    assert!(d.sessions.is_empty(), "no state for a cookie reply");
+    assert!(d.sessions.len() == 0, "no state for a cookie reply");
     assert!(d.take_events().iter().any(|e| matches!(
         e,
         DriverEvent::CookieSent {
@@ -1420,7 +1421,7 @@ fn simultaneous_child_sa_rekeys_settle_under_traffic() {
             d.installed() == 2
                 && d.children
                     .iter()
-                    .filter(|c| c.inbound_ok || c.outbound_ok)
+                    .filter(|(_, c)| c.inbound_ok || c.outbound_ok)
                     .count()
                     == 2
                 && d.retiring.is_empty()
@@ -1504,7 +1505,7 @@ fn r_6_1_l_one_ike_sa_per_connection() {
         h.peer_handles(&cmds, now);
     }
     assert_eq!(h.d.sessions.len(), 1);
-    assert_eq!(h.d.sessions[0].conn, Some(h.conn));
+    assert_eq!(h.d.sessions.nth(0).1.conn, Some(h.conn));
     assert!(
         h.d.take_events()
             .iter()
@@ -1542,7 +1543,7 @@ fn r_6_1_r_originator_uses_one_connection_per_ike_sa() {
     let all = h.cmds();
     assert!(!all.iter().any(|c| matches!(c, Command::Connect { .. })));
     assert_eq!(h.d.conns.len(), 1);
-    assert_eq!(h.d.sessions[0].conn, Some(h.conn));
+    assert_eq!(h.d.sessions.nth(0).1.conn, Some(h.conn));
 }
 
 /// R-6.1-v: the Originator came back on a new connection while the old one never closed; the

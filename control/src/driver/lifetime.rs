@@ -52,7 +52,7 @@ pub(super) fn deadlines(
 
 impl Core {
     /// Session `index` has a new IKE SA (IKE_AUTH or a rekey): its time limits start.
-    pub(super) fn ike_sa_born(&mut self, index: usize, now: Instant) {
+    pub(super) fn ike_sa_born(&mut self, index: IkeSaId, now: Instant) {
         let limits = self.endpoints[self.sessions[index].endpoint].limits;
         let (rekey, expire) = deadlines(now, limits.ike_soft, limits.ike_hard);
         let st = &mut self.sessions[index];
@@ -77,15 +77,19 @@ impl Core {
     /// A worker's queue stayed full or the worker is gone.
     pub fn delete_ike_sas_of(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
         self.delete_ikes(Some(endpoint), now)
     }
 
-    fn delete_ikes(&mut self, endpoint: Option<usize>, now: Instant) -> Result<usize, DriverError> {
+    fn delete_ikes(
+        &mut self,
+        endpoint: Option<EndpointId>,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
         let mut n = 0;
-        for st in &mut self.sessions {
+        for (_, st) in self.sessions.iter_mut() {
             if endpoint.is_none_or(|e| e == st.endpoint)
                 && st.alive()
                 && st.session.is_established()
@@ -102,7 +106,7 @@ impl Core {
     pub fn ike_sas(&self) -> usize {
         self.sessions
             .iter()
-            .filter(|s| s.alive() && s.session.is_established())
+            .filter(|(_, s)| s.alive() && s.session.is_established())
             .count()
     }
 
@@ -111,14 +115,14 @@ impl Core {
         let children = self
             .children
             .iter()
-            .filter(|c| c.inbound_ok && c.outbound_ok)
-            .flat_map(|c| [c.rekey_at, c.expire_at])
+            .filter(|(_, c)| c.inbound_ok && c.outbound_ok)
+            .flat_map(|(_, c)| [c.rekey_at, c.expire_at])
             .flatten();
         let ikes = self
             .sessions
             .iter()
-            .filter(|s| s.alive() && s.session.is_established())
-            .flat_map(|s| [s.ike_rekey_at, s.ike_expire_at])
+            .filter(|(_, s)| s.alive() && s.session.is_established())
+            .flat_map(|(_, s)| [s.ike_rekey_at, s.ike_expire_at])
             .flatten();
         children.chain(ikes).min()
     }
@@ -133,12 +137,13 @@ impl Core {
         hard: bool,
         now: Instant,
     ) -> Result<(), DriverError> {
-        let Some(c) = self.children.iter().rposition(|c| {
-            c.worker == worker
+        let Some(c) = self.children.iter().find_map(|(k, c)| {
+            let hit = c.worker == worker
                 && match dir {
                     Direction::Inbound => c.spi_in == spi && c.inbound_ok,
                     Direction::Outbound => c.spi_out == spi && c.outbound_ok,
-                }
+                };
+            hit.then_some(k)
         }) else {
             return Ok(());
         };
@@ -153,7 +158,7 @@ impl Core {
 
     /// Rekeys and deletes what is due.
     pub(super) fn lifetime_timers(&mut self, now: Instant) -> Result<(), DriverError> {
-        for c in 0..self.children.len() {
+        for c in self.children.handles() {
             let ch = &self.children[c];
             if !(ch.inbound_ok && ch.outbound_ok) || self.retiring.iter().any(|r| r.1 == c) {
                 continue;
@@ -174,7 +179,7 @@ impl Core {
                 };
             }
         }
-        for i in 0..self.sessions.len() {
+        for i in self.sessions.handles() {
             let st = &self.sessions[i];
             if !st.alive() || !st.session.is_established() {
                 continue;
@@ -201,7 +206,7 @@ impl Core {
 
     /// A Child SA reached its hard lifetime: its SAs go at once (they must not carry traffic
     /// any longer) and the peer is told with a Delete (RFC 7296 §1.4.1).
-    fn expire_child(&mut self, c: usize, now: Instant) -> Result<(), DriverError> {
+    fn expire_child(&mut self, c: ChildSaId, now: Instant) -> Result<(), DriverError> {
         let (index, spi_in, endpoint) = {
             let ch = &mut self.children[c];
             ch.expire_at = None;

@@ -15,54 +15,44 @@ use super::*;
 /// One IKE SA's SAs on their way to another worker.
 #[derive(Debug)]
 pub(super) struct Migration {
-    session: usize,
+    session: IkeSaId,
     from: u16,
     to: Conn,
     /// SAs still to come back from the old worker: (SPI, direction, child).
-    waiting: Vec<(u32, Direction, usize)>,
+    waiting: Vec<(u32, Direction, ChildSaId)>,
 }
 
 impl Migration {
     /// Child SAs on the move.
-    pub(super) fn children(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(super) fn children(&self) -> impl Iterator<Item = ChildSaId> + '_ {
         self.waiting.iter().map(|w| w.2)
     }
 
     /// The session moving.
-    pub(super) fn session(&self) -> usize {
+    pub(super) fn session(&self) -> IkeSaId {
         self.session
-    }
-
-    /// Applies new session and Child SA numbers (see `reap`).
-    pub(super) fn renumber(
-        &mut self,
-        s: &impl Fn(usize) -> Option<usize>,
-        c: &impl Fn(usize) -> Option<usize>,
-    ) {
-        self.session = s(self.session).unwrap_or(usize::MAX);
-        for w in &mut self.waiting {
-            w.2 = c(w.2).unwrap_or(usize::MAX);
-        }
     }
 }
 
 impl Core {
     /// Starts moving session `i`'s live Child SAs to `to`'s worker; returns false if all of
     /// them are there already.
-    pub(super) fn migrate(&mut self, i: usize, to: Conn) -> Result<bool, DriverError> {
+    pub(super) fn migrate(&mut self, i: IkeSaId, to: Conn) -> Result<bool, DriverError> {
         if let Some(m) = self.migrations.iter_mut().find(|m| m.session == i) {
             m.to = to;
             return Ok(true);
         }
-        let moving: Vec<usize> = (0..self.children.len())
-            .filter(|&c| {
-                let ch = &self.children[c];
+        let moving: Vec<ChildSaId> = self
+            .children
+            .iter()
+            .filter(|&(c, ch)| {
                 ch.session == i
                     && ch.inbound_ok
                     && ch.outbound_ok
                     && ch.worker != to.worker
                     && !self.retiring.iter().any(|r| r.1 == c)
             })
+            .map(|(c, _)| c)
             .collect();
         let Some(&first) = moving.first() else {
             return Ok(false);
@@ -118,8 +108,8 @@ impl Core {
 
     /// The live Child SA with inbound `spi` held by another worker than `conn`'s, of the same
     /// listener, whose IKE SA is alive.
-    fn moving_candidate(&self, conn: Conn, endpoint: usize, spi: u32) -> Option<usize> {
-        let c = self.children.iter().rposition(|c| {
+    fn moving_candidate(&self, conn: Conn, endpoint: EndpointId, spi: u32) -> Option<ChildSaId> {
+        let (c, _) = self.children.iter().find(|(_, c)| {
             c.spi_in == spi
                 && c.inbound_ok
                 && c.worker != conn.worker
@@ -184,7 +174,7 @@ impl Core {
         let (_, _, child) = self.migrations[m].waiting.remove(k);
         let to = self.migrations[m].to;
         let session = self.migrations[m].session;
-        let ike_sa = self.sessions[session].ike_sa;
+        let ike_sa = session;
         let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
         self.children[child].worker = to.worker;
         let ack = self.ack();

@@ -59,10 +59,14 @@ mod lifetime;
 mod migrate;
 mod reap;
 mod runtime;
+mod slab;
 
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE, KeyLine};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
 pub use runtime::Driver;
+pub use slab::Key;
+
+use slab::{Handle, Slab, handle};
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -185,19 +189,19 @@ pub enum DriverEvent {
     /// A Responder endpoint is listening.
     Listening {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
     },
     /// A connection of an endpoint is up.
     ConnUp {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// The connection.
         conn: Conn,
     },
     /// A connection of an endpoint is gone (its SAs stay).
     ConnDown {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// The connection.
         conn: Conn,
         /// Why.
@@ -206,14 +210,14 @@ pub enum DriverEvent {
     /// The IKE SA of a connection is authenticated.
     IkeSaUp {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// Its name in the data plane.
         ike_sa: IkeSaId,
     },
     /// Both ESP SAs of a Child SA are installed (acknowledged by the worker).
     ChildSaInstalled {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// Inbound SPI.
         spi_in: u32,
         /// Outbound SPI.
@@ -223,7 +227,7 @@ pub enum DriverEvent {
     /// [`DriverEvent::ChildSaInstalled`]), the old ones go.
     ChildSaRekeyed {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// Old inbound SPI.
         old_spi_in: u32,
         /// Old outbound SPI.
@@ -236,7 +240,7 @@ pub enum DriverEvent {
     /// The IKE SA was rekeyed; its Child SAs stay.
     IkeSaRekeyed {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// Its name in the data plane (unchanged).
         ike_sa: IkeSaId,
         /// Initiator SPI of the new IKE SA.
@@ -247,14 +251,14 @@ pub enum DriverEvent {
     /// The IKE SA is gone (deleted or timed out) and its SAs were deleted.
     IkeSaDeleted {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// Its name in the data plane.
         ike_sa: IkeSaId,
     },
     /// An Originator endpoint's connect failed; it dials again after `retry_in`.
     ConnectFailed {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// The backoff before the next dial.
         retry_in: Duration,
     },
@@ -262,7 +266,7 @@ pub enum DriverEvent {
     /// was kept (RFC 7296 §2.6, RFC 8019 §7.1.1).
     CookieSent {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// What was asked.
         kind: ReplyKind,
     },
@@ -270,12 +274,12 @@ pub enum DriverEvent {
     /// malformed, or under load without a valid cookie and puzzle solution).
     InitDropped {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
     },
     /// An IKE SA's ESP SAs moved to the worker of its new connection.
     Migrated {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// The IKE SA.
         ike_sa: IkeSaId,
         /// The worker that held them.
@@ -294,7 +298,7 @@ pub enum DriverEvent {
     /// SA's owner: nothing moved, and the connection was closed (RFC 9329 §6.1, R-6.1-o).
     ForgedEsp {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// Where it arrived.
         conn: Conn,
         /// The SPI it named.
@@ -303,15 +307,30 @@ pub enum DriverEvent {
     /// An encrypted IKE message failed its integrity check.
     IntegrityFailure {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
     },
     /// Something failed for good (session, install, connect).
     Failed {
         /// Endpoint index.
-        endpoint: usize,
+        endpoint: EndpointId,
         /// What.
         reason: String,
     },
+}
+
+/// Sizes of the core's tables (see [`Core::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Endpoints.
+    pub endpoints: usize,
+    /// IKE SAs, live or finished and not yet forgotten.
+    pub ike_sas: usize,
+    /// Child SAs, live or finished and not yet forgotten.
+    pub child_sas: usize,
+    /// Connections.
+    pub connections: usize,
+    /// Commands whose acknowledgement is awaited.
+    pub pending_acks: usize,
 }
 
 /// A local fault of the driver (not a peer's).
@@ -357,13 +376,47 @@ impl fmt::Display for DriverError {
 
 impl std::error::Error for DriverError {}
 
+handle!(
+    /// An endpoint (a connection's configuration) of the driver: stable while it exists,
+    /// never reused for another.
+    EndpointId
+);
+
+handle!(
+    /// A Child SA of the driver (its two ESP SAs), stable while it exists.
+    ChildSaId
+);
+
+impl EndpointId {
+    /// The token of its `Connect` commands.
+    pub fn token(self) -> u64 {
+        self.0.to_u64()
+    }
+
+    /// The endpoint a `Connect` token names.
+    pub fn from_token(t: u64) -> EndpointId {
+        EndpointId(Key::from_u64(t))
+    }
+}
+
+/// Sessions are addressed by the name the data plane knows their IKE SA by: a generational
+/// handle too.
+impl Handle for IkeSaId {
+    fn from_key(k: Key) -> Self {
+        IkeSaId(k.to_u64())
+    }
+    fn key(self) -> Key {
+        Key::from_u64(self.0)
+    }
+}
+
 #[derive(Debug)]
 struct ConnState {
-    endpoint: usize,
+    endpoint: EndpointId,
     local: SocketAddr,
     peer: SocketAddr,
-    /// Index into `Driver::sessions`, once the connection carries an IKE SA.
-    session: Option<usize>,
+    /// The IKE SA it carries (or carried).
+    session: Option<IkeSaId>,
     /// When it came up.
     since: Instant,
     /// Since when it carries no live IKE SA (stamped by the timers; `None` while it does).
@@ -377,9 +430,8 @@ struct ConnState {
 
 #[derive(Debug)]
 struct SessionState {
-    endpoint: usize,
+    endpoint: EndpointId,
     session: Session,
-    ike_sa: IkeSaId,
     /// The connection it currently uses (`None` while an Originator reconnects).
     conn: Option<Conn>,
     /// Our request still waiting for its response, re-sent bit for bit on a new connection
@@ -401,8 +453,8 @@ struct SessionState {
 
 #[derive(Debug)]
 struct ChildState {
-    endpoint: usize,
-    session: usize,
+    endpoint: EndpointId,
+    session: IkeSaId,
     worker: u16,
     spi_in: u32,
     spi_out: u32,
@@ -422,19 +474,19 @@ struct ChildState {
 #[derive(Debug)]
 enum Pending {
     Listen {
-        endpoint: usize,
+        endpoint: EndpointId,
     },
     Inbound {
-        child: usize,
+        child: ChildSaId,
         conn: Conn,
         held: Vec<Vec<u8>>,
     },
     Outbound {
-        child: usize,
+        child: ChildSaId,
     },
     /// An SA moved to another worker.
     Moved {
-        child: usize,
+        child: ChildSaId,
         dir: Direction,
     },
     /// The owner of `spi` checks an ESP packet that arrived on `conn` (another worker's).
@@ -448,9 +500,9 @@ enum Pending {
 /// A rekey responder's new outbound SA, installed when the old Child SA's Delete arrives.
 #[derive(Debug)]
 struct Switch {
-    session: usize,
-    old: usize,
-    new: usize,
+    session: IkeSaId,
+    old: ChildSaId,
+    new: ChildSaId,
     sa: Box<OutboundSa>,
     selectors: Selectors,
     due: Instant,
@@ -467,36 +519,33 @@ pub struct Core {
     commands: VecDeque<(u16, Command)>,
     /// Key log lines to write (only while `keylog` is on).
     keylines: VecDeque<KeyLine>,
-    endpoints: Vec<Endpoint>,
+    endpoints: Slab<EndpointId, Endpoint>,
     conns: HashMap<Conn, ConnState>,
-    sessions: Vec<SessionState>,
-    children: Vec<ChildState>,
+    sessions: Slab<IkeSaId, SessionState>,
+    children: Slab<ChildSaId, ChildState>,
     pending: HashMap<u64, Pending>,
     events: Vec<DriverEvent>,
     next_ack: u64,
-    next_ike_sa: u64,
-    /// Old inbound SAs (child index) to delete at the given time.
-    retiring: Vec<(Instant, usize)>,
+    /// Old inbound SAs to delete at the given time.
+    retiring: Vec<(Instant, ChildSaId)>,
     /// Deferred outbound switches of rekeys we answered.
     switches: Vec<Switch>,
     /// Child SA rekeys we started: (session, old inbound SPI).
-    child_rekeying: Vec<(usize, u32)>,
+    child_rekeying: Vec<(IkeSaId, u32)>,
     /// Sessions whose IKE SA rekey we started.
-    ike_rekeying: Vec<usize>,
+    ike_rekeying: Vec<IkeSaId>,
     child_rekeys: u64,
     ike_rekeys: u64,
     /// Whether key log lines are produced (`--keylog`); off, no key is ever formatted.
     keylog: bool,
-    /// Session of each IKE SA name the workers use.
-    by_ike_sa: HashMap<IkeSaId, usize>,
     /// IKE SAs whose SAs are moving to another worker.
     migrations: Vec<migrate::Migration>,
     /// Cookie secrets per listening address.
     jars: HashMap<SocketAddr, CookieJar>,
     /// Originator endpoints to dial again, and when.
-    dials: Vec<(Instant, usize)>,
+    dials: Vec<(Instant, EndpointId)>,
     /// Failed connects in a row per Originator endpoint.
-    dial_failures: HashMap<usize, u32>,
+    dial_failures: HashMap<EndpointId, u32>,
 }
 
 /// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
@@ -533,14 +582,13 @@ impl Core {
         Core {
             commands: VecDeque::new(),
             keylines: VecDeque::new(),
-            endpoints: Vec::new(),
+            endpoints: Slab::default(),
             conns: HashMap::new(),
-            sessions: Vec::new(),
-            children: Vec::new(),
+            sessions: Slab::default(),
+            children: Slab::default(),
             pending: HashMap::new(),
             events: Vec::new(),
             next_ack: 1,
-            next_ike_sa: 1,
             retiring: Vec::new(),
             switches: Vec::new(),
             child_rekeying: Vec::new(),
@@ -548,7 +596,6 @@ impl Core {
             child_rekeys: 0,
             ike_rekeys: 0,
             keylog: false,
-            by_ike_sa: HashMap::new(),
             migrations: Vec::new(),
             jars: HashMap::new(),
             dials: Vec::new(),
@@ -566,12 +613,11 @@ impl Core {
         self.keylines.pop_front()
     }
 
-    /// Adds an endpoint and starts it (`Listen` or `Connect`); returns its index.
+    /// Adds an endpoint and starts it (`Listen` or `Connect`); returns its handle.
     ///
     /// # Errors
     /// The random number generator failed (cookie secret).
-    pub fn add(&mut self, ep: Endpoint, now: Instant) -> Result<usize, DriverError> {
-        let index = self.endpoints.len();
+    pub fn add(&mut self, ep: Endpoint, now: Instant) -> Result<EndpointId, DriverError> {
         let (worker, role, policy) = (ep.worker, ep.role, ep.cookies);
         if let EndpointRole::Responder { listen } = role
             && let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen)
@@ -579,7 +625,7 @@ impl Core {
             let jar = CookieJar::new(policy, now).map_err(DriverError::Rng)?;
             v.insert(jar);
         }
-        self.endpoints.push(ep);
+        let index = self.endpoints.insert(ep);
         let EndpointRole::Responder { listen } = role else {
             self.dial(index)?;
             return Ok(index);
@@ -601,11 +647,23 @@ impl Core {
         !self.pending.is_empty()
     }
 
+    /// How many endpoints, IKE SAs (sessions, finished ones not yet forgotten included),
+    /// Child SAs and connections the core holds.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            endpoints: self.endpoints.len(),
+            ike_sas: self.sessions.len(),
+            child_sas: self.children.len(),
+            connections: self.conns.len(),
+            pending_acks: self.pending.len(),
+        }
+    }
+
     /// Number of Child SAs with both directions installed.
     pub fn installed(&self) -> usize {
         self.children
             .iter()
-            .filter(|c| c.inbound_ok && c.outbound_ok)
+            .filter(|(_, c)| c.inbound_ok && c.outbound_ok)
             .count()
     }
 
@@ -624,10 +682,13 @@ impl Core {
         let sessions = self
             .sessions
             .iter()
-            .filter_map(|s| s.session.poll_timeout());
+            .filter_map(|(_, s)| s.session.poll_timeout());
         let retiring = self.retiring.iter().map(|r| r.0);
         let switches = self.switches.iter().map(|w| w.due);
-        let half_open = self.sessions.iter().filter_map(|s| self.half_open_due(s));
+        let half_open = self
+            .sessions
+            .iter()
+            .filter_map(|(_, s)| self.half_open_due(s));
         let closes = self.conns.iter().filter_map(|(k, c)| self.close_due(*k, c));
         sessions
             .chain(retiring)
@@ -674,8 +735,11 @@ impl Core {
                 self.endpoints[c.endpoint].role,
                 EndpointRole::Responder { .. }
             )
-            && c.session
-                .is_none_or(|i| !self.sessions[i].alive() || self.sessions[i].conn != Some(k))
+            && c.session.is_none_or(|i| {
+                self.sessions
+                    .get(i)
+                    .is_none_or(|s| !s.alive() || s.conn != Some(k))
+            })
     }
 
     /// Runs what is due at `now`: session timeouts, deletes of old inbound SAs after their grace
@@ -684,7 +748,7 @@ impl Core {
     /// # Errors
     /// A worker's queue stayed full or the worker is gone.
     pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
-        for i in 0..self.sessions.len() {
+        for i in self.sessions.handles() {
             if self.sessions[i]
                 .session
                 .poll_timeout()
@@ -704,7 +768,7 @@ impl Core {
             self.delete_inbound(child)?;
         }
         // Half-open responder sessions go (RFC 7296 §2.6), and so do their connections.
-        for i in 0..self.sessions.len() {
+        for i in self.sessions.handles() {
             let st = &self.sessions[i];
             if self.half_open_due(st).is_some_and(|t| t <= now) {
                 let endpoint = st.endpoint;
@@ -791,8 +855,8 @@ impl Core {
             // while traffic flows.
             Event::Stats { inbound_esp, .. } => {
                 for id in inbound_esp {
-                    if let Some(&i) = self.by_ike_sa.get(&id) {
-                        self.sessions[i].session.note_inbound_esp(now);
+                    if let Some(s) = self.sessions.get_mut(id) {
+                        s.session.note_inbound_esp(now);
                     }
                 }
                 Ok(())
@@ -820,7 +884,7 @@ impl Core {
         self.retiring.clear();
         self.switches.clear();
         let children = std::mem::take(&mut self.children);
-        for c in &children {
+        for (_, c) in children.iter() {
             for (spi, dir, ok) in [
                 (c.spi_in, Direction::Inbound, c.inbound_ok),
                 (c.spi_out, Direction::Outbound, c.outbound_ok),
@@ -835,8 +899,8 @@ impl Core {
         let bound: Vec<(u16, IkeSaId)> = self
             .sessions
             .iter()
-            .filter(|s| s.session.is_established())
-            .filter_map(|s| s.conn.map(|c| (c.worker, s.ike_sa)))
+            .filter(|(_, s)| s.session.is_established())
+            .filter_map(|(i, s)| s.conn.map(|c| (c.worker, i)))
             .collect();
         for (worker, ike_sa) in bound {
             self.send(worker, Command::ForgetIkeSa { ike_sa })?;
@@ -879,7 +943,7 @@ impl Core {
     }
 
     /// An Originator endpoint opens a connection.
-    fn dial(&mut self, endpoint: usize) -> Result<(), DriverError> {
+    fn dial(&mut self, endpoint: EndpointId) -> Result<(), DriverError> {
         let Some(ep) = self.endpoints.get(endpoint) else {
             return Ok(());
         };
@@ -891,7 +955,7 @@ impl Core {
             Command::Connect {
                 local,
                 remote,
-                token: endpoint as u64,
+                token: endpoint.token(),
             },
         )
     }
@@ -915,7 +979,7 @@ impl Core {
                 },
             }),
             Pending::Inbound { child, conn, held } => {
-                if child >= self.children.len() {
+                if !self.children.contains(child) {
                     // Forgotten by `delete_all` meanwhile.
                     return Ok(());
                 }
@@ -937,7 +1001,7 @@ impl Core {
                 }
                 self.child_done(child);
             }
-            Pending::Outbound { child } if child >= self.children.len() => {}
+            Pending::Outbound { child } if !self.children.contains(child) => {}
             Pending::Outbound { child } => match result {
                 Ok(()) => {
                     self.children[child].outbound_ok = true;
@@ -964,11 +1028,12 @@ impl Core {
                     }
                 }
                 Err(e) => {
-                    let endpoint = self.children.get(child).map_or(0, |c| c.endpoint);
-                    self.events.push(DriverEvent::Failed {
-                        endpoint,
-                        reason: format!("moving an SA: {e}"),
-                    });
+                    if let Some(endpoint) = self.children.get(child).map(|c| c.endpoint) {
+                        self.events.push(DriverEvent::Failed {
+                            endpoint,
+                            reason: format!("moving an SA: {e}"),
+                        });
+                    }
                 }
             },
             Pending::Verify { conn, spi } => return self.on_verified(conn, spi, result),
@@ -977,7 +1042,7 @@ impl Core {
         Ok(())
     }
 
-    fn child_done(&mut self, child: usize) {
+    fn child_done(&mut self, child: ChildSaId) {
         let c = &self.children[child];
         if c.inbound_ok && c.outbound_ok {
             self.events.push(DriverEvent::ChildSaInstalled {

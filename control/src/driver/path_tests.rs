@@ -61,7 +61,11 @@ fn r_6_1_t_r_10_e_forged_ike_on_a_new_connection_moves_nothing() {
         })
         .collect();
     assert_eq!(closes, vec![(evil.id, true)]);
-    assert_eq!(h.d.sessions[0].conn, Some(conn(1)), "the IKE SA stays");
+    assert_eq!(
+        h.d.sessions.nth(0).1.conn,
+        Some(conn(1)),
+        "the IKE SA stays"
+    );
     assert_eq!(h.d.installed(), 1);
     // The genuine peer's liveness check on the genuine connection is answered there.
     let cmds = h.deliver(genuine, now);
@@ -99,7 +103,7 @@ fn r_6_1_t_replayed_request_on_a_new_connection_is_answered_there_and_moves_noth
         matches!(&cmds[..], [Command::SendIke { conn: c, msg }] if *c == other.id && *msg == sent(&first)[0]),
         "{cmds:?}"
     );
-    assert_eq!(h.d.sessions[0].conn, Some(conn(1)));
+    assert_eq!(h.d.sessions.nth(0).1.conn, Some(conn(1)));
 }
 
 #[test]
@@ -122,7 +126,7 @@ fn r_6_1_t_fresh_authentic_request_on_a_new_connection_moves_the_ike_sa() {
         cmds.iter()
             .any(|c| matches!(c, Command::SendIke { conn: c, .. } if *c == next.id))
     );
-    assert_eq!(h.d.sessions[0].conn, Some(next));
+    assert_eq!(h.d.sessions.nth(0).1.conn, Some(next));
 }
 
 #[test]
@@ -136,7 +140,7 @@ fn r_6_1_o_forged_message_on_an_old_connection_closes_that_one_not_the_current()
     let req = h.peer.start_dpd(now).unwrap();
     let cmds = on(&mut h, next, req, now);
     assert!(h.peer_handles(&cmds, now).is_empty());
-    assert_eq!(h.d.sessions[0].conn, Some(next));
+    assert_eq!(h.d.sessions.nth(0).1.conn, Some(next));
     // A forged message arrives on the old connection.
     let mut forged = h.peer.start_dpd(now).unwrap();
     let last = forged.len() - 1;
@@ -150,5 +154,5 @@ fn r_6_1_o_forged_message_on_an_old_connection_closes_that_one_not_the_current()
         })
         .collect();
     assert_eq!(closes, vec![conn(1).id], "the connection it came on");
-    assert_eq!(h.d.sessions[0].conn, Some(next));
+    assert_eq!(h.d.sessions.nth(0).1.conn, Some(next));
 }

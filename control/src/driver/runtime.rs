@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, Event, SendError};
 
-use super::{Core, DriverError, DriverEvent, Endpoint, KEYLOG_ESP_FILE, KEYLOG_IKE_FILE};
+use super::{
+    Core, DriverError, DriverEvent, Endpoint, EndpointId, KEYLOG_ESP_FILE, KEYLOG_IKE_FILE,
+};
 
 /// Commands that may wait for one worker before it counts as stuck.
 pub const MAX_UNSENT: usize = 65_536;
@@ -168,7 +170,7 @@ impl Driver {
     ///
     /// # Errors
     /// See [`Core::add`] and [`pump`](Self::pump).
-    pub fn add(&mut self, ep: Endpoint) -> Result<usize, DriverError> {
+    pub fn add(&mut self, ep: Endpoint) -> Result<EndpointId, DriverError> {
         let r = self.core.add(ep, Instant::now())?;
         self.pump()?;
         Ok(r)
@@ -244,7 +246,7 @@ impl Driver {
     /// See [`pump`](Self::pump).
     pub fn rekey_child_sas_of(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
         let n = self.core.rekey_child_sas_of(endpoint, now)?;
@@ -268,7 +270,7 @@ impl Driver {
     /// See [`pump`](Self::pump).
     pub fn rekey_ike_sas_of(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
         let n = self.core.rekey_ike_sas_of(endpoint, now)?;
@@ -292,7 +294,7 @@ impl Driver {
     /// See [`pump`](Self::pump).
     pub fn delete_ike_sas_of(
         &mut self,
-        endpoint: usize,
+        endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
         let n = self.core.delete_ike_sas_of(endpoint, now)?;

@@ -170,7 +170,7 @@ pub(super) fn start_pair(
     ci: Config,
     cr: Config,
     timers: Timers,
-) -> (usize, usize, Vec<DriverEvent>) {
+) -> (EndpointId, EndpointId, Vec<DriverEvent>) {
     let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
     let mut r = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
     r.timers = timers;
@@ -209,7 +209,7 @@ fn handshake_installs_sas_and_packets_cross() {
         e,
         DriverEvent::Failed { .. } | DriverEvent::IntegrityFailure { .. }
     )));
-    let installed: Vec<(usize, u32, u32)> = events
+    let installed: Vec<(EndpointId, u32, u32)> = events
         .iter()
         .filter_map(|e| match e {
             DriverEvent::ChildSaInstalled {
@@ -364,7 +364,7 @@ fn rekeys_under_traffic_lose_no_packet() {
                 })
         },
     );
-    let rekeyed: Vec<(usize, u32, u32, u32, u32)> = events
+    let rekeyed: Vec<(EndpointId, u32, u32, u32, u32)> = events
         .iter()
         .filter_map(|e| match e {
             DriverEvent::ChildSaRekeyed {
@@ -633,7 +633,7 @@ fn r_6_2_b_r_6_1_k_originator_resends_outstanding_request_after_reconnect() {
         ))
         .unwrap();
     let cmds = &sides[0].commands;
-    let token = Some(ep as u64);
+    let token = Some(ep.token());
     assert!(matches!(
         cmds.try_recv(),
         Ok(Command::Connect { token: 0, .. })
@@ -771,7 +771,7 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
             .iter()
             .any(|o| matches!(o, Output::Event(SessionEvent::ChildSaUp(_))))
     );
-    let ike_sa = d.sessions[0].ike_sa;
+    let ike_sa = d.sessions.nth(0).0;
     d.handle_event(
         Event::PathMoved {
             ike_sa,
@@ -780,5 +780,5 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
         now,
     )
     .unwrap();
-    assert_eq!(d.sessions[0].conn, Some(conn(3)));
+    assert_eq!(d.sessions.nth(0).1.conn, Some(conn(3)));
 }
