@@ -1488,3 +1488,24 @@ fn rss_report() {
         assert_eq!(a.load().half_open, 0);
     }
 }
+
+#[test]
+fn ipv6_sources_are_counted_per_64() {
+    let a6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    let mut ca = cfg_default_caps(a6, 16 << 10);
+    ca.half_open_per_source = 2;
+    let (pa, _pb, to_a, to_b) = link(1024);
+    let mut a = SmolTransport::new(pa, ca).unwrap();
+    a.listen(sa(a6, 4500)).unwrap();
+    let host = |net: u16, h: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, h));
+    // Three hosts of one /64: the third is over the cap; a host of the next /64 is not.
+    for src in [host(7, 1), host(7, 2), host(7, 3), host(8, 1)] {
+        inject(
+            &to_a,
+            segment(sa(src, 5000), sa(a6, 4500), TcpControl::Syn, 1, None, &[]),
+        );
+    }
+    poll_all(&mut a, &to_a, &to_b, Instant::now());
+    assert_eq!(a.load().half_open, 3);
+    assert_eq!(a.stats().half_open_refused_source, 1);
+}
