@@ -5,13 +5,13 @@ use std::net::IpAddr;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     IpAddress, IpProtocol, IpRepr, IpVersion, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket,
-    TcpRepr,
+    TcpRepr, TcpSeqNumber,
 };
 
 use crate::port::Packet;
 
 /// A connection's 4-tuple, from our side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct Key {
     pub local: IpAddr,
     pub lport: u16,
@@ -26,6 +26,21 @@ pub(super) struct Seg {
     pub syn: bool,
     pub ack: bool,
     pub rst: bool,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number (meaningful when `ack`).
+    pub ack_no: u32,
+}
+
+/// What a SYN-ACK depends on from the peer's SYN: enough to replay the SYN later into a fresh
+/// socket (the SYN cache keeps this instead of a socket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SynInfo {
+    pub seq: u32,
+    pub window: u16,
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+    pub sack: bool,
 }
 
 /// Source, destination and IP payload of an unfragmented IPv4/IPv6 packet carrying TCP. IPv6
@@ -69,7 +84,79 @@ pub(super) fn parse(data: &[u8]) -> Option<Seg> {
         syn: tcp.syn(),
         ack: tcp.ack(),
         rst: tcp.rst(),
+        seq: tcp.seq_number().0 as u32,
+        ack_no: tcp.ack_number().0 as u32,
     })
+}
+
+/// The fully parsed TCP segment of `data` (checksum verified unless `caps` says the port does it).
+fn tcp_repr<'a>(data: &'a [u8], caps: &ChecksumCapabilities) -> Option<TcpRepr<'a>> {
+    let (src, dst, payload) = ip_tcp(data)?;
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    TcpRepr::parse(&tcp, &src.into(), &dst.into(), caps).ok()
+}
+
+/// True if `data` is a well-formed TCP segment whose checksum holds (or is the port's job).
+pub(super) fn well_formed(data: &[u8], caps: &ChecksumCapabilities) -> bool {
+    tcp_repr(data, caps).is_some()
+}
+
+/// The options of a SYN (not a SYN-ACK), checksum verified as [`well_formed`] does.
+pub(super) fn syn_info(data: &[u8], caps: &ChecksumCapabilities) -> Option<SynInfo> {
+    let tcp = tcp_repr(data, caps)?;
+    if tcp.control != TcpControl::Syn || tcp.ack_number.is_some() {
+        return None;
+    }
+    Some(SynInfo {
+        seq: tcp.seq_number.0 as u32,
+        window: tcp.window_len,
+        mss: tcp.max_seg_size,
+        wscale: tcp.window_scale,
+        sack: tcp.sack_permitted,
+    })
+}
+
+/// Our sequence number in a SYN-ACK we sent (`data` is one of our own packets).
+pub(super) fn synack_seq(data: &[u8]) -> Option<u32> {
+    let (_, _, payload) = ip_tcp(data)?;
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    (tcp.syn() && tcp.ack() && !tcp.rst()).then(|| tcp.seq_number().0 as u32)
+}
+
+/// Writes into `out` the SYN `syn` describes, from the peer of `key` to us, without payload
+/// (data in a SYN is not acknowledged by our SYN-ACK, so the peer sends it again).
+pub(super) fn emit_syn(key: &Key, syn: &SynInfo, out: &mut Packet) -> bool {
+    let (src, dst) = (IpAddress::from(key.remote), IpAddress::from(key.local));
+    let repr = TcpRepr {
+        src_port: key.rport,
+        dst_port: key.lport,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(syn.seq as i32),
+        ack_number: None,
+        window_len: syn.window,
+        window_scale: syn.wscale,
+        max_seg_size: syn.mss,
+        sack_permitted: syn.sack,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = IpRepr::new(src, dst, IpProtocol::Tcp, repr.buffer_len(), 64);
+    let (total, hdr) = (ip.buffer_len(), ip.header_len());
+    // Always with checksums: the socket verifies them unless the port is trusted to.
+    let caps = ChecksumCapabilities::default();
+    let buf = out.prepare(total);
+    if buf.len() < total {
+        return false;
+    }
+    ip.emit(&mut *buf, &caps);
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut buf[hdr..]),
+        &src,
+        &dst,
+        &caps,
+    );
+    true
 }
 
 /// Writes into `out` the RST answering `data` (RFC 9293 §3.10.7.1: seq from the ACK field, or

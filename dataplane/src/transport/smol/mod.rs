@@ -31,6 +31,16 @@
 //!   are addressed to one of our addresses, are well-formed and are not RSTs themselves; SYNs to
 //!   a listener while the table is full are dropped silently so the peer retries. Everything
 //!   else that is not a plain (unfragmented, no IPv6 extension header) TCP segment is dropped.
+//! - Accepting (RFC 9329 §10: a Responder is open to SYN floods). A SYN gets no socket: it gets
+//!   an entry in a SYN cache (`accept.rs`, a few hundred bytes) and a SYN-ACK made by a spare
+//!   socket configured like an accepted one. Only the ACK that completes the handshake (with our
+//!   ISN, so the source address is real) builds the connection with its full buffers, by
+//!   replaying the SYN into a socket whose interface has the same random seed. Half-open entries
+//!   are capped per listener and per source (`half_open_per_*`), connections the engine has not
+//!   yet called [`mark_trusted`](Transport::mark_trusted) on are capped likewise
+//!   (`untrusted_per_*`); a SYN or handshake ACK over a cap is dropped and counted, never
+//!   answered. Why not "small buffers that grow once trusted": see `accept.rs` (the window scale
+//!   is fixed at the SYN-ACK and smoltcp ties it to the buffer it was built with).
 //! - A half-open accept or an unanswered connect gives up after `handshake_timeout`. A closed or
 //!   aborted connection lingers invisibly (its `ConnId` is dead once `Down` is out) until smoltcp
 //!   finishes FIN/TIME-WAIT (10 s) or `linger` passes; data arriving after a local close resets
@@ -41,6 +51,7 @@
 //!   neighbors learned from received frames. No NDP: IPv6 over Ethernet only answers peers
 //!   that already know our MAC, and `connect` to IPv6 is refused there.
 
+mod accept;
 mod demux;
 mod device;
 mod eth;
@@ -60,7 +71,8 @@ use smoltcp::socket::tcp::{self, CongestionControl, State};
 use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{ETHERNET_HEADER_LEN, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
-use self::demux::Key;
+use self::accept::{Due, SynCache, Tally, source_group};
+use self::demux::{Key, Seg, SynInfo};
 use self::device::{CapsOnly, Dev};
 use super::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
 use crate::port::{DEFAULT_BUF_SIZE, HEADROOM, Medium, Packet, PacketPool, Port};
@@ -82,12 +94,30 @@ pub struct SmolConfig {
     /// Our addresses: the default source for `connect`, and the addresses a wildcard `listen`
     /// accepts on and RSTs are sent from.
     pub local_addrs: Vec<IpAddr>,
-    /// Receive buffer per connection (bytes, at most 1 GiB); sets the window scale.
+    /// Receive buffer per connection (bytes, at most 1 GiB); sets the window scale. Accepted
+    /// connections get it only once their handshake completes; one more of this size (never
+    /// written) answers SYNs once something listens.
     pub rx_buffer: usize,
     /// Send buffer per connection (bytes).
     pub tx_buffer: usize,
-    /// Connection slots, including half-open accepts and lingering closed connections.
+    /// Connection slots, including lingering closed connections; half-open accepts (SYN-cache
+    /// entries) reserve one each.
     pub max_connections: usize,
+    /// Half-open accepts (SYN answered, no ACK yet) per listening endpoint. Each costs a SYN-cache
+    /// entry (248 bytes, about 500 with hash map slack; no socket, no buffers), so the cap bounds
+    /// SYN-ACK work and reserved slots more than memory; past it a SYN flood is dropped while
+    /// established connections carry on.
+    pub half_open_per_listener: usize,
+    /// Half-open accepts per source (IPv4 address, IPv6 /64), so one flooding source cannot take
+    /// a listener's whole half-open budget.
+    pub half_open_per_source: usize,
+    /// Accepted connections past the handshake that are not yet trusted
+    /// ([`Transport::mark_trusted`]), per listening endpoint. Each holds `rx_buffer + tx_buffer`
+    /// bytes, so this caps what peers that merely completed a handshake can make us allocate:
+    /// `untrusted_per_listener × (rx_buffer + tx_buffer)` per listener.
+    pub untrusted_per_listener: usize,
+    /// Untrusted accepted connections per source (IPv4 address, IPv6 /64).
+    pub untrusted_per_source: usize,
     /// Packets read from the port per poll, and smoltcp's `max_burst_size`.
     pub burst: usize,
     /// Outgoing queue bound (packets) before smoltcp is refused; reading pauses above it.
@@ -127,6 +157,16 @@ impl Default for SmolConfig {
             rx_buffer: 1 << 20,
             tx_buffer: 1 << 20,
             max_connections: 65536,
+            // A legitimate client needs one half-open connection for about one RTT; 1024 per
+            // listener absorbs a reconnect storm of that many clients, 64 per address covers a
+            // NAT with many clients reconnecting at once.
+            half_open_per_listener: 1024,
+            half_open_per_source: 64,
+            // 2 MiB each with the default buffers: at most 512 MiB per listener, 64 MiB per
+            // address, held by peers that have not yet sent a valid prefix and frame (the engine
+            // trusts a connection about one RTT after it is up).
+            untrusted_per_listener: 256,
+            untrusted_per_source: 32,
             burst: 64,
             out_queue: 256,
             nagle: false,
@@ -156,8 +196,27 @@ pub struct SmolStats {
     pub no_conn: u64,
     /// SYNs to an address/port nobody listens on.
     pub syn_no_listener: u64,
-    /// SYNs to a listener dropped because `max_connections` slots were in use.
+    /// SYNs to a listener dropped because `max_connections` slots were in use (half-open accepts
+    /// included).
     pub syn_dropped_full: u64,
+    /// SYNs dropped because their listener had `half_open_per_listener` half-open accepts.
+    pub half_open_refused_listener: u64,
+    /// SYNs dropped because their source had `half_open_per_source` half-open accepts.
+    pub half_open_refused_source: u64,
+    /// SYNs and handshake ACKs dropped because the listener had `untrusted_per_listener`
+    /// untrusted connections (a dropped ACK leaves the half-open entry: the peer's next segment
+    /// tries again).
+    pub untrusted_refused_listener: u64,
+    /// The same for `untrusted_per_source`.
+    pub untrusted_refused_source: u64,
+    /// SYN-ACKs sent again for half-open accepts (timer or retransmitted SYN).
+    pub synack_retransmits: u64,
+    /// ACKs to a half-open accept that did not acknowledge our SYN-ACK (answered with an RST,
+    /// RFC 9293 §3.10.7.4).
+    pub handshake_bad_ack: u64,
+    /// Handshakes abandoned because replaying the SYN gave another initial sequence number than
+    /// the SYN-ACK we sent (smoltcp changed how it draws it; stays 0).
+    pub synack_mismatch: u64,
     /// RSTs we generated for segments without a connection.
     pub rst_sent: u64,
     /// `Up` events.
@@ -180,9 +239,24 @@ pub struct SmolStats {
     pub no_neighbor: u64,
 }
 
+/// What accepted connections hold now ([`SmolTransport::load`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmolLoad {
+    /// SYNs answered whose handshake has not completed (SYN-cache entries, no buffers).
+    pub half_open: usize,
+    /// Accepted connections past the handshake not yet marked trusted, until their slot is free.
+    pub untrusted: usize,
+    /// Bytes of TCP socket buffers allocated: every connection's `rx_buffer + tx_buffer`, and
+    /// the SYN answerer's receive buffer once something listened.
+    pub buffer_bytes: usize,
+    /// Bytes held by the SYN cache (entries and timers; hash map overhead aside).
+    pub half_open_bytes: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Accepting: listen socket fed a SYN, no `ConnId` handed out yet.
+    /// Accepted: the SYN was replayed into its socket and the handshake ACK is on its way to
+    /// it; no `ConnId` handed out yet.
     Embryonic,
     /// `connect` called, `Up` not yet emitted.
     Connecting,
@@ -207,6 +281,10 @@ struct Conn {
     readable: bool,
     /// An RST was fed since the last poll: tells a reset from a timeout.
     saw_rst: bool,
+    /// Accepted and not yet trusted: the listener and source group it is counted under.
+    untrusted: Option<((IpAddr, u16), IpAddr)>,
+    /// Socket buffer bytes (rx + tx capacity).
+    buf_bytes: usize,
     polls: u64,
 }
 
@@ -227,6 +305,14 @@ impl Conn {
 struct Slot {
     generation: u32,
     conn: Option<Box<Conn>>,
+}
+
+/// The socket that answers SYNs for the SYN cache. Built like an accepted connection's (same
+/// receive capacity, so the same window scale and window in the SYN-ACK), it only ever sees
+/// payload-free SYNs, so its buffers are never written.
+struct Answerer {
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
 }
 
 /// Random bytes from getrandom, fetched 256 at a time.
@@ -311,6 +397,10 @@ pub struct SmolTransport<P: Port> {
     entropy: Entropy,
     stats: SmolStats,
     eth: Option<eth::Eth>,
+    syn_cache: SynCache,
+    untrusted: Tally,
+    buffer_bytes: usize,
+    answerer: Option<Answerer>,
 }
 
 impl<P: Port> fmt::Debug for SmolTransport<P> {
@@ -320,6 +410,7 @@ impl<P: Port> fmt::Debug for SmolTransport<P> {
             .field("connections", &self.visible)
             .field("listeners", &self.listeners.len())
             .field("out_queued", &self.out.len())
+            .field("load", &self.load())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -369,6 +460,13 @@ impl<P: Port> SmolTransport<P> {
         if cfg.burst == 0 || cfg.out_queue == 0 {
             return Err(invalid("burst and out_queue must be non-zero"));
         }
+        if cfg.half_open_per_listener == 0
+            || cfg.half_open_per_source == 0
+            || cfg.untrusted_per_listener == 0
+            || cfg.untrusted_per_source == 0
+        {
+            return Err(invalid("half-open and untrusted caps must be non-zero"));
+        }
         if let Some(ip) = cfg.local_addrs.iter().find(|ip| !unicast(**ip)) {
             return Err(invalid(&format!("local address {ip} is not unicast")));
         }
@@ -406,8 +504,22 @@ impl<P: Port> SmolTransport<P> {
             entropy,
             stats: SmolStats::default(),
             eth,
+            syn_cache: SynCache::default(),
+            untrusted: Tally::default(),
+            buffer_bytes: 0,
+            answerer: None,
             cfg,
         })
+    }
+
+    /// Half-open and untrusted accepts and the buffer memory they and everything else hold.
+    pub fn load(&self) -> SmolLoad {
+        SmolLoad {
+            half_open: self.syn_cache.len(),
+            untrusted: self.untrusted.total(),
+            buffer_bytes: self.buffer_bytes,
+            half_open_bytes: self.syn_cache.bytes(),
+        }
     }
 
     /// Counters so far.
@@ -427,9 +539,9 @@ impl<P: Port> SmolTransport<P> {
         self.eth.as_ref().map(eth::Eth::mac)
     }
 
-    /// Entries in the 4-tuple table (every occupied slot, including half-open and lingering).
+    /// 4-tuples in use: every occupied slot (lingering ones included) and half-open accept.
     pub fn tuples(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.syn_cache.len()
     }
 
     /// The port.
@@ -486,40 +598,74 @@ impl<P: Port> SmolTransport<P> {
         self.cfg.local_addrs.contains(&ip) || self.listeners.contains(&(ip, port))
     }
 
-    fn listening(&self, ip: IpAddr, port: u16) -> bool {
+    /// The listener a SYN to `ip:port` belongs to: the one on that address, else a wildcard one
+    /// if `ip` is ours.
+    fn listener_of(&self, ip: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
+        if self.listeners.contains(&(ip, port)) {
+            return Some((ip, port));
+        }
         let any = match ip {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         };
-        self.listeners.contains(&(ip, port))
-            || (self.listeners.contains(&(any, port)) && self.cfg.local_addrs.contains(&ip))
+        (self.listeners.contains(&(any, port)) && self.cfg.local_addrs.contains(&ip))
+            .then_some((any, port))
+    }
+
+    /// An interface for one connection from `local`, drawing ISNs from `seed`.
+    fn make_iface(
+        caps: &DeviceCapabilities,
+        now: SmolInstant,
+        local: IpAddr,
+        seed: u64,
+    ) -> Interface {
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = seed;
+        let mut iface = Interface::new(config, &mut CapsOnly(caps), now);
+        // Prefix 0: every destination is on-link, so no route is needed on Medium::Ip.
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(local.into(), 0));
+        });
+        iface
+    }
+
+    /// A socket with our options and buffers of `rx` and `tx` bytes (`rx` sets the window scale).
+    fn make_socket(cfg: &SmolConfig, rx: usize, tx: usize) -> tcp::Socket<'static> {
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; rx]),
+            tcp::SocketBuffer::new(vec![0u8; tx]),
+        );
+        sock.set_nagle_enabled(cfg.nagle);
+        sock.set_ack_delay(cfg.ack_delay.map(smol_duration));
+        sock.set_congestion_control(CongestionControl::Cubic);
+        sock.set_timeout(Some(smol_duration(cfg.handshake_timeout)));
+        // Set before listen/connect: set on an idle established socket it fires at once.
+        sock.set_keep_alive(cfg.keepalive.map(smol_duration));
+        sock
     }
 
     /// Takes a free slot and builds its interface and socket. The caller starts the socket.
-    fn new_conn(&mut self, key: Key, role: TcpRole, phase: Phase) -> io::Result<u32> {
+    /// `seed` is the interface's random seed (a fresh one if `None`).
+    fn new_conn(
+        &mut self,
+        key: Key,
+        role: TcpRole,
+        phase: Phase,
+        seed: Option<u64>,
+    ) -> io::Result<u32> {
         if self.in_use >= self.cfg.max_connections {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 "smol transport: max_connections reached",
             ));
         }
-        let mut config = Config::new(HardwareAddress::Ip);
-        config.random_seed = self.entropy.u64()?;
-        let mut iface = Interface::new(config, &mut CapsOnly(&self.caps), self.now);
-        // Prefix 0: every destination is on-link, so no route is needed on Medium::Ip.
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(key.local.into(), 0));
-        });
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; self.cfg.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0u8; self.cfg.tx_buffer]),
-        );
-        sock.set_nagle_enabled(self.cfg.nagle);
-        sock.set_ack_delay(self.cfg.ack_delay.map(smol_duration));
-        sock.set_congestion_control(CongestionControl::Cubic);
-        sock.set_timeout(Some(smol_duration(self.cfg.handshake_timeout)));
-        // Set before listen/connect: set on an idle established socket it fires at once.
-        sock.set_keep_alive(self.cfg.keepalive.map(smol_duration));
+        let seed = match seed {
+            Some(seed) => seed,
+            None => self.entropy.u64()?,
+        };
+        let iface = Self::make_iface(&self.caps, self.now, key.local, seed);
+        let sock = Self::make_socket(&self.cfg, self.cfg.rx_buffer, self.cfg.tx_buffer);
+        let buf_bytes = self.cfg.rx_buffer + self.cfg.tx_buffer;
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(sock);
         let conn = Box::new(Conn {
@@ -534,6 +680,8 @@ impl<P: Port> SmolTransport<P> {
             ready: false,
             readable: false,
             saw_rst: false,
+            untrusted: None,
+            buf_bytes,
             polls: 0,
         });
         let slot = match self.free.pop() {
@@ -553,6 +701,7 @@ impl<P: Port> SmolTransport<P> {
         }
         self.map.insert(key, slot);
         self.in_use += 1;
+        self.buffer_bytes += buf_bytes;
         Ok(slot)
     }
 
@@ -565,6 +714,10 @@ impl<P: Port> SmolTransport<P> {
             s.generation = s.generation.wrapping_add(1);
             self.free.push(slot);
             self.in_use = self.in_use.saturating_sub(1);
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(conn.buf_bytes);
+            if let Some((listener, group)) = conn.untrusted {
+                self.untrusted.remove(listener, group);
+            }
         }
         // Freed connections leave stale entries behind; a worker that never calls `readable`,
         // or a port that stays full, must not let them pile up.
@@ -579,6 +732,11 @@ impl<P: Port> SmolTransport<P> {
             self.readable.retain(valid);
             self.ready.retain(valid);
         }
+    }
+
+    /// A connection or a half-open accept has this 4-tuple.
+    fn tuple_in_use(&self, key: &Key) -> bool {
+        self.map.contains_key(key) || self.syn_cache.get(key).is_some()
     }
 
     fn pick_port(&mut self, local: IpAddr, remote: IpAddr, rport: u16) -> io::Result<u16> {
@@ -596,7 +754,7 @@ impl<P: Port> SmolTransport<P> {
                 .cfg
                 .steer
                 .is_none_or(|s| s.owns(local, lport, remote, rport));
-            if ours && !self.map.contains_key(&key) {
+            if ours && !self.tuple_in_use(&key) {
                 return Ok(lport);
             }
         }
@@ -695,33 +853,16 @@ impl<P: Port> SmolTransport<P> {
             return;
         }
         let key = seg.key;
+        if let Some(listener) = self.syn_cache.get(&key).map(|e| e.listener) {
+            self.half_open_segment(idx, pkt, &seg, listener, staged);
+            return;
+        }
         if seg.syn && !seg.ack && !seg.rst {
-            if self.listening(key.local, key.lport) && unicast(key.local) && unicast(key.remote) {
-                if self.in_use >= self.cfg.max_connections {
-                    self.stats.syn_dropped_full += 1;
-                    self.pool.put(pkt);
-                    return;
-                }
-                let slot = match self.new_conn(key, TcpRole::Responder, Phase::Embryonic) {
-                    Ok(slot) => slot,
-                    Err(_) => {
-                        self.stats.syn_dropped_full += 1;
-                        self.pool.put(pkt);
-                        return;
-                    }
-                };
-                let ep = IpListenEndpoint {
-                    addr: Some(key.local.into()),
-                    port: key.lport,
-                };
-                if let Some(c) = self.conn_mut(slot)
-                    && c.sock().listen(ep).is_ok()
-                {
-                    staged.push((slot, idx, pkt));
-                    return;
-                }
-                self.free_slot(slot);
-                self.pool.put(pkt);
+            if let Some(listener) = self.listener_of(key.local, key.lport)
+                && unicast(key.local)
+                && unicast(key.remote)
+            {
+                self.on_syn(key, listener, pkt);
                 return;
             }
             self.stats.syn_no_listener += 1;
@@ -729,15 +870,296 @@ impl<P: Port> SmolTransport<P> {
             self.stats.no_conn += 1;
         }
         if !seg.rst && unicast(key.remote) && self.is_local(key.local, key.lport) {
-            let mut reply = self.pool.get();
-            if demux::rst_reply(pkt.data(), &mut reply) {
-                self.out.push_back(reply);
-                self.stats.rst_sent += 1;
-            } else {
-                self.pool.put(reply);
-            }
+            self.send_rst(&pkt);
         }
         self.pool.put(pkt);
+    }
+
+    /// Queues the RST answering `pkt` (if it deserves one, see [`demux::rst_reply`]).
+    fn send_rst(&mut self, pkt: &Packet) {
+        let mut reply = self.pool.get();
+        if demux::rst_reply(pkt.data(), &mut reply) {
+            self.out.push_back(reply);
+            self.stats.rst_sent += 1;
+        } else {
+            self.pool.put(reply);
+        }
+    }
+
+    /// A SYN to `listener` with no connection or half-open entry: within the caps it gets a
+    /// SYN-cache entry and a SYN-ACK, no socket.
+    fn on_syn(&mut self, key: Key, listener: (IpAddr, u16), pkt: Packet) {
+        let group = source_group(key.remote);
+        let (half, untrusted, cfg) = (self.syn_cache.tally(), &self.untrusted, &self.cfg);
+        let refused = if self.in_use + self.syn_cache.len() >= cfg.max_connections {
+            Some(&mut self.stats.syn_dropped_full)
+        } else if half.listener(listener) >= cfg.half_open_per_listener {
+            Some(&mut self.stats.half_open_refused_listener)
+        } else if half.source(group) >= cfg.half_open_per_source {
+            Some(&mut self.stats.half_open_refused_source)
+        } else if untrusted.listener(listener) >= cfg.untrusted_per_listener {
+            // Its ACK could not be taken anyway: do not even answer.
+            Some(&mut self.stats.untrusted_refused_listener)
+        } else if untrusted.source(group) >= cfg.untrusted_per_source {
+            Some(&mut self.stats.untrusted_refused_source)
+        } else {
+            None
+        };
+        if let Some(counter) = refused {
+            // Dropped, not reset: the peer retries, and an RST would only help a flooder.
+            *counter += 1;
+            self.pool.put(pkt);
+            return;
+        }
+        let syn = demux::syn_info(pkt.data(), &self.caps.checksum);
+        self.pool.put(pkt);
+        let Some(syn) = syn else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(seed) = self.entropy.u64() else {
+            self.stats.embryonic_dropped += 1;
+            return;
+        };
+        let mut answerer = match self.answerer.take() {
+            Some(a) => a,
+            None => {
+                // Made on first use, kept: a transport that never accepts never pays for it.
+                let sock = Self::make_socket(&self.cfg, self.cfg.rx_buffer, 1);
+                self.buffer_bytes += self.cfg.rx_buffer + 1;
+                let mut sockets = SocketSet::new(Vec::with_capacity(1));
+                let handle = sockets.add(sock);
+                Answerer { sockets, handle }
+            }
+        };
+        let mut iface = Self::make_iface(&self.caps, self.now, key.local, seed);
+        let sock = answerer
+            .sockets
+            .get_mut::<tcp::Socket<'static>>(answerer.handle);
+        // Drop what the last SYN left (SYN-RECEIVED) so `listen` accepts it again; `listen`
+        // also clears the tuple, so the RST an aborted socket owes is never sent.
+        sock.abort();
+        let answer = Self::answer_syn(
+            &mut iface,
+            &mut answerer.sockets,
+            answerer.handle,
+            &mut self.pool,
+            &self.caps,
+            self.now,
+            &key,
+            &syn,
+        );
+        self.answerer = Some(answerer);
+        let Some((synack, isn)) = answer else {
+            self.stats.embryonic_dropped += 1;
+            return;
+        };
+        let lifetime = i64::try_from(self.cfg.handshake_timeout.as_micros()).unwrap_or(i64::MAX);
+        let now = self.now.total_micros();
+        if self
+            .syn_cache
+            .insert(key, listener, syn, seed, isn, synack.data(), now, lifetime)
+        {
+            self.out.push_back(synack);
+        } else {
+            self.stats.embryonic_dropped += 1;
+            self.pool.put(synack);
+        }
+    }
+
+    /// Puts socket `handle` (closed or fresh) into LISTEN for `key`, feeds it the SYN `syn`
+    /// through `iface`, and returns the SYN-ACK it sent with our ISN in it. Nothing else is
+    /// sent: the only other thing a SYN-RECEIVED socket could send is a later retransmission.
+    #[allow(clippy::too_many_arguments)] // split borrows of the transport
+    fn answer_syn(
+        iface: &mut Interface,
+        sockets: &mut SocketSet<'static>,
+        handle: SocketHandle,
+        pool: &mut PacketPool,
+        caps: &DeviceCapabilities,
+        now: SmolInstant,
+        key: &Key,
+        syn: &SynInfo,
+    ) -> Option<(Packet, u32)> {
+        let ep = IpListenEndpoint {
+            addr: Some(key.local.into()),
+            port: key.lport,
+        };
+        sockets
+            .get_mut::<tcp::Socket<'static>>(handle)
+            .listen(ep)
+            .ok()?;
+        let mut pkt = pool.get();
+        if !demux::emit_syn(key, syn, &mut pkt) {
+            pool.put(pkt);
+            return None;
+        }
+        let (mut rx, mut spent, mut sent) = (VecDeque::from([pkt]), Vec::new(), VecDeque::new());
+        let mut dev = Dev {
+            rx: &mut rx,
+            spent: &mut spent,
+            out: &mut sent,
+            pool,
+            out_limit: 4,
+            caps,
+        };
+        iface.poll(now, &mut dev, sockets);
+        let mut answer = None;
+        for p in rx.drain(..).chain(spent.drain(..)).chain(sent.drain(..)) {
+            match demux::synack_seq(p.data()) {
+                Some(isn) if answer.is_none() => answer = Some((p, isn)),
+                _ => pool.put(p),
+            }
+        }
+        answer
+    }
+
+    /// A segment for a half-open accept (RFC 9293 §3.10.7.4, SYN-RECEIVED).
+    fn half_open_segment(
+        &mut self,
+        idx: u32,
+        pkt: Packet,
+        seg: &Seg,
+        listener: (IpAddr, u16),
+        staged: &mut Vec<(u32, u32, Packet)>,
+    ) {
+        let key = seg.key;
+        let Some(e) = self.syn_cache.get(&key) else {
+            self.pool.put(pkt);
+            return;
+        };
+        let (peer_next, isn) = (e.syn.seq.wrapping_add(1), e.isn);
+        let (syn, seed) = (e.syn, e.seed);
+        if seg.rst {
+            // RFC 5961 §3.2: only an RST at exactly the next sequence number resets; a blind
+            // attacker would have to guess it.
+            if seg.seq == peer_next && demux::well_formed(pkt.data(), &self.caps.checksum) {
+                self.syn_cache.remove(&key);
+                self.stats.embryonic_dropped += 1;
+            }
+            self.pool.put(pkt);
+            return;
+        }
+        if seg.syn && !seg.ack {
+            if seg.seq == syn.seq {
+                // The peer did not get our SYN-ACK: the same again.
+                let mut p = self.pool.get();
+                if p.fill_from(e.synack()) {
+                    self.out.push_back(p);
+                    self.stats.synack_retransmits += 1;
+                } else {
+                    self.pool.put(p);
+                }
+                self.pool.put(pkt);
+            } else {
+                // Another ISN on the same 4-tuple: the peer started over.
+                self.syn_cache.remove(&key);
+                self.on_syn(key, listener, pkt);
+            }
+            return;
+        }
+        if !seg.ack {
+            // Step 5 of SEGMENT ARRIVES: no ACK bit, drop.
+            self.pool.put(pkt);
+            return;
+        }
+        if seg.syn || seg.ack_no != isn.wrapping_add(1) {
+            // An unacceptable ACK in SYN-RECEIVED: <SEQ=SEG.ACK><CTL=RST>.
+            self.stats.handshake_bad_ack += 1;
+            self.send_rst(&pkt);
+            self.pool.put(pkt);
+            return;
+        }
+        // Data may precede a lost pure ACK; anything starting past our window is not this peer's.
+        let ahead = seg.seq.wrapping_sub(peer_next) as usize;
+        if ahead >= self.cfg.rx_buffer || !demux::well_formed(pkt.data(), &self.caps.checksum) {
+            self.stats.malformed += 1;
+            self.pool.put(pkt);
+            return;
+        }
+        let group = source_group(key.remote);
+        let refused = if self.untrusted.listener(listener) >= self.cfg.untrusted_per_listener {
+            Some(&mut self.stats.untrusted_refused_listener)
+        } else if self.untrusted.source(group) >= self.cfg.untrusted_per_source {
+            Some(&mut self.stats.untrusted_refused_source)
+        } else {
+            None
+        };
+        if let Some(counter) = refused {
+            // The entry stays: the peer's next segment (its first data, or a retransmission)
+            // completes the handshake once a place is free, or the entry times out.
+            *counter += 1;
+            self.pool.put(pkt);
+            return;
+        }
+        self.syn_cache.remove(&key);
+        // Half-open entries reserve their slot, so this only fails if `connect` took it since.
+        let Ok(slot) = self.new_conn(key, TcpRole::Responder, Phase::Embryonic, Some(seed)) else {
+            self.stats.syn_dropped_full += 1;
+            self.send_rst(&pkt);
+            self.pool.put(pkt);
+            return;
+        };
+        let replayed = match self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_deref_mut())
+        {
+            Some(c) => Self::answer_syn(
+                &mut c.iface,
+                &mut c.sockets,
+                c.handle,
+                &mut self.pool,
+                &self.caps,
+                self.now,
+                &key,
+                &syn,
+            ),
+            None => None,
+        };
+        // Same seed, same first draw: the socket must have picked the ISN the peer is acking.
+        // Its own SYN-ACK is a duplicate of ours; the peer never sees it.
+        match replayed {
+            Some((p, replayed_isn)) if replayed_isn == isn => self.pool.put(p),
+            other => {
+                if let Some((p, _)) = other {
+                    self.pool.put(p);
+                }
+                self.stats.synack_mismatch += 1;
+                self.free_slot(slot);
+                self.send_rst(&pkt);
+                self.pool.put(pkt);
+                return;
+            }
+        }
+        if let Some(c) = self.conn_mut(slot) {
+            c.untrusted = Some((listener, group));
+        }
+        self.untrusted.add(listener, group);
+        staged.push((slot, idx, pkt));
+    }
+
+    /// SYN-ACK retransmissions and expiry of half-open accepts, while the out queue has room.
+    fn run_syn_timers(&mut self) {
+        let now = self.now.total_micros();
+        while self.out.len() < self.cfg.out_queue {
+            match self.syn_cache.next_due(now) {
+                None => break,
+                Some(Due::Expired) => self.stats.embryonic_dropped += 1,
+                Some(Due::Retransmit(key)) => {
+                    if let Some(e) = self.syn_cache.get(&key) {
+                        let mut p = self.pool.get();
+                        if p.fill_from(e.synack()) {
+                            self.out.push_back(p);
+                            self.stats.synack_retransmits += 1;
+                        } else {
+                            self.pool.put(p);
+                        }
+                    }
+                    self.syn_cache.rearm(&key, now);
+                }
+            }
+        }
     }
 
     /// Polls one connection's interface with whatever sits in `dev_rx`, then updates its state.
@@ -990,6 +1412,7 @@ impl<P: Port> SmolTransport<P> {
         self.run_dirty();
         self.run_ready();
         self.run_timers();
+        self.run_syn_timers();
         self.flush()
     }
 
@@ -1068,13 +1491,13 @@ impl<P: Port> Transport for SmolTransport<P> {
             remote: rip,
             rport: remote.port(),
         };
-        if self.map.contains_key(&key) {
+        if self.tuple_in_use(&key) {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 "smol transport: 4-tuple in use",
             ));
         }
-        let slot = self.new_conn(key, TcpRole::Originator, Phase::Connecting)?;
+        let slot = self.new_conn(key, TcpRole::Originator, Phase::Connecting, None)?;
         let res = match self.conn_mut(slot) {
             Some(conn) => {
                 let handle = conn.handle;
@@ -1186,5 +1609,17 @@ impl<P: Port> Transport for SmolTransport<P> {
 
     fn connections(&self) -> usize {
         self.visible
+    }
+
+    /// Moves an accepted connection out of the untrusted caps (`untrusted_per_*`). Its buffers
+    /// are already full size: they cannot grow later (see `accept.rs`), so what "untrusted"
+    /// bounds is how many full-size connections unproven peers hold.
+    fn mark_trusted(&mut self, conn: ConnId) {
+        let Some(c) = self.live_mut(conn) else {
+            return;
+        };
+        if let Some((listener, group)) = c.untrusted.take() {
+            self.untrusted.remove(listener, group);
+        }
     }
 }
