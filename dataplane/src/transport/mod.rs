@@ -112,8 +112,8 @@ pub trait Transport {
     fn connections(&self) -> usize;
 
     /// Tells the transport that an accepted connection has proven itself: the engine calls it
-    /// once per Responder connection, after the `IKETCP` prefix and the first valid frame
-    /// arrived (RFC 9329 §4, §6.3). Until then a transport may count the connection against
+    /// when the connection carried authentic ESP (ICV and replay check passed) or control bound
+    /// an authenticated IKE SA to it (RFC 9329 §6.1, §10: nothing unauthenticated earns more). Until then a transport may count the connection against
     /// caps for unproven peers (the smoltcp transport does: `SmolConfig::untrusted_per_*`, and
     /// refuses new accepts past them). Stale ids, Originator connections and repeated calls are
     /// ignored. Transports without such caps (kernel sockets) keep this no-op.

@@ -116,6 +116,8 @@ struct ConnState {
     in_backlog: bool,
     /// Bytes of its IKE messages that control has not consumed yet (see [`IkeBytes`]).
     ike_bytes: Arc<AtomicUsize>,
+    /// The transport was told this Responder connection proved itself (`mark_trusted`).
+    trusted: bool,
 }
 
 /// RFC 9329 §6.1 corruption tracking of one connection.
@@ -192,6 +194,8 @@ pub struct Engine {
     frames: Vec<FrameRef>,
     readable: Vec<ConnId>,
     to_close: Vec<(ConnId, bool)>,
+    /// Responder connections that carried authentic ESP, to be marked trusted after the receive.
+    to_trust: Vec<ConnId>,
     /// Connections whose queues TCP did not take in full.
     backlog: Vec<ConnId>,
     /// Reliable events that found the channel full, oldest first (see [`Event`]).
@@ -257,6 +261,7 @@ impl Engine {
             frames: Vec::with_capacity(256),
             readable: Vec::with_capacity(256),
             to_close: Vec::new(),
+            to_trust: Vec::new(),
             backlog: Vec::new(),
             outbox: VecDeque::new(),
             ike_total: Arc::new(AtomicUsize::new(0)),
@@ -450,6 +455,11 @@ impl Engine {
             }
             Command::BindIkeSa { ike_sa, conn } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
+                    // Control binds only after the IKE SA authenticated (R-6.1-t).
+                    if c.role == TcpRole::Responder && !c.trusted {
+                        c.trusted = true;
+                        t.mark_trusted(conn);
+                    }
                     if !c.ike_sas.contains(&ike_sa) {
                         c.ike_sas.push(ike_sa);
                     }
@@ -573,6 +583,7 @@ impl Engine {
             health: Health::default(),
             in_backlog: false,
             ike_bytes: Arc::new(AtomicUsize::new(0)),
+            trusted: false,
         };
         // RFC 9329 §4, §6.1: an Originator's stream starts with the prefix, on every connection.
         let mut enc = FrameEncoder::new(role);
@@ -673,6 +684,9 @@ impl Engine {
         for (id, abort) in std::mem::take(&mut self.to_close) {
             if abort { t.abort(id) } else { t.close(id) }
         }
+        for id in std::mem::take(&mut self.to_trust) {
+            t.mark_trusted(id);
+        }
     }
 
     /// Whether `id`'s IKE messages, or all of the worker's, waiting for control reached their
@@ -720,7 +734,8 @@ impl Engine {
                     }
                     FrameKind::Esp => {
                         c.health.unparseable_run = 0;
-                        self.rx_esp(id, c.role, bytes, &mut c.health, &mut c.ike_sas);
+                        let rx = (&mut c.health, &mut c.ike_sas, &mut c.trusted);
+                        self.rx_esp(id, c.role, bytes, rx);
                     }
                     FrameKind::Unparseable => {
                         bump(&self.stats.frames_unparseable, 1);
@@ -759,8 +774,7 @@ impl Engine {
         id: ConnId,
         role: TcpRole,
         bytes: &mut [u8],
-        health: &mut Health,
-        ike_sas: &mut Vec<IkeSaId>,
+        (health, ike_sas, trusted): (&mut Health, &mut Vec<IkeSaId>, &mut bool),
     ) {
         let spi = parse_header(bytes).map_or(0, |h| h.0);
         let conn = self.conn(id);
@@ -794,6 +808,10 @@ impl Engine {
             Ok(d) => {
                 health.unknown_spi_run = 0;
                 health.foreign_run = 0;
+                if role == TcpRole::Responder && !*trusted {
+                    *trusted = true;
+                    self.to_trust.push(id);
+                }
                 // Authentic and not a replay: on the Responder this connection is now the IKE
                 // SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e). The
                 // Originator keeps the connection it chose, unless it has none.

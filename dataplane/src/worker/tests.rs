@@ -34,6 +34,8 @@ struct FakeTransport {
     conns: HashMap<ConnId, FakeConn>,
     events: Vec<TransportEvent>,
     next: u32,
+    /// Connections the engine marked trusted, in order.
+    trusted: Vec<ConnId>,
 }
 
 impl FakeTransport {
@@ -68,6 +70,9 @@ impl FakeTransport {
 }
 
 impl Transport for FakeTransport {
+    fn mark_trusted(&mut self, conn: ConnId) {
+        self.trusted.push(conn);
+    }
     fn poll(&mut self, _now: Instant, events: &mut Vec<TransportEvent>) -> io::Result<()> {
         events.append(&mut self.events);
         Ok(())
@@ -943,4 +948,36 @@ fn ike_bytes_waiting_for_control_are_bounded_per_connection() {
         matches!(&rest[..], [Event::IkeMessage { conn, msg }] if conn.id == a && msg[0] == 4),
         "{rest:?}"
     );
+}
+
+/// A Responder connection earns the transport's trust (full buffers, no unproven-peer cap) only
+/// with authentic ESP or control's bind after IKE authentication: never with the prefix, an
+/// IKE frame or a forged ESP frame.
+#[test]
+fn only_authenticated_traffic_marks_a_connection_trusted() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    r.t.feed(a, &ike_frame(1, 40));
+    let mut forged = r.peer.esp_frame(1);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    r.t.feed(a, &forged);
+    r.step();
+    assert!(
+        r.t.trusted.is_empty(),
+        "prefix, IKE and a forged frame earn nothing"
+    );
+    let b = r.responder_conn("192.0.2.11:40000");
+    let good = r.peer.esp_frame(2);
+    r.t.feed(b, &good);
+    let good = r.peer.esp_frame(3);
+    r.t.feed(b, &good);
+    r.step();
+    assert_eq!(r.t.trusted, vec![b], "authentic ESP, once");
+    let c = r.responder_conn("192.0.2.12:40000");
+    r.cmd(Command::BindIkeSa {
+        ike_sa: IKE,
+        conn: c,
+    });
+    assert_eq!(r.t.trusted, vec![b, c]);
 }
