@@ -248,6 +248,7 @@ impl Core {
                     // The peer's rekey: it installs its inbound SA when our response arrives;
                     // switch when its Delete of the old SA comes.
                     self.switches.push(w);
+                    self.arm(Timer::Switches);
                 }
                 Ok(Some(ack))
             }
@@ -297,7 +298,7 @@ impl Core {
                 // Packets the peer sent before its Delete may still be in flight: the inbound SA
                 // goes after the grace period, as for a rekey.
                 self.delete_outbound(child)?;
-                self.retiring.push((now + OLD_INBOUND_GRACE, child));
+                self.retire(child, now);
                 Ok(None)
             }
             SaEvent::IkeSaRekeyed { spi_i, spi_r } => {
@@ -326,12 +327,7 @@ impl Core {
             SaEvent::OldIkeSaDeleted { .. } => Ok(None),
             SaEvent::IkeSaDeleted => {
                 self.switches.retain(|w| w.session != index);
-                let mine: Vec<ChildSaId> = self
-                    .children
-                    .iter()
-                    .filter(|(_, c)| c.session == index)
-                    .map(|(c, _)| c)
-                    .collect();
+                let mine = self.sessions[index].children.clone();
                 self.retiring.retain(|r| !mine.contains(&r.1));
                 for c in mine {
                     self.delete_outbound(c)?;
@@ -357,11 +353,8 @@ impl Core {
 
     /// The live Child SA of session `index` with this inbound SPI.
     pub(super) fn find_child(&self, index: IkeSaId, spi_in: u32) -> Option<ChildSaId> {
-        self.children
-            .iter()
-            .filter(|(_, c)| c.session == index && c.spi_in == spi_in)
-            .map(|(c, _)| c)
-            .last()
+        let c = *self.child_by_spi_in.get(&spi_in)?;
+        (self.children.get(c)?.session == index).then_some(c)
     }
 
     /// Moves traffic from `w.old` to `w.new`: installs the new outbound SA (it takes
@@ -370,9 +363,16 @@ impl Core {
         self.install_outbound(w.new, w.sa, w.selectors)?;
         self.delete_outbound(w.old)?;
         if !self.retiring.iter().any(|r| r.1 == w.old) {
-            self.retiring.push((now + OLD_INBOUND_GRACE, w.old));
+            self.retire(w.old, now);
         }
         Ok(())
+    }
+
+    /// Child SA `child`'s inbound SA goes after the grace period (packets in flight with its SPI
+    /// still decrypt, RFC 7296 §2.8).
+    fn retire(&mut self, child: ChildSaId, now: Instant) {
+        self.retiring.push((now + OLD_INBOUND_GRACE, child));
+        self.arm(Timer::Retiring);
     }
 
     pub(super) fn delete_sa(
@@ -382,7 +382,8 @@ impl Core {
         dir: Direction,
     ) -> Result<(), DriverError> {
         let ack = self.ack();
-        self.pending.insert(ack, Pending::Delete);
+        self.expect_ack(ack, Pending::Delete);
+        self.reap_hint += 1;
         self.send(worker, Command::DeleteSa { spi, dir, ack })
     }
 
@@ -463,8 +464,14 @@ impl Core {
             selectors: selectors.clone(),
             unwanted: (false, false),
         });
+        self.child_by_spi_in.insert(c.spi_in, child);
+        self.child_by_spi_out
+            .entry(c.spi_out)
+            .or_default()
+            .push(child);
+        self.sessions[index].children.push(child);
         let ack = self.ack();
-        self.pending.insert(
+        self.expect_ack(
             ack,
             Pending::Inbound {
                 child,
@@ -498,7 +505,7 @@ impl Core {
         let ike_sa = session;
         let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
         let ack = self.ack();
-        self.pending.insert(ack, Pending::Outbound { child });
+        self.expect_ack(ack, Pending::Outbound { child });
         self.send(
             worker,
             Command::InstallOutbound {

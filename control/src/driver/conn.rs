@@ -44,17 +44,18 @@ impl Core {
                 cookie_wait: None,
             },
         );
+        // A Responder's connection that carries no IKE SA is closed after a grace period.
+        self.conn_changed(conn);
         self.events.push(DriverEvent::ConnUp { endpoint, conn });
         if role != TcpRole::Originator {
             return Ok(());
         }
         self.dial_failures.remove(&endpoint);
         // A reconnect: the session waiting for it takes the new connection (RFC 9329 §6.1).
-        let waiting = self
-            .sessions
-            .iter()
-            .find(|(_, s)| s.endpoint == endpoint && s.connecting && s.alive())
-            .map(|(i, _)| i);
+        let waiting = self.endpoint_sessions(endpoint).find(|&i| {
+            let s = &self.sessions[i];
+            s.connecting && s.alive()
+        });
         if let Some(i) = waiting {
             self.sessions[i].connecting = false;
             return self.adopt(i, conn, true);
@@ -95,12 +96,73 @@ impl Core {
         if resend { self.resend(i, conn) } else { Ok(()) }
     }
 
-    /// Session `i` now uses `conn`, and `conn` carries session `i`.
+    /// Session `i` now uses `conn`, and `conn` carries session `i`. The connection it used
+    /// before may now be an orphan: its timer looks.
     pub(super) fn attach(&mut self, i: IkeSaId, conn: Conn) {
-        self.sessions[i].conn = Some(conn);
+        let old = self.sessions[i].conn.replace(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(i);
         }
+        if let Some(old) = old.filter(|o| *o != conn) {
+            self.conn_changed(old);
+        }
+        self.conn_changed(conn);
+    }
+
+    /// The live (not yet forgotten) sessions of `endpoint`.
+    pub(super) fn endpoint_sessions(
+        &self,
+        endpoint: EndpointId,
+    ) -> impl Iterator<Item = IkeSaId> + '_ {
+        self.ep_sessions
+            .get(&endpoint)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.sessions.contains(i))
+    }
+
+    /// Session `i` changed (a call into it, a drop): its timers, its place in the SPI index
+    /// and the half-open counts follow.
+    pub(super) fn session_changed(&mut self, i: IkeSaId) {
+        let Some(st) = self.sessions.get(i) else {
+            return;
+        };
+        let responder = st.session.tcp_role() == Role::Responder;
+        let spis = (responder && st.alive()).then(|| st.session.spis());
+        let listen = match self.endpoints.get(st.endpoint).map(|e| e.role) {
+            Some(EndpointRole::Responder { listen }) if self.half_open(st) => Some(listen),
+            _ => None,
+        };
+        let (old_spis, old_listen, dead) = (st.indexed_spis, st.half_open_at, !st.alive());
+        if old_spis != spis {
+            if let Some(k) = old_spis
+                && self.responders.get(&k) == Some(&i)
+            {
+                self.responders.remove(&k);
+            }
+            // Only a session with both SPIs can be continued on another connection.
+            if let Some(k) = spis.filter(|k| k.1 != 0) {
+                self.responders.insert(k, i);
+            }
+        }
+        if old_listen != listen {
+            if let Some(l) = old_listen
+                && let Some(n) = self.half_open_n.get_mut(&l)
+            {
+                *n = n.saturating_sub(1);
+            }
+            if let Some(l) = listen {
+                *self.half_open_n.entry(l).or_insert(0) += 1;
+            }
+        }
+        let st = &mut self.sessions[i];
+        st.indexed_spis = spis.filter(|k| k.1 != 0);
+        st.half_open_at = listen;
+        if dead && !std::mem::replace(&mut st.dead_noted, true) {
+            self.reap_hint += 1;
+        }
+        self.arm_session(i);
     }
 
     /// Re-sends session `i`'s request still waiting for its response on `conn`, bit for bit
@@ -133,8 +195,14 @@ impl Core {
             dropped: false,
             ike_rekey_at: None,
             ike_expire_at: None,
+            children: Vec::new(),
+            indexed_spis: None,
+            half_open_at: None,
+            dead_noted: false,
         });
+        self.ep_sessions.entry(endpoint).or_default().push(i);
         self.attach(i, conn);
+        self.session_changed(i);
         i
     }
 
@@ -160,10 +228,8 @@ impl Core {
         let session = session.or_else(|| {
             // A failed reconnect: the session still waiting for its connection.
             token.and_then(|_| {
-                self.sessions
-                    .iter()
-                    .find(|(_, s)| s.endpoint == endpoint && s.connecting)
-                    .map(|(i, _)| i)
+                self.endpoint_sessions(endpoint)
+                    .find(|&i| self.sessions[i].connecting)
             })
         });
         let Some(i) = session else {
@@ -200,6 +266,7 @@ impl Core {
             .saturating_mul(1 << (*failures - 1).min(16))
             .min(DIAL_BACKOFF_MAX);
         self.dials.push((now + delay, endpoint));
+        self.arm(Timer::Dials);
         self.events.push(DriverEvent::ConnectFailed {
             endpoint,
             retry_in: delay,
@@ -251,6 +318,7 @@ impl Core {
             n => {
                 let delay = DIAL_BACKOFF_MIN.saturating_mul(1 << (n - 2).min(16));
                 self.dials.push((now + delay, endpoint));
+                self.arm(Timer::Dials);
                 Ok(())
             }
         }
@@ -282,15 +350,13 @@ impl Core {
         if spi_r == 0 {
             return None;
         }
-        self.sessions
-            .iter()
-            .find(|(_, s)| {
-                self.same_listener(s.endpoint, endpoint)
-                    && s.alive()
-                    && s.session.tcp_role() == Role::Responder
-                    && s.session.spis() == (spi_i, spi_r)
-            })
-            .map(|(i, _)| i)
+        let i = *self.responders.get(&(spi_i, spi_r))?;
+        let s = self.sessions.get(i)?;
+        (self.same_listener(s.endpoint, endpoint)
+            && s.alive()
+            && s.session.tcp_role() == Role::Responder
+            && s.session.spis() == (spi_i, spi_r))
+            .then_some(i)
     }
 
     pub(super) fn on_ike(
@@ -375,6 +441,21 @@ impl Core {
     /// (a retransmitted request on a new connection is answered there without moving the
     /// path), and an integrity failure closes it, never another connection (R-6.1-o).
     pub(super) fn finish(
+        &mut self,
+        index: IkeSaId,
+        outputs: Vec<Output>,
+        arrived: Option<Conn>,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        let r = self.act(index, outputs, arrived, now);
+        self.session_changed(index);
+        if let Some(a) = arrived {
+            self.conn_changed(a);
+        }
+        r
+    }
+
+    fn act(
         &mut self,
         index: IkeSaId,
         outputs: Vec<Output>,
@@ -500,11 +581,7 @@ impl Core {
         let EndpointRole::Responder { listen } = self.endpoints[endpoint].role else {
             return Ok(false);
         };
-        let half_open = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| self.same_listener(s.endpoint, endpoint) && self.half_open(s))
-            .count();
+        let half_open = self.half_open_n.get(&listen).copied().unwrap_or(0);
         let Some(jar) = self.jars.get_mut(&listen) else {
             return Ok(true);
         };
@@ -521,6 +598,7 @@ impl Core {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.cookie_wait = Some(now + retry_wait);
                 }
+                self.conn_changed(conn);
                 self.events.push(DriverEvent::CookieSent {
                     endpoint,
                     kind: r.kind,
@@ -565,10 +643,14 @@ impl Core {
             .is_some_and(|e| matches!(e.role, EndpointRole::Originator { .. }))
     }
 
-    /// Whether a live session other than `except` uses `conn`.
+    /// Whether a live session other than `except` uses `conn` (a connection carries one IKE
+    /// SA, R-6.1-l: the one it names).
     fn conn_in_use(&self, conn: Conn, except: IkeSaId) -> bool {
-        self.sessions
-            .iter()
-            .any(|(i, s)| i != except && s.conn == Some(conn) && s.alive())
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.session)
+            .filter(|&i| i != except)
+            .and_then(|i| self.sessions.get(i))
+            .is_some_and(|s| s.conn == Some(conn) && s.alive())
     }
 }

@@ -607,8 +607,10 @@ fn originator_with(limits: TimeLimits) -> Hand {
     core.ike_sa_born(ike, now);
     let (soft, hard) = (limits.child_soft, limits.child_hard);
     let (r, e) = lifetime::deadlines(now, soft, hard);
-    core.children.nth_mut(0).1.rekey_at = r;
-    core.children.nth_mut(0).1.expire_at = e;
+    let (child, state) = core.children.nth_mut(0);
+    state.rekey_at = r;
+    state.expire_at = e;
+    core.arm(super::timers::Timer::ChildLife(child));
     h
 }
 

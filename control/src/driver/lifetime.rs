@@ -58,6 +58,7 @@ impl Core {
         let st = &mut self.sessions[index];
         st.ike_rekey_at = rekey;
         st.ike_expire_at = expire;
+        self.arm(Timer::IkeLife(index));
     }
 
     /// Deletes every established IKE SA with a Delete exchange (RFC 7296 §1.4.1; RFC 9329
@@ -88,18 +89,22 @@ impl Core {
         endpoint: Option<EndpointId>,
         now: Instant,
     ) -> Result<usize, DriverError> {
-        let mut n = 0;
-        for (_, st) in self.sessions.iter_mut() {
+        self.now = now;
+        let mut marked = Vec::new();
+        for (i, st) in self.sessions.iter_mut() {
             if endpoint.is_none_or(|e| e == st.endpoint)
                 && st.alive()
                 && st.session.is_established()
             {
                 st.ike_expire_at = Some(now);
-                n += 1;
+                marked.push(i);
             }
         }
-        self.lifetime_timers(now)?;
-        Ok(n)
+        for &i in &marked {
+            self.ike_life(i, now)?;
+            self.arm(Timer::IkeLife(i));
+        }
+        Ok(marked.len())
     }
 
     /// Established IKE SAs.
@@ -108,23 +113,6 @@ impl Core {
             .iter()
             .filter(|(_, s)| s.alive() && s.session.is_established())
             .count()
-    }
-
-    /// The earliest lifetime deadline.
-    pub(super) fn next_lifetime_timer(&self) -> Option<Instant> {
-        let children = self
-            .children
-            .iter()
-            .filter(|(_, c)| c.inbound_ok && c.outbound_ok)
-            .flat_map(|(_, c)| [c.rekey_at, c.expire_at])
-            .flatten();
-        let ikes = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.alive() && s.session.is_established())
-            .flat_map(|(_, s)| [s.ike_rekey_at, s.ike_expire_at])
-            .flatten();
-        children.chain(ikes).min()
     }
 
     /// A worker reports an SA's traffic limit: soft starts a rekey of its Child SA, hard (the
@@ -137,13 +125,23 @@ impl Core {
         hard: bool,
         now: Instant,
     ) -> Result<(), DriverError> {
-        let Some(c) = self.children.iter().find_map(|(k, c)| {
-            let hit = c.worker == worker
-                && match dir {
-                    Direction::Inbound => c.spi_in == spi && c.inbound_ok,
-                    Direction::Outbound => c.spi_out == spi && c.outbound_ok,
-                };
-            hit.then_some(k)
+        let candidates = match dir {
+            Direction::Inbound => self
+                .child_by_spi_in
+                .get(&spi)
+                .copied()
+                .into_iter()
+                .collect(),
+            Direction::Outbound => self.child_by_spi_out.get(&spi).cloned().unwrap_or_default(),
+        };
+        let Some(c) = candidates.into_iter().find(|&k| {
+            self.children.get(k).is_some_and(|c| {
+                c.worker == worker
+                    && match dir {
+                        Direction::Inbound => c.inbound_ok,
+                        Direction::Outbound => c.outbound_ok,
+                    }
+            })
         }) else {
             return Ok(());
         };
@@ -153,53 +151,82 @@ impl Core {
         } else if ch.rekey_at.is_none_or(|t| t > now) {
             ch.rekey_at = Some(now);
         }
-        self.lifetime_timers(now)
+        if self.child_life_due(c).is_some_and(|t| t <= now) {
+            self.child_life(c, now)?;
+        }
+        self.arm(Timer::ChildLife(c));
+        Ok(())
     }
 
-    /// Rekeys and deletes what is due.
-    pub(super) fn lifetime_timers(&mut self, now: Instant) -> Result<(), DriverError> {
-        for c in self.children.handles() {
-            let ch = &self.children[c];
-            if !(ch.inbound_ok && ch.outbound_ok) || self.retiring.iter().any(|r| r.1 == c) {
-                continue;
-            }
-            let (index, spi_in) = (ch.session, ch.spi_in);
-            if !self.sessions[index].alive() {
-                continue;
-            }
-            if ch.expire_at.is_some_and(|t| t <= now) {
-                self.expire_child(c, now)?;
-            } else if ch.rekey_at.is_some_and(|t| t <= now)
-                && !self.child_rekeying.contains(&(index, spi_in))
-            {
-                let pfs = self.endpoints[ch.endpoint].limits.pfs;
-                self.children[c].rekey_at = match self.start_child_rekey(index, spi_in, pfs, now)? {
-                    Err(SessionError::Busy) => Some(now + BUSY_RETRY),
-                    Ok(()) | Err(_) => None,
-                };
-            }
+    /// When Child SA `c` is rekeyed or deleted: only while both its SAs are installed, it is
+    /// not retiring, its IKE SA lives, and no rekey of it we started is under way.
+    pub(super) fn child_life_due(&self, c: ChildSaId) -> Option<Instant> {
+        let ch = self.children.get(c)?;
+        if !(ch.inbound_ok && ch.outbound_ok) || self.retiring.iter().any(|r| r.1 == c) {
+            return None;
         }
-        for i in self.sessions.handles() {
-            let st = &self.sessions[i];
-            if !st.alive() || !st.session.is_established() {
-                continue;
-            }
-            if st.ike_expire_at.is_some_and(|t| t <= now) {
-                self.sessions[i].ike_expire_at = None;
-                // Deleting the IKE SA takes its Child SAs along (RFC 7296 §1.4.1).
-                match self.sessions[i].session.delete_ike(now) {
-                    Ok(msg) => self.finish(i, vec![Output::Send(msg)], None, now)?,
-                    Err(SessionError::Busy) => {
-                        self.sessions[i].ike_expire_at = Some(now + BUSY_RETRY);
-                    }
-                    Err(_) => {}
+        if !self.sessions.get(ch.session)?.alive() {
+            return None;
+        }
+        let rekey = ch
+            .rekey_at
+            .filter(|_| !self.child_rekeying.contains(&(ch.session, ch.spi_in)));
+        [ch.expire_at, rekey].into_iter().flatten().min()
+    }
+
+    /// When the IKE SA of session `i` is rekeyed or deleted (established and alive only; a
+    /// rekey we started is not started again).
+    pub(super) fn ike_life_due(&self, i: IkeSaId) -> Option<Instant> {
+        let st = self.sessions.get(i)?;
+        if !st.alive() || !st.session.is_established() {
+            return None;
+        }
+        let rekey = st.ike_rekey_at.filter(|_| !self.ike_rekeying.contains(&i));
+        [st.ike_expire_at, rekey].into_iter().flatten().min()
+    }
+
+    /// Rekeys or deletes Child SA `c` if its time came (see [`child_life_due`](Self::child_life_due)).
+    pub(super) fn child_life(&mut self, c: ChildSaId, now: Instant) -> Result<(), DriverError> {
+        if self.child_life_due(c).is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        let ch = &self.children[c];
+        let (index, spi_in) = (ch.session, ch.spi_in);
+        if ch.expire_at.is_some_and(|t| t <= now) {
+            return self.expire_child(c, now);
+        }
+        let pfs = self
+            .endpoints
+            .get(ch.endpoint)
+            .is_some_and(|e| e.limits.pfs);
+        self.children[c].rekey_at = match self.start_child_rekey(index, spi_in, pfs, now)? {
+            Err(SessionError::Busy) => Some(now + BUSY_RETRY),
+            Ok(()) | Err(_) => None,
+        };
+        Ok(())
+    }
+
+    /// Rekeys or deletes the IKE SA of session `i` if its time came.
+    pub(super) fn ike_life(&mut self, i: IkeSaId, now: Instant) -> Result<(), DriverError> {
+        if self.ike_life_due(i).is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        let st = &self.sessions[i];
+        if st.ike_expire_at.is_some_and(|t| t <= now) {
+            self.sessions[i].ike_expire_at = None;
+            // Deleting the IKE SA takes its Child SAs along (RFC 7296 §1.4.1).
+            match self.sessions[i].session.delete_ike(now) {
+                Ok(msg) => self.finish(i, vec![Output::Send(msg)], None, now)?,
+                Err(SessionError::Busy) => {
+                    self.sessions[i].ike_expire_at = Some(now + BUSY_RETRY);
                 }
-            } else if st.ike_rekey_at.is_some_and(|t| t <= now) && !self.ike_rekeying.contains(&i) {
-                self.sessions[i].ike_rekey_at = match self.start_ike_rekey(i, now)? {
-                    Err(SessionError::Busy) => Some(now + BUSY_RETRY),
-                    Ok(()) | Err(_) => None,
-                };
+                Err(_) => {}
             }
+        } else {
+            self.sessions[i].ike_rekey_at = match self.start_ike_rekey(i, now)? {
+                Err(SessionError::Busy) => Some(now + BUSY_RETRY),
+                Ok(()) | Err(_) => None,
+            };
         }
         Ok(())
     }

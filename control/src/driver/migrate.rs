@@ -42,9 +42,10 @@ impl Core {
             m.to = to;
             return Ok(true);
         }
-        let moving: Vec<ChildSaId> = self
+        let moving: Vec<ChildSaId> = self.sessions[i]
             .children
             .iter()
+            .filter_map(|&c| self.children.get(c).map(|ch| (c, ch)))
             .filter(|&(c, ch)| {
                 ch.session == i
                     && ch.inbound_ok
@@ -102,19 +103,20 @@ impl Core {
         }
         let owner = self.children[c].worker;
         let ack = self.ack();
-        self.pending.insert(ack, Pending::Verify { conn, spi });
+        self.expect_ack(ack, Pending::Verify { conn, spi });
         self.send(owner, Command::VerifyEsp { spi, frame, ack })
     }
 
     /// The live Child SA with inbound `spi` held by another worker than `conn`'s, of the same
     /// listener, whose IKE SA is alive.
     fn moving_candidate(&self, conn: Conn, endpoint: EndpointId, spi: u32) -> Option<ChildSaId> {
-        let (c, _) = self.children.iter().find(|(_, c)| {
-            c.spi_in == spi
-                && c.inbound_ok
-                && c.worker != conn.worker
-                && self.same_listener(c.endpoint, endpoint)
-        })?;
+        let c = *self.child_by_spi_in.get(&spi)?;
+        let ch = self.children.get(c)?;
+        let ok =
+            ch.inbound_ok && ch.worker != conn.worker && self.same_listener(ch.endpoint, endpoint);
+        if !ok {
+            return None;
+        }
         self.sessions[self.children[c].session].alive().then_some(c)
     }
 
@@ -178,7 +180,7 @@ impl Core {
         let lifetime = self.endpoints[self.sessions[session].endpoint].lifetime;
         self.children[child].worker = to.worker;
         let ack = self.ack();
-        self.pending.insert(ack, Pending::Moved { child, dir });
+        self.expect_ack(ack, Pending::Moved { child, dir });
         let cmd = match sa {
             RemovedSa::Inbound(sa) => Command::InstallInbound {
                 sa,

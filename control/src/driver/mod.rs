@@ -60,11 +60,14 @@ mod migrate;
 mod reap;
 mod runtime;
 mod slab;
+mod timers;
 
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE, KeyLine};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
 pub use runtime::Driver;
 pub use slab::Key;
+pub use timers::ACK_TIMEOUT;
+use timers::{Timer, TimerHeap};
 
 use slab::{Handle, Slab, handle};
 
@@ -309,6 +312,14 @@ pub enum DriverEvent {
         /// Endpoint index.
         endpoint: EndpointId,
     },
+    /// A worker did not acknowledge a command within [`ACK_TIMEOUT`]; what waited for it
+    /// was given up.
+    AckTimedOut {
+        /// The command's ack number.
+        ack: u64,
+        /// The endpoint it was for, if any.
+        endpoint: Option<EndpointId>,
+    },
     /// Something failed for good (session, install, connect).
     Failed {
         /// Endpoint index.
@@ -449,6 +460,14 @@ struct SessionState {
     /// When the current IKE SA is rekeyed and when it is deleted (time limits).
     ike_rekey_at: Option<Instant>,
     ike_expire_at: Option<Instant>,
+    /// Its Child SAs (live or finished and not yet forgotten).
+    children: Vec<ChildSaId>,
+    /// The SPIs it is found by in `Core::responders`.
+    indexed_spis: Option<(u64, u64)>,
+    /// The listener whose half-open count it is in.
+    half_open_at: Option<SocketAddr>,
+    /// Its end was counted toward reaping.
+    dead_noted: bool,
 }
 
 #[derive(Debug)]
@@ -515,6 +534,24 @@ struct Switch {
 /// or file. [`Driver`] is the runtime that pumps it. See the module docs.
 #[derive(Debug)]
 pub struct Core {
+    /// The time of the latest call.
+    now: Instant,
+    /// Deadlines.
+    timers: TimerHeap,
+    /// When each awaited acknowledgement times out.
+    ack_due: HashMap<u64, Instant>,
+    /// Finished sessions and SAs since the last reap.
+    reap_hint: usize,
+    /// Responder sessions by their IKE SPIs.
+    responders: HashMap<(u64, u64), IkeSaId>,
+    /// Child SAs by inbound SPI (unique: we chose them).
+    child_by_spi_in: HashMap<u32, ChildSaId>,
+    /// Child SAs by outbound SPI (chosen by peers: several may share one).
+    child_by_spi_out: HashMap<u32, Vec<ChildSaId>>,
+    /// Sessions of each endpoint.
+    ep_sessions: HashMap<EndpointId, Vec<IkeSaId>>,
+    /// Half-open responder sessions per listening address (RFC 7296 §2.6).
+    half_open_n: HashMap<SocketAddr, usize>,
     /// Commands for the workers, in order.
     commands: VecDeque<(u16, Command)>,
     /// Key log lines to write (only while `keylog` is on).
@@ -568,18 +605,21 @@ impl SessionState {
     }
 }
 
-impl Default for Core {
-    fn default() -> Self {
-        Core::new()
-    }
-}
-
 impl Core {
     /// A driver with no endpoints yet. Seeds the key-exchange RNG once, so the first handshake
     /// does not pay for it.
-    pub fn new() -> Self {
+    pub fn new(now: Instant) -> Self {
         crate::ike::crypto::dh::warm_up();
         Core {
+            now,
+            timers: TimerHeap::default(),
+            ack_due: HashMap::new(),
+            reap_hint: 0,
+            responders: HashMap::new(),
+            child_by_spi_in: HashMap::new(),
+            child_by_spi_out: HashMap::new(),
+            ep_sessions: HashMap::new(),
+            half_open_n: HashMap::new(),
             commands: VecDeque::new(),
             keylines: VecDeque::new(),
             endpoints: Slab::default(),
@@ -630,9 +670,9 @@ impl Core {
             self.dial(index)?;
             return Ok(index);
         };
+        self.now = now;
         let ack = self.ack();
-        self.pending
-            .insert(ack, Pending::Listen { endpoint: index });
+        self.expect_ack(ack, Pending::Listen { endpoint: index });
         self.send(worker, Command::Listen { local: listen, ack })?;
         Ok(index)
     }
@@ -677,29 +717,6 @@ impl Core {
         self.ike_rekeys
     }
 
-    /// The earliest time [`handle_timers`](Self::handle_timers) has something to do.
-    pub fn next_timer(&self) -> Option<Instant> {
-        let sessions = self
-            .sessions
-            .iter()
-            .filter_map(|(_, s)| s.session.poll_timeout());
-        let retiring = self.retiring.iter().map(|r| r.0);
-        let switches = self.switches.iter().map(|w| w.due);
-        let half_open = self
-            .sessions
-            .iter()
-            .filter_map(|(_, s)| self.half_open_due(s));
-        let closes = self.conns.iter().filter_map(|(k, c)| self.close_due(*k, c));
-        sessions
-            .chain(retiring)
-            .chain(switches)
-            .chain(half_open)
-            .chain(closes)
-            .chain(self.dials.iter().map(|d| d.0))
-            .chain(self.next_lifetime_timer())
-            .min()
-    }
-
     /// A responder session still unauthenticated.
     fn half_open(&self, s: &SessionState) -> bool {
         s.session.tcp_role() == Role::Responder && s.alive() && !s.session.is_established()
@@ -723,98 +740,24 @@ impl Core {
         if let Some(t) = c.cookie_wait {
             return Some(t);
         }
+        let grace = self.endpoints.get(c.endpoint)?.timers.orphan;
         self.orphan(k, c)
-            .then(|| c.orphan_since.unwrap_or(c.since) + self.endpoints[c.endpoint].timers.orphan)
+            .then(|| c.orphan_since.unwrap_or(c.since) + grace)
     }
 
     /// A TCP Responder's connection that carries no live IKE SA (R-6.1-e).
     fn orphan(&self, k: Conn, c: &ConnState) -> bool {
         !c.closing
             && c.cookie_wait.is_none()
-            && matches!(
-                self.endpoints[c.endpoint].role,
-                EndpointRole::Responder { .. }
-            )
+            && self
+                .endpoints
+                .get(c.endpoint)
+                .is_some_and(|e| matches!(e.role, EndpointRole::Responder { .. }))
             && c.session.is_none_or(|i| {
                 self.sessions
                     .get(i)
                     .is_none_or(|s| !s.alive() || s.conn != Some(k))
             })
-    }
-
-    /// Runs what is due at `now`: session timeouts, deletes of old inbound SAs after their grace
-    /// period, deferred outbound switches.
-    ///
-    /// # Errors
-    /// A worker's queue stayed full or the worker is gone.
-    pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
-        for i in self.sessions.handles() {
-            if self.sessions[i]
-                .session
-                .poll_timeout()
-                .is_some_and(|t| t <= now)
-            {
-                let outputs = self.sessions[i].session.handle_timeout(now);
-                self.finish(i, outputs, None, now)?;
-            }
-        }
-        self.lifetime_timers(now)?;
-        self.dial_timers(now)?;
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
-            .into_iter()
-            .partition(|r| r.0 <= now);
-        self.retiring = later;
-        for (_, child) in due {
-            self.delete_inbound(child)?;
-        }
-        // Half-open responder sessions go (RFC 7296 §2.6), and so do their connections.
-        for i in self.sessions.handles() {
-            let st = &self.sessions[i];
-            if self.half_open_due(st).is_some_and(|t| t <= now) {
-                let endpoint = st.endpoint;
-                self.sessions[i].dropped = true;
-                self.events.push(DriverEvent::Failed {
-                    endpoint,
-                    reason: "half-open IKE SA timed out".into(),
-                });
-            }
-        }
-        // Connections a TCP Responder no longer needs: first stamp when each lost its IKE SA,
-        // then close those whose time is up (see `close_due`).
-        let orphaned: Vec<(Conn, bool)> = self
-            .conns
-            .iter()
-            .map(|(k, c)| (*k, self.orphan(*k, c)))
-            .collect();
-        for (k, orphan) in orphaned {
-            if let Some(c) = self.conns.get_mut(&k) {
-                // One that never carried an IKE SA has been an orphan since it came up.
-                let from = if c.session.is_none() { c.since } else { now };
-                c.orphan_since = if orphan {
-                    c.orphan_since.or(Some(from))
-                } else {
-                    None
-                };
-            }
-        }
-        let due: Vec<Conn> = self
-            .conns
-            .iter()
-            .filter(|(k, c)| self.close_due(**k, c).is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for conn in due {
-            self.close(conn, false)?;
-        }
-        while let Some(k) = self.switches.iter().position(|w| w.due <= now) {
-            let w = self.switches.remove(k);
-            // An unresolved collision: the first new SA wins here; the other stays inbound
-            // until the peer deletes it.
-            self.switches.retain(|x| x.old != w.old);
-            self.switch(w, now)?;
-        }
-        self.maybe_reap();
-        Ok(())
     }
 
     /// Handles one data-plane event.
@@ -823,6 +766,7 @@ impl Core {
     /// Local faults only (a worker gone, the RNG failing); a peer's misbehaviour is reported as a
     /// [`DriverEvent`].
     pub fn handle_event(&mut self, ev: Event, now: Instant) -> Result<(), DriverError> {
+        self.now = now;
         match ev {
             Event::Ack { ack, result, .. } => self.on_ack(ack, result),
             Event::ConnUp {
@@ -891,7 +835,7 @@ impl Core {
             ] {
                 if ok {
                     let ack = self.ack();
-                    self.pending.insert(ack, Pending::Delete);
+                    self.expect_ack(ack, Pending::Delete);
                     self.send(c.worker, Command::DeleteSa { spi, dir, ack })?;
                 }
             }
@@ -967,6 +911,7 @@ impl Core {
     }
 
     fn on_ack(&mut self, ack: u64, result: Result<(), CommandError>) -> Result<(), DriverError> {
+        self.acked(ack);
         let Some(p) = self.pending.remove(&ack) else {
             return Ok(());
         };
@@ -1026,6 +971,7 @@ impl Core {
                             Direction::Outbound => c.outbound_ok = true,
                         }
                     }
+                    self.arm(Timer::ChildLife(child));
                 }
                 Err(e) => {
                     if let Some(endpoint) = self.children.get(child).map(|c| c.endpoint) {
@@ -1043,6 +989,7 @@ impl Core {
     }
 
     fn child_done(&mut self, child: ChildSaId) {
+        self.arm(Timer::ChildLife(child));
         let c = &self.children[child];
         if c.inbound_ok && c.outbound_ok {
             self.events.push(DriverEvent::ChildSaInstalled {

@@ -14,15 +14,11 @@ use super::*;
 const REAP_BATCH: usize = 64;
 
 impl Core {
-    /// Reaps if enough finished entries have accumulated.
+    /// Reaps once enough sessions ended and SAs were deleted since the last time (a reap is
+    /// O(n), so it runs every [`REAP_BATCH`] of them: amortised O(n / REAP_BATCH) each).
     pub(super) fn maybe_reap(&mut self) {
-        let dead_sessions = self.sessions.iter().filter(|(_, s)| !s.alive()).count();
-        let dead_children = self
-            .children
-            .iter()
-            .filter(|(_, c)| !c.inbound_ok && !c.outbound_ok)
-            .count();
-        if dead_sessions + dead_children >= REAP_BATCH {
+        if self.reap_hint >= REAP_BATCH {
+            self.reap_hint = 0;
             self.reap();
         }
     }
@@ -70,15 +66,42 @@ impl Core {
         session_used.extend(self.migrations.iter().map(|m| m.session()));
 
         for c in self.children.handles() {
-            if !child_used.contains(&c) {
-                self.children.remove(c);
+            if child_used.contains(&c) {
+                continue;
+            }
+            let Some(ch) = self.children.remove(c) else {
+                continue;
+            };
+            if self.child_by_spi_in.get(&ch.spi_in) == Some(&c) {
+                self.child_by_spi_in.remove(&ch.spi_in);
+            }
+            if let Some(v) = self.child_by_spi_out.get_mut(&ch.spi_out) {
+                v.retain(|x| *x != c);
+                if v.is_empty() {
+                    self.child_by_spi_out.remove(&ch.spi_out);
+                }
             }
         }
         for s in self.sessions.handles() {
             if !session_used.contains(&s) {
-                self.sessions.remove(s);
+                if let Some(st) = self.sessions.remove(s)
+                    && let Some(k) = st.indexed_spis
+                    && self.responders.get(&k) == Some(&s)
+                {
+                    self.responders.remove(&k);
+                }
+                continue;
+            }
+            let children = &self.children;
+            if let Some(st) = self.sessions.get_mut(s) {
+                st.children.retain(|c| children.contains(*c));
             }
         }
+        let sessions = &self.sessions;
+        self.ep_sessions.retain(|_, v| {
+            v.retain(|s| sessions.contains(*s));
+            !v.is_empty()
+        });
         for cs in self.conns.values_mut() {
             cs.session = cs.session.filter(|s| session_used.contains(s));
         }

@@ -60,7 +60,7 @@ impl Driver {
     pub fn new(handle: DataplaneHandle) -> Self {
         let unsent = (0..handle.workers()).map(|_| VecDeque::new()).collect();
         Driver {
-            core: Core::new(),
+            core: Core::new(Instant::now()),
             handle,
             unsent,
             keylog: None,
@@ -192,6 +192,11 @@ impl Driver {
     pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
         self.core.handle_timers(now)?;
         self.pump()
+    }
+
+    /// See [`Core::next_timer`].
+    pub fn next_timer(&mut self) -> Option<Instant> {
+        self.core.next_timer()
     }
 
     /// Events since the last call.
