@@ -64,14 +64,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     // Read before pinning: once pinned, the thread sees one core.
     let machine = Machine::detect();
-    if let Some(core) = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .first()
-        .copied()
-    {
-        // Best effort: an unpinned run still gives numbers, just noisier ones.
-        let _ = core_affinity::set_for_current(core);
-    }
+    crate::report::pin_first_core();
     let budget = Duration::from_secs_f64(a.seconds);
     let mut rows = Vec::new();
     for group in groups {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crypto;
+mod driver;
 mod ike;
 mod pipeline;
 mod report;
@@ -26,6 +27,8 @@ enum Cmd {
     Crypto(crypto::Args),
     /// Complete IKE_SA_INIT + IKE_AUTH (PSK) + first Child SA handshakes per DH group, in memory.
     Ike(ike::Args),
+    /// The sans-IO driver core's event rate with 10 and 10,000 established IKE SAs.
+    Driver(driver::Args),
     /// The packet path end to end (crypto-only, tcp-only, pipeline, kernel) in one run.
     Pipeline(pipeline::Args),
 }
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Crypto(a) => crypto::run(&a),
         Cmd::Ike(a) => ike::run(&a),
+        Cmd::Driver(a) => driver::run(&a),
         Cmd::Pipeline(a) => pipeline::run(&a),
     };
     match res {

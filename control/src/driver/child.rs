@@ -129,17 +129,13 @@ impl Core {
             if !self.rekeyable(i, endpoint) {
                 continue;
             }
-            let current: Vec<u32> = self
+            let current: Vec<u32> = self.sessions[i]
                 .children
                 .iter()
-                .filter(|(_, c)| c.session == i && c.inbound_ok && c.outbound_ok)
-                .filter(|(_, c)| {
-                    !self
-                        .retiring
-                        .iter()
-                        .any(|r| self.children.get(r.1).is_some_and(|x| x.spi_in == c.spi_in))
-                })
-                .map(|(_, c)| c.spi_in)
+                .filter(|&&k| !self.retiring.contains(k))
+                .filter_map(|&k| self.children.get(k))
+                .filter(|c| c.inbound_ok && c.outbound_ok)
+                .map(|c| c.spi_in)
                 .collect();
             for spi_in in current {
                 match self.start_child_rekey(i, spi_in, false, now)? {
@@ -273,7 +269,7 @@ impl Core {
                     }
                     return Ok(None);
                 }
-                if self.retiring.iter().any(|r| r.1 == child) {
+                if self.retiring.contains(child) {
                     // Replaced already; its inbound SA goes after the grace period.
                     return Ok(None);
                 }
@@ -328,7 +324,9 @@ impl Core {
             SaEvent::IkeSaDeleted => {
                 self.switches.retain(|w| w.session != index);
                 let mine = self.sessions[index].children.clone();
-                self.retiring.retain(|r| !mine.contains(&r.1));
+                for &c in &mine {
+                    self.retiring.cancel(c);
+                }
                 for c in mine {
                     self.delete_outbound(c)?;
                     self.delete_inbound(c)?;
@@ -347,8 +345,7 @@ impl Core {
 
     /// Whether `new` replaced `old` in a rekey we started (its outbound SA is in use already).
     pub(super) fn collided(&self, old: ChildSaId, new: ChildSaId) -> bool {
-        self.retiring.iter().any(|r| r.1 == old)
-            && self.children.get(new).is_some_and(|c| c.outbound_ok)
+        self.retiring.contains(old) && self.children.get(new).is_some_and(|c| c.outbound_ok)
     }
 
     /// The live Child SA of session `index` with this inbound SPI.
@@ -362,7 +359,7 @@ impl Core {
     pub(super) fn switch(&mut self, w: Switch, now: Instant) -> Result<(), DriverError> {
         self.install_outbound(w.new, w.sa, w.selectors)?;
         self.delete_outbound(w.old)?;
-        if !self.retiring.iter().any(|r| r.1 == w.old) {
+        if !self.retiring.contains(w.old) {
             self.retire(w.old, now);
         }
         Ok(())
@@ -371,7 +368,7 @@ impl Core {
     /// Child SA `child`'s inbound SA goes after the grace period (packets in flight with its SPI
     /// still decrypt, RFC 7296 §2.8).
     fn retire(&mut self, child: ChildSaId, now: Instant) {
-        self.retiring.push((now + OLD_INBOUND_GRACE, child));
+        self.retiring.push(now + OLD_INBOUND_GRACE, child);
         self.arm(Timer::Retiring);
     }
 
@@ -383,7 +380,6 @@ impl Core {
     ) -> Result<(), DriverError> {
         let ack = self.ack();
         self.expect_ack(ack, Pending::Delete);
-        self.reap_hint += 1;
         self.send(worker, Command::DeleteSa { spi, dir, ack })
     }
 
@@ -397,6 +393,7 @@ impl Core {
             return Ok(());
         }
         let (worker, spi) = (c.worker, c.spi_out);
+        self.reap_child_later(child);
         self.delete_sa(worker, spi, Direction::Outbound)
     }
 
@@ -409,6 +406,7 @@ impl Core {
             return Ok(());
         }
         let (worker, spi) = (c.worker, c.spi_in);
+        self.reap_child_later(child);
         self.delete_sa(worker, spi, Direction::Inbound)
     }
 

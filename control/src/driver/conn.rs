@@ -160,7 +160,7 @@ impl Core {
         st.indexed_spis = spis.filter(|k| k.1 != 0);
         st.half_open_at = listen;
         if dead && !std::mem::replace(&mut st.dead_noted, true) {
-            self.reap_hint += 1;
+            self.reap_session_later(i);
         }
         self.arm_session(i);
     }
@@ -200,7 +200,7 @@ impl Core {
             half_open_at: None,
             dead_noted: false,
         });
-        self.ep_sessions.entry(endpoint).or_default().push(i);
+        self.ep_sessions.entry(endpoint).or_default().insert(i);
         self.attach(i, conn);
         self.session_changed(i);
         i
@@ -214,7 +214,12 @@ impl Core {
         now: Instant,
     ) -> Result<(), DriverError> {
         let (endpoint, session, was_up) = match self.conns.remove(&conn) {
-            Some(c) => (c.endpoint, c.session, true),
+            // A session reaped meanwhile is stale: nothing to continue.
+            Some(c) => (
+                c.endpoint,
+                c.session.filter(|&i| self.sessions.contains(i)),
+                true,
+            ),
             None => match token {
                 Some(t) => (EndpointId::from_token(t), None, false),
                 None => return Ok(()),
@@ -370,8 +375,11 @@ impl Core {
         };
         let endpoint = state.endpoint;
         let responder = !self.is_originator(endpoint);
-        let index = match state.session {
-            Some(i) if self.sessions[i].alive() || !responder || !is_init_request(msg) => i,
+        let carried = state
+            .session
+            .and_then(|i| Some((i, self.sessions.get(i)?.alive())));
+        let index = match carried {
+            Some((i, alive)) if alive || !responder || !is_init_request(msg) => i,
             _ => {
                 let (local, peer) = (state.local, state.peer);
                 match self.find_responder_session(endpoint, msg) {

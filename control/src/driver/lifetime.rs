@@ -162,7 +162,7 @@ impl Core {
     /// not retiring, its IKE SA lives, and no rekey of it we started is under way.
     pub(super) fn child_life_due(&self, c: ChildSaId) -> Option<Instant> {
         let ch = self.children.get(c)?;
-        if !(ch.inbound_ok && ch.outbound_ok) || self.retiring.iter().any(|r| r.1 == c) {
+        if !(ch.inbound_ok && ch.outbound_ok) || self.retiring.contains(c) {
             return None;
         }
         if !self.sessions.get(ch.session)?.alive() {

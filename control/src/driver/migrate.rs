@@ -51,7 +51,7 @@ impl Core {
                     && ch.inbound_ok
                     && ch.outbound_ok
                     && ch.worker != to.worker
-                    && !self.retiring.iter().any(|r| r.1 == c)
+                    && !self.retiring.contains(c)
             })
             .map(|(c, _)| c)
             .collect();

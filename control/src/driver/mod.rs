@@ -67,11 +67,11 @@ pub use lifetime::{JITTER_PERCENT, TimeLimits};
 pub use runtime::Driver;
 pub use slab::Key;
 pub use timers::ACK_TIMEOUT;
-use timers::{Timer, TimerHeap};
+use timers::{DeadlineQueue, Timer, TimerHeap};
 
 use slab::{Handle, Slab, handle};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -539,9 +539,12 @@ pub struct Core {
     /// Deadlines.
     timers: TimerHeap,
     /// When each awaited acknowledgement times out.
-    ack_due: HashMap<u64, Instant>,
-    /// Finished sessions and SAs since the last reap.
-    reap_hint: usize,
+    ack_due: DeadlineQueue<u64>,
+    /// Child SAs and sessions that may be finished (see `reap`).
+    reap_children: Vec<ChildSaId>,
+    reap_sessions: Vec<IkeSaId>,
+    /// Candidates kept by the last reap (not finished yet).
+    reap_floor: usize,
     /// Responder sessions by their IKE SPIs.
     responders: HashMap<(u64, u64), IkeSaId>,
     /// Child SAs by inbound SPI (unique: we chose them).
@@ -549,7 +552,7 @@ pub struct Core {
     /// Child SAs by outbound SPI (chosen by peers: several may share one).
     child_by_spi_out: HashMap<u32, Vec<ChildSaId>>,
     /// Sessions of each endpoint.
-    ep_sessions: HashMap<EndpointId, Vec<IkeSaId>>,
+    ep_sessions: HashMap<EndpointId, HashSet<IkeSaId>>,
     /// Half-open responder sessions per listening address (RFC 7296 §2.6).
     half_open_n: HashMap<SocketAddr, usize>,
     /// Commands for the workers, in order.
@@ -564,7 +567,7 @@ pub struct Core {
     events: Vec<DriverEvent>,
     next_ack: u64,
     /// Old inbound SAs to delete at the given time.
-    retiring: Vec<(Instant, ChildSaId)>,
+    retiring: DeadlineQueue<ChildSaId>,
     /// Deferred outbound switches of rekeys we answered.
     switches: Vec<Switch>,
     /// Child SA rekeys we started: (session, old inbound SPI).
@@ -613,8 +616,10 @@ impl Core {
         Core {
             now,
             timers: TimerHeap::default(),
-            ack_due: HashMap::new(),
-            reap_hint: 0,
+            ack_due: DeadlineQueue::default(),
+            reap_children: Vec::new(),
+            reap_sessions: Vec::new(),
+            reap_floor: 0,
             responders: HashMap::new(),
             child_by_spi_in: HashMap::new(),
             child_by_spi_out: HashMap::new(),
@@ -629,7 +634,7 @@ impl Core {
             pending: HashMap::new(),
             events: Vec::new(),
             next_ack: 1,
-            retiring: Vec::new(),
+            retiring: DeadlineQueue::default(),
             switches: Vec::new(),
             child_rekeying: Vec::new(),
             ike_rekeying: Vec::new(),
@@ -697,6 +702,11 @@ impl Core {
             connections: self.conns.len(),
             pending_acks: self.pending.len(),
         }
+    }
+
+    /// The IKE SAs (sessions) the core holds, live or finished and not yet forgotten.
+    pub fn ike_sa_ids(&self) -> Vec<IkeSaId> {
+        self.sessions.handles()
     }
 
     /// Number of Child SAs with both directions installed.
@@ -827,18 +837,23 @@ impl Core {
     pub fn delete_all(&mut self) -> Result<(), DriverError> {
         self.retiring.clear();
         self.switches.clear();
-        let children = std::mem::take(&mut self.children);
-        for (_, c) in children.iter() {
-            for (spi, dir, ok) in [
+        for k in self.children.handles() {
+            let Some(c) = self.children.get(k) else {
+                continue;
+            };
+            let worker = c.worker;
+            let sas = [
                 (c.spi_in, Direction::Inbound, c.inbound_ok),
                 (c.spi_out, Direction::Outbound, c.outbound_ok),
-            ] {
+            ];
+            for (spi, dir, ok) in sas {
                 if ok {
                     let ack = self.ack();
                     self.expect_ack(ack, Pending::Delete);
-                    self.send(c.worker, Command::DeleteSa { spi, dir, ack })?;
+                    self.send(worker, Command::DeleteSa { spi, dir, ack })?;
                 }
             }
+            self.forget_child(k);
         }
         let bound: Vec<(u16, IkeSaId)> = self
             .sessions

@@ -36,8 +36,94 @@ pub(super) enum Timer {
     Switches,
     /// Originator endpoints to dial again.
     Dials,
-    /// A command's acknowledgement.
-    Ack(u64),
+    /// Acknowledgements awaited (their timeouts, oldest first).
+    Acks,
+}
+
+/// Deadlines that are mostly set in time order (now + a constant), each for one key: a queue
+/// with O(1) push and pop, and a map that makes cancelled or replaced entries stale.
+#[derive(Debug)]
+pub(super) struct DeadlineQueue<K> {
+    queue: std::collections::VecDeque<(Instant, K)>,
+    live: HashMap<K, Instant>,
+}
+
+impl<K> Default for DeadlineQueue<K> {
+    fn default() -> Self {
+        DeadlineQueue {
+            queue: std::collections::VecDeque::new(),
+            live: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> DeadlineQueue<K> {
+    /// `k` is due at `at` (replacing an earlier deadline of `k`).
+    pub(super) fn push(&mut self, at: Instant, k: K) {
+        self.live.insert(k, at);
+        // Out of order only when a caller's clock went back: keep the queue sorted.
+        let pos = self.queue.partition_point(|(t, _)| *t <= at);
+        self.queue.insert(pos, (at, k));
+    }
+
+    /// Whether `k` waits.
+    pub(super) fn contains(&self, k: K) -> bool {
+        self.live.contains_key(&k)
+    }
+
+    /// `k` no longer waits. Cancelled entries at the front go at once, so
+    /// [`front`](Self::front) is exact (those further back go when they reach it).
+    pub(super) fn cancel(&mut self, k: K) {
+        self.live.remove(&k);
+        while let Some(&(at, k)) = self.queue.front() {
+            if self.live.get(&k) == Some(&at) {
+                break;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// The earliest deadline (exact, but for cancelled entries behind the front).
+    pub(super) fn front(&self) -> Option<Instant> {
+        self.queue.front().map(|(t, _)| *t)
+    }
+
+    /// Takes what is due at `now` (cancelled entries are dropped on the way).
+    pub(super) fn pop_due(&mut self, now: Instant) -> Vec<K> {
+        let mut due = Vec::new();
+        while let Some(&(at, k)) = self.queue.front() {
+            if at > now {
+                break;
+            }
+            self.queue.pop_front();
+            if self.live.get(&k) == Some(&at) {
+                self.live.remove(&k);
+                due.push(k);
+            }
+        }
+        // Only cancelled entries left: forget them.
+        if self.live.is_empty() {
+            self.queue.clear();
+        }
+        due
+    }
+
+    /// The keys that wait.
+    pub(super) fn keys(&self) -> impl Iterator<Item = K> + '_ {
+        self.live.keys().copied()
+    }
+
+    /// Whether nothing waits.
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Forgets everything.
+    pub(super) fn clear(&mut self) {
+        self.queue.clear();
+        self.live.clear();
+    }
 }
 
 /// The heap.
@@ -104,10 +190,10 @@ impl Core {
             Timer::IkeLife(i) => self.ike_life_due(i),
             Timer::ChildLife(c) => self.child_life_due(c),
             Timer::Conn(k) => self.close_due(k, self.conns.get(&k)?),
-            Timer::Retiring => self.retiring.iter().map(|r| r.0).min(),
+            Timer::Retiring => self.retiring.front(),
             Timer::Switches => self.switches.iter().map(|w| w.due).min(),
             Timer::Dials => self.dials.iter().map(|d| d.0).min(),
-            Timer::Ack(a) => self.ack_due.get(&a).copied(),
+            Timer::Acks => self.ack_due.front(),
         }
     }
 
@@ -166,8 +252,7 @@ impl Core {
 
     /// Forgets the timeout of an acknowledged command.
     pub(super) fn acked(&mut self, ack: u64) {
-        self.ack_due.remove(&ack);
-        self.timers.disarm(Timer::Ack(ack));
+        self.ack_due.cancel(ack);
     }
 
     /// Runs what is due at `now`: session timeouts, lifetimes, deletes of old inbound SAs after
@@ -180,13 +265,15 @@ impl Core {
         // What one timer does can make another due at once (a dropped half-open session
         // orphans its connection): those run in the same call. A timer runs at most once per
         // call; one that is due again right after (no progress possible yet) waits for the next.
-        let mut fired = std::collections::HashSet::new();
+        let mut fired = Vec::new();
         let mut again = Vec::new();
         while let Some(t) = self.timers.pop_due(now) {
-            if !fired.insert(t) {
+            // Few timers are due at once: a list is cheaper than a set.
+            if fired.contains(&t) {
                 again.push(t);
                 continue;
             }
+            fired.push(t);
             if self.deadline(t).is_some_and(|d| d <= now) {
                 self.fire(t, now)?;
             }
@@ -221,11 +308,7 @@ impl Core {
             Timer::ChildLife(c) => self.child_life(c, now),
             Timer::Conn(k) => self.conn_timer(k, now),
             Timer::Retiring => {
-                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
-                    .into_iter()
-                    .partition(|r| r.0 <= now);
-                self.retiring = later;
-                for (_, child) in due {
+                for child in self.retiring.pop_due(now) {
                     self.delete_inbound(child)?;
                 }
                 Ok(())
@@ -241,10 +324,11 @@ impl Core {
                 Ok(())
             }
             Timer::Dials => self.dial_timers(now),
-            Timer::Ack(a) => {
-                self.ack_due.remove(&a);
-                if let Some(p) = self.pending.remove(&a) {
-                    self.ack_timed_out(a, p);
+            Timer::Acks => {
+                for a in self.ack_due.pop_due(now) {
+                    if let Some(p) = self.pending.remove(&a) {
+                        self.ack_timed_out(a, p);
+                    }
                 }
                 Ok(())
             }
@@ -264,8 +348,8 @@ impl Core {
     /// Records that command `ack` (to `worker`) is awaited as `p`, with a timeout.
     pub(super) fn expect_ack(&mut self, ack: u64, p: Pending) {
         self.pending.insert(ack, p);
-        self.ack_due.insert(ack, self.now + ACK_TIMEOUT);
-        self.arm(Timer::Ack(ack));
+        self.ack_due.push(self.now + ACK_TIMEOUT, ack);
+        self.arm(Timer::Acks);
     }
 
     /// A worker never acknowledged `ack`: what waited for it is given up, with an event.
