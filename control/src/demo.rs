@@ -268,7 +268,7 @@ pub fn tunnel_configs(
         remote_id: Identity::Fqdn(b"responder.iketcp.test".to_vec()),
         psk: Zeroizing::new(PSK.to_vec()),
         ike_proposals: vec![ike],
-        esp_proposals: vec![(suite, esn)],
+        esp_proposals: vec![(suite.into(), esn)],
         ts_local: vec![ts_share(INITIATOR_NET, k, n)],
         ts_remote: vec![ts_share(RESPONDER_NET, k, n)],
     };

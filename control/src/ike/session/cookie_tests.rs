@@ -48,7 +48,7 @@ fn configs() -> (Config, Config) {
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
         psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
         ike_proposals: vec![suite],
-        esp_proposals: vec![(Suite::Aes128Gcm16, false)],
+        esp_proposals: vec![(EspSuite::AesGcm16_128, false)],
         ts_local: vec![ts4([203, 0, 113, 0], [203, 0, 113, 127])],
         ts_remote: vec![ts4([203, 0, 113, 128], [203, 0, 113, 255])],
     };

@@ -38,7 +38,6 @@ use core::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use iketcp_dataplane::crypto::Suite;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -47,8 +46,8 @@ pub use self::life::SaEvent;
 use crate::ike::cookie;
 pub use crate::ike::crypto::Role;
 use crate::ike::crypto::{
-    ChildKeyLengths, DhGroup, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes, SkCipher,
-    SkError,
+    ChildKeyLengths, DhGroup, EspSuite, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes,
+    SkCipher, SkError,
 };
 use crate::ike::wire::{
     AuthMethod, AuthPayload, ExchangeType, Flags, Header, Identity, KePayload, Message,
@@ -77,7 +76,7 @@ pub struct Config {
     /// IKE SA suites, most preferred first. The initiator's first KE uses the first one's group.
     pub ike_proposals: Vec<IkeSuite>,
     /// ESP suites with the ESN choice, most preferred first.
-    pub esp_proposals: Vec<(Suite, bool)>,
+    pub esp_proposals: Vec<(EspSuite, bool)>,
     /// Our side of the Child SA's traffic (TSi as initiator, TSr as responder).
     pub ts_local: Vec<TrafficSelector>,
     /// The peer's side of the Child SA's traffic.
@@ -141,7 +140,7 @@ pub struct ChildSa {
     /// SPI of our outbound SA (chosen by the peer).
     pub spi_out: u32,
     /// The negotiated ESP transform.
-    pub suite: Suite,
+    pub suite: EspSuite,
     /// Extended sequence numbers.
     pub esn: bool,
     /// KEYMAT of the inbound SA: `suite.keymat_len()` bytes, key ‖ salt (RFC 7296 §2.17).
@@ -1074,7 +1073,7 @@ impl Session {
     fn child_sa(
         &self,
         spi_out: u32,
-        suite: Suite,
+        suite: EspSuite,
         esn: bool,
         ts_local: Vec<TrafficSelector>,
         ts_remote: Vec<TrafficSelector>,

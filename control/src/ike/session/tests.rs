@@ -59,7 +59,7 @@ pub(super) fn sock((ip, port): ([u8; 4], u16)) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(ip), port))
 }
 
-pub(super) fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
+pub(super) fn configs(ike: IkeSuite, esp: (EspSuite, bool)) -> (Config, Config) {
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.example".to_vec()),
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
@@ -156,13 +156,23 @@ fn ipv4_packet(body: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The data plane's AEAD for a negotiated suite (the test cross-checks the KEYMAT with the real
+/// ESP implementation; the session itself does not know the data plane).
+fn dataplane_suite(s: EspSuite) -> Suite {
+    match s {
+        EspSuite::AesGcm16_128 => Suite::Aes128Gcm16,
+        EspSuite::AesGcm16_256 => Suite::Aes256Gcm16,
+        EspSuite::ChaCha20Poly1305 => Suite::ChaCha20Poly1305,
+    }
+}
+
 /// An ESP packet sealed with `from`'s outbound KEYMAT opens with `to`'s inbound KEYMAT.
 pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
     let out_params = SaParams {
         esn: from.esn,
         ..SaParams::new(
             from.spi_out,
-            Keymat::new(from.suite, from.keymat_out.expose()).unwrap(),
+            Keymat::new(dataplane_suite(from.suite), from.keymat_out.expose()).unwrap(),
             Backend::RustCrypto,
         )
     };
@@ -170,7 +180,7 @@ pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
         esn: to.esn,
         ..SaParams::new(
             to.spi_in,
-            Keymat::new(to.suite, to.keymat_in.expose()).unwrap(),
+            Keymat::new(dataplane_suite(to.suite), to.keymat_in.expose()).unwrap(),
             Backend::RustCrypto,
         )
     };
@@ -187,7 +197,7 @@ pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
     }
 }
 
-fn full_handshake(ike: IkeSuite, esp: (Suite, bool)) {
+fn full_handshake(ike: IkeSuite, esp: (EspSuite, bool)) {
     let now = Instant::now();
     let (ci, cr) = configs(ike, esp);
     let (mut i, mut r, first) = pair(ci, cr, now);
@@ -215,7 +225,7 @@ fn full_handshake(ike: IkeSuite, esp: (Suite, bool)) {
 
 #[test]
 fn handshake_every_esp_suite_over_gcm_x25519() {
-    for suite in Suite::ALL {
+    for suite in EspSuite::ALL {
         for esn in [false, true] {
             full_handshake(gcm_x25519(), (suite, esn));
         }
@@ -224,7 +234,7 @@ fn handshake_every_esp_suite_over_gcm_x25519() {
 
 #[test]
 fn handshake_every_esp_suite_over_chacha_p256() {
-    for suite in Suite::ALL {
+    for suite in EspSuite::ALL {
         for esn in [false, true] {
             full_handshake(chacha_p256(), (suite, esn));
         }
@@ -233,13 +243,13 @@ fn handshake_every_esp_suite_over_chacha_p256() {
 
 #[test]
 fn handshake_cbc_hmac_modp2048() {
-    full_handshake(cbc_modp(), (Suite::Aes256Gcm16, true));
+    full_handshake(cbc_modp(), (EspSuite::AesGcm16_256, true));
 }
 
 #[test]
 fn r_6_4_b_invalid_ke_retry_same_connection() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let g19 = IkeSuite::new(
         EncrAlg::AesGcm16_256,
         PrfAlg::HmacSha256,
@@ -280,7 +290,7 @@ fn r_6_4_b_invalid_ke_retry_same_connection() {
 #[test]
 fn r_6_4_a_no_proposal_chosen_fails_immediately() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.ike_proposals = vec![chacha_p256()];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -296,7 +306,7 @@ fn r_6_4_a_no_proposal_chosen_fails_immediately() {
 #[test]
 fn r_6_4_a_invalid_ke_for_unoffered_group_fails_immediately() {
     let now = Instant::now();
-    let (ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     let h = Header::parse(&first).unwrap().header;
     let resp = Message {
@@ -332,7 +342,7 @@ fn independent_sha1(spi_i: u64, spi_r: u64, ip: [u8; 4], port: u16) -> Vec<u8> {
 #[test]
 fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     // A NAPT that keeps the address but rewrites the TCP source port.
     let mapped = (I_ADDR.0, 61000);
@@ -374,7 +384,7 @@ fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
 #[test]
 fn nat_not_detected_without_translation() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, _) = pump(&mut i, &mut r, first, now);
     assert!(ie.iter().any(|e| matches!(
@@ -390,7 +400,7 @@ fn nat_not_detected_without_translation() {
 #[test]
 fn wrong_psk_authentication_failed() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.psk = Zeroizing::new(b"wrong".to_vec());
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -410,7 +420,7 @@ fn wrong_psk_authentication_failed() {
 #[test]
 fn wrong_identity_authentication_failed() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.remote_id = Identity::Fqdn(b"someone.else".to_vec());
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -424,7 +434,7 @@ fn wrong_identity_authentication_failed() {
 #[test]
 fn traffic_selectors_narrowed_to_intersection() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ts_local = vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])];
     ci.ts_remote = vec![ts4([0, 0, 0, 0], [255, 255, 255, 255])];
     cr.ts_remote = vec![ts4([198, 51, 100, 32], [198, 51, 100, 63])];
@@ -502,7 +512,7 @@ fn narrowing_protocol_and_ports() {
 #[test]
 fn ts_unacceptable_keeps_ike_sa_without_child() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.ts_local = vec![ts4([192, 0, 2, 0], [192, 0, 2, 255])];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -519,8 +529,8 @@ fn ts_unacceptable_keeps_ike_sa_without_child() {
 #[test]
 fn esp_no_proposal_chosen_keeps_ike_sa_without_child() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    cr.esp_proposals = vec![(Suite::Aes128Gcm16, true)];
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    cr.esp_proposals = vec![(EspSuite::AesGcm16_128, true)];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     for ev in [&ie, &re] {
@@ -535,7 +545,7 @@ fn esp_no_proposal_chosen_keeps_ike_sa_without_child() {
 #[test]
 fn responder_picks_first_acceptable_initiator_proposal() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let gcm_p256 = IkeSuite::new(
         EncrAlg::AesGcm16_256,
         PrfAlg::HmacSha256,
@@ -545,13 +555,16 @@ fn responder_picks_first_acceptable_initiator_proposal() {
     .unwrap();
     ci.ike_proposals = vec![gcm_x25519(), gcm_p256];
     ci.esp_proposals = vec![
-        (Suite::ChaCha20Poly1305, false),
-        (Suite::Aes256Gcm16, true),
-        (Suite::Aes128Gcm16, false),
+        (EspSuite::ChaCha20Poly1305, false),
+        (EspSuite::AesGcm16_256, true),
+        (EspSuite::AesGcm16_128, false),
     ];
     // The responder prefers other things, but §2.7 follows the initiator's order.
     cr.ike_proposals = vec![gcm_p256, gcm_x25519()];
-    cr.esp_proposals = vec![(Suite::Aes128Gcm16, false), (Suite::Aes256Gcm16, true)];
+    cr.esp_proposals = vec![
+        (EspSuite::AesGcm16_128, false),
+        (EspSuite::AesGcm16_256, true),
+    ];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (sends, _) = split(r.handle(&first, now).unwrap());
     let m = Message::parse(&sends[0]).unwrap();
@@ -570,13 +583,13 @@ fn responder_picks_first_acceptable_initiator_proposal() {
     let (ie, re) = pump(&mut i, &mut r, auth[0].clone(), now);
     assert_eq!(i.suite(), Some(gcm_x25519()));
     let ic = child(&ie).unwrap();
-    assert_eq!((ic.suite, ic.esn), (Suite::Aes256Gcm16, true));
+    assert_eq!((ic.suite, ic.esn), (EspSuite::AesGcm16_256, true));
     esp_roundtrip(ic, child(&re).unwrap());
 }
 
 /// Runs IKE_SA_INIT and returns the IKE_AUTH request, not yet delivered.
 fn up_to_auth(now: Instant) -> (Session, Session, Vec<u8>, Vec<u8>) {
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (s, _) = split(r.handle(&first, now).unwrap());
     let (auth_req, _) = split(i.handle(&s[0], now).unwrap());
@@ -703,7 +716,7 @@ fn r_6_1_q_unparsable_encrypted_request_answered_invalid_syntax() {
 #[test]
 fn malformed_ike_sa_init_dropped_silently() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (_i, mut r, first) = pair(ci, cr, now);
     let mut bad = first.clone();
     // Corrupt the first payload's length.
@@ -729,7 +742,7 @@ proptest! {
     #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let now = Instant::now();
-        let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+        let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
         let (mut i, mut r, _first) = pair(ci, cr, now);
         let _ = r.handle(&bytes, now);
         let _ = i.handle(&bytes, now);
@@ -779,7 +792,7 @@ fn nonce_of(msg: &[u8]) -> Vec<u8> {
 #[test]
 fn cookie_retry_keeps_ke_and_nonce() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let cookie = vec![0xc0; 16];
     let resp = response_to(&first, vec![notify(NotifyType::COOKIE, cookie.clone())]);
@@ -802,7 +815,7 @@ fn cookie_retry_keeps_ke_and_nonce() {
 #[test]
 fn invalid_ke_ping_pong_is_bounded() {
     let now = Instant::now();
-    let (mut ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ike_proposals.push(chacha_p256());
     let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     let ask = |g: u16| {
@@ -849,7 +862,7 @@ fn unknown_critical_payload_in_encrypted_request() {
 #[test]
 fn psk_auth_matches_rfc7296_2_15_composition() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let psk = ci.psk.clone();
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (init_resp, _) = split(r.handle(&first, now).unwrap());
@@ -908,13 +921,13 @@ fn session_is_send_and_dropped_input_leaves_activity_alone() {
 
 /// Both ends with the IKE SA and the first Child SA up at `t0`.
 fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
-    established_with(gcm_x25519(), (Suite::Aes128Gcm16, false))
+    established_with(gcm_x25519(), (EspSuite::AesGcm16_128, false))
 }
 
 /// As [`established`], with these suites.
 pub(super) fn established_with(
     ike: IkeSuite,
-    esp: (Suite, bool),
+    esp: (EspSuite, bool),
 ) -> (Session, Session, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
     let (ci, cr) = configs(ike, esp);
@@ -1069,7 +1082,7 @@ fn r_6_2_a_unanswered_request_deletes_ike_sa() {
 #[test]
 fn handshake_request_times_out_too() {
     let t0 = Instant::now();
-    let (ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, _first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), t0).unwrap();
     assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(30)));
     let (_, e) = split(i.handle_timeout(t0 + Duration::from_secs(30)));
@@ -1621,7 +1634,7 @@ fn unanswered_delete_of_replaced_ike_sa_times_out_alone() {
 #[test]
 fn r_7_5_a_large_ike_auth_sent_as_one_sk_message_never_fragmented() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     // 2 × 64 selectors (the codec's bound per payload): well over 1,500 octets.
     ci.ts_local = (0..64u8)
         .map(|k| ts4([198, 51, 100, 4 * k], [198, 51, 100, 4 * k + 3]))
@@ -1705,7 +1718,7 @@ fn r_7_5_b_fragmented_ike_auth_reassembled_in_any_order() {
         (cbc_modp(), [2, 1, 0]),
     ] {
         let now = Instant::now();
-        let (ci, cr) = configs(ike, (Suite::Aes128Gcm16, false));
+        let (ci, cr) = configs(ike, (EspSuite::AesGcm16_128, false));
         let (mut i, mut r, first) = pair(ci, cr, now);
         let (s, _) = split(r.handle(&first, now).unwrap());
         let (auth, _) = split(i.handle(&s[0], now).unwrap());
@@ -1808,7 +1821,7 @@ fn r_7_5_b_oversized_late_and_early_fragments_dropped() {
     assert_eq!(s.len(), 1);
     assert!(ike_up(&ev));
     // No fragments before the IKE SA keys exist (IKE_SA_INIT is never fragmented).
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (_i2, mut fresh, _) = pair(ci, cr, now);
     let (s, ev) = deliver_frag(&mut fresh, &frags[0], now);
     assert!(s.is_empty() && is_dropped(&ev));
@@ -1898,7 +1911,7 @@ fn r_6_1_q_create_child_sa_missing_payloads_invalid_syntax() {
     let mut plain = Vec::new();
     let first = emit_chain(
         &[Payload::Sa(proposal::esp_offer(
-            &[(Suite::Aes128Gcm16, false)],
+            &[(EspSuite::AesGcm16_128, false)],
             0x1234,
         ))],
         &mut plain,
@@ -1995,7 +2008,7 @@ fn gcm_p256() -> IkeSuite {
 /// Established over X25519; the initiator also accepts group 19 (one of its IKE proposals).
 fn established_two_groups() -> (Session, Session, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
-    let (mut ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ike_proposals.push(gcm_p256());
     let (mut i, mut r, first) = pair(ci, cr, t0);
     let (ie, re) = pump(&mut i, &mut r, first, t0);
@@ -2135,7 +2148,7 @@ fn with_major_version(msg: &[u8], version: u8) -> Vec<u8> {
 #[test]
 fn higher_major_version_answered_invalid_major_version_without_state() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let v3 = with_major_version(&first, 0x31);
     let (s, ev) = split(r.handle(&v3, now).unwrap());
@@ -2171,7 +2184,7 @@ fn higher_major_version_answered_invalid_major_version_without_state() {
         failed(&ie),
         Some(FailReason::PeerError(NotifyType::INVALID_MAJOR_VERSION))
     );
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, _, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     assert!(ike_up(&ie) && ike_up(&re));
