@@ -176,6 +176,7 @@ fn handshake(ci: &Config, cr: &Config) -> Result<(), String> {
                 Output::Event(SessionEvent::ChildSaUp(c)) => *child = Some(c),
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {}
                 Output::Event(e) => return Err(format!("{side}: {e:?}")),
+                Output::Sa(e) => return Err(format!("{side}: {e:?}")),
             }
         }
     }

@@ -379,9 +379,11 @@ impl Driver {
         let mut sends: Vec<Vec<u8>> = Vec::new();
         let mut first = None;
         let mut close = false;
+        let mut sa_events = Vec::new();
         for o in outputs {
             match o {
                 Output::Send(m) => sends.push(m),
+                Output::Sa(ev) => sa_events.push(ev),
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
                     self.ike_sa_born(index, now);
                     self.keylog_ike(index);
@@ -420,7 +422,6 @@ impl Driver {
             self.bind(ike_sa, conn)?;
             self.install_outbound(child, out, selectors)?;
         }
-        let sa_events = self.sessions[index].session.take_sa_events();
         for ev in sa_events {
             if let Some(ack) = self.on_sa_event(index, ev, now)? {
                 hold = Some(ack);

@@ -922,7 +922,7 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
         let out = init.handle(&reply.expect("a response"), t0).unwrap();
         msg = match out.into_iter().find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            Output::Event(_) | Output::Sa(_) => None,
         }) {
             Some(m) => m,
             None => break,
@@ -1238,7 +1238,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
         .into_iter()
         .find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            Output::Event(_) | Output::Sa(_) => None,
         })
         .expect("retry with cookie and solution");
     down(&mut d, conn(2), None);
@@ -1259,7 +1259,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
         .into_iter()
         .find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            Output::Event(_) | Output::Sa(_) => None,
         })
         .expect("IKE_AUTH");
     d.handle_event(

@@ -29,7 +29,7 @@
 //!   takes them along.
 //! - Reaping (`reap.rs`): finished sessions and Child SAs are forgotten.
 //!
-//! - After every session call the driver takes the session's [`SaEvent`]s. A Child SA created by
+//! - After every session call the driver acts on the session's [`SaEvent`]s (`Output::Sa`). A Child SA created by
 //!   CREATE_CHILD_SA is installed like the first one. A rekeyed Child SA: the new inbound SA is
 //!   installed before any response leaves; the rekey initiator installs the new outbound SA at
 //!   once (it takes precedence in the SPD) and deletes the old outbound SA, while the rekey

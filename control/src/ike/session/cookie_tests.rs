@@ -74,6 +74,7 @@ fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
         match o {
             Output::Send(b) => sends.push(b),
             Output::Event(e) => events.push(e),
+            Output::Sa(e) => panic!("no lifecycle events before IKE_AUTH: {e:?}"),
         }
     }
     (sends, events)

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use super::tests::{
-    deleted, dpd_roundtrip, established_with, opened_payloads, paired, rekeyed, run,
+    Peer, deleted, dpd_roundtrip, established_with, opened_payloads, paired, rekeyed, run,
 };
 use super::*;
 use crate::ike::crypto::{EncrAlg, IntegAlg};
@@ -60,8 +60,8 @@ fn children_agree(a: &Session, b: &Session) {
 
 /// A Child SA rekey started by `a` for its Child SA `old` (inbound SPI); returns `a`'s new one.
 fn rekey_child(
-    a: &mut Session,
-    b: &mut Session,
+    a: &mut Peer,
+    b: &mut Peer,
     old: &ChildSa,
     pfs: bool,
     esp: (EspSuite, bool),

@@ -11,7 +11,7 @@
 //!
 //! Once the IKE SA is up, the `life` submodule adds INFORMATIONAL (liveness checks, Delete),
 //! CREATE_CHILD_SA (new Child SAs, Child SA and IKE SA rekeying) and sans-IO timeouts; their
-//! lifecycle events come from [`Session::take_sa_events`].
+//! lifecycle events come as [`Output::Sa`] in the same output list as everything else.
 //!
 //! IKE fragmentation (RFC 9329 §7.5): the session never sends SKF payloads nor offers
 //! IKEV2_FRAGMENTATION_SUPPORTED over TCP (R-7.5-a), but reassembles SKF fragments a peer sends
@@ -97,13 +97,21 @@ impl fmt::Debug for Config {
     }
 }
 
-/// What [`Session::handle`] asks the caller to do.
+/// What a session call ([`Session::handle`], [`Session::handle_timeout`], ...) asks the caller
+/// to do: one list per call, in the order things happened (an answer before the IKE SA it
+/// deletes is gone, R-6.1-q; a rekey before the Delete of what it replaced, RFC 7296 §1.3.2).
+///
+/// A response that creates a Child SA ([`SessionEvent::ChildSaUp`], [`SaEvent::ChildSaCreated`],
+/// [`SaEvent::ChildSaRekeyed`]) comes before the event: hold the call's messages until the new
+/// inbound SA is installed, so the peer never uses an SA that cannot decrypt yet.
 #[derive(Debug)]
 pub enum Output {
     /// Send this IKE message to the peer (without RFC 9329 framing).
     Send(Vec<u8>),
     /// Something happened.
     Event(SessionEvent),
+    /// A lifecycle change of the established IKE SA or its Child SAs.
+    Sa(SaEvent),
 }
 
 /// Why a message was dropped without any change to the session.
@@ -561,7 +569,9 @@ impl Session {
         self.last_activity
     }
 
-    /// Handles one whole IKE message received from the peer.
+    /// Handles one whole IKE message received from the peer. The outputs include the lifecycle
+    /// changes it caused ([`Output::Sa`]); if it fails with an error, those come with the next
+    /// call.
     ///
     /// # Errors
     /// [`SessionError::Closed`] after a failure (except that a retransmitted request still gets
@@ -581,6 +591,7 @@ impl Session {
     ) -> Result<(Vec<Output>, Verdict), SessionError> {
         self.verified.set(false);
         self.retransmitted = false;
+        // Lifecycle changes of a call that failed with an error stay queued for the next call.
         let out = self.handle_counted(msg, now)?;
         let ignored = matches!(
             out.as_slice(),
@@ -595,7 +606,7 @@ impl Session {
         } else {
             Verdict::Unverified
         };
-        Ok((out, verdict))
+        Ok((self.emit(out), verdict))
     }
 
     fn handle_counted(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {

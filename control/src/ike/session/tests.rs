@@ -79,13 +79,77 @@ pub(super) fn configs(ike: IkeSuite, esp: (EspSuite, bool)) -> (Config, Config) 
     (i, r)
 }
 
-/// Both sessions of one TCP connection without NAT.
-pub(super) fn pair(ci: Config, cr: Config, now: Instant) -> (Session, Session, Vec<u8>) {
-    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
-    let r = Session::responder(cr, sock(R_ADDR), sock(I_ADDR));
-    (i, r, first)
+/// A session as the tests drive it: [`Peer::handle`] and [`Peer::handle_timeout`] return the
+/// session's outputs unchanged and also keep the lifecycle events among them ([`Output::Sa`]),
+/// for [`Peer::take_sa_events`]; everything else goes to the session.
+#[derive(Debug)]
+pub(super) struct Peer {
+    s: Session,
+    sa: Vec<SaEvent>,
 }
 
+impl core::ops::Deref for Peer {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.s
+    }
+}
+
+impl core::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.s
+    }
+}
+
+impl Peer {
+    pub(super) fn new(s: Session) -> Peer {
+        Peer { s, sa: Vec::new() }
+    }
+
+    fn keep(&mut self, out: &[Output]) {
+        self.sa.extend(out.iter().filter_map(|o| match o {
+            Output::Sa(e) => Some(e.clone()),
+            _ => None,
+        }));
+    }
+
+    pub(super) fn handle(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
+        let out = self.s.handle(msg, now)?;
+        self.keep(&out);
+        Ok(out)
+    }
+
+    pub(super) fn handle_verified(
+        &mut self,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(Vec<Output>, Verdict), SessionError> {
+        let (out, v) = self.s.handle_verified(msg, now)?;
+        self.keep(&out);
+        Ok((out, v))
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        let out = self.s.handle_timeout(now);
+        self.keep(&out);
+        out
+    }
+
+    /// The lifecycle events the session returned since the last call, in order.
+    pub(super) fn take_sa_events(&mut self) -> Vec<SaEvent> {
+        core::mem::take(&mut self.sa)
+    }
+}
+
+/// Both sessions of one TCP connection without NAT.
+pub(super) fn pair(ci: Config, cr: Config, now: Instant) -> (Peer, Peer, Vec<u8>) {
+    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let r = Session::responder(cr, sock(R_ADDR), sock(I_ADDR));
+    (Peer::new(i), Peer::new(r), first)
+}
+
+/// The messages and session events of some outputs. Lifecycle events are left out: a [`Peer`]
+/// keeps them.
 pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
     let mut sends = Vec::new();
     let mut events = Vec::new();
@@ -93,6 +157,7 @@ pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
         match o {
             Output::Send(b) => sends.push(b),
             Output::Event(e) => events.push(e),
+            Output::Sa(_) => {}
         }
     }
     (sends, events)
@@ -100,8 +165,8 @@ pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
 
 /// Delivers messages back and forth until nobody sends; returns (initiator, responder) events.
 pub(super) fn pump(
-    i: &mut Session,
-    r: &mut Session,
+    i: &mut Peer,
+    r: &mut Peer,
     first: Vec<u8>,
     now: Instant,
 ) -> (Vec<SessionEvent>, Vec<SessionEvent>) {
@@ -343,10 +408,11 @@ fn independent_sha1(spi_i: u64, spi_r: u64, ip: [u8; 4], port: u16) -> Vec<u8> {
 fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
     let now = Instant::now();
     let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
-    let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let mut i = Peer::new(i);
     // A NAPT that keeps the address but rewrites the TCP source port.
     let mapped = (I_ADDR.0, 61000);
-    let mut r = Session::responder(cr, sock(R_ADDR), sock(mapped));
+    let mut r = Peer::new(Session::responder(cr, sock(R_ADDR), sock(mapped)));
 
     // R-6.5-a: the request carries both notifies, SPIr = 0, over the TCP ports (R-6.5-b).
     let m = Message::parse(&first).unwrap();
@@ -588,7 +654,7 @@ fn responder_picks_first_acceptable_initiator_proposal() {
 }
 
 /// Runs IKE_SA_INIT and returns the IKE_AUTH request, not yet delivered.
-fn up_to_auth(now: Instant) -> (Session, Session, Vec<u8>, Vec<u8>) {
+fn up_to_auth(now: Instant) -> (Peer, Peer, Vec<u8>, Vec<u8>) {
     let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (s, _) = split(r.handle(&first, now).unwrap());
@@ -920,7 +986,7 @@ fn session_is_send_and_dropped_input_leaves_activity_alone() {
 // ----- after IKE_AUTH: INFORMATIONAL, timeouts, CREATE_CHILD_SA -----
 
 /// Both ends with the IKE SA and the first Child SA up at `t0`.
-fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
+fn established() -> (Peer, Peer, ChildSa, ChildSa, Instant) {
     established_with(gcm_x25519(), (EspSuite::AesGcm16_128, false))
 }
 
@@ -928,7 +994,7 @@ fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
 pub(super) fn established_with(
     ike: IkeSuite,
     esp: (EspSuite, bool),
-) -> (Session, Session, ChildSa, ChildSa, Instant) {
+) -> (Peer, Peer, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
     let (ci, cr) = configs(ike, esp);
     let (mut i, mut r, first) = pair(ci, cr, t0);
@@ -940,7 +1006,7 @@ pub(super) fn established_with(
 }
 
 /// Delivers one message, returning what the receiver sends.
-pub(super) fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
+pub(super) fn deliver(to: &mut Peer, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
     let (s, e) = split(to.handle(msg, now).unwrap());
     assert!(
         !e.iter().any(|e| matches!(
@@ -954,8 +1020,8 @@ pub(super) fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>
 
 /// Runs an exchange started by `a` with `req` to the end; returns the SA events of both.
 pub(super) fn run(
-    a: &mut Session,
-    b: &mut Session,
+    a: &mut Peer,
+    b: &mut Peer,
     req: Vec<u8>,
     now: Instant,
 ) -> (Vec<SaEvent>, Vec<SaEvent>) {
@@ -1008,13 +1074,13 @@ fn r_6_7_a_liveness_check_both_directions() {
     dpd_roundtrip(&mut r, &mut i, t);
 }
 
-pub(super) fn dpd_roundtrip_raw(a: &mut Session, b: &mut Session, req: Vec<u8>, t: Instant) {
+pub(super) fn dpd_roundtrip_raw(a: &mut Peer, b: &mut Peer, req: Vec<u8>, t: Instant) {
     let resp = deliver(b, &req, t);
     deliver(a, &resp[0], t);
     assert!(!a.has_outstanding());
 }
 
-pub(super) fn dpd_roundtrip(a: &mut Session, b: &mut Session, t: Instant) {
+pub(super) fn dpd_roundtrip(a: &mut Peer, b: &mut Peer, t: Instant) {
     let req = a.start_dpd(t).unwrap();
     assert!(a.has_outstanding());
     assert_eq!(a.start_dpd(t).unwrap_err(), SessionError::Busy, "window 1");
@@ -1047,6 +1113,75 @@ fn r_6_7_a_silence_triggers_liveness_check_via_timeout() {
     // Configurable interval.
     i.set_dpd_interval(Duration::from_secs(5));
     assert_eq!(i.poll_timeout(), Some(due + Duration::from_secs(5)));
+}
+
+/// One output list per call, in the order things happened (no separate event queue): a
+/// timeout deletes the IKE SA, then reports the failure; a Child SA rekey is reported before the
+/// Delete of the old SA it triggers; a CREATE_CHILD_SA answer comes before the new Child SA; an
+/// INVALID_SYNTAX answer before the IKE SA is gone.
+#[test]
+fn lifecycle_events_come_in_the_call_outputs_in_order() {
+    let (mut i, mut r, ic, _, t0) = established();
+    let req = i.create_child(t0).unwrap();
+    let out = r.s.handle(&req, t0).unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [Output::Send(_), Output::Sa(SaEvent::ChildSaCreated(_))]
+        ),
+        "{out:?}"
+    );
+    let Output::Send(resp) = &out[0] else {
+        unreachable!()
+    };
+    let out = i.s.handle(resp, t0).unwrap();
+    assert!(
+        matches!(&out[..], [Output::Sa(SaEvent::ChildSaCreated(_))]),
+        "{out:?}"
+    );
+
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    let resp = deliver(&mut r, &req, t0);
+    let out = i.s.handle(&resp[0], t0).unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [Output::Sa(SaEvent::ChildSaRekeyed { old_spi_in, .. }), Output::Send(_)]
+                if *old_spi_in == ic.spi_in
+        ),
+        "{out:?}"
+    );
+
+    let bad = malformed_request(&mut r, t0);
+    let out = i.s.handle(&bad, t0).unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Output::Send(_),
+                Output::Sa(SaEvent::IkeSaDeleted),
+                Output::Event(SessionEvent::Failed(FailReason::LocalError(
+                    NotifyType::INVALID_SYNTAX
+                )))
+            ]
+        ),
+        "{out:?}"
+    );
+
+    // `r`'s request inside `malformed_request` goes unanswered.
+    assert!(r.s.handle_timeout(t0).is_empty());
+    let out = r.s.handle_timeout(t0 + Duration::from_secs(30));
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Output::Sa(SaEvent::IkeSaDeleted),
+                Output::Event(SessionEvent::Failed(FailReason::Timeout))
+            ]
+        ),
+        "{out:?}"
+    );
+    assert!(r.handle_timeout(t0 + Duration::from_secs(60)).is_empty());
 }
 
 #[test]
@@ -1182,7 +1317,7 @@ fn delete_ike_both_directions() {
     }
 }
 
-fn b_of<'a>(i: &'a mut Session, r: &'a mut Session, from_initiator: bool) -> &'a mut Session {
+fn b_of<'a>(i: &'a mut Peer, r: &'a mut Peer, from_initiator: bool) -> &'a mut Peer {
     if from_initiator { r } else { i }
 }
 
@@ -1422,7 +1557,8 @@ fn rekey_colliding_with_ike_rekey_gets_temporary_failure() {
 fn rekey_colliding_with_delete_temporary_failure_or_child_sa_not_found() {
     // §2.25.1: the Child SA is being deleted by the responder: TEMPORARY_FAILURE.
     let (mut i, mut r, ic, _, t0) = established();
-    let _del = r.delete_child(r.child_sas()[0].spi_in, t0).unwrap();
+    let spi = r.child_sas()[0].spi_in;
+    let _del = r.delete_child(spi, t0).unwrap();
     let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
     let resp = deliver(&mut r, &req, t0);
     let p = opened_payloads(&i, &resp[0]);
@@ -1430,7 +1566,8 @@ fn rekey_colliding_with_delete_temporary_failure_or_child_sa_not_found() {
 
     // The Delete completed before the rekey request arrived: CHILD_SA_NOT_FOUND.
     let (mut i, mut r, ic, _, t0) = established();
-    let del = r.delete_child(r.child_sas()[0].spi_in, t0).unwrap();
+    let spi = r.child_sas()[0].spi_in;
+    let del = r.delete_child(spi, t0).unwrap();
     let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
     let ans = deliver(&mut i, &del, t0);
     deliver(&mut r, &ans[0], t0);
@@ -1699,7 +1836,7 @@ fn fragments(i: &Session, r: &Session, auth_req: &[u8], n: u16) -> Vec<Vec<u8>> 
         .collect()
 }
 
-fn deliver_frag(r: &mut Session, m: &[u8], now: Instant) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
+fn deliver_frag(r: &mut Peer, m: &[u8], now: Instant) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
     split(r.handle(m, now).unwrap())
 }
 
@@ -1845,7 +1982,7 @@ pub(crate) fn malformed_request(from: &mut Session, now: Instant) -> Vec<u8> {
     )
 }
 
-fn ike_deleted_event(s: &mut Session) -> bool {
+fn ike_deleted_event(s: &mut Peer) -> bool {
     matches!(s.take_sa_events()[..], [SaEvent::IkeSaDeleted])
 }
 
@@ -2006,7 +2143,7 @@ fn gcm_p256() -> IkeSuite {
 }
 
 /// Established over X25519; the initiator also accepts group 19 (one of its IKE proposals).
-fn established_two_groups() -> (Session, Session, ChildSa, ChildSa, Instant) {
+fn established_two_groups() -> (Peer, Peer, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
     let (mut ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ike_proposals.push(gcm_p256());
@@ -2024,7 +2161,7 @@ fn ke_group(p: &[Payload]) -> Option<u16> {
 }
 
 /// The responder's answer is N(INVALID_KE_PAYLOAD) with `group`; it changed nothing.
-fn assert_invalid_ke(i: &Session, r: &mut Session, resp: &[u8], group: u16, children: usize) {
+fn assert_invalid_ke(i: &Session, r: &mut Peer, resp: &[u8], group: u16, children: usize) {
     let p = opened_payloads(i, resp);
     let n = find_notify(&p, NotifyType::INVALID_KE_PAYLOAD).unwrap();
     assert_eq!(n.data, group.to_be_bytes());
