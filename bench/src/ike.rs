@@ -177,6 +177,7 @@ fn handshake(ci: &Config, cr: &Config) -> Result<(), String> {
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {}
                 Output::Event(e) => return Err(format!("{side}: {e:?}")),
                 Output::Sa(e) => return Err(format!("{side}: {e:?}")),
+                Output::SolvePuzzle(j) => return Err(format!("{side}: {j:?}")),
             }
         }
     }

@@ -523,6 +523,13 @@ impl Tally {
                 endpoint,
                 ref reason,
             } => return Err(format!("endpoint {endpoint}: {reason}")),
+            // Its responders never ask (far fewer half-open SAs than the threshold); fail
+            // loudly rather than wait for an answer nobody computes.
+            DriverEvent::SolvePuzzle { endpoint, .. } => {
+                return Err(format!(
+                    "endpoint {endpoint}: puzzle asked; the demo solves none"
+                ));
+            }
             DriverEvent::ChildSaInstalled {
                 endpoint,
                 spi_in,

@@ -361,6 +361,27 @@ impl Driver {
         self.finish(index, outputs, Some(conn), now)
     }
 
+    /// Continues the session that handed out the puzzle job of `answer` (see
+    /// [`DriverEvent::SolvePuzzle`]): its IKE_SA_INIT retry goes out. An answer no live session
+    /// waits for is ignored.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn puzzle_solved(&mut self, answer: PuzzleAnswer, now: Instant) -> Result<(), DriverError> {
+        let spi_i = answer.spi_i();
+        let Some(i) = self
+            .sessions
+            .iter()
+            .position(|s| s.alive() && s.session.spis().0 == spi_i)
+        else {
+            return Ok(());
+        };
+        match self.sessions[i].session.puzzle_solved(answer, now) {
+            Ok(outputs) => self.finish(i, outputs, None, now),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Acts on what a session call produced: its events, its lifecycle events (installing and
     /// deleting SAs) and its messages, which wait for the ack of an inbound SA installed here.
     /// `arrived` is the connection of the message the call handled: responses go back on it
@@ -384,6 +405,10 @@ impl Driver {
             match o {
                 Output::Send(m) => sends.push(m),
                 Output::Sa(ev) => sa_events.push(ev),
+                // RFC 8019 §7.1.2: solved by the owner, off the driver's thread.
+                Output::SolvePuzzle(job) => {
+                    self.events.push(DriverEvent::SolvePuzzle { endpoint, job });
+                }
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
                     self.ike_sa_born(index, now);
                     self.keylog_ike(index);

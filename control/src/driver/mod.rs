@@ -82,7 +82,8 @@ use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
 use crate::ike::cookie::{CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::session::{
-    ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent, Verdict,
+    ChildSa, Config, Output, PuzzleAnswer, PuzzleJob, Role, SaEvent, Session, SessionError,
+    SessionEvent, Verdict,
 };
 use crate::ike::wire::TrafficSelector;
 
@@ -269,6 +270,15 @@ pub enum DriverEvent {
         endpoint: usize,
         /// What was asked.
         kind: ReplyKind,
+    },
+    /// The responder asked an Originator's session for a puzzle (RFC 8019 §7.1.2): run
+    /// [`PuzzleJob::solve`] off the driver's thread and hand the answer to
+    /// [`Driver::puzzle_solved`]; the session waits until then.
+    SolvePuzzle {
+        /// Endpoint index.
+        endpoint: usize,
+        /// The work.
+        job: PuzzleJob,
     },
     /// An IKE_SA_INIT request was dropped before any state was kept (not an initial request,
     /// malformed, or under load without a valid cookie and puzzle solution).

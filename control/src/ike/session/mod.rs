@@ -17,14 +17,15 @@
 //! IKEV2_FRAGMENTATION_SUPPORTED over TCP (R-7.5-a), but reassembles SKF fragments a peer sends
 //! under the established keys (R-7.5-b); see the `frag` submodule.
 //!
-//! An initiator answers COOKIE (RFC 7296 §2.6) and solves PUZZLEs (RFC 8019 §7.1.2); the
-//! responder's stateless cookie and puzzle screen is `crate::ike::cookie`, in front of the
-//! session. Not covered yet: certificates and EAP.
+//! An initiator answers COOKIE (RFC 7296 §2.6) and has PUZZLEs solved off the caller's thread
+//! (RFC 8019 §7.1.2, [`PuzzleJob`]); the responder's stateless cookie and puzzle screen is
+//! `crate::ike::cookie`, in front of the session. Not covered yet: certificates and EAP.
 
 mod frag;
 pub mod keylog;
 mod life;
 mod proposal;
+mod puzzle;
 mod ts;
 
 #[cfg(test)]
@@ -43,6 +44,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 pub use self::life::SaEvent;
+pub use self::puzzle::{PuzzleAnswer, PuzzleJob};
 use crate::ike::cookie;
 pub use crate::ike::crypto::Role;
 use crate::ike::crypto::{
@@ -112,6 +114,9 @@ pub enum Output {
     Event(SessionEvent),
     /// A lifecycle change of the established IKE SA or its Child SAs.
     Sa(SaEvent),
+    /// Run [`PuzzleJob::solve`] (off this thread: it may take seconds) and give the answer to
+    /// [`Session::puzzle_solved`]; until then the session waits (RFC 8019 §7.1.2).
+    SolvePuzzle(PuzzleJob),
 }
 
 /// Why a message was dropped without any change to the session.
@@ -207,6 +212,9 @@ pub enum SessionError {
     Busy,
     /// No Child SA with this inbound SPI.
     UnknownChildSa,
+    /// A [`PuzzleAnswer`] for another session, or for a job this session no longer waits for;
+    /// it was ignored.
+    StalePuzzle,
 }
 
 impl fmt::Display for SessionError {
@@ -219,6 +227,7 @@ impl fmt::Display for SessionError {
             SessionError::NotEstablished => f.write_str("IKE SA not established"),
             SessionError::Busy => f.write_str("a request is outstanding"),
             SessionError::UnknownChildSa => f.write_str("no such Child SA"),
+            SessionError::StalePuzzle => f.write_str("puzzle answer not for the current attempt"),
         }
     }
 }
@@ -229,6 +238,9 @@ impl std::error::Error for SessionError {}
 enum State {
     /// Initiator: IKE_SA_INIT request sent with this key exchange.
     InitSent { ke: KeyExchange },
+    /// Initiator: answered with a cookie and a puzzle; waiting for the caller to solve it
+    /// (RFC 8019 §7.1.2), with the key exchange for the retry.
+    Solving { ke: KeyExchange },
     /// Initiator: IKE_AUTH request sent.
     AuthSent,
     /// Responder: waiting for IKE_SA_INIT.
@@ -294,6 +306,8 @@ pub struct Session {
     tried_groups: Vec<DhGroup>,
     /// Initiator: IKE_SA_INIT requests sent so far.
     init_attempts: u8,
+    /// Initiator: puzzle jobs handed out so far; an answer must name the latest.
+    puzzle_attempt: u32,
     /// Our role on the TCP connection (RFC 9329 R-1.2-a): fixed, unlike `role`, which follows
     /// IKE SA rekeys.
     tcp_role: Role,
@@ -493,6 +507,7 @@ impl Session {
             retransmitted: false,
             tried_groups: Vec::new(),
             init_attempts: 0,
+            puzzle_attempt: 0,
             last_activity: Some(now),
             tcp_role: Role::Initiator,
             life: life::Life::default(),
@@ -530,6 +545,7 @@ impl Session {
             retransmitted: false,
             tried_groups: Vec::new(),
             init_attempts: 0,
+            puzzle_attempt: 0,
             last_activity: None,
             tcp_role: Role::Responder,
             life: life::Life::default(),
@@ -664,6 +680,8 @@ impl Session {
         }
         match self.state {
             State::InitSent { .. } => self.on_init_response(msg, &h),
+            // Our request was answered; nothing else is expected while the puzzle is solved.
+            State::Solving { .. } => Ok(dropped(DropReason::Unexpected)),
             State::AuthSent => self.on_auth_response(msg, &h),
             State::Idle => self.on_init_request(msg, &h),
             State::InitDone => self.on_auth_request(msg, &h),
@@ -923,15 +941,12 @@ impl Session {
             && retry_ok
             && (1..=64).contains(&c.data.len())
         {
-            // RFC 8019 §7.1.2: solve the puzzle over the cookie and return the solution.
-            let answer = puzzle_n.map(|p| cookie::answer_puzzle(&p.data, &c.data));
-            self.puzzle_solution = match answer {
-                None => None,
-                Some(Ok(ps)) => ps,
-                Some(Err(cookie::SolveError::TooHard(d) | cookie::SolveError::GaveUp(d))) => {
-                    return Ok(self.fail(FailReason::PuzzleRefused(d), Vec::new()));
-                }
-            };
+            // RFC 8019 §7.1.2: a puzzle over the cookie is solved by the caller, off this
+            // thread; one we cannot use is ignored like an unknown status notification.
+            if let Some(p) = puzzle_n.and_then(|p| cookie::parse_puzzle(&p.data)) {
+                return self.start_puzzle(p, c.data.clone());
+            }
+            self.puzzle_solution = None;
             self.cookie = Some(c.data.clone());
             return Ok(vec![Output::Send(self.init_message(current)?)]);
         }

@@ -158,6 +158,7 @@ pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
             Output::Send(b) => sends.push(b),
             Output::Event(e) => events.push(e),
             Output::Sa(_) => {}
+            Output::SolvePuzzle(j) => panic!("unexpected puzzle job {j:?}"),
         }
     }
     (sends, events)
