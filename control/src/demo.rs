@@ -44,7 +44,7 @@ use zeroize::Zeroizing;
 
 use crate::driver::{Driver, DriverEvent, Endpoint, EndpointRole};
 use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
-use crate::ike::session::Config;
+use crate::ike::session::{Config, SpiPool};
 use crate::ike::wire::{Identity, TrafficSelector, TsRange};
 
 pub use iketcp_dataplane::traffic::{MAX_SIZE, MIN_SIZE};
@@ -271,6 +271,7 @@ pub fn tunnel_configs(
         esp_proposals: vec![(suite.into(), esn)],
         ts_local: vec![ts_share(INITIATOR_NET, k, n)],
         ts_remote: vec![ts_share(RESPONDER_NET, k, n)],
+        spi_pool: SpiPool::new(),
     };
     let r = Config {
         local_id: i.remote_id.clone(),

@@ -823,6 +823,23 @@ fn r_6_4_b_invalid_ke_payload_retry_on_the_same_connection() {
     rig.stop();
 }
 
+/// An inbound SA the worker removed for good gives its SPI back to the driver's pool, which
+/// every session of the driver draws from.
+#[test]
+fn removed_inbound_sa_releases_its_spi() {
+    let (h, _sides) = channels(1);
+    let mut d = Driver::new(h);
+    let spi = d.spi_pool.allocate().unwrap();
+    let km = Keymat::new(Suite::Aes128Gcm16, &[7; 20]).unwrap();
+    let sa = InboundSa::new(&SaParams::new(spi, km, Backend::RustCrypto)).unwrap();
+    d.handle_event(
+        Event::SaRemoved(RemovedSa::Inbound(Box::new(sa))),
+        Instant::now(),
+    )
+    .unwrap();
+    assert!(!d.spi_pool.contains(spi));
+}
+
 /// A Responder listening on two workers: the Originator's new connection lands on the other
 /// worker (a NAT changed its port, R-6.1-h). The worker reports the SPI it does not hold; the
 /// driver moves the SA objects (sequence numbers and replay windows with them) and binds the
@@ -1013,10 +1030,12 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
     );
     assert_eq!(d.installed(), 0, "in transit");
     // Worker 0 hands the SA objects back; they go to worker 1 as they are.
+    assert!(d.spi_pool.contains(spi_in));
     d.handle_event(Event::SaRemoved(RemovedSa::Inbound(inb)), t0)
         .unwrap();
     d.handle_event(Event::SaRemoved(RemovedSa::Outbound(out)), t0)
         .unwrap();
+    assert!(d.spi_pool.contains(spi_in), "a moving SA keeps its SPI");
     let w1: Vec<Command> = sides[1].commands.try_iter().collect();
     let mut acks = Vec::new();
     for c in &w1 {

@@ -83,7 +83,7 @@ use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 use crate::ike::cookie::{CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::session::{
     ChildSa, Config, Output, PuzzleAnswer, PuzzleJob, Role, SaEvent, Session, SessionError,
-    SessionEvent, Verdict,
+    SessionEvent, SpiPool, Verdict,
 };
 use crate::ike::wire::TrafficSelector;
 
@@ -475,6 +475,8 @@ pub struct Driver {
     dials: Vec<(Instant, usize)>,
     /// Failed connects in a row per Originator endpoint.
     dial_failures: HashMap<usize, u32>,
+    /// Inbound SPIs of this data plane, shared by every session (RFC 4303 §2.1).
+    spi_pool: SpiPool,
 }
 
 /// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
@@ -525,6 +527,7 @@ impl Driver {
             jars: HashMap::new(),
             dials: Vec::new(),
             dial_failures: HashMap::new(),
+            spi_pool: SpiPool::new(),
         }
     }
 
@@ -537,7 +540,9 @@ impl Driver {
     ///
     /// # Errors
     /// The worker's command queue stayed full or the worker is gone.
-    pub fn add(&mut self, ep: Endpoint) -> Result<usize, DriverError> {
+    pub fn add(&mut self, mut ep: Endpoint) -> Result<usize, DriverError> {
+        // One SPI space per data plane: every session draws from the driver's pool.
+        ep.ike.spi_pool = self.spi_pool.clone();
         let index = self.endpoints.len();
         let (worker, role, policy) = (ep.worker, ep.role, ep.cookies);
         if let EndpointRole::Responder { listen } = role
@@ -779,6 +784,10 @@ impl Driver {
                     RemovedSa::Outbound(o) => (o.spi(), Direction::Outbound),
                 };
                 drop(sa);
+                // The inbound SA is gone: its SPI may be used again (see `SpiPool`).
+                if dir == Direction::Inbound {
+                    self.spi_pool.release(spi);
+                }
                 self.events.push(DriverEvent::SaRemoved { spi, dir });
                 Ok(())
             }

@@ -51,6 +51,7 @@ fn configs() -> (Config, Config) {
         esp_proposals: vec![(EspSuite::AesGcm16_128, false)],
         ts_local: vec![ts4([203, 0, 113, 0], [203, 0, 113, 127])],
         ts_remote: vec![ts4([203, 0, 113, 128], [203, 0, 113, 255])],
+        spi_pool: SpiPool::new(),
     };
     let r = Config {
         local_id: i.remote_id.clone(),

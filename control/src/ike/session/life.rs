@@ -274,14 +274,70 @@ impl Session {
     }
 
     /// The outputs of an entry-point call in the order they happened: what was queued while it
-    /// ran, then what it returned (see [`Output`]).
+    /// ran, then what it returned (see [`Output`]). Settles the inbound SPIs.
     pub(super) fn emit(&mut self, out: Vec<Output>) -> Vec<Output> {
-        if self.life.out.is_empty() {
-            return out;
-        }
-        let mut all = core::mem::take(&mut self.life.out);
-        all.extend(out);
+        let all = if self.life.out.is_empty() {
+            out
+        } else {
+            let mut all = core::mem::take(&mut self.life.out);
+            all.extend(out);
+            all
+        };
+        self.settle_spis(&all);
         all
+    }
+
+    /// An inbound SPI from the pool, ours until handed out in a [`ChildSa`].
+    pub(super) fn alloc_spi(&mut self) -> Result<u32, SessionError> {
+        let spi = self.cfg.spi_pool.allocate()?;
+        self.owned_spis.push(spi);
+        Ok(spi)
+    }
+
+    /// After a call: SPIs now in a [`ChildSa`] the caller has (`out`) or will get (queued, or
+    /// recorded) are the caller's; those still offered in an exchange in progress stay ours;
+    /// the rest were for exchanges that made no Child SA (refused, failed, timed out,
+    /// superseded) and go back to the pool.
+    pub(super) fn settle_spis(&mut self, out: &[Output]) {
+        if self.owned_spis.is_empty() {
+            return;
+        }
+        let child_spi = |o: &Output| match o {
+            Output::Event(SessionEvent::ChildSaUp(c))
+            | Output::Sa(SaEvent::ChildSaCreated(c) | SaEvent::ChildSaRekeyed { new: c, .. }) => {
+                Some(c.spi_in)
+            }
+            _ => None,
+        };
+        let handed: Vec<u32> = out
+            .iter()
+            .chain(&self.life.out)
+            .filter_map(child_spi)
+            .chain(self.life.children.iter().map(|c| c.spi_in))
+            .collect();
+        let first_pending = matches!(
+            self.state,
+            State::InitSent { .. } | State::Solving { .. } | State::AuthSent | State::InitDone
+        );
+        let offered = match &self.life.outstanding {
+            Some(Outstanding {
+                pending: Pending::Child { spi_in, .. },
+                ..
+            }) => Some(*spi_in),
+            _ => None,
+        };
+        let first = first_pending.then_some(self.child_spi_in);
+        let pool = self.cfg.spi_pool.clone();
+        self.owned_spis.retain(|spi| {
+            if handed.contains(spi) {
+                return false;
+            }
+            if first == Some(*spi) || offered == Some(*spi) {
+                return true;
+            }
+            pool.release(*spi);
+            false
+        });
     }
 
     /// Whether a request of ours is waiting for its response.
@@ -378,7 +434,8 @@ impl Session {
     /// As [`Session::start_dpd`].
     pub fn create_child(&mut self, now: Instant) -> Result<Vec<u8>, SessionError> {
         self.ready()?;
-        self.child_request(None, self.life.pfs, false, now)
+        let r = self.child_request(None, self.life.pfs, false, now);
+        self.settled(r)
     }
 
     /// A CREATE_CHILD_SA request rekeying the Child SA with inbound SPI `spi_in` (RFC 7296
@@ -400,7 +457,16 @@ impl Session {
             (None, true) => Some(self.suite.ok_or(SessionError::Internal("no suite"))?.dh()),
             (None, false) => None,
         };
-        self.child_request(Some(spi_in), group, false, now)
+        let r = self.child_request(Some(spi_in), group, false, now);
+        self.settled(r)
+    }
+
+    /// A call's result; after an error the SPI it may have taken goes back to the pool.
+    fn settled<T>(&mut self, r: Result<T, SessionError>) -> Result<T, SessionError> {
+        if r.is_err() {
+            self.settle_spis(&[]);
+        }
+        r
     }
 
     /// Sends a CREATE_CHILD_SA request for a new Child SA or, with `rekey`, for rekeying the
@@ -424,7 +490,7 @@ impl Session {
                 (old.ts_local.clone(), old.ts_remote.clone())
             }
         };
-        let new_spi = random_esp_spi()?;
+        let new_spi = self.alloc_spi()?;
         let ni = random::<NONCE_LEN>()?.to_vec();
         let mut inner = Vec::new();
         if let Some(old_in) = rekey {
@@ -963,7 +1029,7 @@ impl Session {
             return self.answer_error(msg, h, NotifyType::TS_UNACCEPTABLE, Vec::new());
         }
         let nr = random::<NONCE_LEN>()?.to_vec();
-        let spi_in = random_esp_spi()?;
+        let spi_in = self.alloc_spi()?;
         let (g_ir, ke_out) = match (pfs, ke) {
             (Some(g), Some(k)) => {
                 let (x, public) = KeyExchange::generate(g).map_err(|_| SessionError::Rng)?;

@@ -26,6 +26,7 @@ pub mod keylog;
 mod life;
 mod proposal;
 mod puzzle;
+mod spi;
 mod ts;
 
 #[cfg(test)]
@@ -45,6 +46,7 @@ use zeroize::Zeroizing;
 
 pub use self::life::SaEvent;
 pub use self::puzzle::{PuzzleAnswer, PuzzleJob};
+pub use self::spi::SpiPool;
 use crate::ike::cookie;
 pub use crate::ike::crypto::Role;
 use crate::ike::crypto::{
@@ -83,6 +85,10 @@ pub struct Config {
     pub ts_local: Vec<TrafficSelector>,
     /// The peer's side of the Child SA's traffic.
     pub ts_remote: Vec<TrafficSelector>,
+    /// Where our inbound ESP SPIs come from: one pool per data plane, shared by all its
+    /// sessions, so no two inbound SAs get the same SPI (RFC 4303 §2.1). `SpiPool::new()` for
+    /// a session on its own.
+    pub spi_pool: SpiPool,
 }
 
 impl fmt::Debug for Config {
@@ -95,6 +101,7 @@ impl fmt::Debug for Config {
             .field("esp_proposals", &self.esp_proposals)
             .field("ts_local", &self.ts_local)
             .field("ts_remote", &self.ts_remote)
+            .field("spi_pool", &self.spi_pool)
             .finish()
     }
 }
@@ -148,7 +155,8 @@ pub enum FailReason {
 /// A Child SA ready for the data plane. Keys are wiped on drop and redacted in `Debug`.
 #[derive(Clone, Debug)]
 pub struct ChildSa {
-    /// SPI of our inbound SA (chosen by us).
+    /// SPI of our inbound SA, from [`Config::spi_pool`]: from now on the caller's, to release
+    /// to the pool when the inbound SA is gone.
     pub spi_in: u32,
     /// SPI of our outbound SA (chosen by the peer).
     pub spi_out: u32,
@@ -212,6 +220,8 @@ pub enum SessionError {
     Busy,
     /// No Child SA with this inbound SPI.
     UnknownChildSa,
+    /// No free inbound SPI found in the [`SpiPool`].
+    SpiExhausted,
     /// A [`PuzzleAnswer`] for another session, or for a job this session no longer waits for;
     /// it was ignored.
     StalePuzzle,
@@ -227,6 +237,7 @@ impl fmt::Display for SessionError {
             SessionError::NotEstablished => f.write_str("IKE SA not established"),
             SessionError::Busy => f.write_str("a request is outstanding"),
             SessionError::UnknownChildSa => f.write_str("no such Child SA"),
+            SessionError::SpiExhausted => f.write_str("no free inbound SPI"),
             SessionError::StalePuzzle => f.write_str("puzzle answer not for the current attempt"),
         }
     }
@@ -292,7 +303,10 @@ pub struct Session {
     /// Initiator: Message ID of the outstanding request. Responder: the next expected one.
     message_id: u32,
     cached: Option<Cached>,
+    /// Our inbound SPI for the first Child SA (0 until a responder has one).
     child_spi_in: u32,
+    /// Inbound SPIs we allocated and have not handed out in a [`ChildSa`] (see [`SpiPool`]).
+    owned_spis: Vec<u32>,
     nat: (bool, bool),
     last_activity: Option<Instant>,
     /// Initiator: our KE public value (kept for a COOKIE retry, RFC 7296 §2.6).
@@ -325,6 +339,16 @@ pub struct Session {
     retransmitted: bool,
 }
 
+/// Inbound SPIs allocated and never handed out in a [`ChildSa`] go back to the pool; those
+/// handed out are the caller's (see [`SpiPool`]).
+impl Drop for Session {
+    fn drop(&mut self) {
+        for spi in self.owned_spis.drain(..) {
+            self.cfg.spi_pool.release(spi);
+        }
+    }
+}
+
 /// What a received message proved, for the caller's path decisions: only a fresh, authentic
 /// message may move an IKE SA to the connection it came on (RFC 9329 §6.1, R-6.1-t; §10,
 /// R-10-e: validation includes decryption, authentication and the replay check).
@@ -351,16 +375,6 @@ fn random_ike_spi() -> Result<u64, SessionError> {
     loop {
         let v = u64::from_be_bytes(random()?);
         if v != 0 {
-            return Ok(v);
-        }
-    }
-}
-
-/// A random ESP SPI outside the reserved 0..=255 (RFC 4303 §2.1).
-fn random_esp_spi() -> Result<u32, SessionError> {
-    loop {
-        let v = u32::from_be_bytes(random()?);
-        if v > 255 {
             return Ok(v);
         }
     }
@@ -482,13 +496,16 @@ impl Session {
         if cfg.esp_proposals.is_empty() {
             return Err(SessionError::Config("no ESP proposal"));
         }
+        let spi_i = random_ike_spi()?;
+        let child_spi_in = cfg.spi_pool.allocate()?;
+        // From here on, dropping the session releases the SPI.
         let mut s = Session {
             cfg,
             role: Role::Initiator,
             local,
             remote,
             state: State::Idle,
-            spi_i: random_ike_spi()?,
+            spi_i,
             spi_r: 0,
             ni: Vec::new(),
             nr: Vec::new(),
@@ -498,7 +515,8 @@ impl Session {
             prot: None,
             message_id: 0,
             cached: None,
-            child_spi_in: random_esp_spi()?,
+            child_spi_in,
+            owned_spis: vec![child_spi_in],
             nat: (false, false),
             ke_public: Vec::new(),
             cookie: None,
@@ -537,6 +555,7 @@ impl Session {
             message_id: 0,
             cached: None,
             child_spi_in: 0,
+            owned_spis: Vec::new(),
             nat: (false, false),
             ke_public: Vec::new(),
             cookie: None,
@@ -608,7 +627,13 @@ impl Session {
         self.verified.set(false);
         self.retransmitted = false;
         // Lifecycle changes of a call that failed with an error stay queued for the next call.
-        let out = self.handle_counted(msg, now)?;
+        let out = match self.handle_counted(msg, now) {
+            Ok(out) => out,
+            Err(e) => {
+                self.settle_spis(&[]);
+                return Err(e);
+            }
+        };
         let ignored = matches!(
             out.as_slice(),
             [Output::Event(
@@ -1289,7 +1314,7 @@ impl Session {
         .map_err(emit_err)?;
         self.init_request = msg.to_vec();
         self.init_response = resp.clone();
-        self.child_spi_in = random_esp_spi()?;
+        self.child_spi_in = self.alloc_spi()?;
         self.cached = Some(Cached {
             message_id: 0,
             request: msg.to_vec(),

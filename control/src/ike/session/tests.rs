@@ -68,6 +68,7 @@ pub(super) fn configs(ike: IkeSuite, esp: (EspSuite, bool)) -> (Config, Config) 
         esp_proposals: vec![esp],
         ts_local: vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])],
         ts_remote: vec![ts4([203, 0, 113, 0], [203, 0, 113, 255])],
+        spi_pool: SpiPool::new(),
     };
     let r = Config {
         local_id: i.remote_id.clone(),
@@ -2498,4 +2499,123 @@ fn r_6_1_t_r_10_e_verdict_fresh_only_for_new_authentic_messages() {
     forged[24..28].copy_from_slice(&len.to_be_bytes());
     let (_, v) = r.handle_verified(&forged, t0).unwrap();
     assert_eq!(v, Verdict::Unverified, "forged");
+}
+
+// ----- inbound SPIs from the shared pool (RFC 4303 §2.1) -----
+
+/// The inbound SPI offered in a CREATE_CHILD_SA request.
+fn offered_spi(r: &Session, req: &[u8]) -> u32 {
+    opened_payloads(r, req)
+        .iter()
+        .find_map(|p| match p {
+            Payload::Sa(sa) => match sa.proposals.first()?.spi {
+                Spi::U32(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Both ends draw from the same pool here (as on one data plane): the first Child SAs' SPIs
+/// are in it and stay (they are the caller's); the SPI offered in a CREATE_CHILD_SA the peer
+/// refuses goes back, as does one superseded by the INVALID_KE_PAYLOAD retry and one whose
+/// request timed out.
+#[test]
+fn spis_of_exchanges_without_a_child_sa_go_back_to_the_pool() {
+    let (mut i, mut r, ic, rc, t0) = established_two_groups();
+    let pool = i.cfg.spi_pool.clone();
+    assert!(pool.contains(ic.spi_in) && pool.contains(rc.spi_in));
+    assert_eq!(pool.in_use(), 2);
+
+    // Refused: no ESP proposal in common.
+    let esp = r.cfg.esp_proposals.clone();
+    r.cfg.esp_proposals = vec![(EspSuite::ChaCha20Poly1305, true)];
+    let req = i.create_child(t0).unwrap();
+    let offered = offered_spi(&r, &req);
+    assert!(pool.contains(offered));
+    let resp = deliver(&mut r, &req, t0);
+    deliver(&mut i, &resp[0], t0);
+    assert!(matches!(
+        i.take_sa_events()[..],
+        [SaEvent::ChildSaRefused(NotifyType::NO_PROPOSAL_CHOSEN)]
+    ));
+    assert!(!pool.contains(offered));
+    assert_eq!(pool.in_use(), 2);
+    r.cfg.esp_proposals = esp;
+
+    // Superseded: the retry after INVALID_KE_PAYLOAD offers a new SPI; the first goes back.
+    r.set_child_pfs(Some(DhGroup::Ecp256));
+    let req = i.rekey_child(ic.spi_in, true, t0).unwrap();
+    let first = offered_spi(&r, &req);
+    let resp = deliver(&mut r, &req, t0);
+    let retry = deliver(&mut i, &resp[0], t0);
+    let second = offered_spi(&r, &retry[0]);
+    assert!(!pool.contains(first) && pool.contains(second));
+    assert_eq!(pool.in_use(), 3);
+    // It succeeds: the new Child SA's SPIs are the caller's now.
+    let (ie, re) = run(&mut i, &mut r, retry[0].clone(), t0);
+    let (_, _, inew) = rekeyed(&ie).unwrap();
+    let (_, _, rnew) = rekeyed(&re).unwrap();
+    assert_eq!(inew.spi_in, second);
+    assert!(pool.contains(rnew.spi_in));
+    assert_eq!(pool.in_use(), 4);
+
+    // Timed out: the IKE SA is deleted and the offered SPI goes back; the Child SAs handed
+    // out stay in the pool until their owner releases them.
+    let t1 = t0 + Duration::from_secs(1);
+    let req = r.create_child(t1).unwrap();
+    let offered = offered_spi(&i, &req);
+    assert_eq!(pool.in_use(), 5);
+    let _ = r.handle_timeout(t1 + Duration::from_secs(30));
+    assert!(r.is_deleted());
+    assert!(!pool.contains(offered));
+    assert_eq!(pool.in_use(), 4);
+}
+
+/// The first Child SA refused in IKE_AUTH: both ends give its SPI back.
+#[test]
+fn spis_of_a_refused_first_child_sa_go_back_to_the_pool() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    cr.ts_local = vec![ts4([192, 0, 2, 0], [192, 0, 2, 255])];
+    let pool = ci.spi_pool.clone();
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (init_resp, _) = split(r.handle(&first, now).unwrap());
+    assert_eq!(pool.in_use(), 2, "one offered by each end");
+    let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
+    let (auth_resp, re) = split(r.handle(&auth_req[0], now).unwrap());
+    assert!(child(&re).is_none());
+    assert_eq!(pool.in_use(), 1);
+    let (_, ie) = split(i.handle(&auth_resp[0], now).unwrap());
+    assert!(ike_up(&ie) && child(&ie).is_none());
+    assert_eq!(pool.in_use(), 0);
+}
+
+/// A session dropped before its Child SA exists gives its SPIs back; the SPIs of Child SAs it
+/// handed out stay with their owner.
+#[test]
+fn dropped_sessions_release_only_spis_they_did_not_hand_out() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let pool = ci.spi_pool.clone();
+    let (i, mut r, first) = pair(ci.clone(), cr.clone(), now);
+    assert_eq!(pool.in_use(), 1, "the initiator's offer");
+    r.handle(&first, now).unwrap();
+    assert_eq!(pool.in_use(), 2, "and the responder's");
+    drop(r);
+    assert_eq!(pool.in_use(), 1);
+    drop(i);
+    assert_eq!(pool.in_use(), 0);
+
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    let (ic, rc) = (child(&ie).unwrap().clone(), child(&re).unwrap().clone());
+    let req = i.create_child(now).unwrap();
+    let offered = offered_spi(&r, &req);
+    assert_eq!(pool.in_use(), 3);
+    drop((i, r));
+    assert!(!pool.contains(offered), "offered, never handed out");
+    assert!(pool.contains(ic.spi_in) && pool.contains(rc.spi_in));
+    assert_eq!(pool.in_use(), 2);
 }
