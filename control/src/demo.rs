@@ -40,11 +40,10 @@ use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, WorkerChannels,
 use iketcp_dataplane::worker::stats::StatsSnapshot;
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use crate::driver::{Driver, DriverEvent, Endpoint, EndpointRole};
 use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
-use crate::ike::session::{Config, SpiPool};
+use crate::ike::session::{Config, PskAuth, SpiPool};
 use crate::ike::wire::{Identity, TrafficSelector, TsRange};
 
 pub use iketcp_dataplane::traffic::{MAX_SIZE, MIN_SIZE};
@@ -266,7 +265,7 @@ pub fn tunnel_configs(
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.iketcp.test".to_vec()),
         remote_id: Identity::Fqdn(b"responder.iketcp.test".to_vec()),
-        psk: Zeroizing::new(PSK.to_vec()),
+        auth: PskAuth::shared(PSK),
         ike_proposals: vec![ike],
         esp_proposals: vec![(suite.into(), esn)],
         ts_local: vec![ts_share(INITIATOR_NET, k, n)],

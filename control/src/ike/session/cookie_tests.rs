@@ -46,7 +46,7 @@ fn configs() -> (Config, Config) {
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.example".to_vec()),
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
-        psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
+        auth: PskAuth::shared(b"correct horse battery staple"),
         ike_proposals: vec![suite],
         esp_proposals: vec![(EspSuite::AesGcm16_128, false)],
         ts_local: vec![ts4([203, 0, 113, 0], [203, 0, 113, 127])],

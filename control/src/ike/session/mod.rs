@@ -1,5 +1,6 @@
-//! The sans-IO IKEv2 session: IKE_SA_INIT and IKE_AUTH with a pre-shared key (RFC 7296 §1.2),
-//! as spoken over an RFC 9329 TCP connection.
+//! The sans-IO IKEv2 session: IKE_SA_INIT and IKE_AUTH (RFC 7296 §1.2), authenticated by the
+//! configured [`Authenticator`] (a pre-shared key so far), as spoken over an RFC 9329 TCP
+//! connection.
 //!
 //! The session owns no socket, timer or thread. The caller feeds it whole IKE messages (the
 //! RFC 9329 Length field already removed) with [`Session::handle`] and gets back messages to
@@ -21,6 +22,7 @@
 //! (RFC 8019 §7.1.2, [`PuzzleJob`]); the responder's stateless cookie and puzzle screen is
 //! `crate::ike::cookie`, in front of the session. Not covered yet: certificates and EAP.
 
+mod auth;
 mod frag;
 pub mod keylog;
 mod life;
@@ -38,12 +40,13 @@ pub(crate) mod tests;
 
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+pub use self::auth::{AuthError, Authenticator, PskAuth, SignedOctets};
 pub use self::life::SaEvent;
 pub use self::puzzle::{PuzzleAnswer, PuzzleJob};
 pub use self::spi::SpiPool;
@@ -54,9 +57,9 @@ use crate::ike::crypto::{
     SkCipher, SkError,
 };
 use crate::ike::wire::{
-    AuthMethod, AuthPayload, ExchangeType, Flags, Header, Identity, KePayload, Message,
-    NotifyPayload, NotifyType, Payload, PayloadIter, PayloadType, SaPayload, SkPayload,
-    TrafficSelector, TsPayload, emit_chain, locate_encrypted, parse_chain,
+    AuthPayload, ExchangeType, Flags, Header, Identity, KePayload, Message, NotifyPayload,
+    NotifyType, Payload, PayloadIter, PayloadType, SaPayload, SkPayload, TrafficSelector,
+    TsPayload, emit_chain, locate_encrypted, parse_chain,
 };
 
 /// Length of the nonces we send (RFC 7296 §2.10: at least half the PRF key size, 16..=256).
@@ -65,9 +68,6 @@ pub const NONCE_LEN: usize = 32;
 /// Bound on IKE_SA_INIT requests per session (INVALID_KE_PAYLOAD and COOKIE retries).
 const MAX_INIT_ATTEMPTS: u8 = 4;
 
-/// The PSK key pad (RFC 7296 §2.15).
-const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
-
 /// What one end of an IKE SA is configured with.
 #[derive(Clone)]
 pub struct Config {
@@ -75,8 +75,10 @@ pub struct Config {
     pub local_id: Identity,
     /// The identity the peer must prove.
     pub remote_id: Identity,
-    /// The pre-shared key (RFC 7296 §2.15); wiped on drop.
-    pub psk: Zeroizing<Vec<u8>>,
+    /// How we authenticate and check the peer (RFC 7296 §2.15), e.g. `PskAuth::shared(psk)`.
+    /// A trait object, so other methods (RFC 7427 signatures, EAP) can live outside the
+    /// protocol code.
+    pub auth: Arc<dyn Authenticator>,
     /// IKE SA suites, most preferred first. The initiator's first KE uses the first one's group.
     pub ike_proposals: Vec<IkeSuite>,
     /// ESP suites with the ESN choice, most preferred first.
@@ -96,7 +98,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
-            .field("psk", &"<redacted>")
+            .field("auth", &self.auth)
             .field("ike_proposals", &self.ike_proposals)
             .field("esp_proposals", &self.esp_proposals)
             .field("ts_local", &self.ts_local)
@@ -222,6 +224,8 @@ pub enum SessionError {
     UnknownChildSa,
     /// No free inbound SPI found in the [`SpiPool`].
     SpiExhausted,
+    /// Our authenticator could not make the AUTH payload.
+    Auth(AuthError),
     /// A [`PuzzleAnswer`] for another session, or for a job this session no longer waits for;
     /// it was ignored.
     StalePuzzle,
@@ -238,6 +242,7 @@ impl fmt::Display for SessionError {
             SessionError::Busy => f.write_str("a request is outstanding"),
             SessionError::UnknownChildSa => f.write_str("no such Child SA"),
             SessionError::SpiExhausted => f.write_str("no free inbound SPI"),
+            SessionError::Auth(e) => write!(f, "{e}"),
             SessionError::StalePuzzle => f.write_str("puzzle answer not for the current attempt"),
         }
     }
@@ -1029,30 +1034,55 @@ impl Session {
         Ok(vec![Output::Send(req)])
     }
 
-    /// AUTH for PSK (RFC 7296 §2.15): prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>) with
-    /// SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload).
-    fn psk_auth(&self, signer: Role, id_body: &[u8]) -> Result<SecretBytes, SessionError> {
+    /// Runs `f` on `signer`'s SignedOctets (RFC 7296 §2.15): RealMessage | Nonce of the other
+    /// side | prf(SK_p, RestOfIDPayload), the last from the ID payload body `id_body` of `id`.
+    fn with_signed_octets<T>(
+        &self,
+        signer: Role,
+        id: &Identity,
+        id_body: &[u8],
+        f: impl FnOnce(&SignedOctets<'_>) -> T,
+    ) -> Result<T, SessionError> {
         let prot = self
             .prot
             .as_ref()
             .ok_or(SessionError::Internal("no keys"))?;
         let prf: PrfAlg = prot.keys.suite().prf();
-        let (real, nonce, sk_p) = match signer {
+        let (real_message, nonce, sk_p) = match signer {
             Role::Initiator => (&self.init_request, &self.nr, prot.keys.sk_pi()),
             Role::Responder => (&self.init_response, &self.ni, prot.keys.sk_pr()),
         };
-        let err = |_| SessionError::Internal("prf");
-        let maced_id = prf.prf(sk_p, &[id_body]).map_err(err)?;
-        let key = prf.prf(&self.cfg.psk, &[KEY_PAD]).map_err(err)?;
-        prf.prf(key.expose(), &[real, nonce, maced_id.expose()])
-            .map_err(err)
+        let maced_id = prf
+            .prf(sk_p, &[id_body])
+            .map_err(|_| SessionError::Internal("prf"))?;
+        Ok(f(&SignedOctets {
+            prf,
+            real_message,
+            nonce,
+            maced_id: maced_id.expose(),
+            id,
+        }))
     }
 
-    fn verify_auth(&self, signer: Role, id_body: &[u8], auth: &AuthPayload) -> bool {
-        auth.method == AuthMethod::SHARED_KEY_MIC
-            && self
-                .psk_auth(signer, id_body)
-                .is_ok_and(|exp| bool::from(exp.expose().ct_eq(auth.data.as_slice())))
+    /// Our AUTH payload, as `signer` (our role in the IKE SA), for our identity.
+    fn sign_auth(&self, signer: Role) -> Result<AuthPayload, SessionError> {
+        let id = &self.cfg.local_id;
+        let data = self
+            .with_signed_octets(signer, id, &id_body(id)?, |o| self.cfg.auth.sign(o))?
+            .map_err(SessionError::Auth)?;
+        Ok(AuthPayload {
+            method: self.cfg.auth.method(),
+            data,
+        })
+    }
+
+    /// Whether the peer's AUTH payload proves `id`, whose ID payload body was `id_body` as
+    /// received (RFC 7296 §2.15).
+    fn verify_auth(&self, signer: Role, id_body: &[u8], id: &Identity, auth: &AuthPayload) -> bool {
+        self.with_signed_octets(signer, id, id_body, |o| {
+            self.cfg.auth.verify(o, auth.method, &auth.data)
+        })
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// Encrypts `inner` into a message with this header (RFC 7296 §3.14: SK payload last).
@@ -1083,15 +1113,11 @@ impl Session {
     }
 
     fn auth_request(&self) -> Result<Vec<u8>, SessionError> {
-        let idi = id_body(&self.cfg.local_id)?;
-        let auth = self.psk_auth(Role::Initiator, &idi)?;
+        let auth = self.sign_auth(Role::Initiator)?;
         let inner = vec![
             Payload::IdI(self.cfg.local_id.clone()),
             Payload::IdR(self.cfg.remote_id.clone()),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: auth.expose().to_vec(),
-            }),
+            Payload::Auth(auth),
             Payload::Sa(proposal::esp_offer(
                 &self.cfg.esp_proposals,
                 self.child_spi_in,
@@ -1190,7 +1216,7 @@ impl Session {
             return Ok(self.fail(reason, Vec::new()));
         };
         let idr_raw = raw_body(&opened.plain, opened.first, PayloadType::IDR).unwrap_or_default();
-        if *idr != self.cfg.remote_id || !self.verify_auth(Role::Responder, &idr_raw, auth) {
+        if *idr != self.cfg.remote_id || !self.verify_auth(Role::Responder, &idr_raw, idr, auth) {
             return Ok(self.fail(
                 FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED),
                 Vec::new(),
@@ -1412,19 +1438,15 @@ impl Session {
         };
         if *idi != self.cfg.remote_id
             || !idr_ok
-            || !self.verify_auth(Role::Initiator, &idi_raw, auth)
+            || !self.verify_auth(Role::Initiator, &idi_raw, idi, auth)
         {
             return self.respond_error(msg, h, NotifyType::AUTHENTICATION_FAILED);
         }
         let sa: &SaPayload = sa;
-        let idr = id_body(&self.cfg.local_id)?;
-        let my_auth = self.psk_auth(Role::Responder, &idr)?;
+        let my_auth = self.sign_auth(Role::Responder)?;
         let mut inner = vec![
             Payload::IdR(self.cfg.local_id.clone()),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: my_auth.expose().to_vec(),
-            }),
+            Payload::Auth(my_auth),
         ];
         // RFC 7296 §2.9: answer with the intersection of the proposal and our policy.
         let ts_i = ts::narrow(&tsi.selectors, &self.cfg.ts_remote);

@@ -10,7 +10,7 @@ use sha1::{Digest, Sha1};
 
 use super::*;
 use crate::ike::crypto::{EncrAlg, IntegAlg};
-use crate::ike::wire::{ProtocolId, Spi, TsRange};
+use crate::ike::wire::{AuthMethod, ProtocolId, Spi, TsRange};
 
 fn gcm_x25519() -> IkeSuite {
     IkeSuite::new(
@@ -59,11 +59,14 @@ pub(super) fn sock((ip, port): ([u8; 4], u16)) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(ip), port))
 }
 
+/// The pre-shared key of [`configs`].
+const PSK: &[u8] = b"correct horse battery staple";
+
 pub(super) fn configs(ike: IkeSuite, esp: (EspSuite, bool)) -> (Config, Config) {
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.example".to_vec()),
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
-        psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
+        auth: PskAuth::shared(PSK),
         ike_proposals: vec![ike],
         esp_proposals: vec![esp],
         ts_local: vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])],
@@ -469,7 +472,7 @@ fn nat_not_detected_without_translation() {
 fn wrong_psk_authentication_failed() {
     let now = Instant::now();
     let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
-    cr.psk = Zeroizing::new(b"wrong".to_vec());
+    cr.auth = PskAuth::shared(b"wrong");
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     assert_eq!(
@@ -483,6 +486,90 @@ fn wrong_psk_authentication_failed() {
     assert!(child(&ie).is_none() && child(&re).is_none());
     assert!(!ike_up(&ie) && !ike_up(&re));
     assert!(i.is_failed() && r.is_failed());
+}
+
+/// A stand-in for a signature method (RFC 7427): "signs" the concatenated octets and the
+/// identity with a keyed PRF, under Auth Method 14. It shows that the session goes through
+/// `Config::auth` alone, with the identity each AUTH proves.
+#[derive(Debug)]
+struct FakeSignature;
+
+impl FakeSignature {
+    fn tag(o: &SignedOctets<'_>) -> Vec<u8> {
+        let id = id_body(o.id).unwrap();
+        PrfAlg::HmacSha256
+            .prf(b"fake signing key", &[&o.concat(), &id])
+            .unwrap()
+            .expose()
+            .to_vec()
+    }
+}
+
+impl Authenticator for FakeSignature {
+    fn method(&self) -> AuthMethod {
+        AuthMethod::DIGITAL_SIGNATURE
+    }
+
+    fn sign(&self, o: &SignedOctets<'_>) -> Result<Vec<u8>, AuthError> {
+        Ok(Self::tag(o))
+    }
+
+    fn verify(&self, o: &SignedOctets<'_>, m: AuthMethod, data: &[u8]) -> Result<(), AuthError> {
+        if m != AuthMethod::DIGITAL_SIGNATURE {
+            return Err(AuthError::Method(m));
+        }
+        if Self::tag(o) == data {
+            Ok(())
+        } else {
+            Err(AuthError::Mismatch)
+        }
+    }
+}
+
+#[test]
+fn authentication_goes_through_the_configured_authenticator() {
+    let now = Instant::now();
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    ci.auth = Arc::new(FakeSignature);
+    cr.auth = Arc::new(FakeSignature);
+    let (mut i, mut r, first) = pair(ci.clone(), cr, now);
+    let (init_resp, _) = split(r.handle(&first, now).unwrap());
+    let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
+    let auth = opened_payloads(&r, &auth_req[0])
+        .into_iter()
+        .find_map(|p| match p {
+            Payload::Auth(a) => Some(a),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(auth.method, AuthMethod::DIGITAL_SIGNATURE);
+    let (auth_resp, re) = split(r.handle(&auth_req[0], now).unwrap());
+    let (_, ie) = split(i.handle(&auth_resp[0], now).unwrap());
+    assert!(ike_up(&ie) && ike_up(&re), "{ie:?} {re:?}");
+
+    // A PSK responder does not accept that method: AUTHENTICATION_FAILED.
+    let (_, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    assert_eq!(
+        failed(&re),
+        Some(FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED))
+    );
+    assert_eq!(
+        failed(&ie),
+        Some(FailReason::PeerError(NotifyType::AUTHENTICATION_FAILED))
+    );
+}
+
+#[test]
+fn config_debug_does_not_show_the_psk() {
+    let (ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let s = format!("{ci:?}");
+    assert!(s.contains("PskAuth(<redacted>)"), "{s}");
+    assert!(
+        !s.contains("horse") && !s.contains(&format!("{PSK:?}")),
+        "{s}"
+    );
 }
 
 #[test]
@@ -931,7 +1018,7 @@ fn unknown_critical_payload_in_encrypted_request() {
 fn psk_auth_matches_rfc7296_2_15_composition() {
     let now = Instant::now();
     let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
-    let psk = ci.psk.clone();
+    let psk = PSK;
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (init_resp, _) = split(r.handle(&first, now).unwrap());
     let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
@@ -946,7 +1033,7 @@ fn psk_auth_matches_rfc7296_2_15_composition() {
             })
             .unwrap()
     };
-    let pad = prf.prf(&psk, &[b"Key Pad for IKEv2"]).unwrap();
+    let pad = prf.prf(psk, &[b"Key Pad for IKEv2"]).unwrap();
 
     // InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, RestOfInitIDPayload).
     let rest_idi = [&[2u8, 0, 0, 0][..], b"initiator.example"].concat();
