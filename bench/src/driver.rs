@@ -345,8 +345,6 @@ fn measure(n: usize, active: usize, budget: Duration) -> Result<Row, String> {
                 .map_err(|e| format!("dpd: {e:?}"))?,
         };
         rig.exchange(i, req, now)?;
-        // The initiator's own lifecycle events (its new Child SA) are not the core's work.
-        let _ = rig.peers[i].1.take_sa_events();
         if let Some(&id) = ids.get(i) {
             rig.event(
                 Event::Stats {

@@ -12,7 +12,7 @@ use clap::Args as ClapArgs;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use iketcp_control::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
+use iketcp_control::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, PrfAlg};
 use iketcp_control::ike::session::{ChildSa, Config, Output, Session, SessionEvent};
 use iketcp_dataplane::crypto::Suite;
 
@@ -169,6 +169,8 @@ fn handshake(ci: &Config, cr: &Config) -> Result<(), String> {
                 Output::Event(SessionEvent::ChildSaUp(c)) => *child = Some(c),
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {}
                 Output::Event(e) => return Err(format!("{side}: {e:?}")),
+                Output::Sa(e) => return Err(format!("{side}: {e:?}")),
+                Output::SolvePuzzle(j) => return Err(format!("{side}: {j:?}")),
             }
         }
     }
@@ -187,7 +189,7 @@ fn check_children(i: &ChildSa, r: &ChildSa) -> Result<(), String> {
             i.spi_in, i.spi_out, r.spi_in, r.spi_out
         ));
     }
-    if i.suite != Suite::Aes256Gcm16 || r.suite != i.suite || i.esn != r.esn {
+    if i.suite != EspSuite::AesGcm16_256 || r.suite != i.suite || i.esn != r.esn {
         return Err(format!(
             "Child SA transforms differ: initiator {:?} esn {}, responder {:?} esn {}",
             i.suite, i.esn, r.suite, r.esn

@@ -40,11 +40,10 @@ use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, WorkerChannels,
 use iketcp_dataplane::worker::stats::StatsSnapshot;
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use crate::driver::{Driver, DriverEvent, Endpoint, EndpointId, EndpointRole};
 use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
-use crate::ike::session::Config;
+use crate::ike::session::{Config, PskAuth, SpiPool};
 use crate::ike::wire::{Identity, TrafficSelector, TsRange};
 
 pub use iketcp_dataplane::traffic::{MAX_SIZE, MIN_SIZE};
@@ -266,11 +265,12 @@ pub fn tunnel_configs(
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.iketcp.test".to_vec()),
         remote_id: Identity::Fqdn(b"responder.iketcp.test".to_vec()),
-        psk: Zeroizing::new(PSK.to_vec()),
+        auth: PskAuth::shared(PSK),
         ike_proposals: vec![ike],
-        esp_proposals: vec![(suite, esn)],
+        esp_proposals: vec![(suite.into(), esn)],
         ts_local: vec![ts_share(INITIATOR_NET, k, n)],
         ts_remote: vec![ts_share(RESPONDER_NET, k, n)],
+        spi_pool: SpiPool::new(),
     };
     let r = Config {
         local_id: i.remote_id.clone(),
@@ -523,6 +523,13 @@ impl Tally {
                 endpoint,
                 ref reason,
             } => return Err(format!("endpoint {endpoint}: {reason}")),
+            // Its responders never ask (far fewer half-open SAs than the threshold); fail
+            // loudly rather than wait for an answer nobody computes.
+            DriverEvent::SolvePuzzle { endpoint, .. } => {
+                return Err(format!(
+                    "endpoint {endpoint}: puzzle asked; the demo solves none"
+                ));
+            }
             DriverEvent::ChildSaInstalled {
                 endpoint,
                 spi_in,

@@ -1,6 +1,8 @@
 //! SA lifecycle: installs, rekeys, switches and deletes of ESP SAs in the workers.
 
 use super::*;
+use crate::ike::crypto::EspSuite;
+use iketcp_dataplane::crypto::Suite;
 
 fn to_spd(ts: &[TrafficSelector]) -> Vec<SpdSelector> {
     ts.iter()
@@ -24,13 +26,36 @@ fn to_spd(ts: &[TrafficSelector]) -> Vec<SpdSelector> {
         .collect()
 }
 
+/// The data plane's AEAD for a negotiated ESP transform: the protocol side has its own type,
+/// so `ike/` does not depend on the data plane.
+impl From<EspSuite> for Suite {
+    fn from(s: EspSuite) -> Suite {
+        match s {
+            EspSuite::AesGcm16_128 => Suite::Aes128Gcm16,
+            EspSuite::AesGcm16_256 => Suite::Aes256Gcm16,
+            EspSuite::ChaCha20Poly1305 => Suite::ChaCha20Poly1305,
+        }
+    }
+}
+
+/// The ESP transform to propose for a data-plane AEAD (the demo's `--suite`).
+impl From<Suite> for EspSuite {
+    fn from(s: Suite) -> EspSuite {
+        match s {
+            Suite::Aes128Gcm16 => EspSuite::AesGcm16_128,
+            Suite::Aes256Gcm16 => EspSuite::AesGcm16_256,
+            Suite::ChaCha20Poly1305 => EspSuite::ChaCha20Poly1305,
+        }
+    }
+}
+
 fn sa_params(
     spi: u32,
     child: &ChildSa,
     keymat: &[u8],
     backend: Backend,
 ) -> Result<SaParams, String> {
-    let km = Keymat::new(child.suite, keymat).map_err(|e| e.to_string())?;
+    let km = Keymat::new(child.suite.into(), keymat).map_err(|e| e.to_string())?;
     let mut p = SaParams::new(spi, km, backend);
     p.esn = child.esn;
     p.mode = Mode::Tunnel;
@@ -461,6 +486,7 @@ impl Core {
             expire_at,
             selectors: selectors.clone(),
             unwanted: (false, false),
+            installed_once: false,
         });
         self.child_by_spi_in.insert(c.spi_in, child);
         self.child_by_spi_out
@@ -514,5 +540,22 @@ impl Core {
                 ack,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod suite_tests {
+    use super::*;
+
+    /// The two types name the same transforms: same IDs, same KEYMAT length, and back again.
+    #[test]
+    fn esp_suite_maps_to_the_same_dataplane_transform() {
+        for s in EspSuite::ALL {
+            let d = Suite::from(s);
+            assert_eq!(d.transform_id(), s.transform_id());
+            assert_eq!(d.key_length_attr(), s.key_length_attr());
+            assert_eq!(d.keymat_len(), s.keymat_len());
+            assert_eq!(EspSuite::from(d), s);
+        }
     }
 }

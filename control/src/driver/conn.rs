@@ -443,6 +443,29 @@ impl Core {
         self.finish(index, outputs, Some(conn), now)
     }
 
+    /// Continues the session that handed out the puzzle job of `answer` (see
+    /// [`DriverEvent::SolvePuzzle`]): its IKE_SA_INIT retry goes out. An answer no live session
+    /// waits for is ignored.
+    ///
+    /// # Errors
+    /// A worker's queue stayed full or the worker is gone.
+    pub fn puzzle_solved(
+        &mut self,
+        ike_sa: IkeSaId,
+        answer: PuzzleAnswer,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        self.now = now;
+        let i = ike_sa;
+        let Some(st) = self.sessions.get_mut(i).filter(|s| s.alive()) else {
+            return Ok(());
+        };
+        match st.session.puzzle_solved(answer, now) {
+            Ok(outputs) => self.finish(i, outputs, None, now),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Acts on what a session call produced: its events, its lifecycle events (installing and
     /// deleting SAs) and its messages, which wait for the ack of an inbound SA installed here.
     /// `arrived` is the connection of the message the call handled: responses go back on it
@@ -476,9 +499,19 @@ impl Core {
         let mut sends: Vec<Vec<u8>> = Vec::new();
         let mut first = None;
         let mut close = false;
+        let mut sa_events = Vec::new();
         for o in outputs {
             match o {
                 Output::Send(m) => sends.push(m),
+                Output::Sa(ev) => sa_events.push(ev),
+                // RFC 8019 §7.1.2: solved by the owner, off the driver's thread.
+                Output::SolvePuzzle(job) => {
+                    self.events.push(DriverEvent::SolvePuzzle {
+                        endpoint,
+                        ike_sa,
+                        job,
+                    });
+                }
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
                     self.ike_sa_born(index, now);
                     self.keylog_ike(index);
@@ -517,7 +550,6 @@ impl Core {
             self.bind(ike_sa, conn)?;
             self.install_outbound(child, out, selectors)?;
         }
-        let sa_events = self.sessions[index].session.take_sa_events();
         for ev in sa_events {
             if let Some(ack) = self.on_sa_event(index, ev, now)? {
                 hold = Some(ack);

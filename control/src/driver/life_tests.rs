@@ -827,6 +827,23 @@ fn r_6_4_b_invalid_ke_payload_retry_on_the_same_connection() {
     rig.stop();
 }
 
+/// An inbound SA the worker removed for good gives its SPI back to the driver's pool, which
+/// every session of the driver draws from.
+#[test]
+fn removed_inbound_sa_releases_its_spi() {
+    let (h, _sides) = channels(1);
+    let mut d = Driver::new(h);
+    let spi = d.spi_pool.allocate().unwrap();
+    let km = Keymat::new(Suite::Aes128Gcm16, &[7; 20]).unwrap();
+    let sa = InboundSa::new(&SaParams::new(spi, km, Backend::RustCrypto)).unwrap();
+    d.handle_event(
+        Event::SaRemoved(RemovedSa::Inbound(Box::new(sa))),
+        Instant::now(),
+    )
+    .unwrap();
+    assert!(!d.spi_pool.contains(spi));
+}
+
 /// A Responder listening on two workers: the Originator's new connection lands on the other
 /// worker (a NAT changed its port, R-6.1-h). The worker reports the SPI it does not hold; the
 /// driver moves the SA objects (sequence numbers and replay windows with them) and binds the
@@ -926,7 +943,7 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
         let out = init.handle(&reply.expect("a response"), t0).unwrap();
         msg = match out.into_iter().find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            _ => None,
         }) {
             Some(m) => m,
             None => break,
@@ -1017,10 +1034,12 @@ fn r_6_1_h_sas_follow_the_connection_to_another_worker() {
     );
     assert_eq!(d.installed(), 0, "in transit");
     // Worker 0 hands the SA objects back; they go to worker 1 as they are.
+    assert!(d.spi_pool.contains(spi_in));
     d.handle_event(Event::SaRemoved(RemovedSa::Inbound(inb)), t0)
         .unwrap();
     d.handle_event(Event::SaRemoved(RemovedSa::Outbound(out)), t0)
         .unwrap();
+    assert!(d.spi_pool.contains(spi_in), "a moving SA keeps its SPI");
     let w1: Vec<Command> = sides[1].commands.try_iter().collect();
     let mut acks = Vec::new();
     for c in &w1 {
@@ -1236,13 +1255,20 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
     )
     .unwrap();
     let reply = sent_on(conn(2));
+    // RFC 8019 §7.1.2: the session hands out the puzzle instead of solving it in `handle`;
+    // the job runs on another thread and its answer brings the retry.
+    let out = init.handle(&reply[0], t0).unwrap();
+    let [Output::SolvePuzzle(job)] = <[Output; 1]>::try_from(out).unwrap() else {
+        panic!("expected one puzzle job");
+    };
+    let answer = std::thread::spawn(move || job.solve()).join().unwrap();
     let retry = init
-        .handle(&reply[0], t0)
+        .puzzle_solved(answer, t0)
         .unwrap()
         .into_iter()
         .find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            _ => None,
         })
         .expect("retry with cookie and solution");
     down(&mut d, conn(2), None);
@@ -1263,7 +1289,7 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
         .into_iter()
         .find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            _ => None,
         })
         .expect("IKE_AUTH");
     d.handle_event(
@@ -1295,6 +1321,76 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
             .any(|o| matches!(o, Output::Event(SessionEvent::ChildSaUp(_))))
     );
     assert_eq!(d.installed(), 1);
+}
+
+/// RFC 8019 §7.1.2 through the driver, on the Originator side: a cookie and puzzle reply makes
+/// the driver hand the puzzle to its owner ([`DriverEvent::SolvePuzzle`]) without sending
+/// anything; the owner solves it on another thread, and [`Driver::puzzle_solved`] sends the
+/// retry with N(COOKIE) and PS, which the screen accepts and the handshake completes.
+#[test]
+fn originator_hands_out_the_puzzle_and_retries_with_the_answer() {
+    use crate::ike::cookie::{CookieJar, CookiePolicy, Screen};
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let remote = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let role = EndpointRole::Originator {
+        remote,
+        local: None,
+    };
+    let e = d.add(Endpoint::new(0, role, ci)).unwrap();
+    let t0 = Instant::now();
+    let peer = Session::responder(cr, remote, SocketAddr::from((INITIATOR_ADDR, 40001)));
+    let mut hand = Hand {
+        d,
+        sides,
+        peer,
+        ike_sa: IkeSaId(0),
+        conn: conn(1),
+        t0,
+    };
+    assert!(matches!(hand.cmds()[..], [Command::Connect { .. }]));
+    up(&mut hand.d, conn(1), TcpRole::Originator, Some(e.token()));
+    let first = sent(&hand.cmds());
+    let policy = CookiePolicy {
+        half_open_threshold: 0,
+        puzzle_difficulty: 8,
+        ..CookiePolicy::tcp()
+    };
+    let jar = CookieJar::new(policy, t0).unwrap();
+    let ip = std::net::IpAddr::V4(INITIATOR_ADDR);
+    let Screen::Reply(reply) = jar.screen(&first[0], ip, 0) else {
+        panic!("expected a cookie reply");
+    };
+    let cmds = hand.deliver(reply.message, t0);
+    assert!(sent(&cmds).is_empty(), "nothing sent before the answer");
+    let (ike_sa, job) = hand
+        .d
+        .take_events()
+        .into_iter()
+        .find_map(|ev| match ev {
+            DriverEvent::SolvePuzzle {
+                endpoint,
+                ike_sa,
+                job,
+            } if endpoint == e => Some((ike_sa, job)),
+            _ => None,
+        })
+        .expect("a puzzle job");
+    let answer = std::thread::spawn(move || job.solve()).join().unwrap();
+    hand.d.puzzle_solved(ike_sa, answer, t0).unwrap();
+    let mut cmds = hand.cmds();
+    let retry = sent(&cmds);
+    assert_eq!(retry.len(), 1);
+    assert_eq!(jar.screen(&retry[0], ip, 0), Screen::Accept);
+    // IKE_SA_INIT, IKE_AUTH.
+    for _ in 0..2 {
+        let answers = hand.peer_handles(&cmds, t0);
+        assert_eq!(answers.len(), 1);
+        cmds = hand.deliver(answers[0].clone(), t0);
+    }
+    assert!(hand.peer.is_established());
+    assert_eq!(hand.d.installed(), 1);
 }
 
 /// R-6.1-q through the driver: an authenticated request with a malformed payload is answered

@@ -29,7 +29,7 @@
 //!   takes them along.
 //! - Reaping (`reap.rs`): finished sessions and Child SAs are forgotten.
 //!
-//! - After every session call the driver takes the session's [`SaEvent`]s. A Child SA created by
+//! - After every session call the driver acts on the session's [`SaEvent`]s (`Output::Sa`). A Child SA created by
 //!   CREATE_CHILD_SA is installed like the first one. A rekeyed Child SA: the new inbound SA is
 //!   installed before any response leaves; the rekey initiator installs the new outbound SA at
 //!   once (it takes precedence in the SPD) and deletes the old outbound SA, while the rekey
@@ -87,7 +87,8 @@ use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
 use crate::ike::cookie::{CookieError, CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::session::{
-    ChildSa, Config, Output, Role, SaEvent, Session, SessionError, SessionEvent, Verdict,
+    ChildSa, Config, Output, PuzzleAnswer, PuzzleJob, Role, SaEvent, Session, SessionError,
+    SessionEvent, SpiPool, Verdict,
 };
 use crate::ike::wire::TrafficSelector;
 
@@ -272,6 +273,17 @@ pub enum DriverEvent {
         endpoint: EndpointId,
         /// What was asked.
         kind: ReplyKind,
+    },
+    /// The responder asked an Originator's session for a puzzle (RFC 8019 §7.1.2): run
+    /// [`PuzzleJob::solve`] off the driver's thread and hand the answer to
+    /// [`Driver::puzzle_solved`]; the session waits until then.
+    SolvePuzzle {
+        /// Endpoint.
+        endpoint: EndpointId,
+        /// The IKE SA (session) waiting for the answer.
+        ike_sa: IkeSaId,
+        /// The work.
+        job: PuzzleJob,
     },
     /// An IKE_SA_INIT request was dropped before any state was kept (not an initial request,
     /// malformed, or under load without a valid cookie and puzzle solution).
@@ -488,6 +500,9 @@ struct ChildState {
     /// Deleted while its install was still unacknowledged: the ack deletes it (inbound,
     /// outbound).
     unwanted: (bool, bool),
+    /// Its inbound SA was installed once: its SPI goes back to the pool when the worker hands
+    /// the SA back; otherwise when the Child SA is forgotten.
+    installed_once: bool,
 }
 
 #[derive(Debug)]
@@ -586,6 +601,8 @@ pub struct Core {
     dials: Vec<(Instant, EndpointId)>,
     /// Failed connects in a row per Originator endpoint.
     dial_failures: HashMap<EndpointId, u32>,
+    /// Inbound SPIs of this data plane, shared by every session (RFC 4303 §2.1).
+    spi_pool: SpiPool,
 }
 
 /// Whether an IKE message is a request (the Response flag is clear, RFC 7296 §3.1).
@@ -645,6 +662,7 @@ impl Core {
             jars: HashMap::new(),
             dials: Vec::new(),
             dial_failures: HashMap::new(),
+            spi_pool: SpiPool::new(),
         }
     }
 
@@ -662,7 +680,9 @@ impl Core {
     ///
     /// # Errors
     /// The random number generator failed (cookie secret).
-    pub fn add(&mut self, ep: Endpoint, now: Instant) -> Result<EndpointId, DriverError> {
+    pub fn add(&mut self, mut ep: Endpoint, now: Instant) -> Result<EndpointId, DriverError> {
+        // One SPI space per data plane: every session draws from the driver's pool.
+        ep.ike.spi_pool = self.spi_pool.clone();
         let (worker, role, policy) = (ep.worker, ep.role, ep.cookies);
         if let EndpointRole::Responder { listen } = role
             && let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen)
@@ -802,6 +822,10 @@ impl Core {
                     RemovedSa::Outbound(o) => (o.spi(), Direction::Outbound),
                 };
                 drop(sa);
+                // The inbound SA is gone: its SPI may be used again (see `SpiPool`).
+                if dir == Direction::Inbound {
+                    self.spi_pool.release(spi);
+                }
                 self.events.push(DriverEvent::SaRemoved { spi, dir });
                 Ok(())
             }
@@ -950,9 +974,15 @@ impl Core {
                         endpoint,
                         reason: format!("inbound SA install: {e}"),
                     });
+                    // Never installed: the Child SA is finished (its outbound SA, if it was
+                    // installed meanwhile, goes too), and its SPI returns to the pool.
+                    self.switches.retain(|w| w.new != child);
+                    self.delete_outbound(child)?;
+                    self.reap_child_later(child);
                     return Ok(());
                 }
                 self.children[child].inbound_ok = true;
+                self.children[child].installed_once = true;
                 for msg in held {
                     self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
                 }

@@ -156,3 +156,55 @@ fn r_6_1_o_forged_message_on_an_old_connection_closes_that_one_not_the_current()
     assert_eq!(closes, vec![conn(1).id], "the connection it came on");
     assert_eq!(h.d.sessions.nth(0).1.conn, Some(next));
 }
+
+/// Issue 8, item 6: an SPI whose inbound SA a worker refused (for example as a duplicate) goes
+/// back to the pool once the Child SA is forgotten; one that was installed goes back when the
+/// worker hands the SA back.
+#[test]
+fn refused_inbound_install_returns_its_spi() {
+    let mut h = responder(quick());
+    let now = h.t0 + Duration::from_secs(1);
+    let spi_in = h.d.children.nth(0).1.spi_in;
+    let req = h
+        .peer
+        .rekey_child(h.peer.child_sas()[0].spi_in, false, now)
+        .unwrap();
+    // Deliver without acking: refuse the new inbound install.
+    let keep = h.conn;
+    h.d.handle_event(
+        Event::IkeMessage {
+            conn: keep,
+            msg: req.into(),
+        },
+        now,
+    )
+    .unwrap();
+    let cmds = h.cmds();
+    let Some((ack, new_spi)) = cmds.iter().find_map(|c| match c {
+        Command::InstallInbound { ack, sa, .. } => Some((*ack, sa.spi())),
+        _ => None,
+    }) else {
+        panic!("no install: {cmds:?}");
+    };
+    assert_ne!(new_spi, spi_in);
+    assert!(h.d.spi_pool.contains(new_spi));
+    h.d.handle_event(
+        Event::Ack {
+            worker: 0,
+            ack,
+            result: Err(CommandError::DuplicateSpi {
+                spi: new_spi,
+                dir: Direction::Inbound,
+            }),
+        },
+        now,
+    )
+    .unwrap();
+    assert!(
+        sent(&h.cmds()).is_empty(),
+        "no response without the inbound SA"
+    );
+    h.d.core_mut().reap();
+    assert!(!h.d.spi_pool.contains(new_spi), "released");
+    assert!(h.d.spi_pool.contains(spi_in), "the live SA keeps its SPI");
+}

@@ -95,6 +95,10 @@ impl Core {
         let Some(ch) = self.children.remove(c) else {
             return;
         };
+        if !ch.installed_once {
+            // Never in a worker (its install failed or was overtaken): its SPI is free again.
+            self.spi_pool.release(ch.spi_in);
+        }
         if self.child_by_spi_in.get(&ch.spi_in) == Some(&c) {
             self.child_by_spi_in.remove(&ch.spi_in);
         }

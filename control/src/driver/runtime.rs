@@ -14,7 +14,9 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, Event, SendError};
+use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, Event, IkeSaId, SendError};
+
+use crate::ike::session::PuzzleAnswer;
 
 use super::{
     Core, DriverError, DriverEvent, Endpoint, EndpointId, KEYLOG_ESP_FILE, KEYLOG_IKE_FILE,
@@ -233,6 +235,20 @@ impl Driver {
         }
         self.handle_timers(Instant::now())?;
         Ok(true)
+    }
+
+    /// See [`Core::puzzle_solved`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn puzzle_solved(
+        &mut self,
+        ike_sa: IkeSaId,
+        answer: PuzzleAnswer,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        self.core.puzzle_solved(ike_sa, answer, now)?;
+        self.pump()
     }
 
     /// See [`Core::rekey_child_sas`].

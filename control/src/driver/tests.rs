@@ -513,7 +513,7 @@ fn responder_holds_auth_response_until_inbound_sa_acked() {
         .into_iter()
         .find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            _ => None,
         })
         .unwrap();
     d.handle_event(
@@ -701,7 +701,7 @@ fn r_6_1_h_responder_continues_session_on_new_connection() {
         .into_iter()
         .find_map(|o| match o {
             Output::Send(m) => Some(m),
-            Output::Event(_) => None,
+            _ => None,
         })
         .unwrap();
     // The connection breaks; IKE_AUTH arrives on a new one.

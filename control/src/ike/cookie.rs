@@ -661,20 +661,21 @@ pub fn solve_puzzle(puzzle: Puzzle, cookie: &[u8]) -> Result<Vec<u8>, SolveError
 /// [`SolveError`]: the initiator declines (RFC 8019 §7.1.2 "MAY ignore ... if it is not willing
 /// to spend resources").
 pub fn answer_puzzle(puzzle_data: &[u8], cookie: &[u8]) -> Result<Option<Vec<u8>>, SolveError> {
-    let Ok(data) = PuzzleData::parse(puzzle_data) else {
-        return Ok(None);
-    };
-    let Ok(prf) = PrfAlg::from_transform(data.prf) else {
-        return Ok(None);
-    };
-    solve_puzzle(
-        Puzzle {
-            prf,
-            difficulty: data.difficulty,
-        },
-        cookie,
-    )
-    .map(Some)
+    match parse_puzzle(puzzle_data) {
+        None => Ok(None),
+        Some(p) => solve_puzzle(p, cookie).map(Some),
+    }
+}
+
+/// Initiator: the puzzle in N(PUZZLE) Notification Data (RFC 8019 §8.1), `None` when it cannot
+/// be used (malformed, or a PRF we do not implement) and is ignored (RFC 8019 §7.1.2).
+pub fn parse_puzzle(puzzle_data: &[u8]) -> Option<Puzzle> {
+    let data = PuzzleData::parse(puzzle_data).ok()?;
+    let prf = PrfAlg::from_transform(data.prf).ok()?;
+    Some(Puzzle {
+        prf,
+        difficulty: data.difficulty,
+    })
 }
 
 #[cfg(test)]

@@ -365,6 +365,67 @@ impl DhGroup {
     }
 }
 
+/// An ESP transform of a Child SA (Transform Type 1, RFC 7296 §3.3.2): only combined-mode
+/// ciphers, so an ESP proposal carries no INTEG transform (RFC 4106 §8.1, RFC 7634 §4). The
+/// protocol has its own type so that it does not depend on a data plane; the data plane maps it
+/// to its AEAD implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EspSuite {
+    /// ENCR_AES_GCM_16 (20) with a 128-bit key, 16-octet ICV (RFC 4106).
+    AesGcm16_128,
+    /// ENCR_AES_GCM_16 (20) with a 256-bit key, 16-octet ICV (RFC 4106).
+    AesGcm16_256,
+    /// ENCR_CHACHA20_POLY1305 (28), RFC 7634.
+    ChaCha20Poly1305,
+}
+
+impl EspSuite {
+    /// All ESP suites, in a stable order.
+    pub const ALL: [EspSuite; 3] = [
+        EspSuite::AesGcm16_128,
+        EspSuite::AesGcm16_256,
+        EspSuite::ChaCha20Poly1305,
+    ];
+
+    /// The same cipher as an IKE ENCR transform: ESP and the SK payload share transform IDs,
+    /// Key Length attributes and the key ‖ salt KEYMAT layout (RFC 4106 §8.1 / RFC 5282 §7.1,
+    /// RFC 7634 §2 / §3).
+    #[must_use]
+    pub const fn encr(self) -> EncrAlg {
+        match self {
+            Self::AesGcm16_128 => EncrAlg::AesGcm16_128,
+            Self::AesGcm16_256 => EncrAlg::AesGcm16_256,
+            Self::ChaCha20Poly1305 => EncrAlg::ChaCha20Poly1305,
+        }
+    }
+
+    /// Transform ID (RFC 7296 §3.3.2).
+    #[must_use]
+    pub const fn transform_id(self) -> u16 {
+        self.encr().transform_id()
+    }
+
+    /// Key Length attribute value (bits) to put in a proposal, `None` if it must be absent
+    /// (RFC 7296 §3.3.5: ChaCha20-Poly1305 has a fixed key).
+    #[must_use]
+    pub const fn key_length_attr(self) -> Option<u16> {
+        self.encr().key_length_attr()
+    }
+
+    /// Cipher key length in octets, without salt.
+    #[must_use]
+    pub const fn key_len(self) -> usize {
+        self.encr().key_len()
+    }
+
+    /// Octets of KEYMAT one ESP SA takes (RFC 7296 §2.17): key ‖ 4-octet salt (RFC 4106 §8.1,
+    /// RFC 7634 §2).
+    #[must_use]
+    pub const fn keymat_len(self) -> usize {
+        self.encr().keymat_len()
+    }
+}
+
 /// The algorithms of one IKE SA, as negotiated in IKE_SA_INIT (RFC 7296 §2.7, §3.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IkeSuite {
@@ -463,6 +524,20 @@ mod tests {
         assert_eq!(EncrAlg::AesCbc256.keymat_len(), 32);
         assert_eq!(IntegAlg::HmacSha384_192.icv_len(), 24);
         assert_eq!(PrfAlg::HmacSha1.key_len(), 20);
+    }
+
+    #[test]
+    fn esp_suites() {
+        // RFC 4106 §8.1: 16 or 32 octets of key and 4 of salt; RFC 7634 §2: 32 + 4.
+        let lens: Vec<usize> = EspSuite::ALL.iter().map(|s| s.keymat_len()).collect();
+        assert_eq!(lens, [20, 36, 36]);
+        assert_eq!(EspSuite::AesGcm16_128.key_len(), 16);
+        // RFC 7296 §3.3.2: ENCR_AES_GCM_16 is 20, ENCR_CHACHA20_POLY1305 28.
+        let ids: Vec<(u16, Option<u16>)> = EspSuite::ALL
+            .iter()
+            .map(|s| (s.transform_id(), s.key_length_attr()))
+            .collect();
+        assert_eq!(ids, [(20, Some(128)), (20, Some(256)), (28, None)]);
     }
 
     #[test]

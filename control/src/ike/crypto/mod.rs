@@ -1,6 +1,7 @@
 //! The IKEv2 cryptographic core.
 //!
-//! * [`alg`]: transform IDs (RFC 7296 §3.3.2) and the [`IkeSuite`] of an IKE SA.
+//! * [`alg`]: transform IDs (RFC 7296 §3.3.2), the [`IkeSuite`] of an IKE SA and the
+//!   [`EspSuite`] of a Child SA.
 //! * [`dh`]: key exchange for groups 14, 19, 20, 31 with peer validation (RFC 3526, RFC 5903,
 //!   RFC 8031, RFC 6989).
 //! * [`prf`]: PRF_HMAC_SHA1 / SHA2-256/384/512 and `prf+` (RFC 7296 §2.13, RFC 4868).
@@ -23,7 +24,7 @@ pub mod sk;
 #[cfg(test)]
 mod test_util;
 
-pub use alg::{AlgError, DhGroup, EncrAlg, IkeSuite, IntegAlg, PrfAlg};
+pub use alg::{AlgError, DhGroup, EncrAlg, EspSuite, IkeSuite, IntegAlg, PrfAlg};
 pub use dh::{DhError, KeyExchange, SharedSecret};
 pub use integ::{IntegError, IntegKey};
 pub use keys::{ChildKeyLengths, ChildSaKeys, IkeKeyLengths, IkeSaKeys, KeyError, Role, Skeyseed};

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::ike::cookie::{
     CookieJar, CookiePolicy, MAX_SOLVE_DIFFICULTY, Puzzle, ReplyKind, Screen, ScreenDrop,
-    verify_solution,
+    SolveError, verify_solution,
 };
 use crate::ike::crypto::EncrAlg;
 use crate::ike::wire::{PuzzleData, TsRange};
@@ -46,11 +46,12 @@ fn configs() -> (Config, Config) {
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.example".to_vec()),
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
-        psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
+        auth: PskAuth::shared(b"correct horse battery staple"),
         ike_proposals: vec![suite],
-        esp_proposals: vec![(Suite::Aes128Gcm16, false)],
+        esp_proposals: vec![(EspSuite::AesGcm16_128, false)],
         ts_local: vec![ts4([203, 0, 113, 0], [203, 0, 113, 127])],
         ts_remote: vec![ts4([203, 0, 113, 128], [203, 0, 113, 255])],
+        spi_pool: SpiPool::new(),
     };
     let r = Config {
         local_id: i.remote_id.clone(),
@@ -74,9 +75,34 @@ fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
         match o {
             Output::Send(b) => sends.push(b),
             Output::Event(e) => events.push(e),
+            Output::Sa(e) => panic!("no lifecycle events before IKE_AUTH: {e:?}"),
+            Output::SolvePuzzle(j) => panic!("unexpected puzzle job {j:?}"),
         }
     }
     (sends, events)
+}
+
+/// The puzzle job that is all a call returned.
+fn job_of(out: Vec<Output>) -> PuzzleJob {
+    match <[Output; 1]>::try_from(out) {
+        Ok([Output::SolvePuzzle(job)]) => job,
+        other => panic!("expected one puzzle job, got {other:?}"),
+    }
+}
+
+/// Solves on another thread, as a caller does (RFC 8019 §7.1.2: not on the session's).
+fn solve_elsewhere(job: PuzzleJob) -> PuzzleAnswer {
+    std::thread::spawn(move || job.solve()).join().unwrap()
+}
+
+/// The initiator's answer to a cookie reply, with a puzzle job (if it hands one out) solved on
+/// another thread and the answer given back.
+fn answer_reply(i: &mut Session, reply: &[u8], now: Instant) -> Vec<Output> {
+    match <[Output; 1]>::try_from(i.handle(reply, now).unwrap()) {
+        Ok([Output::SolvePuzzle(job)]) => i.puzzle_solved(solve_elsewhere(job), now).unwrap(),
+        Ok(one) => Vec::from(one),
+        Err(out) => out,
+    }
 }
 
 fn failed(events: &[SessionEvent]) -> Option<FailReason> {
@@ -144,9 +170,22 @@ fn r_6_3_d_full_exchange_through_cookie_and_puzzle() {
         ReplyKind::CookieAndPuzzle(Puzzle { difficulty: 8, .. })
     ));
 
-    // The initiator solves it and retries; nothing else changes (RFC 7296 §2.6).
+    // RFC 8019 §7.1.2: the initiator hands the puzzle out instead of solving it in `handle`
+    // (nothing is sent yet, and no exchange timeout runs while it is solved) ...
     let later = now + Duration::from_millis(20);
-    let (sends, events) = split(i.handle(&reply.message, later).unwrap());
+    let job = job_of(i.handle(&reply.message, later).unwrap());
+    assert_eq!(
+        job.puzzle(),
+        Puzzle {
+            prf: PrfAlg::HmacSha256,
+            difficulty: 8
+        }
+    );
+    assert_eq!(job.spi_i(), i.spis().0);
+    assert_eq!(i.poll_timeout(), None);
+    // ... and with the answer retries; nothing else changes (RFC 7296 §2.6).
+    let answer = solve_elsewhere(job);
+    let (sends, events) = split(i.puzzle_solved(answer, later).unwrap());
     assert!(events.is_empty(), "{events:?}");
     let [retry] = sends.as_slice() else {
         panic!("expected one retry, got {}", sends.len());
@@ -268,7 +307,7 @@ fn puzzle_without_cookie_is_ignored() {
             puzzle_notify(2, 8),
         ],
     );
-    let (sends, _) = split(i.handle(&resp, now).unwrap());
+    let (sends, _) = split(answer_reply(&mut i, &resp, now));
     let b = Message::parse(&sends[0]).unwrap();
     let Payload::Ps(ps) = &b.payloads[1] else {
         panic!("no PS");
@@ -316,7 +355,7 @@ fn retry_without_solution_is_dropped_under_load() {
     let Screen::Reply(reply) = jar.screen(&first, sock(I_FIRST).ip(), 1) else {
         panic!("expected a cookie reply");
     };
-    let (sends, _) = split(i.handle(&reply.message, now).unwrap());
+    let (sends, _) = split(answer_reply(&mut i, &reply.message, now));
     let mut m = Message::parse(&sends[0]).unwrap();
     m.payloads.retain(|p| !matches!(p, Payload::Ps(_)));
     let stripped = m.to_bytes().unwrap();
@@ -325,6 +364,88 @@ fn retry_without_solution_is_dropped_under_load() {
         Screen::Drop(ScreenDrop::PuzzleMissing)
     );
     assert_eq!(jar.screen(&sends[0], sock(I_RETRY).ip(), 1), Screen::Accept);
+}
+
+/// A puzzle answer counts only for the session and the job it came from: one for another
+/// session, a second copy, or one for an earlier job is refused with `StalePuzzle` and changes
+/// nothing. While the puzzle is solved the initiator expects no message.
+#[test]
+fn stale_or_foreign_puzzle_answers_are_refused() {
+    let now = Instant::now();
+    let reply = |first: &[u8], cookie: u8| {
+        response_to(
+            first,
+            vec![
+                notify(NotifyType::COOKIE, vec![cookie; 16]),
+                puzzle_notify(5, 8),
+            ],
+        )
+    };
+    let (mut i, first) = initiator(now);
+    let (mut other, other_first) = initiator(now);
+    let job = job_of(i.handle(&reply(&first, 1), now).unwrap());
+    let foreign = solve_elsewhere(job_of(other.handle(&reply(&other_first, 2), now).unwrap()));
+    assert_eq!(
+        i.puzzle_solved(foreign, now).unwrap_err(),
+        SessionError::StalePuzzle
+    );
+    // Still waiting: another reply is not expected now.
+    let (sends, events) = split(i.handle(&reply(&first, 3), now).unwrap());
+    assert!(sends.is_empty());
+    assert!(matches!(
+        events[..],
+        [SessionEvent::Dropped(DropReason::Unexpected)]
+    ));
+
+    let answer = solve_elsewhere(job);
+    let (sends, _) = split(i.puzzle_solved(answer.clone(), now).unwrap());
+    let [retry] = sends.as_slice() else {
+        panic!("expected the retry");
+    };
+    assert!(
+        Message::parse(retry).unwrap().payloads[1] == Payload::Ps(answer.result.clone().unwrap())
+    );
+    assert_eq!(
+        i.puzzle_solved(answer.clone(), now).unwrap_err(),
+        SessionError::StalePuzzle,
+        "a second copy"
+    );
+    // The responder asks again (a new cookie): the answer to the first job does not fit.
+    let job2 = job_of(i.handle(&reply(&first, 4), now).unwrap());
+    assert_eq!(
+        i.puzzle_solved(answer, now).unwrap_err(),
+        SessionError::StalePuzzle,
+        "an earlier job"
+    );
+    let (sends, _) = split(i.puzzle_solved(solve_elsewhere(job2), now).unwrap());
+    assert_eq!(sends.len(), 1);
+    let b = Message::parse(&sends[0]).unwrap();
+    assert_eq!(b.payloads[0], notify(NotifyType::COOKIE, vec![4; 16]));
+}
+
+/// A job whose work was given up (RFC 8019 §7.1.2 lets the initiator decline) fails the
+/// session with `PuzzleRefused`, without a retry.
+#[test]
+fn given_up_puzzle_fails_the_session() {
+    let now = Instant::now();
+    let (mut i, first) = initiator(now);
+    let resp = response_to(
+        &first,
+        vec![
+            notify(NotifyType::COOKIE, vec![0xc0; 16]),
+            puzzle_notify(5, 20),
+        ],
+    );
+    let job = job_of(i.handle(&resp, now).unwrap());
+    let gave_up = PuzzleAnswer {
+        spi_i: job.spi_i(),
+        attempt: job.attempt,
+        result: Err(SolveError::GaveUp(20)),
+    };
+    let (sends, events) = split(i.puzzle_solved(gave_up, now).unwrap());
+    assert!(sends.is_empty());
+    assert_eq!(failed(&events), Some(FailReason::PuzzleRefused(20)));
+    assert!(i.is_failed());
 }
 
 proptest! {
@@ -351,7 +472,7 @@ proptest! {
             &first,
             vec![notify(NotifyType::COOKIE, cookie), notify(NotifyType::PUZZLE, puzzle)],
         );
-        let (sends, events) = split(i.handle(&resp, now).unwrap());
+        let (sends, events) = split(answer_reply(&mut i, &resp, now));
         prop_assert!(sends.len() <= 1);
         prop_assert!(sends.len() == 1 || !events.is_empty());
     }

@@ -8,10 +8,8 @@
 use core::fmt::Write as _;
 use std::net::IpAddr;
 
-use iketcp_dataplane::crypto::Suite;
-
 use super::Session;
-use crate::ike::crypto::{EncrAlg, IntegAlg};
+use crate::ike::crypto::{EncrAlg, EspSuite, IntegAlg};
 
 /// Lowercase hex of `bytes`.
 fn hex(bytes: &[u8]) -> String {
@@ -45,12 +43,12 @@ fn ike_integ_name(i: Option<IntegAlg>) -> &'static str {
 }
 
 /// Wireshark's `esp_sa` name of an ESP encryption algorithm.
-fn esp_encr_name(s: Suite) -> &'static str {
+fn esp_encr_name(s: EspSuite) -> &'static str {
     match s {
-        Suite::Aes128Gcm16 | Suite::Aes256Gcm16 => "AES-GCM with 16 octet ICV [RFC4106]",
+        EspSuite::AesGcm16_128 | EspSuite::AesGcm16_256 => "AES-GCM with 16 octet ICV [RFC4106]",
         // tshark 4.0 (the one checked) has no ChaCha20 for ESP and refuses this line; the name
         // follows the style of its other entries.
-        Suite::ChaCha20Poly1305 => "ChaCha20 with Poly1305 [RFC7634]",
+        EspSuite::ChaCha20Poly1305 => "ChaCha20 with Poly1305 [RFC7634]",
     }
 }
 
@@ -94,7 +92,7 @@ pub fn esp_line(
     src: Option<IpAddr>,
     dst: Option<IpAddr>,
     spi: u32,
-    suite: Suite,
+    suite: EspSuite,
     keymat: &[u8],
 ) -> String {
     let proto = match src.or(dst) {
@@ -142,7 +140,7 @@ mod tests {
             Some("192.0.2.2".parse().unwrap()),
             Some("192.0.2.1".parse().unwrap()),
             0x1234,
-            Suite::Aes256Gcm16,
+            EspSuite::AesGcm16_256,
             &km,
         );
         let want = format!(
@@ -152,7 +150,7 @@ mod tests {
         );
         assert_eq!(l, want);
         assert!(
-            esp_line(None, None, 1, Suite::ChaCha20Poly1305, &km)
+            esp_line(None, None, 1, EspSuite::ChaCha20Poly1305, &km)
                 .starts_with("\"IPv4\",\"*\",\"*\"")
         );
     }

@@ -11,8 +11,8 @@
 //! authenticated IKE messages and inbound ESP reported by the caller, never from TCP activity
 //! (R-6.7-c).
 //!
-//! Lifecycle changes of the IKE SA and its Child SAs are collected as [`SaEvent`]s, to be taken
-//! with [`Session::take_sa_events`] after each call.
+//! Lifecycle changes of the IKE SA and its Child SAs are queued as [`SaEvent`]s while a call
+//! runs and returned at its end as [`Output::Sa`], ahead of the call's messages.
 
 use super::*;
 use crate::ike::wire::{DeletePayload, ProtocolId, Spi};
@@ -144,7 +144,9 @@ pub(super) struct Life {
     exchange_timeout: Duration,
     dpd_interval: Duration,
     children: Vec<ChildSa>,
-    events: Vec<SaEvent>,
+    /// Outputs of the current call in the order they happened: lifecycle changes, and the
+    /// messages made before them ([`Session::queue`]). Returned at its end ([`Session::emit`]).
+    out: Vec<Output>,
     collision: Option<Collision>,
     /// IKE SAs other than the current one, each until its Delete exchange is done: the one
     /// replaced by a rekey, and after simultaneous rekeys the redundant one (§2.8.2).
@@ -177,7 +179,7 @@ impl Default for Life {
             exchange_timeout: DEFAULT_TIMEOUT,
             dpd_interval: DEFAULT_TIMEOUT,
             children: Vec::new(),
-            events: Vec::new(),
+            out: Vec::new(),
             collision: None,
             side: Vec::new(),
             ike_collision: None,
@@ -261,9 +263,81 @@ impl Session {
         &self.life.children
     }
 
-    /// Takes the lifecycle events collected since the last call.
-    pub fn take_sa_events(&mut self) -> Vec<SaEvent> {
-        core::mem::take(&mut self.life.events)
+    /// A lifecycle change, in its place among the outputs of the current call.
+    fn sa_event(&mut self, e: SaEvent) {
+        self.life.out.push(Output::Sa(e));
+    }
+
+    /// Outputs made before a lifecycle change that follows in the same call: they go first.
+    fn queue(&mut self, out: Vec<Output>) {
+        self.life.out.extend(out);
+    }
+
+    /// The outputs of an entry-point call in the order they happened: what was queued while it
+    /// ran, then what it returned (see [`Output`]). Settles the inbound SPIs.
+    pub(super) fn emit(&mut self, out: Vec<Output>) -> Vec<Output> {
+        let all = if self.life.out.is_empty() {
+            out
+        } else {
+            let mut all = core::mem::take(&mut self.life.out);
+            all.extend(out);
+            all
+        };
+        self.settle_spis(&all);
+        all
+    }
+
+    /// An inbound SPI from the pool, ours until handed out in a [`ChildSa`].
+    pub(super) fn alloc_spi(&mut self) -> Result<u32, SessionError> {
+        let spi = self.cfg.spi_pool.allocate()?;
+        self.owned_spis.push(spi);
+        Ok(spi)
+    }
+
+    /// After a call: SPIs now in a [`ChildSa`] the caller has (`out`) or will get (queued, or
+    /// recorded) are the caller's; those still offered in an exchange in progress stay ours;
+    /// the rest were for exchanges that made no Child SA (refused, failed, timed out,
+    /// superseded) and go back to the pool.
+    pub(super) fn settle_spis(&mut self, out: &[Output]) {
+        if self.owned_spis.is_empty() {
+            return;
+        }
+        let child_spi = |o: &Output| match o {
+            Output::Event(SessionEvent::ChildSaUp(c))
+            | Output::Sa(SaEvent::ChildSaCreated(c) | SaEvent::ChildSaRekeyed { new: c, .. }) => {
+                Some(c.spi_in)
+            }
+            _ => None,
+        };
+        let handed: Vec<u32> = out
+            .iter()
+            .chain(&self.life.out)
+            .filter_map(child_spi)
+            .chain(self.life.children.iter().map(|c| c.spi_in))
+            .collect();
+        let first_pending = matches!(
+            self.state,
+            State::InitSent { .. } | State::Solving { .. } | State::AuthSent | State::InitDone
+        );
+        let offered = match &self.life.outstanding {
+            Some(Outstanding {
+                pending: Pending::Child { spi_in, .. },
+                ..
+            }) => Some(*spi_in),
+            _ => None,
+        };
+        let first = first_pending.then_some(self.child_spi_in);
+        let pool = self.cfg.spi_pool.clone();
+        self.owned_spis.retain(|spi| {
+            if handed.contains(spi) {
+                return false;
+            }
+            if first == Some(*spi) || offered == Some(*spi) {
+                return true;
+            }
+            pool.release(*spi);
+            false
+        });
     }
 
     /// Whether a request of ours is waiting for its response.
@@ -360,7 +434,8 @@ impl Session {
     /// As [`Session::start_dpd`].
     pub fn create_child(&mut self, now: Instant) -> Result<Vec<u8>, SessionError> {
         self.ready()?;
-        self.child_request(None, self.life.pfs, false, now)
+        let r = self.child_request(None, self.life.pfs, false, now);
+        self.settled(r)
     }
 
     /// A CREATE_CHILD_SA request rekeying the Child SA with inbound SPI `spi_in` (RFC 7296
@@ -382,7 +457,16 @@ impl Session {
             (None, true) => Some(self.suite.ok_or(SessionError::Internal("no suite"))?.dh()),
             (None, false) => None,
         };
-        self.child_request(Some(spi_in), group, false, now)
+        let r = self.child_request(Some(spi_in), group, false, now);
+        self.settled(r)
+    }
+
+    /// A call's result; after an error the SPI it may have taken goes back to the pool.
+    fn settled<T>(&mut self, r: Result<T, SessionError>) -> Result<T, SessionError> {
+        if r.is_err() {
+            self.settle_spis(&[]);
+        }
+        r
     }
 
     /// Sends a CREATE_CHILD_SA request for a new Child SA or, with `rekey`, for rekeying the
@@ -406,7 +490,7 @@ impl Session {
                 (old.ts_local.clone(), old.ts_remote.clone())
             }
         };
-        let new_spi = random_esp_spi()?;
+        let new_spi = self.alloc_spi()?;
         let ni = random::<NONCE_LEN>()?.to_vec();
         let mut inner = Vec::new();
         if let Some(old_in) = rekey {
@@ -551,9 +635,14 @@ impl Session {
     }
 
     /// Acts on an expired timeout: an unanswered request deletes the IKE SA (R-6.2-a, giving
-    /// [`SessionEvent::Failed`] with [`FailReason::Timeout`] and [`SaEvent::IkeSaDeleted`]);
+    /// [`SaEvent::IkeSaDeleted`], then [`SessionEvent::Failed`] with [`FailReason::Timeout`]);
     /// inbound silence starts a liveness check (R-6.7-a), returned as a message to send.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        let out = self.timeout_inner(now);
+        self.emit(out)
+    }
+
+    fn timeout_inner(&mut self, now: Instant) -> Vec<Output> {
         // A replaced IKE SA whose Delete went unanswered is just dropped.
         let limit = self.life.exchange_timeout;
         let (expired, kept): (Vec<OldIke>, Vec<OldIke>) = core::mem::take(&mut self.life.side)
@@ -565,7 +654,7 @@ impl Session {
             });
         self.life.side = kept;
         for o in expired {
-            self.life.events.push(SaEvent::OldIkeSaDeleted {
+            self.sa_event(SaEvent::OldIkeSaDeleted {
                 spi_i: o.spi_i,
                 spi_r: o.spi_r,
             });
@@ -597,13 +686,13 @@ impl Session {
         self.life.ike_collision = None;
         self.life.collision = None;
         self.life.children.clear();
-        self.life.events.push(SaEvent::IkeSaDeleted);
+        self.sa_event(SaEvent::IkeSaDeleted);
     }
 
     fn remove_child_in(&mut self, spi_in: u32) {
         if let Some(pos) = self.life.children.iter().position(|c| c.spi_in == spi_in) {
             let c = self.life.children.remove(pos);
-            self.life.events.push(SaEvent::ChildSaDeleted {
+            self.sa_event(SaEvent::ChildSaDeleted {
                 spi_in: c.spi_in,
                 spi_out: c.spi_out,
             });
@@ -651,10 +740,10 @@ impl Session {
 
     /// Deletes the IKE SA and its Child SAs without a Delete exchange (RFC 7296 §2.21: after
     /// INVALID_SYNTAX or an unusable authenticated message), reporting why.
-    fn teardown(&mut self, reason: FailReason, mut out: Vec<Output>) -> Vec<Output> {
+    fn teardown(&mut self, reason: FailReason, out: Vec<Output>) -> Vec<Output> {
+        self.queue(out);
         self.ike_deleted();
-        out.push(Output::Event(SessionEvent::Failed(reason)));
-        out
+        vec![Output::Event(SessionEvent::Failed(reason))]
     }
 
     /// Any message while the IKE SA is established.
@@ -814,7 +903,7 @@ impl Session {
                     if !deleting {
                         ours.push(c.spi_in);
                     }
-                    self.life.events.push(SaEvent::ChildSaDeleted {
+                    self.sa_event(SaEvent::ChildSaDeleted {
                         spi_in: c.spi_in,
                         spi_out: c.spi_out,
                     });
@@ -822,9 +911,11 @@ impl Session {
             }
         }
         if delete_ike {
+            // The answer, then the IKE SA is gone.
             let out = self.answer(msg, h, &[])?;
+            self.queue(vec![out]);
             self.ike_deleted();
-            return Ok(vec![out]);
+            return Ok(Vec::new());
         }
         let inner = if ours.is_empty() {
             Vec::new()
@@ -938,7 +1029,7 @@ impl Session {
             return self.answer_error(msg, h, NotifyType::TS_UNACCEPTABLE, Vec::new());
         }
         let nr = random::<NONCE_LEN>()?.to_vec();
-        let spi_in = random_esp_spi()?;
+        let spi_in = self.alloc_spi()?;
         let (g_ir, ke_out) = match (pfs, ke) {
             (Some(g), Some(k)) => {
                 let (x, public) = KeyExchange::generate(g).map_err(|_| SessionError::Rng)?;
@@ -979,6 +1070,7 @@ impl Session {
         inner.push(Payload::TsI(TsPayload { selectors: ts_i }));
         inner.push(Payload::TsR(TsPayload { selectors: ts_r }));
         let out = self.answer(msg, h, &inner)?;
+        self.queue(vec![out]);
         self.life.children.push(new.clone());
         match old {
             Some((old_spi_in, old_spi_out)) => {
@@ -993,15 +1085,15 @@ impl Session {
                         their_min_nonce: min_nonce(nonce, &nr).to_vec(),
                     });
                 }
-                self.life.events.push(SaEvent::ChildSaRekeyed {
+                self.sa_event(SaEvent::ChildSaRekeyed {
                     old_spi_in,
                     old_spi_out,
                     new,
                 });
             }
-            None => self.life.events.push(SaEvent::ChildSaCreated(new)),
+            None => self.sa_event(SaEvent::ChildSaCreated(new)),
         }
-        Ok(vec![out])
+        Ok(Vec::new())
     }
 
     /// Fills in the KEYMAT of `c` (RFC 7296 §2.17) for a CREATE_CHILD_SA exchange in which we
@@ -1033,7 +1125,7 @@ impl Session {
 
     fn child_refused(&mut self, kind: NotifyType) -> Result<Vec<Output>, SessionError> {
         self.life.collision = None;
-        self.life.events.push(SaEvent::ChildSaRefused(kind));
+        self.sa_event(SaEvent::ChildSaRefused(kind));
         Ok(Vec::new())
     }
 
@@ -1142,11 +1234,11 @@ impl Session {
         let Some((old_spi_in, old_spi_out)) = old else {
             // A new Child SA, or the old one was deleted by the peer meanwhile.
             self.life.collision = None;
-            self.life.events.push(SaEvent::ChildSaCreated(new));
+            self.sa_event(SaEvent::ChildSaCreated(new));
             return Ok(Vec::new());
         };
         let new_spi_in = new.spi_in;
-        self.life.events.push(SaEvent::ChildSaRekeyed {
+        self.sa_event(SaEvent::ChildSaRekeyed {
             old_spi_in,
             old_spi_out,
             new,
@@ -1232,6 +1324,7 @@ impl Session {
             }),
         ];
         let out = self.answer(msg, h, &inner)?;
+        self.queue(vec![out]);
         if colliding {
             self.life.ike_collision = Some(IkeCandidate {
                 keys,
@@ -1242,7 +1335,7 @@ impl Session {
         } else {
             self.switch_ike(keys, suite, (spi_i, spi_r), Role::Responder, None, now)?;
         }
-        Ok(vec![out])
+        Ok(Vec::new())
     }
 
     fn on_ike_rekey_response(
@@ -1254,7 +1347,7 @@ impl Session {
         now: Instant,
     ) -> Result<Vec<Output>, SessionError> {
         let refused = |s: &mut Self, kind| {
-            s.life.events.push(SaEvent::IkeRekeyRefused(kind));
+            s.sa_event(SaEvent::IkeRekeyRefused(kind));
             // Ours failed, so the peer's colliding rekey is the only one (§2.8.2).
             if let Some(c) = s.life.ike_collision.take() {
                 s.switch_ike(c.keys, c.suite, c.spis, Role::Responder, None, now)?;
@@ -1324,7 +1417,8 @@ impl Session {
             let ours_min = min_nonce(ni, nr);
             return self.resolve_ike_collision(c, (keys, suite), (spi_i, spi_r), ours_min, now);
         }
-        // §1.3.2: the rekey initiator deletes the old IKE SA, on the old IKE SA.
+        // §1.3.2: the rekey initiator deletes the old IKE SA, on the old IKE SA, after the new
+        // one is in place (so the Delete follows the rekey event).
         let id = self.life.own_next_id;
         let del = self.seal(
             self.header(ExchangeType::INFORMATIONAL, false, id),
@@ -1432,9 +1526,7 @@ impl Session {
         self.life.peer_next_id = 0;
         self.life.outstanding = None;
         self.cached = None;
-        self.life
-            .events
-            .push(SaEvent::IkeSaRekeyed { spi_i, spi_r });
+        self.sa_event(SaEvent::IkeSaRekeyed { spi_i, spi_r });
         Ok(())
     }
 
@@ -1473,7 +1565,7 @@ impl Session {
         };
         if h.flags.response {
             self.life.side.remove(idx);
-            self.life.events.push(gone);
+            self.sa_event(gone);
             return Ok(Vec::new());
         }
         let payloads = opened.payloads.unwrap_or_default();
@@ -1497,12 +1589,13 @@ impl Session {
             vec![notify(NotifyType::TEMPORARY_FAILURE, Vec::new())]
         };
         let resp = seal_with(&old.prot, header, &inner)?;
+        self.queue(vec![Output::Send(resp)]);
         if delete {
             self.life.side.remove(idx);
-            self.life.events.push(gone);
+            self.sa_event(gone);
         } else if let Some(o) = self.life.side.get_mut(idx) {
             o.peer_next_id = h.message_id.wrapping_add(1);
         }
-        Ok(vec![Output::Send(resp)])
+        Ok(Vec::new())
     }
 }

@@ -12,10 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use iketcp_dataplane::crypto::Suite;
-
 use super::tests::{
-    deleted, dpd_roundtrip, established_with, opened_payloads, paired, rekeyed, run,
+    Peer, deleted, dpd_roundtrip, established_with, opened_payloads, paired, rekeyed, run,
 };
 use super::*;
 use crate::ike::crypto::{EncrAlg, IntegAlg};
@@ -26,8 +24,8 @@ fn suite(encr: EncrAlg, prf: PrfAlg, integ: Option<IntegAlg>, dh: DhGroup) -> Ik
 }
 
 /// Every ESP suite with and without ESN.
-fn esp_suites() -> Vec<(Suite, bool)> {
-    Suite::ALL
+fn esp_suites() -> Vec<(EspSuite, bool)> {
+    EspSuite::ALL
         .into_iter()
         .flat_map(|s| [(s, false), (s, true)])
         .collect()
@@ -62,11 +60,11 @@ fn children_agree(a: &Session, b: &Session) {
 
 /// A Child SA rekey started by `a` for its Child SA `old` (inbound SPI); returns `a`'s new one.
 fn rekey_child(
-    a: &mut Session,
-    b: &mut Session,
+    a: &mut Peer,
+    b: &mut Peer,
     old: &ChildSa,
     pfs: bool,
-    esp: (Suite, bool),
+    esp: (EspSuite, bool),
     t: Instant,
 ) -> ChildSa {
     let group = a.suite().unwrap().dh();
@@ -95,7 +93,7 @@ fn rekey_child(
 }
 
 /// All exchanges for one pair of suites, started by the IKE initiator or the IKE responder.
-fn exercise(ike: IkeSuite, esp: (Suite, bool), by_initiator: bool) {
+fn exercise(ike: IkeSuite, esp: (EspSuite, bool), by_initiator: bool) {
     // IKE_SA_INIT and IKE_AUTH with the first Child SA.
     let (mut i, mut r, ic, rc, t0) = established_with(ike, esp);
     assert_eq!(i.suite(), Some(ike));
@@ -259,6 +257,6 @@ fn every_exchange_gcm256_sha256_modp2048() {
         DhGroup::Modp2048,
     );
     for by_initiator in [true, false] {
-        exercise(ike, (Suite::ChaCha20Poly1305, true), by_initiator);
+        exercise(ike, (EspSuite::ChaCha20Poly1305, true), by_initiator);
     }
 }

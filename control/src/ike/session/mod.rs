@@ -1,5 +1,6 @@
-//! The sans-IO IKEv2 session: IKE_SA_INIT and IKE_AUTH with a pre-shared key (RFC 7296 §1.2),
-//! as spoken over an RFC 9329 TCP connection.
+//! The sans-IO IKEv2 session: IKE_SA_INIT and IKE_AUTH (RFC 7296 §1.2), authenticated by the
+//! configured [`Authenticator`] (a pre-shared key so far), as spoken over an RFC 9329 TCP
+//! connection.
 //!
 //! The session owns no socket, timer or thread. The caller feeds it whole IKE messages (the
 //! RFC 9329 Length field already removed) with [`Session::handle`] and gets back messages to
@@ -11,20 +12,23 @@
 //!
 //! Once the IKE SA is up, the `life` submodule adds INFORMATIONAL (liveness checks, Delete),
 //! CREATE_CHILD_SA (new Child SAs, Child SA and IKE SA rekeying) and sans-IO timeouts; their
-//! lifecycle events come from [`Session::take_sa_events`].
+//! lifecycle events come as [`Output::Sa`] in the same output list as everything else.
 //!
 //! IKE fragmentation (RFC 9329 §7.5): the session never sends SKF payloads nor offers
 //! IKEV2_FRAGMENTATION_SUPPORTED over TCP (R-7.5-a), but reassembles SKF fragments a peer sends
 //! under the established keys (R-7.5-b); see the `frag` submodule.
 //!
-//! An initiator answers COOKIE (RFC 7296 §2.6) and solves PUZZLEs (RFC 8019 §7.1.2); the
-//! responder's stateless cookie and puzzle screen is `crate::ike::cookie`, in front of the
-//! session. Not covered yet: certificates and EAP.
+//! An initiator answers COOKIE (RFC 7296 §2.6) and has PUZZLEs solved off the caller's thread
+//! (RFC 8019 §7.1.2, [`PuzzleJob`]); the responder's stateless cookie and puzzle screen is
+//! `crate::ike::cookie`, in front of the session. Not covered yet: certificates and EAP.
 
+mod auth;
 mod frag;
 pub mod keylog;
 mod life;
 mod proposal;
+mod puzzle;
+mod spi;
 mod ts;
 
 #[cfg(test)]
@@ -36,24 +40,26 @@ pub(crate) mod tests;
 
 use core::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iketcp_dataplane::crypto::Suite;
 use sha1::{Digest, Sha1};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+pub use self::auth::{AuthError, Authenticator, PskAuth, SignedOctets};
 pub use self::life::SaEvent;
+pub use self::puzzle::{PuzzleAnswer, PuzzleJob};
+pub use self::spi::SpiPool;
 use crate::ike::cookie;
 pub use crate::ike::crypto::Role;
 use crate::ike::crypto::{
-    ChildKeyLengths, DhGroup, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes, SkCipher,
-    SkError,
+    ChildKeyLengths, DhGroup, EspSuite, IkeSaKeys, IkeSuite, KeyExchange, PrfAlg, SecretBytes,
+    SkCipher, SkError,
 };
 use crate::ike::wire::{
-    AuthMethod, AuthPayload, ExchangeType, Flags, Header, Identity, KePayload, Message,
-    NotifyPayload, NotifyType, Payload, PayloadIter, PayloadType, SaPayload, SkPayload,
-    TrafficSelector, TsPayload, emit_chain, locate_encrypted, parse_chain,
+    AuthPayload, ExchangeType, Flags, Header, Identity, KePayload, Message, NotifyPayload,
+    NotifyType, Payload, PayloadIter, PayloadType, SaPayload, SkPayload, TrafficSelector,
+    TsPayload, emit_chain, locate_encrypted, parse_chain,
 };
 
 /// Length of the nonces we send (RFC 7296 §2.10: at least half the PRF key size, 16..=256).
@@ -62,9 +68,6 @@ pub const NONCE_LEN: usize = 32;
 /// Bound on IKE_SA_INIT requests per session (INVALID_KE_PAYLOAD and COOKIE retries).
 const MAX_INIT_ATTEMPTS: u8 = 4;
 
-/// The PSK key pad (RFC 7296 §2.15).
-const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
-
 /// What one end of an IKE SA is configured with.
 #[derive(Clone)]
 pub struct Config {
@@ -72,16 +75,22 @@ pub struct Config {
     pub local_id: Identity,
     /// The identity the peer must prove.
     pub remote_id: Identity,
-    /// The pre-shared key (RFC 7296 §2.15); wiped on drop.
-    pub psk: Zeroizing<Vec<u8>>,
+    /// How we authenticate and check the peer (RFC 7296 §2.15), e.g. `PskAuth::shared(psk)`.
+    /// A trait object, so other methods (RFC 7427 signatures, EAP) can live outside the
+    /// protocol code.
+    pub auth: Arc<dyn Authenticator>,
     /// IKE SA suites, most preferred first. The initiator's first KE uses the first one's group.
     pub ike_proposals: Vec<IkeSuite>,
     /// ESP suites with the ESN choice, most preferred first.
-    pub esp_proposals: Vec<(Suite, bool)>,
+    pub esp_proposals: Vec<(EspSuite, bool)>,
     /// Our side of the Child SA's traffic (TSi as initiator, TSr as responder).
     pub ts_local: Vec<TrafficSelector>,
     /// The peer's side of the Child SA's traffic.
     pub ts_remote: Vec<TrafficSelector>,
+    /// Where our inbound ESP SPIs come from: one pool per data plane, shared by all its
+    /// sessions, so no two inbound SAs get the same SPI (RFC 4303 §2.1). `SpiPool::new()` for
+    /// a session on its own.
+    pub spi_pool: SpiPool,
 }
 
 impl fmt::Debug for Config {
@@ -89,22 +98,34 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
-            .field("psk", &"<redacted>")
+            .field("auth", &self.auth)
             .field("ike_proposals", &self.ike_proposals)
             .field("esp_proposals", &self.esp_proposals)
             .field("ts_local", &self.ts_local)
             .field("ts_remote", &self.ts_remote)
+            .field("spi_pool", &self.spi_pool)
             .finish()
     }
 }
 
-/// What [`Session::handle`] asks the caller to do.
+/// What a session call ([`Session::handle`], [`Session::handle_timeout`], ...) asks the caller
+/// to do: one list per call, in the order things happened (an answer before the IKE SA it
+/// deletes is gone, R-6.1-q; a rekey before the Delete of what it replaced, RFC 7296 §1.3.2).
+///
+/// A response that creates a Child SA ([`SessionEvent::ChildSaUp`], [`SaEvent::ChildSaCreated`],
+/// [`SaEvent::ChildSaRekeyed`]) comes before the event: hold the call's messages until the new
+/// inbound SA is installed, so the peer never uses an SA that cannot decrypt yet.
 #[derive(Debug)]
 pub enum Output {
     /// Send this IKE message to the peer (without RFC 9329 framing).
     Send(Vec<u8>),
     /// Something happened.
     Event(SessionEvent),
+    /// A lifecycle change of the established IKE SA or its Child SAs.
+    Sa(SaEvent),
+    /// Run [`PuzzleJob::solve`] (off this thread: it may take seconds) and give the answer to
+    /// [`Session::puzzle_solved`]; until then the session waits (RFC 8019 §7.1.2).
+    SolvePuzzle(PuzzleJob),
 }
 
 /// Why a message was dropped without any change to the session.
@@ -136,12 +157,13 @@ pub enum FailReason {
 /// A Child SA ready for the data plane. Keys are wiped on drop and redacted in `Debug`.
 #[derive(Clone, Debug)]
 pub struct ChildSa {
-    /// SPI of our inbound SA (chosen by us).
+    /// SPI of our inbound SA, from [`Config::spi_pool`]: from now on the caller's, to release
+    /// to the pool when the inbound SA is gone.
     pub spi_in: u32,
     /// SPI of our outbound SA (chosen by the peer).
     pub spi_out: u32,
     /// The negotiated ESP transform.
-    pub suite: Suite,
+    pub suite: EspSuite,
     /// Extended sequence numbers.
     pub esn: bool,
     /// KEYMAT of the inbound SA: `suite.keymat_len()` bytes, key ‖ salt (RFC 7296 §2.17).
@@ -200,6 +222,13 @@ pub enum SessionError {
     Busy,
     /// No Child SA with this inbound SPI.
     UnknownChildSa,
+    /// No free inbound SPI found in the [`SpiPool`].
+    SpiExhausted,
+    /// Our authenticator could not make the AUTH payload.
+    Auth(AuthError),
+    /// A [`PuzzleAnswer`] for another session, or for a job this session no longer waits for;
+    /// it was ignored.
+    StalePuzzle,
 }
 
 impl fmt::Display for SessionError {
@@ -212,6 +241,9 @@ impl fmt::Display for SessionError {
             SessionError::NotEstablished => f.write_str("IKE SA not established"),
             SessionError::Busy => f.write_str("a request is outstanding"),
             SessionError::UnknownChildSa => f.write_str("no such Child SA"),
+            SessionError::SpiExhausted => f.write_str("no free inbound SPI"),
+            SessionError::Auth(e) => write!(f, "{e}"),
+            SessionError::StalePuzzle => f.write_str("puzzle answer not for the current attempt"),
         }
     }
 }
@@ -222,6 +254,9 @@ impl std::error::Error for SessionError {}
 enum State {
     /// Initiator: IKE_SA_INIT request sent with this key exchange.
     InitSent { ke: KeyExchange },
+    /// Initiator: answered with a cookie and a puzzle; waiting for the caller to solve it
+    /// (RFC 8019 §7.1.2), with the key exchange for the retry.
+    Solving { ke: KeyExchange },
     /// Initiator: IKE_AUTH request sent.
     AuthSent,
     /// Responder: waiting for IKE_SA_INIT.
@@ -273,7 +308,10 @@ pub struct Session {
     /// Initiator: Message ID of the outstanding request. Responder: the next expected one.
     message_id: u32,
     cached: Option<Cached>,
+    /// Our inbound SPI for the first Child SA (0 until a responder has one).
     child_spi_in: u32,
+    /// Inbound SPIs we allocated and have not handed out in a [`ChildSa`] (see [`SpiPool`]).
+    owned_spis: Vec<u32>,
     nat: (bool, bool),
     last_activity: Option<Instant>,
     /// Initiator: our KE public value (kept for a COOKIE retry, RFC 7296 §2.6).
@@ -287,6 +325,8 @@ pub struct Session {
     tried_groups: Vec<DhGroup>,
     /// Initiator: IKE_SA_INIT requests sent so far.
     init_attempts: u8,
+    /// Initiator: puzzle jobs handed out so far; an answer must name the latest.
+    puzzle_attempt: u32,
     /// Our role on the TCP connection (RFC 9329 R-1.2-a): fixed, unlike `role`, which follows
     /// IKE SA rekeys.
     tcp_role: Role,
@@ -302,6 +342,16 @@ pub struct Session {
     verified: std::cell::Cell<bool>,
     /// Set when the current `handle` call answered from the response cache.
     retransmitted: bool,
+}
+
+/// Inbound SPIs allocated and never handed out in a [`ChildSa`] go back to the pool; those
+/// handed out are the caller's (see [`SpiPool`]).
+impl Drop for Session {
+    fn drop(&mut self) {
+        for spi in self.owned_spis.drain(..) {
+            self.cfg.spi_pool.release(spi);
+        }
+    }
 }
 
 /// What a received message proved, for the caller's path decisions: only a fresh, authentic
@@ -330,16 +380,6 @@ fn random_ike_spi() -> Result<u64, SessionError> {
     loop {
         let v = u64::from_be_bytes(random()?);
         if v != 0 {
-            return Ok(v);
-        }
-    }
-}
-
-/// A random ESP SPI outside the reserved 0..=255 (RFC 4303 §2.1).
-fn random_esp_spi() -> Result<u32, SessionError> {
-    loop {
-        let v = u32::from_be_bytes(random()?);
-        if v > 255 {
             return Ok(v);
         }
     }
@@ -461,13 +501,16 @@ impl Session {
         if cfg.esp_proposals.is_empty() {
             return Err(SessionError::Config("no ESP proposal"));
         }
+        let spi_i = random_ike_spi()?;
+        let child_spi_in = cfg.spi_pool.allocate()?;
+        // From here on, dropping the session releases the SPI.
         let mut s = Session {
             cfg,
             role: Role::Initiator,
             local,
             remote,
             state: State::Idle,
-            spi_i: random_ike_spi()?,
+            spi_i,
             spi_r: 0,
             ni: Vec::new(),
             nr: Vec::new(),
@@ -477,7 +520,8 @@ impl Session {
             prot: None,
             message_id: 0,
             cached: None,
-            child_spi_in: random_esp_spi()?,
+            child_spi_in,
+            owned_spis: vec![child_spi_in],
             nat: (false, false),
             ke_public: Vec::new(),
             cookie: None,
@@ -486,6 +530,7 @@ impl Session {
             retransmitted: false,
             tried_groups: Vec::new(),
             init_attempts: 0,
+            puzzle_attempt: 0,
             last_activity: Some(now),
             tcp_role: Role::Initiator,
             life: life::Life::default(),
@@ -515,6 +560,7 @@ impl Session {
             message_id: 0,
             cached: None,
             child_spi_in: 0,
+            owned_spis: Vec::new(),
             nat: (false, false),
             ke_public: Vec::new(),
             cookie: None,
@@ -523,6 +569,7 @@ impl Session {
             retransmitted: false,
             tried_groups: Vec::new(),
             init_attempts: 0,
+            puzzle_attempt: 0,
             last_activity: None,
             tcp_role: Role::Responder,
             life: life::Life::default(),
@@ -562,7 +609,9 @@ impl Session {
         self.last_activity
     }
 
-    /// Handles one whole IKE message received from the peer.
+    /// Handles one whole IKE message received from the peer. The outputs include the lifecycle
+    /// changes it caused ([`Output::Sa`]); if it fails with an error, those come with the next
+    /// call.
     ///
     /// # Errors
     /// [`SessionError::Closed`] after a failure (except that a retransmitted request still gets
@@ -582,7 +631,14 @@ impl Session {
     ) -> Result<(Vec<Output>, Verdict), SessionError> {
         self.verified.set(false);
         self.retransmitted = false;
-        let out = self.handle_counted(msg, now)?;
+        // Lifecycle changes of a call that failed with an error stay queued for the next call.
+        let out = match self.handle_counted(msg, now) {
+            Ok(out) => out,
+            Err(e) => {
+                self.settle_spis(&[]);
+                return Err(e);
+            }
+        };
         let ignored = matches!(
             out.as_slice(),
             [Output::Event(
@@ -596,7 +652,7 @@ impl Session {
         } else {
             Verdict::Unverified
         };
-        Ok((out, verdict))
+        Ok((self.emit(out), verdict))
     }
 
     fn handle_counted(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
@@ -654,6 +710,8 @@ impl Session {
         }
         match self.state {
             State::InitSent { .. } => self.on_init_response(msg, &h),
+            // Our request was answered; nothing else is expected while the puzzle is solved.
+            State::Solving { .. } => Ok(dropped(DropReason::Unexpected)),
             State::AuthSent => self.on_auth_response(msg, &h),
             State::Idle => self.on_init_request(msg, &h),
             State::InitDone => self.on_auth_request(msg, &h),
@@ -913,15 +971,12 @@ impl Session {
             && retry_ok
             && (1..=64).contains(&c.data.len())
         {
-            // RFC 8019 §7.1.2: solve the puzzle over the cookie and return the solution.
-            let answer = puzzle_n.map(|p| cookie::answer_puzzle(&p.data, &c.data));
-            self.puzzle_solution = match answer {
-                None => None,
-                Some(Ok(ps)) => ps,
-                Some(Err(cookie::SolveError::TooHard(d) | cookie::SolveError::GaveUp(d))) => {
-                    return Ok(self.fail(FailReason::PuzzleRefused(d), Vec::new()));
-                }
-            };
+            // RFC 8019 §7.1.2: a puzzle over the cookie is solved by the caller, off this
+            // thread; one we cannot use is ignored like an unknown status notification.
+            if let Some(p) = puzzle_n.and_then(|p| cookie::parse_puzzle(&p.data)) {
+                return self.start_puzzle(p, c.data.clone());
+            }
+            self.puzzle_solution = None;
             self.cookie = Some(c.data.clone());
             return Ok(vec![Output::Send(self.init_message(current)?)]);
         }
@@ -979,30 +1034,55 @@ impl Session {
         Ok(vec![Output::Send(req)])
     }
 
-    /// AUTH for PSK (RFC 7296 §2.15): prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>) with
-    /// SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload).
-    fn psk_auth(&self, signer: Role, id_body: &[u8]) -> Result<SecretBytes, SessionError> {
+    /// Runs `f` on `signer`'s SignedOctets (RFC 7296 §2.15): RealMessage | Nonce of the other
+    /// side | prf(SK_p, RestOfIDPayload), the last from the ID payload body `id_body` of `id`.
+    fn with_signed_octets<T>(
+        &self,
+        signer: Role,
+        id: &Identity,
+        id_body: &[u8],
+        f: impl FnOnce(&SignedOctets<'_>) -> T,
+    ) -> Result<T, SessionError> {
         let prot = self
             .prot
             .as_ref()
             .ok_or(SessionError::Internal("no keys"))?;
         let prf: PrfAlg = prot.keys.suite().prf();
-        let (real, nonce, sk_p) = match signer {
+        let (real_message, nonce, sk_p) = match signer {
             Role::Initiator => (&self.init_request, &self.nr, prot.keys.sk_pi()),
             Role::Responder => (&self.init_response, &self.ni, prot.keys.sk_pr()),
         };
-        let err = |_| SessionError::Internal("prf");
-        let maced_id = prf.prf(sk_p, &[id_body]).map_err(err)?;
-        let key = prf.prf(&self.cfg.psk, &[KEY_PAD]).map_err(err)?;
-        prf.prf(key.expose(), &[real, nonce, maced_id.expose()])
-            .map_err(err)
+        let maced_id = prf
+            .prf(sk_p, &[id_body])
+            .map_err(|_| SessionError::Internal("prf"))?;
+        Ok(f(&SignedOctets {
+            prf,
+            real_message,
+            nonce,
+            maced_id: maced_id.expose(),
+            id,
+        }))
     }
 
-    fn verify_auth(&self, signer: Role, id_body: &[u8], auth: &AuthPayload) -> bool {
-        auth.method == AuthMethod::SHARED_KEY_MIC
-            && self
-                .psk_auth(signer, id_body)
-                .is_ok_and(|exp| bool::from(exp.expose().ct_eq(auth.data.as_slice())))
+    /// Our AUTH payload, as `signer` (our role in the IKE SA), for our identity.
+    fn sign_auth(&self, signer: Role) -> Result<AuthPayload, SessionError> {
+        let id = &self.cfg.local_id;
+        let data = self
+            .with_signed_octets(signer, id, &id_body(id)?, |o| self.cfg.auth.sign(o))?
+            .map_err(SessionError::Auth)?;
+        Ok(AuthPayload {
+            method: self.cfg.auth.method(),
+            data,
+        })
+    }
+
+    /// Whether the peer's AUTH payload proves `id`, whose ID payload body was `id_body` as
+    /// received (RFC 7296 §2.15).
+    fn verify_auth(&self, signer: Role, id_body: &[u8], id: &Identity, auth: &AuthPayload) -> bool {
+        self.with_signed_octets(signer, id, id_body, |o| {
+            self.cfg.auth.verify(o, auth.method, &auth.data)
+        })
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// Encrypts `inner` into a message with this header (RFC 7296 §3.14: SK payload last).
@@ -1033,15 +1113,11 @@ impl Session {
     }
 
     fn auth_request(&self) -> Result<Vec<u8>, SessionError> {
-        let idi = id_body(&self.cfg.local_id)?;
-        let auth = self.psk_auth(Role::Initiator, &idi)?;
+        let auth = self.sign_auth(Role::Initiator)?;
         let inner = vec![
             Payload::IdI(self.cfg.local_id.clone()),
             Payload::IdR(self.cfg.remote_id.clone()),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: auth.expose().to_vec(),
-            }),
+            Payload::Auth(auth),
             Payload::Sa(proposal::esp_offer(
                 &self.cfg.esp_proposals,
                 self.child_spi_in,
@@ -1074,7 +1150,7 @@ impl Session {
     fn child_sa(
         &self,
         spi_out: u32,
-        suite: Suite,
+        suite: EspSuite,
         esn: bool,
         ts_local: Vec<TrafficSelector>,
         ts_remote: Vec<TrafficSelector>,
@@ -1140,7 +1216,7 @@ impl Session {
             return Ok(self.fail(reason, Vec::new()));
         };
         let idr_raw = raw_body(&opened.plain, opened.first, PayloadType::IDR).unwrap_or_default();
-        if *idr != self.cfg.remote_id || !self.verify_auth(Role::Responder, &idr_raw, auth) {
+        if *idr != self.cfg.remote_id || !self.verify_auth(Role::Responder, &idr_raw, idr, auth) {
             return Ok(self.fail(
                 FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED),
                 Vec::new(),
@@ -1264,7 +1340,7 @@ impl Session {
         .map_err(emit_err)?;
         self.init_request = msg.to_vec();
         self.init_response = resp.clone();
-        self.child_spi_in = random_esp_spi()?;
+        self.child_spi_in = self.alloc_spi()?;
         self.cached = Some(Cached {
             message_id: 0,
             request: msg.to_vec(),
@@ -1362,19 +1438,15 @@ impl Session {
         };
         if *idi != self.cfg.remote_id
             || !idr_ok
-            || !self.verify_auth(Role::Initiator, &idi_raw, auth)
+            || !self.verify_auth(Role::Initiator, &idi_raw, idi, auth)
         {
             return self.respond_error(msg, h, NotifyType::AUTHENTICATION_FAILED);
         }
         let sa: &SaPayload = sa;
-        let idr = id_body(&self.cfg.local_id)?;
-        let my_auth = self.psk_auth(Role::Responder, &idr)?;
+        let my_auth = self.sign_auth(Role::Responder)?;
         let mut inner = vec![
             Payload::IdR(self.cfg.local_id.clone()),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: my_auth.expose().to_vec(),
-            }),
+            Payload::Auth(my_auth),
         ];
         // RFC 7296 §2.9: answer with the intersection of the proposal and our policy.
         let ts_i = ts::narrow(&tsi.selectors, &self.cfg.ts_remote);

@@ -1,9 +1,7 @@
 //! SA payloads of the initial exchanges: building our proposals, choosing one as responder
 //! (RFC 7296 §2.7, §3.3), and checking the responder's choice as initiator.
 
-use iketcp_dataplane::crypto::Suite;
-
-use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, IntegAlg, PrfAlg};
+use crate::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, IntegAlg, PrfAlg};
 use crate::ike::wire::{Proposal, ProtocolId, SaPayload, Spi, Transform, TransformType, esn};
 
 /// One transform of an IKE suite's ENCR type, with its Key Length attribute.
@@ -14,7 +12,7 @@ fn encr_transform(alg: EncrAlg) -> Transform {
     }
 }
 
-fn esp_encr_transform(suite: Suite) -> Transform {
+fn esp_encr_transform(suite: EspSuite) -> Transform {
     match suite.key_length_attr() {
         Some(bits) => Transform::with_key_length(TransformType::ENCR, suite.transform_id(), bits),
         None => Transform::new(TransformType::ENCR, suite.transform_id()),
@@ -178,7 +176,7 @@ pub(super) fn ike_chosen(answer: &SaPayload, offered: &[IkeSuite]) -> Option<Ike
     offered.contains(&suite).then_some(suite)
 }
 
-fn esp_transforms(suite: Suite, with_esn: bool, pfs: Option<DhGroup>) -> Vec<Transform> {
+fn esp_transforms(suite: EspSuite, with_esn: bool, pfs: Option<DhGroup>) -> Vec<Transform> {
     let mut t = vec![
         esp_encr_transform(suite),
         Transform::new(
@@ -193,13 +191,17 @@ fn esp_transforms(suite: Suite, with_esn: bool, pfs: Option<DhGroup>) -> Vec<Tra
 }
 
 /// The initiator's ESP SA payload: one proposal per (suite, ESN), all with our inbound SPI.
-pub(super) fn esp_offer(suites: &[(Suite, bool)], spi: u32) -> SaPayload {
+pub(super) fn esp_offer(suites: &[(EspSuite, bool)], spi: u32) -> SaPayload {
     esp_offer_pfs(suites, spi, None)
 }
 
 /// As [`esp_offer`], each proposal with the DH group `pfs` if given (CREATE_CHILD_SA with a
 /// KE payload, RFC 7296 §1.3.1).
-pub(super) fn esp_offer_pfs(suites: &[(Suite, bool)], spi: u32, pfs: Option<DhGroup>) -> SaPayload {
+pub(super) fn esp_offer_pfs(
+    suites: &[(EspSuite, bool)],
+    spi: u32,
+    pfs: Option<DhGroup>,
+) -> SaPayload {
     SaPayload {
         proposals: suites
             .iter()
@@ -215,14 +217,14 @@ pub(super) fn esp_offer_pfs(suites: &[(Suite, bool)], spi: u32, pfs: Option<DhGr
 }
 
 /// The responder's ESP answer: one proposal with our inbound SPI.
-pub(super) fn esp_answer(number: u8, suite: Suite, with_esn: bool, spi: u32) -> SaPayload {
+pub(super) fn esp_answer(number: u8, suite: EspSuite, with_esn: bool, spi: u32) -> SaPayload {
     esp_answer_pfs(number, suite, with_esn, spi, None)
 }
 
 /// As [`esp_answer`], with the DH group of the exchange's KE payloads if any.
 pub(super) fn esp_answer_pfs(
     number: u8,
-    suite: Suite,
+    suite: EspSuite,
     with_esn: bool,
     spi: u32,
     pfs: Option<DhGroup>,
@@ -239,7 +241,7 @@ pub(super) fn esp_answer_pfs(
 
 /// `pfs`: the DH group the proposal must offer (CREATE_CHILD_SA with KE); without it only
 /// NONE is allowed as DH transform.
-fn esp_accepts(p: &Proposal, suite: Suite, with_esn: bool, pfs: Option<DhGroup>) -> bool {
+fn esp_accepts(p: &Proposal, suite: EspSuite, with_esn: bool, pfs: Option<DhGroup>) -> bool {
     if p.protocol != ProtocolId::ESP || !matches!(p.spi, Spi::U32(_)) {
         return false;
     }
@@ -276,17 +278,17 @@ fn esp_accepts(p: &Proposal, suite: Suite, with_esn: bool, pfs: Option<DhGroup>)
 /// Responder: first initiator ESP proposal we accept → (number, peer SPI, suite, ESN).
 pub(super) fn esp_select(
     offer: &SaPayload,
-    ours: &[(Suite, bool)],
-) -> Option<(u8, u32, Suite, bool)> {
+    ours: &[(EspSuite, bool)],
+) -> Option<(u8, u32, EspSuite, bool)> {
     esp_select_pfs(offer, ours, None)
 }
 
 /// As [`esp_select`], requiring the DH group `pfs` in the accepted proposal if given.
 pub(super) fn esp_select_pfs(
     offer: &SaPayload,
-    ours: &[(Suite, bool)],
+    ours: &[(EspSuite, bool)],
     pfs: Option<DhGroup>,
-) -> Option<(u8, u32, Suite, bool)> {
+) -> Option<(u8, u32, EspSuite, bool)> {
     offer.proposals.iter().find_map(|p| {
         let Spi::U32(spi) = p.spi else { return None };
         ours.iter()
@@ -303,10 +305,10 @@ pub(super) fn esp_select_pfs(
 /// the caller to ask for with INVALID_KE_PAYLOAD, §3.10.1).
 pub(super) fn esp_select_child(
     offer: &SaPayload,
-    ours: &[(Suite, bool)],
+    ours: &[(EspSuite, bool)],
     groups: &[DhGroup],
     ke: Option<u16>,
-) -> Option<(u8, u32, Suite, bool, Option<DhGroup>)> {
+) -> Option<(u8, u32, EspSuite, bool, Option<DhGroup>)> {
     offer.proposals.iter().find_map(|p| {
         let Spi::U32(spi) = p.spi else { return None };
         let offered: Vec<u16> = p
@@ -341,17 +343,17 @@ pub(super) fn esp_select_child(
 /// Initiator: the responder's single ESP proposal → (peer SPI, suite, ESN), if it is one of ours.
 pub(super) fn esp_chosen(
     answer: &SaPayload,
-    offered: &[(Suite, bool)],
-) -> Option<(u32, Suite, bool)> {
+    offered: &[(EspSuite, bool)],
+) -> Option<(u32, EspSuite, bool)> {
     esp_chosen_pfs(answer, offered, None)
 }
 
 /// As [`esp_chosen`]; with `pfs` the answer must hold exactly that DH transform.
 pub(super) fn esp_chosen_pfs(
     answer: &SaPayload,
-    offered: &[(Suite, bool)],
+    offered: &[(EspSuite, bool)],
     pfs: Option<DhGroup>,
-) -> Option<(u32, Suite, bool)> {
+) -> Option<(u32, EspSuite, bool)> {
     let [p] = answer.proposals.as_slice() else {
         return None;
     };

@@ -10,7 +10,7 @@ use sha1::{Digest, Sha1};
 
 use super::*;
 use crate::ike::crypto::{EncrAlg, IntegAlg};
-use crate::ike::wire::{ProtocolId, Spi, TsRange};
+use crate::ike::wire::{AuthMethod, ProtocolId, Spi, TsRange};
 
 fn gcm_x25519() -> IkeSuite {
     IkeSuite::new(
@@ -59,15 +59,19 @@ pub(super) fn sock((ip, port): ([u8; 4], u16)) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(ip), port))
 }
 
-pub(super) fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
+/// The pre-shared key of [`configs`].
+const PSK: &[u8] = b"correct horse battery staple";
+
+pub(super) fn configs(ike: IkeSuite, esp: (EspSuite, bool)) -> (Config, Config) {
     let i = Config {
         local_id: Identity::Fqdn(b"initiator.example".to_vec()),
         remote_id: Identity::Fqdn(b"responder.example".to_vec()),
-        psk: Zeroizing::new(b"correct horse battery staple".to_vec()),
+        auth: PskAuth::shared(PSK),
         ike_proposals: vec![ike],
         esp_proposals: vec![esp],
         ts_local: vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])],
         ts_remote: vec![ts4([203, 0, 113, 0], [203, 0, 113, 255])],
+        spi_pool: SpiPool::new(),
     };
     let r = Config {
         local_id: i.remote_id.clone(),
@@ -79,13 +83,77 @@ pub(super) fn configs(ike: IkeSuite, esp: (Suite, bool)) -> (Config, Config) {
     (i, r)
 }
 
-/// Both sessions of one TCP connection without NAT.
-pub(super) fn pair(ci: Config, cr: Config, now: Instant) -> (Session, Session, Vec<u8>) {
-    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
-    let r = Session::responder(cr, sock(R_ADDR), sock(I_ADDR));
-    (i, r, first)
+/// A session as the tests drive it: [`Peer::handle`] and [`Peer::handle_timeout`] return the
+/// session's outputs unchanged and also keep the lifecycle events among them ([`Output::Sa`]),
+/// for [`Peer::take_sa_events`]; everything else goes to the session.
+#[derive(Debug)]
+pub(super) struct Peer {
+    s: Session,
+    sa: Vec<SaEvent>,
 }
 
+impl core::ops::Deref for Peer {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.s
+    }
+}
+
+impl core::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.s
+    }
+}
+
+impl Peer {
+    pub(super) fn new(s: Session) -> Peer {
+        Peer { s, sa: Vec::new() }
+    }
+
+    fn keep(&mut self, out: &[Output]) {
+        self.sa.extend(out.iter().filter_map(|o| match o {
+            Output::Sa(e) => Some(e.clone()),
+            _ => None,
+        }));
+    }
+
+    pub(super) fn handle(&mut self, msg: &[u8], now: Instant) -> Result<Vec<Output>, SessionError> {
+        let out = self.s.handle(msg, now)?;
+        self.keep(&out);
+        Ok(out)
+    }
+
+    pub(super) fn handle_verified(
+        &mut self,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(Vec<Output>, Verdict), SessionError> {
+        let (out, v) = self.s.handle_verified(msg, now)?;
+        self.keep(&out);
+        Ok((out, v))
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        let out = self.s.handle_timeout(now);
+        self.keep(&out);
+        out
+    }
+
+    /// The lifecycle events the session returned since the last call, in order.
+    pub(super) fn take_sa_events(&mut self) -> Vec<SaEvent> {
+        core::mem::take(&mut self.sa)
+    }
+}
+
+/// Both sessions of one TCP connection without NAT.
+pub(super) fn pair(ci: Config, cr: Config, now: Instant) -> (Peer, Peer, Vec<u8>) {
+    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let r = Session::responder(cr, sock(R_ADDR), sock(I_ADDR));
+    (Peer::new(i), Peer::new(r), first)
+}
+
+/// The messages and session events of some outputs. Lifecycle events are left out: a [`Peer`]
+/// keeps them.
 pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
     let mut sends = Vec::new();
     let mut events = Vec::new();
@@ -93,6 +161,8 @@ pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
         match o {
             Output::Send(b) => sends.push(b),
             Output::Event(e) => events.push(e),
+            Output::Sa(_) => {}
+            Output::SolvePuzzle(j) => panic!("unexpected puzzle job {j:?}"),
         }
     }
     (sends, events)
@@ -100,8 +170,8 @@ pub(super) fn split(out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
 
 /// Delivers messages back and forth until nobody sends; returns (initiator, responder) events.
 pub(super) fn pump(
-    i: &mut Session,
-    r: &mut Session,
+    i: &mut Peer,
+    r: &mut Peer,
     first: Vec<u8>,
     now: Instant,
 ) -> (Vec<SessionEvent>, Vec<SessionEvent>) {
@@ -156,13 +226,23 @@ fn ipv4_packet(body: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The data plane's AEAD for a negotiated suite (the test cross-checks the KEYMAT with the real
+/// ESP implementation; the session itself does not know the data plane).
+fn dataplane_suite(s: EspSuite) -> Suite {
+    match s {
+        EspSuite::AesGcm16_128 => Suite::Aes128Gcm16,
+        EspSuite::AesGcm16_256 => Suite::Aes256Gcm16,
+        EspSuite::ChaCha20Poly1305 => Suite::ChaCha20Poly1305,
+    }
+}
+
 /// An ESP packet sealed with `from`'s outbound KEYMAT opens with `to`'s inbound KEYMAT.
 pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
     let out_params = SaParams {
         esn: from.esn,
         ..SaParams::new(
             from.spi_out,
-            Keymat::new(from.suite, from.keymat_out.expose()).unwrap(),
+            Keymat::new(dataplane_suite(from.suite), from.keymat_out.expose()).unwrap(),
             Backend::RustCrypto,
         )
     };
@@ -170,7 +250,7 @@ pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
         esn: to.esn,
         ..SaParams::new(
             to.spi_in,
-            Keymat::new(to.suite, to.keymat_in.expose()).unwrap(),
+            Keymat::new(dataplane_suite(to.suite), to.keymat_in.expose()).unwrap(),
             Backend::RustCrypto,
         )
     };
@@ -187,7 +267,7 @@ pub(super) fn esp_roundtrip(from: &ChildSa, to: &ChildSa) {
     }
 }
 
-fn full_handshake(ike: IkeSuite, esp: (Suite, bool)) {
+fn full_handshake(ike: IkeSuite, esp: (EspSuite, bool)) {
     let now = Instant::now();
     let (ci, cr) = configs(ike, esp);
     let (mut i, mut r, first) = pair(ci, cr, now);
@@ -215,7 +295,7 @@ fn full_handshake(ike: IkeSuite, esp: (Suite, bool)) {
 
 #[test]
 fn handshake_every_esp_suite_over_gcm_x25519() {
-    for suite in Suite::ALL {
+    for suite in EspSuite::ALL {
         for esn in [false, true] {
             full_handshake(gcm_x25519(), (suite, esn));
         }
@@ -224,7 +304,7 @@ fn handshake_every_esp_suite_over_gcm_x25519() {
 
 #[test]
 fn handshake_every_esp_suite_over_chacha_p256() {
-    for suite in Suite::ALL {
+    for suite in EspSuite::ALL {
         for esn in [false, true] {
             full_handshake(chacha_p256(), (suite, esn));
         }
@@ -233,13 +313,13 @@ fn handshake_every_esp_suite_over_chacha_p256() {
 
 #[test]
 fn handshake_cbc_hmac_modp2048() {
-    full_handshake(cbc_modp(), (Suite::Aes256Gcm16, true));
+    full_handshake(cbc_modp(), (EspSuite::AesGcm16_256, true));
 }
 
 #[test]
 fn r_6_4_b_invalid_ke_retry_same_connection() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let g19 = IkeSuite::new(
         EncrAlg::AesGcm16_256,
         PrfAlg::HmacSha256,
@@ -280,7 +360,7 @@ fn r_6_4_b_invalid_ke_retry_same_connection() {
 #[test]
 fn r_6_4_a_no_proposal_chosen_fails_immediately() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.ike_proposals = vec![chacha_p256()];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -296,7 +376,7 @@ fn r_6_4_a_no_proposal_chosen_fails_immediately() {
 #[test]
 fn r_6_4_a_invalid_ke_for_unoffered_group_fails_immediately() {
     let now = Instant::now();
-    let (ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     let h = Header::parse(&first).unwrap().header;
     let resp = Message {
@@ -332,11 +412,12 @@ fn independent_sha1(spi_i: u64, spi_r: u64, ip: [u8; 4], port: u16) -> Vec<u8> {
 #[test]
 fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let (i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
+    let mut i = Peer::new(i);
     // A NAPT that keeps the address but rewrites the TCP source port.
     let mapped = (I_ADDR.0, 61000);
-    let mut r = Session::responder(cr, sock(R_ADDR), sock(mapped));
+    let mut r = Peer::new(Session::responder(cr, sock(R_ADDR), sock(mapped)));
 
     // R-6.5-a: the request carries both notifies, SPIr = 0, over the TCP ports (R-6.5-b).
     let m = Message::parse(&first).unwrap();
@@ -374,7 +455,7 @@ fn r_6_5_a_r_6_5_b_nat_detection_uses_tcp_ports() {
 #[test]
 fn nat_not_detected_without_translation() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, _) = pump(&mut i, &mut r, first, now);
     assert!(ie.iter().any(|e| matches!(
@@ -390,8 +471,8 @@ fn nat_not_detected_without_translation() {
 #[test]
 fn wrong_psk_authentication_failed() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    cr.psk = Zeroizing::new(b"wrong".to_vec());
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    cr.auth = PskAuth::shared(b"wrong");
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     assert_eq!(
@@ -407,10 +488,94 @@ fn wrong_psk_authentication_failed() {
     assert!(i.is_failed() && r.is_failed());
 }
 
+/// A stand-in for a signature method (RFC 7427): "signs" the concatenated octets and the
+/// identity with a keyed PRF, under Auth Method 14. It shows that the session goes through
+/// `Config::auth` alone, with the identity each AUTH proves.
+#[derive(Debug)]
+struct FakeSignature;
+
+impl FakeSignature {
+    fn tag(o: &SignedOctets<'_>) -> Vec<u8> {
+        let id = id_body(o.id).unwrap();
+        PrfAlg::HmacSha256
+            .prf(b"fake signing key", &[&o.concat(), &id])
+            .unwrap()
+            .expose()
+            .to_vec()
+    }
+}
+
+impl Authenticator for FakeSignature {
+    fn method(&self) -> AuthMethod {
+        AuthMethod::DIGITAL_SIGNATURE
+    }
+
+    fn sign(&self, o: &SignedOctets<'_>) -> Result<Vec<u8>, AuthError> {
+        Ok(Self::tag(o))
+    }
+
+    fn verify(&self, o: &SignedOctets<'_>, m: AuthMethod, data: &[u8]) -> Result<(), AuthError> {
+        if m != AuthMethod::DIGITAL_SIGNATURE {
+            return Err(AuthError::Method(m));
+        }
+        if Self::tag(o) == data {
+            Ok(())
+        } else {
+            Err(AuthError::Mismatch)
+        }
+    }
+}
+
+#[test]
+fn authentication_goes_through_the_configured_authenticator() {
+    let now = Instant::now();
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    ci.auth = Arc::new(FakeSignature);
+    cr.auth = Arc::new(FakeSignature);
+    let (mut i, mut r, first) = pair(ci.clone(), cr, now);
+    let (init_resp, _) = split(r.handle(&first, now).unwrap());
+    let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
+    let auth = opened_payloads(&r, &auth_req[0])
+        .into_iter()
+        .find_map(|p| match p {
+            Payload::Auth(a) => Some(a),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(auth.method, AuthMethod::DIGITAL_SIGNATURE);
+    let (auth_resp, re) = split(r.handle(&auth_req[0], now).unwrap());
+    let (_, ie) = split(i.handle(&auth_resp[0], now).unwrap());
+    assert!(ike_up(&ie) && ike_up(&re), "{ie:?} {re:?}");
+
+    // A PSK responder does not accept that method: AUTHENTICATION_FAILED.
+    let (_, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    assert_eq!(
+        failed(&re),
+        Some(FailReason::LocalError(NotifyType::AUTHENTICATION_FAILED))
+    );
+    assert_eq!(
+        failed(&ie),
+        Some(FailReason::PeerError(NotifyType::AUTHENTICATION_FAILED))
+    );
+}
+
+#[test]
+fn config_debug_does_not_show_the_psk() {
+    let (ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let s = format!("{ci:?}");
+    assert!(s.contains("PskAuth(<redacted>)"), "{s}");
+    assert!(
+        !s.contains("horse") && !s.contains(&format!("{PSK:?}")),
+        "{s}"
+    );
+}
+
 #[test]
 fn wrong_identity_authentication_failed() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.remote_id = Identity::Fqdn(b"someone.else".to_vec());
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -424,7 +589,7 @@ fn wrong_identity_authentication_failed() {
 #[test]
 fn traffic_selectors_narrowed_to_intersection() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ts_local = vec![ts4([198, 51, 100, 0], [198, 51, 100, 255])];
     ci.ts_remote = vec![ts4([0, 0, 0, 0], [255, 255, 255, 255])];
     cr.ts_remote = vec![ts4([198, 51, 100, 32], [198, 51, 100, 63])];
@@ -502,7 +667,7 @@ fn narrowing_protocol_and_ports() {
 #[test]
 fn ts_unacceptable_keeps_ike_sa_without_child() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     cr.ts_local = vec![ts4([192, 0, 2, 0], [192, 0, 2, 255])];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
@@ -519,8 +684,8 @@ fn ts_unacceptable_keeps_ike_sa_without_child() {
 #[test]
 fn esp_no_proposal_chosen_keeps_ike_sa_without_child() {
     let now = Instant::now();
-    let (ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    cr.esp_proposals = vec![(Suite::Aes128Gcm16, true)];
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    cr.esp_proposals = vec![(EspSuite::AesGcm16_128, true)];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     for ev in [&ie, &re] {
@@ -535,7 +700,7 @@ fn esp_no_proposal_chosen_keeps_ike_sa_without_child() {
 #[test]
 fn responder_picks_first_acceptable_initiator_proposal() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let gcm_p256 = IkeSuite::new(
         EncrAlg::AesGcm16_256,
         PrfAlg::HmacSha256,
@@ -545,13 +710,16 @@ fn responder_picks_first_acceptable_initiator_proposal() {
     .unwrap();
     ci.ike_proposals = vec![gcm_x25519(), gcm_p256];
     ci.esp_proposals = vec![
-        (Suite::ChaCha20Poly1305, false),
-        (Suite::Aes256Gcm16, true),
-        (Suite::Aes128Gcm16, false),
+        (EspSuite::ChaCha20Poly1305, false),
+        (EspSuite::AesGcm16_256, true),
+        (EspSuite::AesGcm16_128, false),
     ];
     // The responder prefers other things, but §2.7 follows the initiator's order.
     cr.ike_proposals = vec![gcm_p256, gcm_x25519()];
-    cr.esp_proposals = vec![(Suite::Aes128Gcm16, false), (Suite::Aes256Gcm16, true)];
+    cr.esp_proposals = vec![
+        (EspSuite::AesGcm16_128, false),
+        (EspSuite::AesGcm16_256, true),
+    ];
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (sends, _) = split(r.handle(&first, now).unwrap());
     let m = Message::parse(&sends[0]).unwrap();
@@ -570,13 +738,13 @@ fn responder_picks_first_acceptable_initiator_proposal() {
     let (ie, re) = pump(&mut i, &mut r, auth[0].clone(), now);
     assert_eq!(i.suite(), Some(gcm_x25519()));
     let ic = child(&ie).unwrap();
-    assert_eq!((ic.suite, ic.esn), (Suite::Aes256Gcm16, true));
+    assert_eq!((ic.suite, ic.esn), (EspSuite::AesGcm16_256, true));
     esp_roundtrip(ic, child(&re).unwrap());
 }
 
 /// Runs IKE_SA_INIT and returns the IKE_AUTH request, not yet delivered.
-fn up_to_auth(now: Instant) -> (Session, Session, Vec<u8>, Vec<u8>) {
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+fn up_to_auth(now: Instant) -> (Peer, Peer, Vec<u8>, Vec<u8>) {
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (s, _) = split(r.handle(&first, now).unwrap());
     let (auth_req, _) = split(i.handle(&s[0], now).unwrap());
@@ -703,7 +871,7 @@ fn r_6_1_q_unparsable_encrypted_request_answered_invalid_syntax() {
 #[test]
 fn malformed_ike_sa_init_dropped_silently() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (_i, mut r, first) = pair(ci, cr, now);
     let mut bad = first.clone();
     // Corrupt the first payload's length.
@@ -729,7 +897,7 @@ proptest! {
     #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let now = Instant::now();
-        let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+        let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
         let (mut i, mut r, _first) = pair(ci, cr, now);
         let _ = r.handle(&bytes, now);
         let _ = i.handle(&bytes, now);
@@ -779,7 +947,7 @@ fn nonce_of(msg: &[u8]) -> Vec<u8> {
 #[test]
 fn cookie_retry_keeps_ke_and_nonce() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let cookie = vec![0xc0; 16];
     let resp = response_to(&first, vec![notify(NotifyType::COOKIE, cookie.clone())]);
@@ -802,7 +970,7 @@ fn cookie_retry_keeps_ke_and_nonce() {
 #[test]
 fn invalid_ke_ping_pong_is_bounded() {
     let now = Instant::now();
-    let (mut ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ike_proposals.push(chacha_p256());
     let (mut i, first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), now).unwrap();
     let ask = |g: u16| {
@@ -849,8 +1017,8 @@ fn unknown_critical_payload_in_encrypted_request() {
 #[test]
 fn psk_auth_matches_rfc7296_2_15_composition() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
-    let psk = ci.psk.clone();
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let psk = PSK;
     let (mut i, mut r, first) = pair(ci, cr, now);
     let (init_resp, _) = split(r.handle(&first, now).unwrap());
     let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
@@ -865,7 +1033,7 @@ fn psk_auth_matches_rfc7296_2_15_composition() {
             })
             .unwrap()
     };
-    let pad = prf.prf(&psk, &[b"Key Pad for IKEv2"]).unwrap();
+    let pad = prf.prf(psk, &[b"Key Pad for IKEv2"]).unwrap();
 
     // InitiatorSignedOctets = RealMessage1 | NonceRData | prf(SK_pi, RestOfInitIDPayload).
     let rest_idi = [&[2u8, 0, 0, 0][..], b"initiator.example"].concat();
@@ -907,15 +1075,15 @@ fn session_is_send_and_dropped_input_leaves_activity_alone() {
 // ----- after IKE_AUTH: INFORMATIONAL, timeouts, CREATE_CHILD_SA -----
 
 /// Both ends with the IKE SA and the first Child SA up at `t0`.
-fn established() -> (Session, Session, ChildSa, ChildSa, Instant) {
-    established_with(gcm_x25519(), (Suite::Aes128Gcm16, false))
+fn established() -> (Peer, Peer, ChildSa, ChildSa, Instant) {
+    established_with(gcm_x25519(), (EspSuite::AesGcm16_128, false))
 }
 
 /// As [`established`], with these suites.
 pub(super) fn established_with(
     ike: IkeSuite,
-    esp: (Suite, bool),
-) -> (Session, Session, ChildSa, ChildSa, Instant) {
+    esp: (EspSuite, bool),
+) -> (Peer, Peer, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
     let (ci, cr) = configs(ike, esp);
     let (mut i, mut r, first) = pair(ci, cr, t0);
@@ -927,7 +1095,7 @@ pub(super) fn established_with(
 }
 
 /// Delivers one message, returning what the receiver sends.
-pub(super) fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
+pub(super) fn deliver(to: &mut Peer, msg: &[u8], now: Instant) -> Vec<Vec<u8>> {
     let (s, e) = split(to.handle(msg, now).unwrap());
     assert!(
         !e.iter().any(|e| matches!(
@@ -941,8 +1109,8 @@ pub(super) fn deliver(to: &mut Session, msg: &[u8], now: Instant) -> Vec<Vec<u8>
 
 /// Runs an exchange started by `a` with `req` to the end; returns the SA events of both.
 pub(super) fn run(
-    a: &mut Session,
-    b: &mut Session,
+    a: &mut Peer,
+    b: &mut Peer,
     req: Vec<u8>,
     now: Instant,
 ) -> (Vec<SaEvent>, Vec<SaEvent>) {
@@ -995,13 +1163,13 @@ fn r_6_7_a_liveness_check_both_directions() {
     dpd_roundtrip(&mut r, &mut i, t);
 }
 
-pub(super) fn dpd_roundtrip_raw(a: &mut Session, b: &mut Session, req: Vec<u8>, t: Instant) {
+pub(super) fn dpd_roundtrip_raw(a: &mut Peer, b: &mut Peer, req: Vec<u8>, t: Instant) {
     let resp = deliver(b, &req, t);
     deliver(a, &resp[0], t);
     assert!(!a.has_outstanding());
 }
 
-pub(super) fn dpd_roundtrip(a: &mut Session, b: &mut Session, t: Instant) {
+pub(super) fn dpd_roundtrip(a: &mut Peer, b: &mut Peer, t: Instant) {
     let req = a.start_dpd(t).unwrap();
     assert!(a.has_outstanding());
     assert_eq!(a.start_dpd(t).unwrap_err(), SessionError::Busy, "window 1");
@@ -1034,6 +1202,75 @@ fn r_6_7_a_silence_triggers_liveness_check_via_timeout() {
     // Configurable interval.
     i.set_dpd_interval(Duration::from_secs(5));
     assert_eq!(i.poll_timeout(), Some(due + Duration::from_secs(5)));
+}
+
+/// One output list per call, in the order things happened (no separate event queue): a
+/// timeout deletes the IKE SA, then reports the failure; a Child SA rekey is reported before the
+/// Delete of the old SA it triggers; a CREATE_CHILD_SA answer comes before the new Child SA; an
+/// INVALID_SYNTAX answer before the IKE SA is gone.
+#[test]
+fn lifecycle_events_come_in_the_call_outputs_in_order() {
+    let (mut i, mut r, ic, _, t0) = established();
+    let req = i.create_child(t0).unwrap();
+    let out = r.s.handle(&req, t0).unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [Output::Send(_), Output::Sa(SaEvent::ChildSaCreated(_))]
+        ),
+        "{out:?}"
+    );
+    let Output::Send(resp) = &out[0] else {
+        unreachable!()
+    };
+    let out = i.s.handle(resp, t0).unwrap();
+    assert!(
+        matches!(&out[..], [Output::Sa(SaEvent::ChildSaCreated(_))]),
+        "{out:?}"
+    );
+
+    let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
+    let resp = deliver(&mut r, &req, t0);
+    let out = i.s.handle(&resp[0], t0).unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [Output::Sa(SaEvent::ChildSaRekeyed { old_spi_in, .. }), Output::Send(_)]
+                if *old_spi_in == ic.spi_in
+        ),
+        "{out:?}"
+    );
+
+    let bad = malformed_request(&mut r, t0);
+    let out = i.s.handle(&bad, t0).unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Output::Send(_),
+                Output::Sa(SaEvent::IkeSaDeleted),
+                Output::Event(SessionEvent::Failed(FailReason::LocalError(
+                    NotifyType::INVALID_SYNTAX
+                )))
+            ]
+        ),
+        "{out:?}"
+    );
+
+    // `r`'s request inside `malformed_request` goes unanswered.
+    assert!(r.s.handle_timeout(t0).is_empty());
+    let out = r.s.handle_timeout(t0 + Duration::from_secs(30));
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Output::Sa(SaEvent::IkeSaDeleted),
+                Output::Event(SessionEvent::Failed(FailReason::Timeout))
+            ]
+        ),
+        "{out:?}"
+    );
+    assert!(r.handle_timeout(t0 + Duration::from_secs(60)).is_empty());
 }
 
 #[test]
@@ -1069,7 +1306,7 @@ fn r_6_2_a_unanswered_request_deletes_ike_sa() {
 #[test]
 fn handshake_request_times_out_too() {
     let t0 = Instant::now();
-    let (ci, _) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, _) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, _first) = Session::initiator(ci, sock(I_ADDR), sock(R_ADDR), t0).unwrap();
     assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(30)));
     let (_, e) = split(i.handle_timeout(t0 + Duration::from_secs(30)));
@@ -1169,7 +1406,7 @@ fn delete_ike_both_directions() {
     }
 }
 
-fn b_of<'a>(i: &'a mut Session, r: &'a mut Session, from_initiator: bool) -> &'a mut Session {
+fn b_of<'a>(i: &'a mut Peer, r: &'a mut Peer, from_initiator: bool) -> &'a mut Peer {
     if from_initiator { r } else { i }
 }
 
@@ -1409,7 +1646,8 @@ fn rekey_colliding_with_ike_rekey_gets_temporary_failure() {
 fn rekey_colliding_with_delete_temporary_failure_or_child_sa_not_found() {
     // §2.25.1: the Child SA is being deleted by the responder: TEMPORARY_FAILURE.
     let (mut i, mut r, ic, _, t0) = established();
-    let _del = r.delete_child(r.child_sas()[0].spi_in, t0).unwrap();
+    let spi = r.child_sas()[0].spi_in;
+    let _del = r.delete_child(spi, t0).unwrap();
     let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
     let resp = deliver(&mut r, &req, t0);
     let p = opened_payloads(&i, &resp[0]);
@@ -1417,7 +1655,8 @@ fn rekey_colliding_with_delete_temporary_failure_or_child_sa_not_found() {
 
     // The Delete completed before the rekey request arrived: CHILD_SA_NOT_FOUND.
     let (mut i, mut r, ic, _, t0) = established();
-    let del = r.delete_child(r.child_sas()[0].spi_in, t0).unwrap();
+    let spi = r.child_sas()[0].spi_in;
+    let del = r.delete_child(spi, t0).unwrap();
     let req = i.rekey_child(ic.spi_in, false, t0).unwrap();
     let ans = deliver(&mut i, &del, t0);
     deliver(&mut r, &ans[0], t0);
@@ -1621,7 +1860,7 @@ fn unanswered_delete_of_replaced_ike_sa_times_out_alone() {
 #[test]
 fn r_7_5_a_large_ike_auth_sent_as_one_sk_message_never_fragmented() {
     let now = Instant::now();
-    let (mut ci, mut cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     // 2 × 64 selectors (the codec's bound per payload): well over 1,500 octets.
     ci.ts_local = (0..64u8)
         .map(|k| ts4([198, 51, 100, 4 * k], [198, 51, 100, 4 * k + 3]))
@@ -1686,7 +1925,7 @@ fn fragments(i: &Session, r: &Session, auth_req: &[u8], n: u16) -> Vec<Vec<u8>> 
         .collect()
 }
 
-fn deliver_frag(r: &mut Session, m: &[u8], now: Instant) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
+fn deliver_frag(r: &mut Peer, m: &[u8], now: Instant) -> (Vec<Vec<u8>>, Vec<SessionEvent>) {
     split(r.handle(m, now).unwrap())
 }
 
@@ -1705,7 +1944,7 @@ fn r_7_5_b_fragmented_ike_auth_reassembled_in_any_order() {
         (cbc_modp(), [2, 1, 0]),
     ] {
         let now = Instant::now();
-        let (ci, cr) = configs(ike, (Suite::Aes128Gcm16, false));
+        let (ci, cr) = configs(ike, (EspSuite::AesGcm16_128, false));
         let (mut i, mut r, first) = pair(ci, cr, now);
         let (s, _) = split(r.handle(&first, now).unwrap());
         let (auth, _) = split(i.handle(&s[0], now).unwrap());
@@ -1808,7 +2047,7 @@ fn r_7_5_b_oversized_late_and_early_fragments_dropped() {
     assert_eq!(s.len(), 1);
     assert!(ike_up(&ev));
     // No fragments before the IKE SA keys exist (IKE_SA_INIT is never fragmented).
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (_i2, mut fresh, _) = pair(ci, cr, now);
     let (s, ev) = deliver_frag(&mut fresh, &frags[0], now);
     assert!(s.is_empty() && is_dropped(&ev));
@@ -1832,7 +2071,7 @@ pub(crate) fn malformed_request(from: &mut Session, now: Instant) -> Vec<u8> {
     )
 }
 
-fn ike_deleted_event(s: &mut Session) -> bool {
+fn ike_deleted_event(s: &mut Peer) -> bool {
     matches!(s.take_sa_events()[..], [SaEvent::IkeSaDeleted])
 }
 
@@ -1898,7 +2137,7 @@ fn r_6_1_q_create_child_sa_missing_payloads_invalid_syntax() {
     let mut plain = Vec::new();
     let first = emit_chain(
         &[Payload::Sa(proposal::esp_offer(
-            &[(Suite::Aes128Gcm16, false)],
+            &[(EspSuite::AesGcm16_128, false)],
             0x1234,
         ))],
         &mut plain,
@@ -1993,9 +2232,9 @@ fn gcm_p256() -> IkeSuite {
 }
 
 /// Established over X25519; the initiator also accepts group 19 (one of its IKE proposals).
-fn established_two_groups() -> (Session, Session, ChildSa, ChildSa, Instant) {
+fn established_two_groups() -> (Peer, Peer, ChildSa, ChildSa, Instant) {
     let t0 = Instant::now();
-    let (mut ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (mut ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     ci.ike_proposals.push(gcm_p256());
     let (mut i, mut r, first) = pair(ci, cr, t0);
     let (ie, re) = pump(&mut i, &mut r, first, t0);
@@ -2011,7 +2250,7 @@ fn ke_group(p: &[Payload]) -> Option<u16> {
 }
 
 /// The responder's answer is N(INVALID_KE_PAYLOAD) with `group`; it changed nothing.
-fn assert_invalid_ke(i: &Session, r: &mut Session, resp: &[u8], group: u16, children: usize) {
+fn assert_invalid_ke(i: &Session, r: &mut Peer, resp: &[u8], group: u16, children: usize) {
     let p = opened_payloads(i, resp);
     let n = find_notify(&p, NotifyType::INVALID_KE_PAYLOAD).unwrap();
     assert_eq!(n.data, group.to_be_bytes());
@@ -2135,7 +2374,7 @@ fn with_major_version(msg: &[u8], version: u8) -> Vec<u8> {
 #[test]
 fn higher_major_version_answered_invalid_major_version_without_state() {
     let now = Instant::now();
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, mut r, first) = pair(ci, cr, now);
     let v3 = with_major_version(&first, 0x31);
     let (s, ev) = split(r.handle(&v3, now).unwrap());
@@ -2171,7 +2410,7 @@ fn higher_major_version_answered_invalid_major_version_without_state() {
         failed(&ie),
         Some(FailReason::PeerError(NotifyType::INVALID_MAJOR_VERSION))
     );
-    let (ci, cr) = configs(gcm_x25519(), (Suite::Aes128Gcm16, false));
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
     let (mut i, _, first) = pair(ci, cr, now);
     let (ie, re) = pump(&mut i, &mut r, first, now);
     assert!(ike_up(&ie) && ike_up(&re));
@@ -2347,4 +2586,123 @@ fn r_6_1_t_r_10_e_verdict_fresh_only_for_new_authentic_messages() {
     forged[24..28].copy_from_slice(&len.to_be_bytes());
     let (_, v) = r.handle_verified(&forged, t0).unwrap();
     assert_eq!(v, Verdict::Unverified, "forged");
+}
+
+// ----- inbound SPIs from the shared pool (RFC 4303 §2.1) -----
+
+/// The inbound SPI offered in a CREATE_CHILD_SA request.
+fn offered_spi(r: &Session, req: &[u8]) -> u32 {
+    opened_payloads(r, req)
+        .iter()
+        .find_map(|p| match p {
+            Payload::Sa(sa) => match sa.proposals.first()?.spi {
+                Spi::U32(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Both ends draw from the same pool here (as on one data plane): the first Child SAs' SPIs
+/// are in it and stay (they are the caller's); the SPI offered in a CREATE_CHILD_SA the peer
+/// refuses goes back, as does one superseded by the INVALID_KE_PAYLOAD retry and one whose
+/// request timed out.
+#[test]
+fn spis_of_exchanges_without_a_child_sa_go_back_to_the_pool() {
+    let (mut i, mut r, ic, rc, t0) = established_two_groups();
+    let pool = i.cfg.spi_pool.clone();
+    assert!(pool.contains(ic.spi_in) && pool.contains(rc.spi_in));
+    assert_eq!(pool.in_use(), 2);
+
+    // Refused: no ESP proposal in common.
+    let esp = r.cfg.esp_proposals.clone();
+    r.cfg.esp_proposals = vec![(EspSuite::ChaCha20Poly1305, true)];
+    let req = i.create_child(t0).unwrap();
+    let offered = offered_spi(&r, &req);
+    assert!(pool.contains(offered));
+    let resp = deliver(&mut r, &req, t0);
+    deliver(&mut i, &resp[0], t0);
+    assert!(matches!(
+        i.take_sa_events()[..],
+        [SaEvent::ChildSaRefused(NotifyType::NO_PROPOSAL_CHOSEN)]
+    ));
+    assert!(!pool.contains(offered));
+    assert_eq!(pool.in_use(), 2);
+    r.cfg.esp_proposals = esp;
+
+    // Superseded: the retry after INVALID_KE_PAYLOAD offers a new SPI; the first goes back.
+    r.set_child_pfs(Some(DhGroup::Ecp256));
+    let req = i.rekey_child(ic.spi_in, true, t0).unwrap();
+    let first = offered_spi(&r, &req);
+    let resp = deliver(&mut r, &req, t0);
+    let retry = deliver(&mut i, &resp[0], t0);
+    let second = offered_spi(&r, &retry[0]);
+    assert!(!pool.contains(first) && pool.contains(second));
+    assert_eq!(pool.in_use(), 3);
+    // It succeeds: the new Child SA's SPIs are the caller's now.
+    let (ie, re) = run(&mut i, &mut r, retry[0].clone(), t0);
+    let (_, _, inew) = rekeyed(&ie).unwrap();
+    let (_, _, rnew) = rekeyed(&re).unwrap();
+    assert_eq!(inew.spi_in, second);
+    assert!(pool.contains(rnew.spi_in));
+    assert_eq!(pool.in_use(), 4);
+
+    // Timed out: the IKE SA is deleted and the offered SPI goes back; the Child SAs handed
+    // out stay in the pool until their owner releases them.
+    let t1 = t0 + Duration::from_secs(1);
+    let req = r.create_child(t1).unwrap();
+    let offered = offered_spi(&i, &req);
+    assert_eq!(pool.in_use(), 5);
+    let _ = r.handle_timeout(t1 + Duration::from_secs(30));
+    assert!(r.is_deleted());
+    assert!(!pool.contains(offered));
+    assert_eq!(pool.in_use(), 4);
+}
+
+/// The first Child SA refused in IKE_AUTH: both ends give its SPI back.
+#[test]
+fn spis_of_a_refused_first_child_sa_go_back_to_the_pool() {
+    let now = Instant::now();
+    let (ci, mut cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    cr.ts_local = vec![ts4([192, 0, 2, 0], [192, 0, 2, 255])];
+    let pool = ci.spi_pool.clone();
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (init_resp, _) = split(r.handle(&first, now).unwrap());
+    assert_eq!(pool.in_use(), 2, "one offered by each end");
+    let (auth_req, _) = split(i.handle(&init_resp[0], now).unwrap());
+    let (auth_resp, re) = split(r.handle(&auth_req[0], now).unwrap());
+    assert!(child(&re).is_none());
+    assert_eq!(pool.in_use(), 1);
+    let (_, ie) = split(i.handle(&auth_resp[0], now).unwrap());
+    assert!(ike_up(&ie) && child(&ie).is_none());
+    assert_eq!(pool.in_use(), 0);
+}
+
+/// A session dropped before its Child SA exists gives its SPIs back; the SPIs of Child SAs it
+/// handed out stay with their owner.
+#[test]
+fn dropped_sessions_release_only_spis_they_did_not_hand_out() {
+    let now = Instant::now();
+    let (ci, cr) = configs(gcm_x25519(), (EspSuite::AesGcm16_128, false));
+    let pool = ci.spi_pool.clone();
+    let (i, mut r, first) = pair(ci.clone(), cr.clone(), now);
+    assert_eq!(pool.in_use(), 1, "the initiator's offer");
+    r.handle(&first, now).unwrap();
+    assert_eq!(pool.in_use(), 2, "and the responder's");
+    drop(r);
+    assert_eq!(pool.in_use(), 1);
+    drop(i);
+    assert_eq!(pool.in_use(), 0);
+
+    let (mut i, mut r, first) = pair(ci, cr, now);
+    let (ie, re) = pump(&mut i, &mut r, first, now);
+    let (ic, rc) = (child(&ie).unwrap().clone(), child(&re).unwrap().clone());
+    let req = i.create_child(now).unwrap();
+    let offered = offered_spi(&r, &req);
+    assert_eq!(pool.in_use(), 3);
+    drop((i, r));
+    assert!(!pool.contains(offered), "offered, never handed out");
+    assert!(pool.contains(ic.spi_in) && pool.contains(rc.spi_in));
+    assert_eq!(pool.in_use(), 2);
 }
