@@ -94,7 +94,11 @@ fn r_6_1_f_kernel_transport_reset_reconnect() {
     t.reconnect_after_down();
     t.send(A, 2000..4000);
     t.send(B, 2000..4000);
-    assert_eq!(t.received(B, 4000), exactly(0..4000));
+    let got = t.received(B, 4000);
+    if got.len() != 4000 {
+        eprintln!("A: {:?}\nB: {:?}", t.stats(A), t.stats(B));
+    }
+    assert_eq!(got, exactly(0..4000));
     assert_eq!(t.received(A, 4000), exactly(0..4000));
     assert_eq!(t.stats(A).icv_failures + t.stats(B).icv_failures, 0);
     t.stop();

@@ -172,7 +172,7 @@ impl Selectors {
 }
 
 /// Ordered policy entries; the first match wins. Per-packet cost is linear in the number of
-/// outbound SAs of the worker, with a one-entry cache for the common single-flow case.
+/// outbound SAs of the worker (no cache, no index yet).
 #[derive(Debug, Default)]
 pub struct Spd<K: Copy + PartialEq> {
     entries: Vec<(Selectors, K)>,
