@@ -487,6 +487,9 @@ impl Core {
             selectors: selectors.clone(),
             unwanted: (false, false),
             installed_once: false,
+            suite: c.suite,
+            esn: c.esn,
+            created: now,
         });
         self.child_by_spi_in.insert(c.spi_in, child);
         self.child_by_spi_out

@@ -16,20 +16,23 @@ impl Core {
             (TcpRole::Originator, Some(t)) => EndpointId::from_token(t),
             (TcpRole::Responder, _) => {
                 // The Responder endpoint listening on this worker and port.
-                match self.endpoints.iter().find(|(_, e)| {
+                let found = self.endpoints.iter().find(|(i, e)| {
                     e.worker == conn.worker
+                        && !self.removing.contains(i)
                         && matches!(e.role, EndpointRole::Responder { listen }
                             if listen.port() == local.port()
                                 && (listen.ip().is_unspecified() || listen.ip() == local.ip()))
-                }) {
+                });
+                match found {
                     Some((i, _)) => i,
-                    None => return Ok(()),
+                    // No endpoint (any longer) takes it: nothing may hold it open.
+                    None => return self.send_close(conn),
                 }
             }
-            _ => return Ok(()),
+            _ => return self.send_close(conn),
         };
-        if !self.endpoints.contains(endpoint) {
-            return Ok(());
+        if !self.endpoints.contains(endpoint) || self.removing.contains(&endpoint) {
+            return self.send_close(conn);
         }
         self.conns.insert(
             conn,

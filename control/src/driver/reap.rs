@@ -89,6 +89,7 @@ impl Core {
         self.reap_children = keep_children;
         self.reap_sessions = keep_sessions;
         self.reap_floor = self.reap_children.len() + self.reap_sessions.len();
+        self.forget_removed_endpoints();
     }
 
     pub(super) fn forget_child(&mut self, c: ChildSaId) {

@@ -251,6 +251,21 @@ impl Driver {
         self.pump()
     }
 
+    /// See [`Core::remove_endpoint`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn remove_endpoint(&mut self, id: EndpointId, now: Instant) -> Result<bool, DriverError> {
+        let r = self.core.remove_endpoint(id, now)?;
+        self.pump()?;
+        Ok(r)
+    }
+
+    /// See [`Core::replace_endpoint`].
+    pub fn replace_endpoint(&mut self, id: EndpointId, ep: Endpoint) -> bool {
+        self.core.replace_endpoint(id, ep)
+    }
+
     /// See [`Core::rekey_child_sas`].
     ///
     /// # Errors

@@ -593,6 +593,11 @@ impl Session {
         matches!(self.state, State::Failed)
     }
 
+    /// The configuration the session runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// (SPIi, SPIr); SPIr is 0 until the IKE_SA_INIT response.
     pub fn spis(&self) -> (u64, u64) {
         (self.spi_i, self.spi_r)

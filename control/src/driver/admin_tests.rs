@@ -1,0 +1,88 @@
+//! Listing what the core holds, and endpoints replaced and removed at run time.
+
+use std::time::Duration;
+
+use iketcp_dataplane::transport::TcpRole;
+use iketcp_dataplane::worker::handle::Command;
+
+use super::life_tests::{quick, responder, sent};
+use super::tests::{conn, up};
+use super::*;
+
+#[test]
+fn listing_shows_endpoints_ike_sas_and_child_sas() {
+    let h = responder(quick());
+    let now = h.t0 + Duration::from_secs(5);
+    let eps = h.d.list_endpoints();
+    assert_eq!(eps.len(), 1);
+    assert_eq!((eps[0].ike_sas, eps[0].removing), (1, false));
+    let sas = h.d.list_ike_sas(None, now);
+    let [sa] = sas.as_slice() else {
+        panic!("{sas:?}")
+    };
+    assert_eq!(sa.state, IkeSaState::Established);
+    assert!(!sa.initiator && !sa.tcp_originator);
+    assert_eq!((sa.spi_i, sa.spi_r), h.peer.spis());
+    assert_eq!(sa.conn.map(|c| c.0), Some(h.conn));
+    assert_eq!(sa.age, Duration::from_secs(5));
+    let [child] = sa.child_sas.as_slice() else {
+        panic!("{:?}", sa.child_sas)
+    };
+    assert_eq!(child.state, ChildSaState::Installed);
+    let peer_child = &h.peer.child_sas()[0];
+    assert_eq!(
+        (child.spi_in, child.spi_out),
+        (peer_child.spi_out, peer_child.spi_in)
+    );
+    assert_eq!(child.suite, peer_child.suite);
+    assert!(h.d.list_ike_sas(Some(eps[0].id), now).len() == 1);
+}
+
+#[test]
+fn replacing_an_endpoint_keeps_its_ike_sas_and_refuses_a_new_role() {
+    let mut h = responder(quick());
+    let ep = h.d.list_endpoints()[0].clone();
+    let (_, cr) = crate::demo::configs(iketcp_dataplane::crypto::Suite::Aes256Gcm16, true).unwrap();
+    let EndpointRole::Responder { listen } = ep.role else {
+        panic!("responder")
+    };
+    let mut new = Endpoint::new(0, EndpointRole::Responder { listen }, cr.clone());
+    new.timers = quick();
+    assert!(h.d.replace_endpoint(ep.id, new));
+    assert!(h.cmds().is_empty(), "nothing happens to the running IKE SA");
+    assert_eq!(h.d.installed(), 1);
+    let moved = Endpoint::new(1, EndpointRole::Responder { listen }, cr);
+    assert!(
+        !h.d.replace_endpoint(ep.id, moved),
+        "another worker is a remove and an add"
+    );
+}
+
+#[test]
+fn removing_an_endpoint_deletes_its_ike_sas_and_refuses_new_connections() {
+    let mut h = responder(quick());
+    let now = h.t0 + Duration::from_secs(1);
+    let id = h.d.list_endpoints()[0].id;
+    assert!(h.d.remove_endpoint(id, now).unwrap());
+    // A Delete of the IKE SA goes to the peer (RFC 7296 §1.4.1).
+    let cmds = h.cmds();
+    let del = sent(&cmds);
+    assert_eq!(del.len(), 1, "{cmds:?}");
+    let answers = h.peer_handles(&cmds, now);
+    assert!(h.peer.is_deleted());
+    for a in answers {
+        h.deliver(a, now);
+    }
+    assert_eq!(h.d.installed(), 0, "the Child SAs went with it");
+    // A new connection to the listener is closed at once.
+    up(&mut h.d, conn(7), TcpRole::Responder, None);
+    assert!(
+        h.cmds()
+            .iter()
+            .any(|c| matches!(c, Command::Close { conn: c, .. } if *c == conn(7).id))
+    );
+    // Once its IKE SA is forgotten, the endpoint leaves the table.
+    h.d.core_mut().reap();
+    assert!(h.d.list_endpoints().is_empty());
+    assert!(!h.d.remove_endpoint(id, now).unwrap());
+}
