@@ -54,8 +54,8 @@ fn sa_params(
     child: &ChildSa,
     keymat: &[u8],
     backend: Backend,
-) -> Result<SaParams, String> {
-    let km = Keymat::new(child.suite.into(), keymat).map_err(|e| e.to_string())?;
+) -> Result<SaParams, SaError> {
+    let km = Keymat::new(child.suite.into(), keymat).map_err(SaError::Crypto)?;
     let mut p = SaParams::new(spi, km, backend);
     p.esn = child.esn;
     p.mode = Mode::Tunnel;
@@ -451,10 +451,10 @@ impl Core {
         let ep = &self.endpoints[endpoint];
         let (backend, lifetime) = (ep.backend, ep.lifetime);
         let built = sa_params(c.spi_in, c, c.keymat_in.expose(), backend)
-            .and_then(|p| InboundSa::new(&p).map_err(|e| e.to_string()))
+            .and_then(|p| InboundSa::new(&p))
             .and_then(|i| {
                 let p = sa_params(c.spi_out, c, c.keymat_out.expose(), backend)?;
-                let o = OutboundSa::new(&p).map_err(|e| e.to_string())?;
+                let o = OutboundSa::new(&p)?;
                 Ok((i, o))
             });
         let (inb, out) = match built {
@@ -462,7 +462,7 @@ impl Core {
             Err(e) => {
                 self.events.push(DriverEvent::Failed {
                     endpoint,
-                    reason: format!("building SAs: {e}"),
+                    reason: Failure::BuildSa(e),
                 });
                 return Ok(None);
             }

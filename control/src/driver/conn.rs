@@ -72,7 +72,7 @@ impl Core {
             }
             Err(e) => self.events.push(DriverEvent::Failed {
                 endpoint,
-                reason: format!("initiator: {e}"),
+                reason: Failure::Initiator(e),
             }),
         }
         Ok(())
@@ -313,7 +313,9 @@ impl Core {
             }
             self.events.push(DriverEvent::Failed {
                 endpoint,
-                reason: format!("no connection after {MAX_RECONNECTS} reconnects"),
+                reason: Failure::NoConnection {
+                    reconnects: MAX_RECONNECTS,
+                },
             });
             return Ok(());
         }
@@ -415,7 +417,7 @@ impl Core {
             Err(e) => {
                 self.events.push(DriverEvent::Failed {
                     endpoint,
-                    reason: format!("session: {e}"),
+                    reason: Failure::Session(e),
                 });
                 return Ok(());
             }
@@ -524,13 +526,13 @@ impl Core {
                 Output::Event(SessionEvent::ChildSaFailed(n)) => {
                     self.events.push(DriverEvent::Failed {
                         endpoint,
-                        reason: format!("Child SA refused: {n:?}"),
+                        reason: Failure::ChildSaRefused(n),
                     });
                 }
                 Output::Event(SessionEvent::Failed(r)) => {
                     self.events.push(DriverEvent::Failed {
                         endpoint,
-                        reason: format!("IKE SA failed: {r:?}"),
+                        reason: Failure::IkeSa(r),
                     });
                 }
                 Output::Event(SessionEvent::IntegrityFailure) => {

@@ -473,11 +473,13 @@ fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
     // The half-open session goes at 8 s; its connection after the orphan grace (3 s).
     assert!(closes(&mut d, t0 + Duration::from_secs(9)).is_empty());
     assert_eq!(closes(&mut d, t0 + Duration::from_secs(12)), vec![2]);
-    assert!(
-        d.take_events().iter().any(
-            |e| matches!(e, DriverEvent::Failed { reason, .. } if reason.contains("half-open"))
-        )
-    );
+    assert!(d.take_events().iter().any(|e| matches!(
+        e,
+        DriverEvent::Failed {
+            reason: Failure::HalfOpenTimeout,
+            ..
+        }
+    )));
     // Closed once only.
     assert!(closes(&mut d, t0 + Duration::from_secs(20)).is_empty());
 }

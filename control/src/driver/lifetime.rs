@@ -243,7 +243,7 @@ impl Core {
         self.delete_inbound(c)?;
         self.events.push(DriverEvent::Failed {
             endpoint,
-            reason: format!("Child SA {spi_in:#010x} reached its hard lifetime before a rekey"),
+            reason: Failure::HardLifetime { spi_in },
         });
         match self.sessions[index].session.delete_child(spi_in, now) {
             Ok(msg) => self.finish(index, vec![Output::Send(msg)], None, now),

@@ -82,7 +82,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use iketcp_dataplane::crypto::{Backend, Keymat};
-use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaParams};
+use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaError, SaParams};
 use iketcp_dataplane::transport::{CloseReason, TcpRole};
 use iketcp_dataplane::worker::handle::{
     Command, CommandError, Conn, Direction, Event, IkeSaId, Lifetime, RemovedSa, VerifyFailure,
@@ -92,9 +92,10 @@ use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 use crate::ike::cookie::{CookieError, CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::crypto::EspSuite;
 use crate::ike::session::{
-    ChildSa, Config, Output, PuzzleAnswer, PuzzleJob, Role, SaEvent, Session, SessionError,
-    SessionEvent, SpiPool, Verdict,
+    ChildSa, Config, FailReason, Output, PuzzleAnswer, PuzzleJob, Role, SaEvent, Session,
+    SessionError, SessionEvent, SpiPool, Verdict,
 };
+use crate::ike::wire::NotifyType;
 use crate::ike::wire::TrafficSelector;
 
 /// Reconnects of a TCP Originator with a request outstanding before it gives up.
@@ -339,11 +340,72 @@ pub enum DriverEvent {
     },
     /// Something failed for good (session, install, connect).
     Failed {
-        /// Endpoint index.
+        /// Endpoint.
         endpoint: EndpointId,
         /// What.
-        reason: String,
+        reason: Failure,
     },
+}
+
+/// What failed for good (see [`DriverEvent::Failed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The initiator session could not be created.
+    Initiator(SessionError),
+    /// A session call failed (a local fault, or the session was closed).
+    Session(SessionError),
+    /// The peer refused the Child SA of IKE_AUTH with this notification.
+    ChildSaRefused(NotifyType),
+    /// The IKE SA failed.
+    IkeSa(FailReason),
+    /// The ESP SAs of a Child SA could not be built from its keys.
+    BuildSa(SaError),
+    /// A worker refused the listen.
+    Listen(CommandError),
+    /// A worker refused an SA install (inbound or outbound) or a move.
+    Install {
+        /// Which.
+        dir: Direction,
+        /// Why.
+        error: CommandError,
+    },
+    /// Moving an SA to another worker failed.
+    Move(CommandError),
+    /// The TCP Originator could not reconnect this many times in a row.
+    NoConnection {
+        /// Attempts.
+        reconnects: u8,
+    },
+    /// A Child SA reached its hard lifetime before a rekey replaced it.
+    HardLifetime {
+        /// Its inbound SPI.
+        spi_in: u32,
+    },
+    /// A responder session stayed unauthenticated too long (RFC 7296 §2.6).
+    HalfOpenTimeout,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Initiator(e) => write!(f, "initiator: {e:?}"),
+            Failure::Session(e) => write!(f, "session: {e:?}"),
+            Failure::ChildSaRefused(n) => write!(f, "Child SA refused: {n:?}"),
+            Failure::IkeSa(r) => write!(f, "IKE SA failed: {r:?}"),
+            Failure::BuildSa(e) => write!(f, "building SAs: {e}"),
+            Failure::Listen(e) => write!(f, "listen: {e}"),
+            Failure::Install { dir, error } => write!(f, "{dir:?} SA install: {error}"),
+            Failure::Move(e) => write!(f, "moving an SA: {e}"),
+            Failure::NoConnection { reconnects } => {
+                write!(f, "no connection after {reconnects} reconnects")
+            }
+            Failure::HardLifetime { spi_in } => write!(
+                f,
+                "Child SA {spi_in:#010x} reached its hard lifetime before a rekey"
+            ),
+            Failure::HalfOpenTimeout => f.write_str("half-open IKE SA timed out"),
+        }
+    }
 }
 
 /// Sizes of the core's tables (see [`Core::counts`]).
@@ -986,7 +1048,7 @@ impl Core {
                 Ok(()) => DriverEvent::Listening { endpoint },
                 Err(e) => DriverEvent::Failed {
                     endpoint,
-                    reason: format!("listen: {e}"),
+                    reason: Failure::Listen(e),
                 },
             }),
             Pending::Inbound { child, conn, held } => {
@@ -999,7 +1061,10 @@ impl Core {
                     let endpoint = self.children[child].endpoint;
                     self.events.push(DriverEvent::Failed {
                         endpoint,
-                        reason: format!("inbound SA install: {e}"),
+                        reason: Failure::Install {
+                            dir: Direction::Inbound,
+                            error: e,
+                        },
                     });
                     // Never installed: the Child SA is finished (its outbound SA, if it was
                     // installed meanwhile, goes too), and its SPI returns to the pool.
@@ -1031,7 +1096,10 @@ impl Core {
                     let endpoint = self.children[child].endpoint;
                     self.events.push(DriverEvent::Failed {
                         endpoint,
-                        reason: format!("outbound SA install: {e}"),
+                        reason: Failure::Install {
+                            dir: Direction::Outbound,
+                            error: e,
+                        },
                     });
                 }
             },
@@ -1049,7 +1117,7 @@ impl Core {
                     if let Some(endpoint) = self.children.get(child).map(|c| c.endpoint) {
                         self.events.push(DriverEvent::Failed {
                             endpoint,
-                            reason: format!("moving an SA: {e}"),
+                            reason: Failure::Move(e),
                         });
                     }
                 }

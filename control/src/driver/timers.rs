@@ -299,7 +299,7 @@ impl Core {
                 let endpoint = st.endpoint;
                 self.events.push(DriverEvent::Failed {
                     endpoint,
-                    reason: "half-open IKE SA timed out".into(),
+                    reason: Failure::HalfOpenTimeout,
                 });
                 self.session_changed(i);
                 Ok(())
