@@ -248,7 +248,7 @@ impl Rig {
 }
 
 fn measure(n: usize, active: usize, budget: Duration) -> Result<Row, String> {
-    let (ci, cr) = iketcp_control::demo::configs(Suite::Aes128Gcm16, false)?;
+    let (ci, cr) = iketcp_lab::demo::configs(Suite::Aes128Gcm16, false)?;
     let t0 = Instant::now();
     let listen = SocketAddr::from((LISTEN, 4500));
     let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);

@@ -128,7 +128,7 @@ fn measure(group: DhGroup, budget: Duration) -> Result<Row, String> {
 /// The demo's built-in configurations (PSK, FQDN identities, documentation-range selectors,
 /// ESP AES-256-GCM) with `suite` as the only IKE proposal.
 fn configs(suite: IkeSuite) -> Result<(Config, Config), String> {
-    let (mut i, mut r) = iketcp_control::demo::configs(Suite::Aes256Gcm16, false)?;
+    let (mut i, mut r) = iketcp_lab::demo::configs(Suite::Aes256Gcm16, false)?;
     i.ike_proposals = vec![suite];
     r.ike_proposals = vec![suite];
     Ok((i, r))

@@ -19,7 +19,6 @@ use clap::Args as ClapArgs;
 use iketcp_dataplane::crypto::{Backend, Keymat, Suite};
 use iketcp_dataplane::port::mem::{MemConfig, pair};
 use iketcp_dataplane::sa::{InboundSa, OutboundSa, SaParams};
-use iketcp_dataplane::traffic::{Flow, MAX_SIZE, MIN_SIZE, PacketSpec, TrafficPort};
 use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::transport::{TcpRole, Transport};
@@ -29,6 +28,7 @@ use iketcp_dataplane::worker::handle::{
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector};
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
+use iketcp_lab::traffic::{Flow, MAX_SIZE, MIN_SIZE, PacketSpec, TrafficPort};
 use serde::Serialize;
 
 use crate::report::Machine;

@@ -2,7 +2,6 @@
 pub mod crypto;
 pub mod port;
 pub mod sa;
-pub mod traffic;
 pub mod transport;
 pub mod wire;
 pub mod worker;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use iketcp_control::demo::{DemoArgs, run};
+use iketcp_lab::demo::{DemoArgs, run};
 
 /// One TCP segment of a connection direction: sequence number, SYN flag, payload.
 struct Segment {

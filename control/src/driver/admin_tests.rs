@@ -42,7 +42,8 @@ fn listing_shows_endpoints_ike_sas_and_child_sas() {
 fn replacing_an_endpoint_keeps_its_ike_sas_and_refuses_a_new_role() {
     let mut h = responder(quick());
     let ep = h.d.list_endpoints()[0].clone();
-    let (_, cr) = crate::demo::configs(iketcp_dataplane::crypto::Suite::Aes256Gcm16, true).unwrap();
+    let (_, cr) =
+        super::fixtures::configs(iketcp_dataplane::crypto::Suite::Aes256Gcm16, true).unwrap();
     let EndpointRole::Responder { listen } = ep.role else {
         panic!("responder")
     };

@@ -11,9 +11,9 @@ use iketcp_dataplane::crypto::Suite;
 use iketcp_dataplane::transport::TcpRole;
 use iketcp_dataplane::worker::handle::{Command, WorkerChannels, channels};
 
+use super::fixtures::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 use super::tests::{Rig, Traffic, conn, down, poll_until, pump_until, start_pair, up};
 use super::*;
-use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 
 /// One driver endpoint with its IKE SA established against a session run by hand.
 pub(super) struct Hand {

@@ -48,6 +48,8 @@
 #[cfg(test)]
 mod admin_tests;
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod life_tests;
 #[cfg(test)]
 mod path_tests;

@@ -14,8 +14,8 @@ use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, channels};
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
 
+use super::fixtures::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 use super::*;
-use crate::demo::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
 
 pub(super) type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
 

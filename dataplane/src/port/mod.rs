@@ -2,7 +2,6 @@
 //! and something else: another worker (`mem`), the kernel (`tun`, `tap`). Ports never allocate per
 //! packet on their own: buffers come from the worker's [`PacketPool`].
 
-pub mod capture;
 pub mod mem;
 pub mod steer;
 pub mod tap;

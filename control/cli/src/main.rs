@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use iketcp_control::demo::{self, DemoArgs};
+use iketcp_lab::demo::{self, DemoArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "iketcp", version, about = "IKEv2 and ESP over TCP (RFC 9329)")]

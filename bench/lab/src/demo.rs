@@ -29,24 +29,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::capture::{Capture, CaptureStats, PcapConfig, PcapWriter, SharedPcap};
+use crate::traffic::{Flow, PacketSpec, TrafficPort, Window, percentiles_of};
 use clap::{Args, ValueEnum};
 use iketcp_dataplane::crypto::Suite;
 use iketcp_dataplane::port::Port;
-use iketcp_dataplane::port::capture::{Capture, CaptureStats, PcapConfig, PcapWriter, SharedPcap};
 use iketcp_dataplane::port::mem::{MemConfig, pair};
-use iketcp_dataplane::traffic::{Flow, PacketSpec, TrafficPort, Window, percentiles_of};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::worker::handle::{Command, DataplaneHandle, WorkerChannels, channels};
 use iketcp_dataplane::worker::stats::StatsSnapshot;
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
 use serde::Serialize;
 
-use crate::driver::{Driver, DriverEvent, Endpoint, EndpointId, EndpointRole};
-use crate::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
-use crate::ike::session::{Config, PskAuth, SpiPool};
-use crate::ike::wire::{Identity, TrafficSelector, TsRange};
+use iketcp_control::driver::{Driver, DriverEvent, Endpoint, EndpointId, EndpointRole};
+use iketcp_control::ike::crypto::{DhGroup, EncrAlg, IkeSuite, PrfAlg};
+use iketcp_control::ike::session::{Config, PskAuth, SpiPool};
+use iketcp_control::ike::wire::{Identity, TrafficSelector, TsRange};
 
-pub use iketcp_dataplane::traffic::{MAX_SIZE, MIN_SIZE};
+pub use crate::traffic::{MAX_SIZE, MIN_SIZE};
 
 /// The responder gateway's outer address (tunnel 0; see [`responder_addr`]).
 pub const RESPONDER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

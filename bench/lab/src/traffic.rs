@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::port::{Medium, Packet, PacketPool, Port};
-use crate::wire::ip::{checksum_add, checksum_finish};
+use iketcp_dataplane::port::{Medium, Packet, PacketPool, Port};
+use iketcp_dataplane::wire::ip::{checksum_add, checksum_finish};
 
 /// Offset of the sequence number in a generated packet: after IPv4 (20) and UDP (8).
 pub const SEQ_AT: usize = 28;
@@ -449,7 +449,7 @@ mod tests {
     fn generated_packets_reach_a_sink_in_order_with_latency() {
         let origin = Instant::now();
         let flow = Flow::new(origin).unwrap();
-        let mut pool = PacketPool::new(crate::port::DEFAULT_BUF_SIZE, 64);
+        let mut pool = PacketPool::new(iketcp_dataplane::port::DEFAULT_BUF_SIZE, 64);
         let mut g = TrafficPort::generator(flow.clone(), spec(100, 3));
         let mut s = TrafficPort::sink(flow.clone(), 3);
         let mut out = Vec::new();
@@ -460,7 +460,7 @@ mod tests {
         let p = &out[0];
         assert_eq!(p.len(), 100);
         let d = p.data();
-        assert!(crate::wire::ip::parse(d).is_some());
+        assert!(iketcp_dataplane::wire::ip::parse(d).is_some());
         assert_eq!(
             checksum_finish(checksum_add(0, &d[..20])),
             0,
@@ -485,7 +485,7 @@ mod tests {
     fn sink_counts_replayed_packets_as_misordered() {
         let flow = Flow::new(Instant::now()).unwrap();
         flow.set_running(true);
-        let mut pool = PacketPool::new(crate::port::DEFAULT_BUF_SIZE, 64);
+        let mut pool = PacketPool::new(iketcp_dataplane::port::DEFAULT_BUF_SIZE, 64);
         let mut g = TrafficPort::generator(flow.clone(), spec(64, 1));
         let mut s = TrafficPort::sink(flow.clone(), 1);
         let mut out = Vec::new();
@@ -504,7 +504,7 @@ mod tests {
     fn rate_limits_generation() {
         let flow = Flow::new(Instant::now()).unwrap();
         flow.set_running(true);
-        let mut pool = PacketPool::new(crate::port::DEFAULT_BUF_SIZE, 64);
+        let mut pool = PacketPool::new(iketcp_dataplane::port::DEFAULT_BUF_SIZE, 64);
         let mut g = TrafficPort::generator(flow.clone(), spec(64, 1)).with_rate(Some(10));
         let mut out = Vec::new();
         let n = g.recv_burst(&mut pool, &mut out, 64).unwrap();

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Medium, Packet, PacketPool, Port};
+use iketcp_dataplane::port::{Medium, Packet, PacketPool, Port};
 
 /// Magic of a file with microsecond timestamps.
 pub const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
