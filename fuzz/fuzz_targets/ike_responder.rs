@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use iketcp_control::demo::configs;
+use iketcp_lab::demo::configs;
 use iketcp_control::ike::cookie::{CookieJar, CookiePolicy};
 use iketcp_control::ike::session::Session;
 use iketcp_dataplane::crypto::Suite;
