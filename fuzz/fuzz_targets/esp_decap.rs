@@ -15,9 +15,15 @@ use libfuzzer_sys::fuzz_target;
 const SPI: u32 = 0x0000_4321;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&ctl, rest)) = data.split_first() else { return };
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
     let suite = Suite::ALL[usize::from(ctl & 3) % 3];
-    let backend = if ctl & 4 == 0 { Backend::RustCrypto } else { Backend::AwsLc };
+    let backend = if ctl & 4 == 0 {
+        Backend::RustCrypto
+    } else {
+        Backend::AwsLc
+    };
     let esn = ctl & 8 != 0;
     let mode = if ctl & 16 == 0 {
         Mode::Tunnel
@@ -29,11 +35,15 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let keymat: Vec<u8> = (0..suite.keymat_len() as u8).collect();
-    let Ok(keymat) = Keymat::new(suite, &keymat) else { return };
+    let Ok(keymat) = Keymat::new(suite, &keymat) else {
+        return;
+    };
     let mut p = SaParams::new(SPI, keymat.clone(), backend);
     p.esn = esn;
     p.mode = mode;
-    let Ok(mut sa) = InboundSa::new(&p) else { return };
+    let Ok(mut sa) = InboundSa::new(&p) else {
+        return;
+    };
 
     let head = TRANSPORT_DECAP_HEADROOM;
     let mut buf = vec![0u8; head];
@@ -41,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
         buf.extend_from_slice(rest);
     } else {
         // An authentic packet with sequence number 1 around the fuzzer's plaintext.
-        let Ok(key) = keymat.build(backend) else { return };
+        let Ok(key) = keymat.build(backend) else {
+            return;
+        };
         let iv = 1u64.to_be_bytes();
         let mut aad = Vec::from(SPI.to_be_bytes());
         if esn {
@@ -50,7 +62,9 @@ fuzz_target!(|data: &[u8]| {
             aad.extend_from_slice(&1u32.to_be_bytes());
         }
         let mut ct = rest.to_vec();
-        let Ok(icv) = key.aead().seal(&key.nonce(&iv), &aad, &mut ct) else { return };
+        let Ok(icv) = key.aead().seal(&key.nonce(&iv), &aad, &mut ct) else {
+            return;
+        };
         buf.extend_from_slice(&SPI.to_be_bytes());
         buf.extend_from_slice(&1u32.to_be_bytes());
         buf.extend_from_slice(&iv);

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Vec::new();
         if m.emit(&mut out).is_ok() {
             let again = Message::parse(&out);
-            assert!(matches!(again, Ok(ref m2) if *m2 == m), "re-emitted message does not parse back equal");
+            assert!(
+                matches!(again, Ok(ref m2) if *m2 == m),
+                "re-emitted message does not parse back equal"
+            );
         }
     }
     if let Some((&first, rest)) = data.split_first()

@@ -6,10 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use iketcp_lab::demo::configs;
 use iketcp_control::ike::cookie::{CookieJar, CookiePolicy};
 use iketcp_control::ike::session::Session;
 use iketcp_dataplane::crypto::Suite;
+use iketcp_lab::demo::configs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

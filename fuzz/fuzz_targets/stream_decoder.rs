@@ -7,10 +7,20 @@ use iketcp_dataplane::wire::frame::{FrameDecoder, FrameLoc, MAX_FRAME_LEN, TcpRo
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&ctl, rest)) = data.split_first() else { return };
-    let role = if ctl & 1 == 0 { TcpRole::Responder } else { TcpRole::Originator };
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let role = if ctl & 1 == 0 {
+        TcpRole::Responder
+    } else {
+        TcpRole::Originator
+    };
     // Chunk sizes come from the control byte: 1..=128, or the whole input at once.
-    let chunk = if ctl & 0x80 != 0 { rest.len().max(1) } else { usize::from(ctl >> 1) + 1 };
+    let chunk = if ctl & 0x80 != 0 {
+        rest.len().max(1)
+    } else {
+        usize::from(ctl >> 1) + 1
+    };
     let mut dec = FrameDecoder::new(role);
     let mut out = Vec::new();
     let mut failed = None;
@@ -24,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
         let carried = out.iter().filter(|f| f.loc == FrameLoc::Carry).count();
         assert!(carried <= 1);
         for f in &out {
-            assert!(f.bytes(piece, dec.carry()).is_some(), "frame range out of bounds");
+            assert!(
+                f.bytes(piece, dec.carry()).is_some(),
+                "frame range out of bounds"
+            );
         }
         assert!(dec.carry().len() <= MAX_FRAME_LEN);
         if let Err(e) = r {
