@@ -330,9 +330,16 @@ fn workers(a: &Args, backend: Backend, size: usize, kernel: bool) -> Result<Row,
             ..MemConfig::default()
         });
         let (s1, s2) = (shared.clone(), shared.clone());
+        // The idle connections all come from the sender's one address and never send ESP: a
+        // gateway's caps on unproven peers would refuse them, and they are what is measured.
+        let caps = a.idle_connections as usize + 64;
         let cfg_r = SmolConfig {
             local_addrs: vec![IpAddr::V4(RECEIVER)],
             checksum_offload: offload,
+            half_open_per_listener: caps,
+            half_open_per_source: caps,
+            untrusted_per_listener: caps,
+            untrusted_per_source: caps,
             ..SmolConfig::default()
         };
         let cfg_s = SmolConfig {
