@@ -829,16 +829,7 @@ impl Engine {
                     };
                     send_reliable(&self.events, &mut self.outbox, &self.stats, ev);
                 }
-                let mut rx = Accepted {
-                    index: self.index,
-                    stats: &self.stats,
-                    events: &self.events,
-                    outbox: &mut self.outbox,
-                    groups: &mut self.groups,
-                    pool: &mut self.pool,
-                    plain_out: &mut self.plain_out,
-                };
-                rx.accept(spi, e, bytes, d);
+                accepted!(self).accept(spi, e, bytes, d);
             }
             Err(DecapError::Authentication) => {
                 // RFC 9329 §6.1 (R-6.1-o): a failed ICV on a known SPI means corruption: close.
@@ -868,16 +859,7 @@ impl Engine {
         let len = frame.len();
         match e.sa.decap(frame, 0..len) {
             Ok(d) => {
-                let mut rx = Accepted {
-                    index: self.index,
-                    stats: &self.stats,
-                    events: &self.events,
-                    outbox: &mut self.outbox,
-                    groups: &mut self.groups,
-                    pool: &mut self.pool,
-                    plain_out: &mut self.plain_out,
-                };
-                rx.accept(spi, e, frame, d);
+                accepted!(self).accept(spi, e, frame, d);
                 Ok(())
             }
             Err(DecapError::Authentication) => {
@@ -1116,8 +1098,24 @@ impl Engine {
     }
 }
 
+/// Borrows an engine's [`Accepted`] parts while its SA table is borrowed elsewhere.
+macro_rules! accepted {
+    ($e:expr) => {
+        Accepted {
+            index: $e.index,
+            stats: &$e.stats,
+            events: &$e.events,
+            outbox: &mut $e.outbox,
+            groups: &mut $e.groups,
+            pool: &mut $e.pool,
+            plain_out: &mut $e.plain_out,
+        }
+    };
+}
+use accepted;
+
 /// The parts of an engine that an authentic inbound ESP packet touches, borrowed apart from
-/// the SA table that holds the SA.
+/// the SA table that holds the SA (`accepted!(engine)` borrows them).
 struct Accepted<'a> {
     index: u16,
     stats: &'a WorkerStats,
