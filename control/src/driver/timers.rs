@@ -265,15 +265,14 @@ impl Core {
         // What one timer does can make another due at once (a dropped half-open session
         // orphans its connection): those run in the same call. A timer runs at most once per
         // call; one that is due again right after (no progress possible yet) waits for the next.
-        let mut fired = Vec::new();
+        // (A set that allocates only once something is due: thousands may be due at once.)
+        let mut fired = std::collections::HashSet::new();
         let mut again = Vec::new();
         while let Some(t) = self.timers.pop_due(now) {
-            // Few timers are due at once: a list is cheaper than a set.
-            if fired.contains(&t) {
+            if !fired.insert(t) {
                 again.push(t);
                 continue;
             }
-            fired.push(t);
             if self.deadline(t).is_some_and(|d| d <= now) {
                 self.fire(t, now)?;
             }
