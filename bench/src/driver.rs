@@ -202,7 +202,7 @@ impl Rig {
 
     fn timers(&mut self, now: Instant) -> Result<(), String> {
         let t = Instant::now();
-        self.core.handle_timers(now).map_err(|e| e.to_string())?;
+        self.core.handle_timeout(now).map_err(|e| e.to_string())?;
         let cmds: Vec<(u16, Command)> = std::iter::from_fn(|| self.core.poll_command()).collect();
         self.core_time += t.elapsed();
         self.row.events += 1;

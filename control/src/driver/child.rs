@@ -225,7 +225,7 @@ impl Core {
                 old_spi_out,
                 new,
             } => {
-                self.events.push(DriverEvent::ChildSaRekeyed {
+                self.events.push_back(DriverEvent::ChildSaRekeyed {
                     endpoint,
                     old_spi_in,
                     old_spi_out,
@@ -329,7 +329,7 @@ impl Core {
                 }
                 self.ike_sa_born(index, now);
                 self.keylog_ike(index);
-                self.events.push(DriverEvent::IkeSaRekeyed {
+                self.events.push_back(DriverEvent::IkeSaRekeyed {
                     endpoint,
                     ike_sa,
                     spi_i,
@@ -362,7 +362,7 @@ impl Core {
                     self.send(conn.worker, Command::ForgetIkeSa { ike_sa })?;
                 }
                 self.events
-                    .push(DriverEvent::IkeSaDeleted { endpoint, ike_sa });
+                    .push_back(DriverEvent::IkeSaDeleted { endpoint, ike_sa });
                 Ok(None)
             }
         }
@@ -460,7 +460,7 @@ impl Core {
         let (inb, out) = match built {
             Ok(x) => x,
             Err(e) => {
-                self.events.push(DriverEvent::Failed {
+                self.events.push_back(DriverEvent::Failed {
                     endpoint,
                     reason: Failure::BuildSa(e),
                 });

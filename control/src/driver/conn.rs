@@ -49,7 +49,8 @@ impl Core {
         );
         // A Responder's connection that carries no IKE SA is closed after a grace period.
         self.conn_changed(conn);
-        self.events.push(DriverEvent::ConnUp { endpoint, conn });
+        self.events
+            .push_back(DriverEvent::ConnUp { endpoint, conn });
         if role != TcpRole::Originator {
             return Ok(());
         }
@@ -70,7 +71,7 @@ impl Core {
                 self.sessions[i].outstanding = Some(msg.clone());
                 self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
             }
-            Err(e) => self.events.push(DriverEvent::Failed {
+            Err(e) => self.events.push_back(DriverEvent::Failed {
                 endpoint,
                 reason: Failure::Initiator(e),
             }),
@@ -228,7 +229,7 @@ impl Core {
                 None => return Ok(()),
             },
         };
-        self.events.push(DriverEvent::ConnDown {
+        self.events.push_back(DriverEvent::ConnDown {
             endpoint,
             conn,
             reason,
@@ -275,7 +276,7 @@ impl Core {
             .min(DIAL_BACKOFF_MAX);
         self.dials.push((now + delay, endpoint));
         self.arm(Timer::Dials);
-        self.events.push(DriverEvent::ConnectFailed {
+        self.events.push_back(DriverEvent::ConnectFailed {
             endpoint,
             retry_in: delay,
         });
@@ -311,7 +312,7 @@ impl Core {
             if !st.session.is_established() {
                 st.outstanding = None;
             }
-            self.events.push(DriverEvent::Failed {
+            self.events.push_back(DriverEvent::Failed {
                 endpoint,
                 reason: Failure::NoConnection {
                     reconnects: MAX_RECONNECTS,
@@ -415,7 +416,7 @@ impl Core {
         let (outputs, verdict) = match st.session.handle_verified(msg, now) {
             Ok(o) => o,
             Err(e) => {
-                self.events.push(DriverEvent::Failed {
+                self.events.push_back(DriverEvent::Failed {
                     endpoint,
                     reason: Failure::Session(e),
                 });
@@ -511,7 +512,7 @@ impl Core {
                 Output::Sa(ev) => sa_events.push(ev),
                 // RFC 8019 §7.1.2: solved by the owner, off the driver's thread.
                 Output::SolvePuzzle(job) => {
-                    self.events.push(DriverEvent::SolvePuzzle {
+                    self.events.push_back(DriverEvent::SolvePuzzle {
                         endpoint,
                         ike_sa,
                         job,
@@ -520,17 +521,18 @@ impl Core {
                 Output::Event(SessionEvent::IkeSaUp { .. }) => {
                     self.ike_sa_born(index, now);
                     self.keylog_ike(index);
-                    self.events.push(DriverEvent::IkeSaUp { endpoint, ike_sa });
+                    self.events
+                        .push_back(DriverEvent::IkeSaUp { endpoint, ike_sa });
                 }
                 Output::Event(SessionEvent::ChildSaUp(c)) => first = Some(c),
                 Output::Event(SessionEvent::ChildSaFailed(n)) => {
-                    self.events.push(DriverEvent::Failed {
+                    self.events.push_back(DriverEvent::Failed {
                         endpoint,
                         reason: Failure::ChildSaRefused(n),
                     });
                 }
                 Output::Event(SessionEvent::Failed(r)) => {
-                    self.events.push(DriverEvent::Failed {
+                    self.events.push_back(DriverEvent::Failed {
                         endpoint,
                         reason: Failure::IkeSa(r),
                     });
@@ -538,7 +540,8 @@ impl Core {
                 Output::Event(SessionEvent::IntegrityFailure) => {
                     // An IKE message with this connection's SPIs failed its integrity check:
                     // the stream is corrupt or injected (RFC 9329 §6.1, R-6.1-o). The SAs stay.
-                    self.events.push(DriverEvent::IntegrityFailure { endpoint });
+                    self.events
+                        .push_back(DriverEvent::IntegrityFailure { endpoint });
                     close = true;
                 }
                 Output::Event(SessionEvent::Dropped(_)) => {}
@@ -644,7 +647,7 @@ impl Core {
                     c.cookie_wait = Some(now + retry_wait);
                 }
                 self.conn_changed(conn);
-                self.events.push(DriverEvent::CookieSent {
+                self.events.push_back(DriverEvent::CookieSent {
                     endpoint,
                     kind: r.kind,
                 });
@@ -658,7 +661,7 @@ impl Core {
                 Ok(false)
             }
             Screen::Drop(_) => {
-                self.events.push(DriverEvent::InitDropped { endpoint });
+                self.events.push_back(DriverEvent::InitDropped { endpoint });
                 Ok(false)
             }
         }

@@ -34,7 +34,7 @@ impl Hand {
 
     /// Runs the driver's timers at `t`; returns its commands.
     pub(super) fn at(&mut self, t: Instant) -> Vec<Command> {
-        self.d.handle_timers(t).unwrap();
+        self.d.handle_timeout(t).unwrap();
         self.cmds()
     }
 
@@ -222,7 +222,7 @@ fn r_6_1_g_r_6_1_k_r_6_1_f_originator_reconnects_an_idle_established_ike_sa() {
     h.conn = conn(2);
     // No new handshake: the same IKE SA answers a liveness check on the new connection.
     let now = h.t0 + Duration::from_secs(11);
-    h.d.handle_timers(now).unwrap();
+    h.d.handle_timeout(now).unwrap();
     let dpd = sent(&h.cmds());
     assert_eq!(dpd.len(), 1);
     let answer = h.peer.handle(&dpd[0], now).unwrap();
@@ -317,7 +317,7 @@ fn r_6_7_a_liveness_check_deletes_a_dead_peer() {
     assert!(sent(&h.at(h.t0 + Duration::from_secs(11))).is_empty());
     // Silence: a liveness check at 19 s ...
     let t = h.t0 + Duration::from_secs(19);
-    h.d.handle_timers(t).unwrap();
+    h.d.handle_timeout(t).unwrap();
     assert_eq!(sent(&h.cmds()).len(), 1);
     // ... unanswered for the exchange timeout: the IKE SA and its SAs go, and the TCP
     // Originator closes its connection (R-6.1-d).
@@ -456,7 +456,7 @@ fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
     .unwrap();
     assert!(matches!(cmds.try_recv(), Ok(Command::SendIke { .. })));
     let closes = |d: &mut Driver, t: Instant| {
-        d.handle_timers(t).unwrap();
+        d.handle_timeout(t).unwrap();
         cmds.try_iter()
             .filter_map(|c| match c {
                 Command::Close { conn, .. } => Some(conn.slot),
@@ -464,7 +464,7 @@ fn half_open_responder_sessions_and_orphan_connections_go_r_6_1_e() {
             })
             .collect::<Vec<_>>()
     };
-    assert!(d.next_timer().is_some());
+    assert!(d.poll_timeout().is_some());
     assert_eq!(
         closes(&mut d, t0 + Duration::from_secs(2)),
         Vec::<u32>::new()
@@ -627,7 +627,7 @@ fn child_sa_rekeyed_at_its_soft_time_limit_with_jitter() {
         child_hard: Some(Duration::from_secs(120)),
         ..TimeLimits::default()
     });
-    let due = h.d.next_timer().unwrap();
+    let due = h.d.poll_timeout().unwrap();
     // Jitter cuts at most 10 % off the soft limit.
     assert!(due >= h.t0 + Duration::from_secs(90) && due <= h.t0 + Duration::from_secs(100));
     assert!(!has_request(&h.at(h.t0 + Duration::from_secs(89))));
@@ -1161,7 +1161,7 @@ fn finished_sessions_and_child_sas_are_forgotten() {
         .unwrap();
     }
     assert_eq!(d.sessions.len(), 100);
-    d.handle_timers(t0 + Duration::from_secs(9)).unwrap();
+    d.handle_timeout(t0 + Duration::from_secs(9)).unwrap();
     assert!(d.sessions.len() == 0, "{} sessions kept", d.sessions.len());
     assert!(d.conns.values().all(|c| c.session.is_none()));
     drop(sides);
@@ -1235,10 +1235,10 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
         }
     )));
     // Not closed as an orphan before the retry wait ...
-    d.handle_timers(t0 + Duration::from_secs(9)).unwrap();
+    d.handle_timeout(t0 + Duration::from_secs(9)).unwrap();
     assert!(!cmds.try_iter().any(|c| matches!(c, Command::Close { .. })));
     // ... but at its end.
-    d.handle_timers(t0 + Duration::from_secs(10)).unwrap();
+    d.handle_timeout(t0 + Duration::from_secs(10)).unwrap();
     assert!(
         cmds.try_iter()
             .any(|c| matches!(c, Command::Close { conn: c, .. } if c == conn(1).id))
@@ -1473,15 +1473,15 @@ fn failed_connects_are_retried_with_backoff() {
     };
     fail(&mut d, 1, t0);
     assert_eq!(connects(), 0, "not at once");
-    d.handle_timers(t0 + Duration::from_millis(999)).unwrap();
+    d.handle_timeout(t0 + Duration::from_millis(999)).unwrap();
     assert_eq!(connects(), 0);
-    d.handle_timers(t0 + Duration::from_secs(1)).unwrap();
+    d.handle_timeout(t0 + Duration::from_secs(1)).unwrap();
     assert_eq!(connects(), 1);
     let t1 = t0 + Duration::from_secs(1);
     fail(&mut d, 2, t1);
-    d.handle_timers(t1 + Duration::from_millis(1999)).unwrap();
+    d.handle_timeout(t1 + Duration::from_millis(1999)).unwrap();
     assert_eq!(connects(), 0, "doubled");
-    d.handle_timers(t1 + Duration::from_secs(2)).unwrap();
+    d.handle_timeout(t1 + Duration::from_secs(2)).unwrap();
     assert_eq!(connects(), 1);
     assert!(
         d.take_events()

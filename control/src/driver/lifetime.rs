@@ -241,7 +241,7 @@ impl Core {
         };
         self.delete_outbound(c)?;
         self.delete_inbound(c)?;
-        self.events.push(DriverEvent::Failed {
+        self.events.push_back(DriverEvent::Failed {
             endpoint,
             reason: Failure::HardLifetime { spi_in },
         });

@@ -145,7 +145,7 @@ impl Core {
                 ..
             }) => {
                 if let Some(endpoint) = self.conns.get(&conn).map(|c| c.endpoint) {
-                    self.events.push(DriverEvent::ForgedEsp {
+                    self.events.push_back(DriverEvent::ForgedEsp {
                         endpoint,
                         conn,
                         spi,
@@ -203,7 +203,7 @@ impl Core {
             self.send(done.from, Command::ForgetIkeSa { ike_sa })?;
             self.bind(ike_sa, to)?;
             let endpoint = self.sessions[session].endpoint;
-            self.events.push(DriverEvent::Migrated {
+            self.events.push_back(DriverEvent::Migrated {
                 endpoint,
                 ike_sa,
                 from: done.from,

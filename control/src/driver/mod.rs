@@ -618,7 +618,7 @@ struct Switch {
 
 /// The sans-IO driver core: sessions, connections and SAs of a set of endpoints on one data
 /// plane. It takes data-plane events and the time ([`Core::handle_event`],
-/// [`Core::handle_timers`]) and gives commands for the workers ([`Core::poll_command`]), key log
+/// [`Core::handle_timeout`]) and gives commands for the workers ([`Core::poll_command`]), key log
 /// lines ([`Core::poll_keylog`]) and events ([`Core::take_events`]); it owns no channel, clock
 /// or file. [`Driver`] is the runtime that pumps it. See the module docs.
 #[derive(Debug)]
@@ -655,7 +655,7 @@ pub struct Core {
     sessions: Slab<IkeSaId, SessionState>,
     children: Slab<ChildSaId, ChildState>,
     pending: HashMap<u64, Pending>,
-    events: Vec<DriverEvent>,
+    events: VecDeque<DriverEvent>,
     next_ack: u64,
     /// Old inbound SAs to delete at the given time.
     retiring: DeadlineQueue<ChildSaId>,
@@ -726,7 +726,7 @@ impl Core {
             sessions: Slab::default(),
             children: Slab::default(),
             pending: HashMap::new(),
-            events: Vec::new(),
+            events: VecDeque::new(),
             next_ack: 1,
             retiring: DeadlineQueue::default(),
             switches: Vec::new(),
@@ -781,7 +781,13 @@ impl Core {
 
     /// Events since the last call.
     pub fn take_events(&mut self) -> Vec<DriverEvent> {
-        std::mem::take(&mut self.events)
+        self.events.drain(..).collect()
+    }
+
+    /// The next event, oldest first (the one-at-a-time form of
+    /// [`take_events`](Self::take_events)).
+    pub fn poll_event(&mut self) -> Option<DriverEvent> {
+        self.events.pop_front()
     }
 
     /// Whether commands with acknowledgements are still outstanding.
@@ -903,7 +909,7 @@ impl Core {
                 if dir == Direction::Inbound {
                     self.spi_pool.release(spi);
                 }
-                self.events.push(DriverEvent::SaRemoved { spi, dir });
+                self.events.push_back(DriverEvent::SaRemoved { spi, dir });
                 Ok(())
             }
             // Authentic inbound ESP proves the peer alive (RFC 7296 §2.4): no liveness check
@@ -1046,7 +1052,7 @@ impl Core {
             return Ok(());
         };
         match p {
-            Pending::Listen { endpoint } => self.events.push(match result {
+            Pending::Listen { endpoint } => self.events.push_back(match result {
                 Ok(()) => DriverEvent::Listening { endpoint },
                 Err(e) => DriverEvent::Failed {
                     endpoint,
@@ -1061,7 +1067,7 @@ impl Core {
                 if let Err(e) = result {
                     // Without the inbound SA the response must not go out.
                     let endpoint = self.children[child].endpoint;
-                    self.events.push(DriverEvent::Failed {
+                    self.events.push_back(DriverEvent::Failed {
                         endpoint,
                         reason: Failure::Install {
                             dir: Direction::Inbound,
@@ -1096,7 +1102,7 @@ impl Core {
                 }
                 Err(e) => {
                     let endpoint = self.children[child].endpoint;
-                    self.events.push(DriverEvent::Failed {
+                    self.events.push_back(DriverEvent::Failed {
                         endpoint,
                         reason: Failure::Install {
                             dir: Direction::Outbound,
@@ -1117,7 +1123,7 @@ impl Core {
                 }
                 Err(e) => {
                     if let Some(endpoint) = self.children.get(child).map(|c| c.endpoint) {
-                        self.events.push(DriverEvent::Failed {
+                        self.events.push_back(DriverEvent::Failed {
                             endpoint,
                             reason: Failure::Move(e),
                         });
@@ -1134,7 +1140,7 @@ impl Core {
         self.arm(Timer::ChildLife(child));
         let c = &self.children[child];
         if c.inbound_ok && c.outbound_ok {
-            self.events.push(DriverEvent::ChildSaInstalled {
+            self.events.push_back(DriverEvent::ChildSaInstalled {
                 endpoint: c.endpoint,
                 spi_in: c.spi_in,
                 spi_out: c.spi_out,

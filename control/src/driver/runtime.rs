@@ -187,18 +187,18 @@ impl Driver {
         self.pump()
     }
 
-    /// Runs what is due at `now` (see [`Core::handle_timers`]).
+    /// Runs what is due at `now` (see [`Core::handle_timeout`]).
     ///
     /// # Errors
     /// See [`pump`](Self::pump).
-    pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
-        self.core.handle_timers(now)?;
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), DriverError> {
+        self.core.handle_timeout(now)?;
         self.pump()
     }
 
-    /// See [`Core::next_timer`].
-    pub fn next_timer(&mut self) -> Option<Instant> {
-        self.core.next_timer()
+    /// See [`Core::poll_timeout`].
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.core.poll_timeout()
     }
 
     /// Events since the last call.
@@ -213,8 +213,8 @@ impl Driver {
     /// See [`pump`](Self::pump).
     pub fn poll(&mut self, timeout: Duration) -> Result<bool, DriverError> {
         let now = Instant::now();
-        self.handle_timers(now)?;
-        let mut wait = match self.core.next_timer() {
+        self.handle_timeout(now)?;
+        let mut wait = match self.core.poll_timeout() {
             Some(t) => timeout.min(t.saturating_duration_since(now)),
             None => timeout,
         };
@@ -225,7 +225,7 @@ impl Driver {
         let first = match self.handle.events().recv_timeout(wait) {
             Ok(ev) => ev,
             Err(_) => {
-                self.handle_timers(Instant::now())?;
+                self.handle_timeout(Instant::now())?;
                 return Ok(false);
             }
         };
@@ -233,7 +233,7 @@ impl Driver {
         while let Ok(ev) = self.handle.events().try_recv() {
             self.core.handle_event(ev, Instant::now())?;
         }
-        self.handle_timers(Instant::now())?;
+        self.handle_timeout(Instant::now())?;
         Ok(true)
     }
 

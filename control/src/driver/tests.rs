@@ -647,7 +647,7 @@ fn r_6_2_b_r_6_1_k_originator_resends_outstanding_request_after_reconnect() {
     for n in 2..=4 {
         down(&mut d, conn(n - 1), token);
         // At once, then after 1 s and 2 s.
-        d.handle_timers(t0 + Duration::from_secs(3 * u64::from(n)))
+        d.handle_timeout(t0 + Duration::from_secs(3 * u64::from(n)))
             .unwrap();
         assert!(matches!(
             cmds.try_recv(),

@@ -231,9 +231,9 @@ impl Core {
         self.arm(Timer::Conn(k));
     }
 
-    /// The earliest time [`handle_timers`](Self::handle_timers) has something to do. Entries
+    /// The earliest time [`handle_timeout`](Self::handle_timeout) has something to do. Entries
     /// on top whose deadline moved later are moved to it first, so the time is exact.
-    pub fn next_timer(&mut self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         loop {
             let (at, t) = self.timers.peek_live()?;
             match self.deadline(t) {
@@ -260,7 +260,7 @@ impl Core {
     ///
     /// # Errors
     /// Local faults only.
-    pub fn handle_timers(&mut self, now: Instant) -> Result<(), DriverError> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), DriverError> {
         self.now = now;
         // What one timer does can make another due at once (a dropped half-open session
         // orphans its connection): those run in the same call. A timer runs at most once per
@@ -296,7 +296,7 @@ impl Core {
                 let st = &mut self.sessions[i];
                 st.dropped = true;
                 let endpoint = st.endpoint;
-                self.events.push(DriverEvent::Failed {
+                self.events.push_back(DriverEvent::Failed {
                     endpoint,
                     reason: Failure::HalfOpenTimeout,
                 });
@@ -361,7 +361,8 @@ impl Core {
             Pending::Verify { conn, .. } => self.conns.get(conn).map(|c| c.endpoint),
             Pending::Delete => None,
         };
-        self.events.push(DriverEvent::AckTimedOut { ack, endpoint });
+        self.events
+            .push_back(DriverEvent::AckTimedOut { ack, endpoint });
     }
 
     /// Heap entries (for the bench and tests).
