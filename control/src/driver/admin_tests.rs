@@ -87,3 +87,51 @@ fn removing_an_endpoint_deletes_its_ike_sas_and_refuses_new_connections() {
     assert!(h.d.list_endpoints().is_empty());
     assert!(!h.d.remove_endpoint(id, now).unwrap());
 }
+
+#[test]
+fn listing_shows_child_sa_traffic_the_workers_report() {
+    use iketcp_dataplane::worker::handle::{Direction, SaCounter};
+    let mut h = responder(quick());
+    let now = h.t0 + Duration::from_secs(2);
+    let child = h.d.list_ike_sas(None, now)[0].child_sas[0].clone();
+    assert!(child.traffic.is_none(), "nothing reported yet");
+    h.d.refresh_counters(now).unwrap();
+    let cmds = h.cmds();
+    let [Command::ReportSas { ack }] = cmds.as_slice() else {
+        panic!("{cmds:?}")
+    };
+    let sas = vec![
+        SaCounter {
+            spi: child.spi_in,
+            dir: Direction::Inbound,
+            packets: 5,
+            bytes: 700,
+        },
+        SaCounter {
+            spi: child.spi_out,
+            dir: Direction::Outbound,
+            packets: 3,
+            bytes: 420,
+        },
+    ];
+    h.d.handle_event(
+        Event::SaCounters {
+            worker: 0,
+            ack: *ack,
+            sas,
+        },
+        now,
+    )
+    .unwrap();
+    let later = now + Duration::from_secs(1);
+    let listed = h.d.list_ike_sas(None, later)[0].child_sas[0].clone();
+    let Some((t, ago)) = listed.traffic else {
+        panic!("no traffic")
+    };
+    assert_eq!(
+        (t.packets_in, t.bytes_in, t.packets_out, t.bytes_out),
+        (5, 700, 3, 420)
+    );
+    assert_eq!(ago, Duration::from_secs(1));
+    assert!(!h.d.has_pending(), "the answer settled the request");
+}

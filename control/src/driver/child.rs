@@ -490,6 +490,7 @@ impl Core {
             suite: c.suite,
             esn: c.esn,
             created: now,
+            traffic: None,
         });
         self.child_by_spi_in.insert(c.spi_in, child);
         self.child_by_spi_out

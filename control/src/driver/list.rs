@@ -112,9 +112,76 @@ pub struct ChildSaInfo {
     pub rekey_in: Option<Duration>,
     /// See `rekey_in`.
     pub expires_in: Option<Duration>,
+    /// Its traffic as last reported (after [`Core::refresh_counters`]), and how long ago.
+    pub traffic: Option<(ChildTraffic, Duration)>,
+}
+
+/// A Child SA's traffic: packets and inner bytes each way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildTraffic {
+    /// Received and authentic.
+    pub packets_in: u64,
+    /// See `packets_in`.
+    pub bytes_in: u64,
+    /// Sent.
+    pub packets_out: u64,
+    /// See `packets_out`.
+    pub bytes_out: u64,
+    /// When the worker reported it.
+    pub at: Instant,
 }
 
 impl Core {
+    /// Asks every worker that holds SAs for their counters; the answers update the listing.
+    ///
+    /// # Errors
+    /// Local faults only.
+    pub fn refresh_counters(&mut self, now: Instant) -> Result<(), DriverError> {
+        self.now = now;
+        let mut workers: Vec<u16> = self.children.iter().map(|(_, c)| c.worker).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for w in workers {
+            let ack = self.ack();
+            self.expect_ack(ack, Pending::Counters);
+            self.send(w, Command::ReportSas { ack })?;
+        }
+        Ok(())
+    }
+
+    /// A worker's counters arrived.
+    pub(super) fn on_counters(&mut self, worker: u16, ack: u64, sas: &[SaCounter], now: Instant) {
+        self.acked(ack);
+        if !matches!(self.pending.remove(&ack), Some(Pending::Counters)) {
+            return;
+        }
+        for s in sas {
+            let child = match s.dir {
+                Direction::Inbound => self.child_by_spi_in.get(&s.spi).copied(),
+                Direction::Outbound => self.child_by_spi_out.get(&s.spi).and_then(|v| {
+                    v.iter()
+                        .copied()
+                        .find(|&c| self.children.get(c).is_some_and(|x| x.worker == worker))
+                }),
+            };
+            let Some(ch) = child.and_then(|c| self.children.get_mut(c)) else {
+                continue;
+            };
+            let t = ch.traffic.get_or_insert(ChildTraffic {
+                packets_in: 0,
+                bytes_in: 0,
+                packets_out: 0,
+                bytes_out: 0,
+                at: now,
+            });
+            t.at = now;
+            match s.dir {
+                Direction::Inbound => (t.packets_in, t.bytes_in) = (s.packets, s.bytes),
+                Direction::Outbound => (t.packets_out, t.bytes_out) = (s.packets, s.bytes),
+            }
+        }
+    }
+
     /// The endpoints.
     pub fn list_endpoints(&self) -> Vec<EndpointInfo> {
         self.endpoints
@@ -209,6 +276,7 @@ impl Core {
             age: now.saturating_duration_since(ch.created),
             rekey_in: left(ch.rekey_at),
             expires_in: left(ch.expire_at),
+            traffic: ch.traffic.map(|t| (t, now.saturating_duration_since(t.at))),
         })
     }
 

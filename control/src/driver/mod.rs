@@ -69,7 +69,7 @@ mod timers;
 
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE, KeyLine};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
-pub use list::{ChildSaInfo, ChildSaState, EndpointInfo, IkeSaInfo, IkeSaState};
+pub use list::{ChildSaInfo, ChildSaState, ChildTraffic, EndpointInfo, IkeSaInfo, IkeSaState};
 pub use runtime::Driver;
 pub use slab::Key;
 pub use timers::ACK_TIMEOUT;
@@ -87,7 +87,8 @@ use iketcp_dataplane::crypto::{Backend, Keymat};
 use iketcp_dataplane::sa::{InboundSa, Mode, OutboundSa, SaError, SaParams};
 use iketcp_dataplane::transport::{CloseReason, TcpRole};
 use iketcp_dataplane::worker::handle::{
-    Command, CommandError, Conn, Direction, Event, IkeSaId, Lifetime, RemovedSa, VerifyFailure,
+    Command, CommandError, Conn, Direction, Event, IkeSaId, Lifetime, RemovedSa, SaCounter,
+    VerifyFailure,
 };
 use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 
@@ -577,6 +578,8 @@ struct ChildState {
     esn: bool,
     /// When it was created.
     created: Instant,
+    /// Its traffic as the worker last reported it (see `Core::refresh_counters`).
+    traffic: Option<ChildTraffic>,
 }
 
 #[derive(Debug)]
@@ -597,6 +600,8 @@ enum Pending {
         child: ChildSaId,
         dir: Direction,
     },
+    /// A worker reports its SAs' counters.
+    Counters,
     /// The owner of `spi` checks an ESP packet that arrived on `conn` (another worker's).
     Verify {
         conn: Conn,
@@ -931,6 +936,12 @@ impl Core {
                 ..
             } => self.on_expired(worker, spi, dir, hard, now),
             Event::ForeignEsp { conn, spi, frame } => self.on_foreign_esp(conn, spi, frame),
+            Event::SaCounters {
+                worker, ack, sas, ..
+            } => {
+                self.on_counters(worker, ack, &sas, now);
+                Ok(())
+            }
             // An SPI no worker holds: counted by the worker, nothing to move.
             Event::UnknownSpi { .. } => Ok(()),
         }
@@ -1131,7 +1142,8 @@ impl Core {
                 }
             },
             Pending::Verify { conn, spi } => return self.on_verified(conn, spi, result),
-            Pending::Delete => {}
+            // Answered with `SaCounters`, not an ack.
+            Pending::Delete | Pending::Counters => {}
         }
         Ok(())
     }

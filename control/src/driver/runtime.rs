@@ -251,6 +251,15 @@ impl Driver {
         self.pump()
     }
 
+    /// See [`Core::refresh_counters`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn refresh_counters(&mut self, now: Instant) -> Result<(), DriverError> {
+        self.core.refresh_counters(now)?;
+        self.pump()
+    }
+
     /// See [`Core::remove_endpoint`].
     ///
     /// # Errors

@@ -359,7 +359,7 @@ impl Core {
             | Pending::Outbound { child }
             | Pending::Moved { child, .. } => self.children.get(*child).map(|c| c.endpoint),
             Pending::Verify { conn, .. } => self.conns.get(conn).map(|c| c.endpoint),
-            Pending::Delete => None,
+            Pending::Delete | Pending::Counters => None,
         };
         self.events
             .push_back(DriverEvent::AckTimedOut { ack, endpoint });

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::directory::SpiDirectory;
 use super::handle::{
     Command, CommandError, Conn, Direction, Event, ExpiryCause, IkeBytes, IkeSaId, Lifetime,
-    RemovedSa, VerifyFailure, WorkerChannels,
+    RemovedSa, SaCounter, VerifyFailure, WorkerChannels,
 };
 use super::spd::{FlowKey, Spd};
 use super::stats::{WorkerStats, bump};
@@ -511,6 +511,29 @@ impl Engine {
             }
             Command::SendIke { conn, msg } => self.queue_ike(t, conn, &msg),
             Command::Barrier { ack } => self.ack(ack, Ok(())),
+            Command::ReportSas { ack } => {
+                let inbound = self.inbound.iter().map(|(&spi, e)| {
+                    let (packets, bytes) = e.sa.counters();
+                    SaCounter {
+                        spi,
+                        dir: Direction::Inbound,
+                        packets,
+                        bytes,
+                    }
+                });
+                let outbound = self.outbound.iter().map(|(&spi, e)| {
+                    let (packets, bytes) = e.sa.counters();
+                    SaCounter {
+                        spi,
+                        dir: Direction::Outbound,
+                        packets,
+                        bytes,
+                    }
+                });
+                let sas = inbound.chain(outbound).collect();
+                let worker = self.index;
+                self.emit(Event::SaCounters { worker, ack, sas });
+            }
             Command::Shutdown => return false,
         }
         true

@@ -150,6 +150,11 @@ pub enum Command {
         /// Answered with [`Event::Ack`].
         ack: u64,
     },
+    /// Report the traffic counters of every SA of this worker ([`Event::SaCounters`]).
+    ReportSas {
+        /// Carried by the answer.
+        ack: u64,
+    },
     /// Forget an IKE SA's connection binding (after its Child SAs were deleted).
     ForgetIkeSa {
         /// The IKE SA.
@@ -384,6 +389,15 @@ pub enum Event {
         /// Its connection now.
         conn: Conn,
     },
+    /// The answer to `ReportSas`: each SA's packets and inner bytes so far.
+    SaCounters {
+        /// Worker index.
+        worker: u16,
+        /// The command's `ack`.
+        ack: u64,
+        /// One entry per SA.
+        sas: Vec<SaCounter>,
+    },
     /// An SA removed by `DeleteSa`, handed back to be dropped off the worker.
     SaRemoved(RemovedSa),
     /// Periodic counters.
@@ -395,6 +409,19 @@ pub enum Event {
         /// IKE SAs whose Child SAs received authentic ESP since the last report (liveness).
         inbound_esp: Vec<IkeSaId>,
     },
+}
+
+/// The traffic of one SA (see [`Event::SaCounters`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaCounter {
+    /// SPI.
+    pub spi: u32,
+    /// Direction.
+    pub dir: Direction,
+    /// Packets encapsulated or authentically decapsulated.
+    pub packets: u64,
+    /// Their inner bytes.
+    pub bytes: u64,
 }
 
 /// A removed SA, dropped (and its key zeroized) by whoever receives it.

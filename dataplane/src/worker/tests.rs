@@ -981,3 +981,35 @@ fn only_authenticated_traffic_marks_a_connection_trusted() {
     });
     assert_eq!(r.t.trusted, vec![b, c]);
 }
+
+/// The worker reports each SA's packets and bytes on request (for `iketcp status`).
+#[test]
+fn report_sas_gives_each_sas_counters() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    for n in 0..3 {
+        let f = r.peer.esp_frame(n);
+        r.t.feed(a, &f);
+    }
+    r.step();
+    assert_eq!(r.delivered(), vec![0, 1, 2]);
+    let _ = r.events();
+    r.cmd(Command::ReportSas { ack: 77 });
+    let got = r.events().into_iter().find_map(|e| match e {
+        Event::SaCounters { ack: 77, sas, .. } => Some(sas),
+        _ => None,
+    });
+    let Some(sas) = got else {
+        panic!("no SaCounters")
+    };
+    let inbound = sas
+        .iter()
+        .find(|c| c.spi == SPI_IN && c.dir == Direction::Inbound)
+        .copied();
+    assert_eq!(inbound.map(|c| c.packets), Some(3));
+    assert!(inbound.is_some_and(|c| c.bytes > 0));
+    assert!(
+        sas.iter()
+            .any(|c| c.spi == SPI_OUT && c.dir == Direction::Outbound && c.packets == 0)
+    );
+}
