@@ -113,8 +113,9 @@ fn ike_sa_up(events: &[DriverEvent]) -> IkeSaId {
         .expect("IKE SA up")
 }
 
-/// A TCP Originator endpoint (IKE initiator) established against a responder session.
-pub(super) fn originator(timers: Timers) -> Hand {
+/// A TCP Originator endpoint (IKE initiator) whose first connection just came up, its
+/// IKE_SA_INIT request waiting in the worker's queue; the peer is a responder session.
+fn originator_connected(timers: Timers) -> (Hand, EndpointId) {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(h);
@@ -141,6 +142,13 @@ pub(super) fn originator(timers: Timers) -> Hand {
     };
     assert!(matches!(hand.cmds()[..], [Command::Connect { .. }]));
     up(&mut hand.d, conn(1), TcpRole::Originator, Some(e.token()));
+    (hand, e)
+}
+
+/// A TCP Originator endpoint (IKE initiator) established against a responder session.
+pub(super) fn originator(timers: Timers) -> Hand {
+    let (mut hand, _) = originator_connected(timers);
+    let t0 = hand.t0;
     let mut cmds = hand.cmds();
     // IKE_SA_INIT, IKE_AUTH.
     for _ in 0..2 {
@@ -1332,27 +1340,8 @@ fn r_6_3_a_r_6_3_b_r_6_3_c_cookies_and_puzzles_through_the_driver() {
 #[test]
 fn originator_hands_out_the_puzzle_and_retries_with_the_answer() {
     use crate::ike::cookie::{CookieJar, CookiePolicy, Screen};
-    let (h, sides) = channels(1);
-    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
-    let mut d = Driver::new(h);
-    let remote = SocketAddr::from((RESPONDER_ADDR, 4500));
-    let role = EndpointRole::Originator {
-        remote,
-        local: None,
-    };
-    let e = d.add(Endpoint::new(0, role, ci)).unwrap();
-    let t0 = Instant::now();
-    let peer = Session::responder(cr, remote, SocketAddr::from((INITIATOR_ADDR, 40001)));
-    let mut hand = Hand {
-        d,
-        sides,
-        peer,
-        ike_sa: IkeSaId(0),
-        conn: conn(1),
-        t0,
-    };
-    assert!(matches!(hand.cmds()[..], [Command::Connect { .. }]));
-    up(&mut hand.d, conn(1), TcpRole::Originator, Some(e.token()));
+    let (mut hand, e) = originator_connected(Timers::default());
+    let t0 = hand.t0;
     let first = sent(&hand.cmds());
     let policy = CookiePolicy {
         half_open_threshold: 0,
