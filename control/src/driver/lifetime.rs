@@ -90,21 +90,29 @@ impl Core {
         now: Instant,
     ) -> Result<usize, DriverError> {
         self.now = now;
-        let mut marked = Vec::new();
-        for (i, st) in self.sessions.iter_mut() {
-            if endpoint.is_none_or(|e| e == st.endpoint)
-                && st.alive()
-                && st.session.is_established()
-            {
-                st.ike_expire_at = Some(now);
-                marked.push(i);
-            }
-        }
+        let marked: Vec<IkeSaId> = self
+            .sessions
+            .iter()
+            .filter(|(_, st)| {
+                endpoint.is_none_or(|e| e == st.endpoint)
+                    && st.alive()
+                    && st.session.is_established()
+            })
+            .map(|(i, _)| i)
+            .collect();
         for &i in &marked {
-            self.ike_life(i, now)?;
-            self.arm(Timer::IkeLife(i));
+            self.expire_ike_now(i, now)?;
         }
         Ok(marked.len())
+    }
+
+    /// The IKE SA of session `i` reaches its hard lifetime now: its Delete exchange starts
+    /// (or is retried shortly if the IKE SA is busy).
+    pub(super) fn expire_ike_now(&mut self, i: IkeSaId, now: Instant) -> Result<(), DriverError> {
+        self.sessions[i].ike_expire_at = Some(now);
+        self.ike_life(i, now)?;
+        self.arm(Timer::IkeLife(i));
+        Ok(())
     }
 
     /// Established IKE SAs.

@@ -319,9 +319,7 @@ impl Core {
                 continue;
             }
             if st.session.is_established() {
-                st.ike_expire_at = Some(now);
-                self.ike_life(i, now)?;
-                self.arm(Timer::IkeLife(i));
+                self.expire_ike_now(i, now)?;
             } else {
                 st.dropped = true;
                 let conn = st.conn;

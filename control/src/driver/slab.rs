@@ -179,6 +179,14 @@ impl<H: Handle, T> Slab<H, T> {
         })
     }
 
+    /// Handles of the live entries (a snapshot, for loops that change the slab).
+    pub fn handles(&self) -> Vec<H> {
+        self.iter().map(|(h, _)| h).collect()
+    }
+}
+
+#[cfg(test)]
+impl<H: Handle, T> Slab<H, T> {
     /// Live entries, mutable.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (H, &mut T)> {
         self.slots
@@ -196,14 +204,6 @@ impl<H: Handle, T> Slab<H, T> {
             })
     }
 
-    /// Handles of the live entries (a snapshot, for loops that change the slab).
-    pub fn handles(&self) -> Vec<H> {
-        self.iter().map(|(h, _)| h).collect()
-    }
-}
-
-#[cfg(test)]
-impl<H: Handle, T> Slab<H, T> {
     /// The `n`th live entry in slot order (tests).
     pub fn nth(&self, n: usize) -> (H, &T) {
         match self.iter().nth(n) {
