@@ -224,6 +224,7 @@ impl Core {
                 old_spi_in,
                 old_spi_out,
                 new,
+                initiator,
             } => {
                 self.events.push_back(DriverEvent::ChildSaRekeyed {
                     endpoint,
@@ -249,19 +250,21 @@ impl Core {
                     selectors,
                     due: now + SWITCH_FALLBACK,
                 };
-                let ours = self
+                let rekeying = self
                     .child_rekeying
                     .iter()
                     .position(|r| *r == (index, old_spi_in));
                 // Both ends rekeyed the same Child SA (RFC 7296 §2.8.1): which new SA survives
                 // shows when one of them (or the old one) is deleted; until then nothing moves.
+                // Answering the peer's rekey while ours is outstanding is a collision too: our
+                // own rekey's result is still to come.
                 let collision = self.switches.iter().any(|x| x.old == old)
-                    || (ours.is_none() && self.child_rekeying.contains(&(index, old_spi_in)));
-                if let Some(k) = ours {
+                    || (!initiator && rekeying.is_some());
+                if let Some(k) = rekeying.filter(|_| initiator) {
                     self.child_rekeying.remove(k);
                     self.child_rekeys += 1;
                 }
-                if ours.is_some() && !collision {
+                if initiator && !collision {
                     // We started it: the peer has the new inbound SA already (its response
                     // left after the install), so traffic moves now.
                     self.switch(w, now)?;

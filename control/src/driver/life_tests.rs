@@ -1483,6 +1483,48 @@ fn failed_connects_are_retried_with_backoff() {
     assert!(d.dial_failures.is_empty());
 }
 
+/// Both ends rekey the same Child SA and the peer's request arrives while ours is outstanding
+/// (RFC 7296 §2.8.1). Answering it must not move our traffic onto the new SA: the peer installs
+/// that SA's inbound side only when our response arrives, and which new SA survives shows only
+/// with the Deletes. Traffic moves once, onto the survivor, which the peer still has.
+#[test]
+fn answering_the_peers_colliding_rekey_moves_no_traffic_before_the_deletes() {
+    let mut h = originator(calm());
+    let t = h.t0;
+    let old_in = h.peer.child_sas()[0].spi_in;
+    assert_eq!(h.d.rekey_child_sas(t).unwrap(), 1);
+    let ours = h.cmds();
+    assert!(has_request(&ours));
+    let theirs = h.peer.rekey_child(old_in, false, t).unwrap();
+    let answered = h.deliver(theirs, t);
+    let outbound = |cmds: &[Command]| {
+        cmds.iter()
+            .filter(|c| matches!(c, Command::InstallOutbound { .. }))
+            .count()
+    };
+    assert_eq!(outbound(&answered), 0, "{answered:?}");
+    // The crossing messages meet, then the Deletes and their answers go back and forth.
+    let mut to_peer = answered;
+    to_peer.extend(ours);
+    let mut all = Vec::new();
+    for _ in 0..8 {
+        let msgs = h.peer_handles(&to_peer, t);
+        all.extend(to_peer.drain(..));
+        for m in msgs {
+            to_peer.extend(h.deliver(m, t));
+        }
+    }
+    all.extend(h.cmds());
+    assert_eq!(outbound(&all), 1, "{all:?}");
+    let live: Vec<_> = h.d.children.iter().filter(|(_, c)| c.outbound_ok).collect();
+    assert_eq!(live.len(), 1);
+    let peer_children = h.peer.child_sas();
+    assert_eq!(peer_children.len(), 1, "{peer_children:?}");
+    assert_eq!(live[0].1.spi_out, peer_children[0].spi_in);
+    assert_eq!(live[0].1.spi_in, peer_children[0].spi_out);
+    assert!(h.d.switches.is_empty() && h.d.child_rekeying.is_empty());
+}
+
 /// Real workers: both ends rekey the same Child SA at once (RFC 7296 §2.8.1). One new Child SA
 /// survives on each side, the others are deleted, and traffic keeps flowing: in order, never
 /// duplicated, and everything sent after the dust settles arrives.

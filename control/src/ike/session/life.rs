@@ -34,6 +34,10 @@ pub enum SaEvent {
         old_spi_out: u32,
         /// The new Child SA.
         new: ChildSa,
+        /// Whether we sent the CREATE_CHILD_SA request (the peer then has the new inbound SA
+        /// already); `false` when we answered the peer's, even while our own rekey of the same
+        /// SA is outstanding (a collision, §2.8.1).
+        initiator: bool,
     },
     /// A Child SA was deleted (§1.4.1), by us or by the peer.
     ChildSaDeleted {
@@ -1089,6 +1093,7 @@ impl Session {
                     old_spi_in,
                     old_spi_out,
                     new,
+                    initiator: false,
                 });
             }
             None => self.sa_event(SaEvent::ChildSaCreated(new)),
@@ -1242,6 +1247,7 @@ impl Session {
             old_spi_in,
             old_spi_out,
             new,
+            initiator: true,
         });
         // §2.8.1: after a collision the SA created with the lowest of the four nonces is
         // deleted by its creator; the creator of the surviving one deletes the old SA.

@@ -1128,6 +1128,7 @@ pub(super) fn rekeyed(ev: &[SaEvent]) -> Option<(u32, u32, &ChildSa)> {
             old_spi_in,
             old_spi_out,
             new,
+            ..
         } => Some((*old_spi_in, *old_spi_out, new)),
         _ => None,
     })
