@@ -1509,7 +1509,7 @@ fn answering_the_peers_colliding_rekey_moves_no_traffic_before_the_deletes() {
     let mut all = Vec::new();
     for _ in 0..8 {
         let msgs = h.peer_handles(&to_peer, t);
-        all.extend(to_peer.drain(..));
+        all.append(&mut to_peer);
         for m in msgs {
             to_peer.extend(h.deliver(m, t));
         }
