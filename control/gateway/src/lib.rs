@@ -1,0 +1,7 @@
+//! `iketcp gateway`: the deployable site-to-site gateway. A TOML file configures it
+//! ([`config`]); it creates the TUN device and its routes ([`net`]), runs the data-plane workers
+//! and the control driver, and answers `iketcp status`, `up`, `down`, `rekey` and `reload` on a
+//! Unix socket.
+
+pub mod config;
+pub mod net;
