@@ -6,17 +6,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam::utils::CachePadded;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    (@first $d:literal $($rest:literal)*) => { $d };
+    (@first) => { "" };
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// Live counters of one worker.
         #[derive(Debug, Default)]
         pub struct WorkerStats {
-            $( $(#[$doc])* pub $name: CachePadded<AtomicU64>, )*
+            $( $(#[doc = $doc])* pub $name: CachePadded<AtomicU64>, )*
         }
 
         /// A copy of [`WorkerStats`] at one moment (each field read atomically, the set not).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct StatsSnapshot {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         impl WorkerStats {
@@ -30,6 +32,11 @@ macro_rules! counters {
             /// Field-wise sum (to aggregate workers).
             pub fn add(&mut self, o: &StatsSnapshot) {
                 $( self.$name += o.$name; )*
+            }
+
+            /// Every counter with its name and its first doc line (for metrics exposition).
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![ $( (stringify!($name), counters!(@first $($doc)*), self.$name), )* ]
             }
         }
     };
@@ -130,4 +137,27 @@ impl WorkerStats {
 #[inline]
 pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_name_every_counter_with_its_doc() {
+        let s = StatsSnapshot {
+            plain_in: 7,
+            ..StatsSnapshot::default()
+        };
+        let f = s.fields();
+        let plain_in = f.iter().find(|x| x.0 == "plain_in").map(|x| (x.1, x.2));
+        assert_eq!(
+            plain_in,
+            Some((" Inner packets read from the plaintext port.", 7))
+        );
+        assert!(
+            f.iter().all(|x| !x.1.is_empty()),
+            "every counter documented"
+        );
+    }
 }
