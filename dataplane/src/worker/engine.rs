@@ -185,6 +185,9 @@ pub struct Engine {
     spd: Spd<u32>,
     groups: FastMap<IkeSaId, Group>,
     connect_tokens: FastMap<ConnId, u64>,
+    /// Addresses listened on: a second `Listen` of one (an endpoint removed and added again,
+    /// a reload) succeeds without a second socket.
+    listening: Vec<SocketAddr>,
     /// Decrypted inner packets for the plaintext port.
     pub(crate) plain_out: VecDeque<Packet>,
     /// Buffers of this worker.
@@ -255,6 +258,7 @@ impl Engine {
             spd: Spd::default(),
             groups: FastMap::default(),
             connect_tokens: FastMap::default(),
+            listening: Vec::new(),
             plain_out: VecDeque::new(),
             pool,
             held: VecDeque::new(),
@@ -364,10 +368,17 @@ impl Engine {
     fn apply<T: Transport>(&mut self, t: &mut T, cmd: Command) -> bool {
         match cmd {
             Command::Listen { local, ack } => {
-                let r = t.listen(local).map_err(|e| CommandError::Listen {
-                    local,
-                    kind: e.kind(),
-                });
+                let r = if self.listening.contains(&local) {
+                    Ok(())
+                } else {
+                    t.listen(local).map_err(|e| CommandError::Listen {
+                        local,
+                        kind: e.kind(),
+                    })
+                };
+                if r.is_ok() && !self.listening.contains(&local) {
+                    self.listening.push(local);
+                }
                 self.ack(ack, r);
             }
             Command::Connect {

@@ -36,6 +36,8 @@ struct FakeTransport {
     next: u32,
     /// Connections the engine marked trusted, in order.
     trusted: Vec<ConnId>,
+    /// Addresses `listen` was called for, in order.
+    listens: Vec<SocketAddr>,
 }
 
 impl FakeTransport {
@@ -77,7 +79,12 @@ impl Transport for FakeTransport {
         events.append(&mut self.events);
         Ok(())
     }
-    fn listen(&mut self, _local: SocketAddr) -> io::Result<()> {
+    fn listen(&mut self, local: SocketAddr) -> io::Result<()> {
+        if self.listens.contains(&local) {
+            // As a kernel socket would: the address is in use.
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        self.listens.push(local);
         Ok(())
     }
     fn connect(&mut self, _local: Option<SocketAddr>, remote: SocketAddr) -> io::Result<ConnId> {
@@ -480,6 +487,23 @@ fn r_10_e_verify_esp_passes_only_authentic_new_packets() {
 }
 
 /// Issue 6: an SPI is never installed twice on a worker; the live SA keeps its state.
+/// An endpoint removed and added again (`iketcp down` then `up`, a reload) listens on the
+/// same address again: the worker keeps its one socket and says yes.
+#[test]
+fn listening_twice_on_one_address_is_ok_with_one_socket() {
+    let mut r = Rig::new(EngineConfig::default());
+    let local: SocketAddr = "192.0.2.1:4500".parse().expect("addr");
+    for ack in [101, 102] {
+        r.cmd(Command::Listen { local, ack });
+        let ok = r
+            .events()
+            .into_iter()
+            .any(|e| matches!(e, Event::Ack { ack: x, result: Ok(()), .. } if x == ack));
+        assert!(ok, "listen {ack}");
+    }
+    assert_eq!(r.t.listens, vec![local]);
+}
+
 #[test]
 fn duplicate_spi_installs_are_refused() {
     let mut r = Rig::new(EngineConfig::default());
