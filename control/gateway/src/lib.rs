@@ -7,4 +7,6 @@ pub mod config;
 pub mod ctl;
 pub mod metrics;
 pub mod net;
+pub mod daemon;
+pub mod logging;
 pub mod status;

@@ -1,0 +1,133 @@
+//! The data plane of the gateway: one pinned worker per configured core, each with its own
+//! TUN queue (multi-queue TUN, so the kernel spreads inner flows over the workers) and its own
+//! outer TCP stack: kernel sockets, or smoltcp over the TAP device that is the gateway's NIC
+//! (shared by the workers through a steering splitter when there are several).
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+
+use iketcp_dataplane::port::steer::{Steer, split};
+use iketcp_dataplane::port::tap::Tap;
+use iketcp_dataplane::port::tun::{Tun, TunConfig};
+use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
+use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
+use iketcp_dataplane::worker::handle::{DataplaneHandle, channels};
+use iketcp_dataplane::worker::{WorkerConfig, spawn};
+
+use crate::config::{GatewayConfig, OuterTransport};
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers {
+    /// Control's side of their channels.
+    pub handle: DataplaneHandle,
+    /// Their threads.
+    pub joins: Vec<JoinHandle<io::Result<()>>>,
+    /// The steering thread of a shared TAP, if any.
+    pub splitter: Option<(Arc<AtomicBool>, JoinHandle<io::Result<()>>)>,
+    /// The TUN device's name.
+    pub tun_name: String,
+}
+
+/// Opens the TUN queues (and the TAP) and starts the workers.
+///
+/// # Errors
+/// A device cannot be opened or a thread cannot start.
+pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
+    let n = cfg.gateway.workers.max(1);
+    let count = u16::try_from(n).map_err(|_| io::Error::other("too many workers"))?;
+    let (handle, sides) = channels(count);
+    let tun_cfg = TunConfig {
+        name: cfg.tun.name.clone(),
+        mtu: usize::from(cfg.tun.mtu),
+        multi_queue: n > 1,
+    };
+    // Every queue is opened here, so the device exists (and can be configured) before any
+    // worker runs, and an error stops the start-up cleanly.
+    let mut tuns = Vec::with_capacity(n);
+    for _ in 0..n {
+        tuns.push(Tun::open_with(&tun_cfg)?);
+    }
+    let tun_name = tuns
+        .first()
+        .map(|t| t.name().to_owned())
+        .unwrap_or_default();
+    let cores = if pin {
+        core_affinity_ids()
+    } else {
+        Vec::new()
+    };
+    let wcfg = |i: usize| WorkerConfig {
+        core: cores.get(i % cores.len().max(1)).copied().flatten(),
+        ..WorkerConfig::default()
+    };
+    let mut joins = Vec::with_capacity(n);
+    let mut splitter = None;
+    match &cfg.gateway.transport {
+        OuterTransport::Kernel => {
+            for (i, (side, tun)) in sides.into_iter().zip(tuns).enumerate() {
+                joins.push(spawn(side, wcfg(i), move || {
+                    Ok((KernelTransport::new(KernelConfig::default())?, tun))
+                })?);
+            }
+        }
+        OuterTransport::Smoltcp(nic) => {
+            let tap = Tap::open(&nic.tap, usize::from(nic.mtu) + 14)?;
+            let gateway = match nic.next_hop {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            };
+            let smol = |steer: Option<Steer>| SmolConfig {
+                local_addrs: vec![nic.address],
+                mac: Some(nic.mac),
+                gateway,
+                steer,
+                ..SmolConfig::default()
+            };
+            if n == 1 {
+                let sc = smol(None);
+                let (side, tun) = sides
+                    .into_iter()
+                    .zip(tuns)
+                    .next()
+                    .ok_or_else(|| io::Error::other("no worker"))?;
+                joins.push(spawn(side, wcfg(0), move || {
+                    Ok((SmolTransport::new(tap, sc)?, tun))
+                })?);
+            } else {
+                let (s, ports) = split(tap, count, 4096);
+                let stop = Arc::new(AtomicBool::new(false));
+                let j = s.spawn(stop.clone())?;
+                splitter = Some((stop, j));
+                for (i, ((side, tun), port)) in sides.into_iter().zip(tuns).zip(ports).enumerate()
+                {
+                    let sc = smol(Some(Steer {
+                        index: i as u16,
+                        count,
+                    }));
+                    joins.push(spawn(side, wcfg(i), move || {
+                        Ok((SmolTransport::new(port, sc)?, tun))
+                    })?);
+                }
+            }
+        }
+    }
+    Ok(Workers {
+        handle,
+        joins,
+        splitter,
+        tun_name,
+    })
+}
+
+/// The cores to pin to, in order.
+fn core_affinity_ids() -> Vec<Option<core_affinity::CoreId>> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Some)
+        .collect()
+}

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Two iketcp gateways between two hosts, each in its own network namespace:
+#
+#   hostA 198.51.100.10 ── gwA 198.51.100.1 | 192.0.2.1 ══ TCP 4500 ══ 192.0.2.2 | 203.0.113.1 gwB ── 203.0.113.10 hostB
+#
+# gwA initiates over kernel TCP; gwB listens, over kernel TCP or (TRANSPORT_B=smoltcp) over its
+# own userspace TCP stack on a TAP device bridged to the link (the DPDK-style mode).
+#
+#   tests/lab/two-gateways.sh up        # build nothing; BIN=path/to/iketcp (default target/debug/iketcp)
+#   tests/lab/two-gateways.sh status    # iketcp status of both gateways
+#   tests/lab/two-gateways.sh start gwB # (re)start one gateway
+#   tests/lab/two-gateways.sh stop gwB [SIGNAL]
+#   tests/lab/two-gateways.sh down      # stop the gateways, delete the namespaces and files
+#
+# Then e.g.: ip netns exec itl-hostA ping 203.0.113.10
+# Environment: LAB (name prefix, default itl), LAB_DIR (default /tmp/$LAB), BIN, TRANSPORT_B,
+# WORKERS (per gateway, default 1).
+set -euo pipefail
+
+LAB=${LAB:-itl}
+DIR=${LAB_DIR:-/tmp/$LAB}
+HERE=$(cd "$(dirname "$0")" && pwd)
+BIN=${BIN:-$HERE/../../target/debug/iketcp}
+TRANSPORT_B=${TRANSPORT_B:-kernel}
+WORKERS=${WORKERS:-1}
+HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB
+
+config_a() {
+    cat <<CFG
+[gateway]
+workers = $WORKERS
+transport = "kernel"
+listen = ["192.0.2.1"]
+control_socket = "$DIR/gwA.sock"
+metrics = "127.0.0.1:9469"
+log_level = "debug"
+
+[tun]
+name = "iketcp0"
+addresses = ["198.51.100.1/32"]
+
+[[connection]]
+name = "site-b"
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["192.0.2.2"]
+local_id = "@a.example"
+remote_id = "@b.example"
+psk_file = "psk.secret"
+local_ts = ["198.51.100.0/24"]
+remote_ts = ["203.0.113.0/24"]
+start = "initiate"
+dpd_delay = "${DPD_A:-5s}"
+CFG
+}
+
+config_b() {
+    cat <<CFG
+[gateway]
+workers = $WORKERS
+transport = "$TRANSPORT_B"
+listen = ["192.0.2.2"]
+control_socket = "$DIR/gwB.sock"
+metrics = "127.0.0.1:9469"
+log_level = "debug"
+CFG
+    if [ "$TRANSPORT_B" = smoltcp ]; then
+        cat <<CFG
+
+[smoltcp]
+tap = "iketcp-tap0"
+address = "192.0.2.2/24"
+mac = "02:00:00:00:02:02"
+CFG
+    fi
+    cat <<CFG
+
+[tun]
+name = "iketcp0"
+addresses = ["203.0.113.1/32"]
+
+[[connection]]
+name = "site-a"
+local_addrs = ["192.0.2.2"]
+remote_addrs = "%any"
+local_id = "@b.example"
+remote_id = "@a.example"
+psk_file = "psk.secret"
+local_ts = ["203.0.113.0/24"]
+remote_ts = ["198.51.100.0/24"]
+start = "listen"
+dpd_delay = "${DPD_B:-30s}"
+CFG
+}
+
+ns() { ip netns exec "$1" "${@:2}"; }
+
+up() {
+    mkdir -p "$DIR"
+    chmod 700 "$DIR"
+    for n in $HA $GA $GB $HB; do ip netns add "$n"; ns "$n" ip link set lo up; done
+    ip link add ha0 netns $HA type veth peer name ga0 netns $GA
+    ip link add ga1 netns $GA type veth peer name gb1 netns $GB
+    ip link add gb0 netns $GB type veth peer name hb0 netns $HB
+    ns $HA ip addr add 198.51.100.10/24 dev ha0
+    ns $HA ip link set ha0 up
+    ns $HA ip route add default via 198.51.100.1
+    ns $GA ip addr add 198.51.100.1/24 dev ga0
+    ns $GA ip addr add 192.0.2.1/24 dev ga1
+    ns $GA ip link set ga0 up
+    ns $GA ip link set ga1 up
+    ns $GA sysctl -qw net.ipv4.ip_forward=1
+    ns $GB ip addr add 203.0.113.1/24 dev gb0
+    ns $GB ip link set gb0 up
+    ns $GB ip link set gb1 up
+    if [ "$TRANSPORT_B" != smoltcp ]; then
+        ns $GB ip addr add 192.0.2.2/24 dev gb1
+    fi
+    ns $GB sysctl -qw net.ipv4.ip_forward=1
+    ns $HB ip addr add 203.0.113.10/24 dev hb0
+    ns $HB ip link set hb0 up
+    ns $HB ip route add default via 203.0.113.1
+    # Checksums of veth traffic are left to the receiver; smoltcp on the TAP needs them filled.
+    ns $GA ethtool -K ga1 tx off >/dev/null 2>&1 || true
+    (umask 077; printf 'iketcp lab pre-shared key, not for real use\n' >"$DIR/psk.secret")
+    config_a >"$DIR/gwA.toml"
+    config_b >"$DIR/gwB.toml"
+    chmod 600 "$DIR/gwA.toml" "$DIR/gwB.toml"
+    start gwB
+    start gwA
+}
+
+start() {
+    local g=$1 n
+    case $g in gwA) n=$GA ;; gwB) n=$GB ;; *) echo "no gateway $g" >&2; exit 2 ;; esac
+    ns "$n" "$BIN" gateway --config "$DIR/$g.toml" --no-pin >>"$DIR/$g.log" 2>&1 &
+    echo $! >"$DIR/$g.pid"
+    # Up when its control socket answers.
+    for _ in $(seq 100); do
+        if "$BIN" status --socket "$DIR/$g.sock" >/dev/null 2>&1; then break; fi
+        sleep 0.1
+    done
+    if [ "$g" = gwB ] && [ "$TRANSPORT_B" = smoltcp ] && ! ns $GB ip link show br0 >/dev/null 2>&1; then
+        # The TAP is gwB's NIC: bridge it to the link towards gwA.
+        ns $GB ip link add br0 type bridge
+        ns $GB ip link set gb1 master br0
+        ns $GB ip link set iketcp-tap0 master br0
+        ns $GB ip link set iketcp-tap0 up
+        ns $GB ip link set br0 up
+    elif [ "$g" = gwB ] && [ "$TRANSPORT_B" = smoltcp ]; then
+        ns $GB ip link set iketcp-tap0 master br0
+        ns $GB ip link set iketcp-tap0 up
+    fi
+}
+
+stop() {
+    local g=$1 sig=${2:-TERM} pid
+    pid=$(cat "$DIR/$g.pid" 2>/dev/null) || return 0
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$DIR/$g.pid"
+}
+
+status() {
+    for g in gwA gwB; do echo "== $g"; "$BIN" status --socket "$DIR/$g.sock" || true; done
+}
+
+down() {
+    stop gwA KILL || true
+    stop gwB KILL || true
+    for n in $HA $GA $GB $HB; do ip netns del "$n" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+
+case ${1:-} in
+    up) up ;;
+    down) down ;;
+    start) start "$2" ;;
+    stop) stop "$2" "${3:-TERM}" ;;
+    status) status ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
+esac
