@@ -132,7 +132,8 @@ up() {
 start() {
     local g=$1 n
     case $g in gwA) n=$GA ;; gwB) n=$GB ;; *) echo "no gateway $g" >&2; exit 2 ;; esac
-    ns "$n" "$BIN" gateway --config "$DIR/$g.toml" --no-pin >>"$DIR/$g.log" 2>&1 &
+    # Not through a function: $! must be the gateway itself (ip netns exec execs it).
+    ip netns exec "$n" "$BIN" gateway --config "$DIR/$g.toml" --no-pin >>"$DIR/$g.log" 2>&1 &
     echo $! >"$DIR/$g.pid"
     # Up when its control socket answers.
     for _ in $(seq 100); do
