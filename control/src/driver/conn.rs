@@ -62,7 +62,8 @@ impl Core {
         });
         if let Some(i) = waiting {
             self.sessions[i].connecting = false;
-            return self.adopt(i, conn, true);
+            self.adopt(i, conn, true)?;
+            return self.probe_new_path(i, conn, now);
         }
         let cfg = self.endpoints[endpoint].ike.clone();
         match Session::initiator(cfg, local, peer, now) {
@@ -167,6 +168,25 @@ impl Core {
             self.reap_session_later(i);
         }
         self.arm_session(i);
+    }
+
+    /// After a reconnect with no request of ours waiting, an empty INFORMATIONAL request (a
+    /// liveness check) goes out at once on the new connection: RFC 9329 §6.1 suggests it, so
+    /// the Responder learns the new path from an authenticated message (it keeps using the
+    /// dead connection until one arrives), and some Responders close a new connection that
+    /// carries no message within seconds (libreswan 4.10: 5 s).
+    fn probe_new_path(&mut self, i: IkeSaId, conn: Conn, now: Instant) -> Result<(), DriverError> {
+        let st = &mut self.sessions[i];
+        if st.outstanding.is_some() || !st.session.is_established() || st.session.has_outstanding()
+        {
+            return Ok(());
+        }
+        let Ok(msg) = st.session.start_dpd(now) else {
+            return Ok(());
+        };
+        st.outstanding = Some(msg.clone());
+        self.session_changed(i);
+        self.send(conn.worker, Command::SendIke { conn: conn.id, msg })
     }
 
     /// Re-sends session `i`'s request still waiting for its response on `conn`, bit for bit

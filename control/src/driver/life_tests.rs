@@ -221,19 +221,21 @@ fn r_6_1_g_r_6_1_k_r_6_1_f_originator_reconnects_an_idle_established_ike_sa() {
     assert!(matches!(cmds[..], [Command::Connect { token: 0, .. }]));
     assert_eq!(h.d.installed(), 1);
     up(&mut h.d, conn(2), TcpRole::Originator, token);
-    // The IKE SA and its Child SAs move to the new connection; nothing to re-send.
+    // The IKE SA and its Child SAs move to the new connection, and with nothing to re-send
+    // an empty INFORMATIONAL request goes out on it at once, so the Responder hears an
+    // authenticated message on the new path (RFC 9329 §6.1).
     let cmds = h.cmds();
     assert!(
-        matches!(&cmds[..], [Command::BindIkeSa { ike_sa, conn: c }] if *ike_sa == h.ike_sa && *c == conn(2).id),
+        matches!(&cmds[..], [Command::BindIkeSa { ike_sa, conn: c }, Command::SendIke { conn: s, .. }]
+            if *ike_sa == h.ike_sa && *c == conn(2).id && *s == conn(2).id),
         "{cmds:?}"
     );
     h.conn = conn(2);
-    // No new handshake: the same IKE SA answers a liveness check on the new connection.
-    let now = h.t0 + Duration::from_secs(11);
-    h.d.handle_timeout(now).unwrap();
-    let dpd = sent(&h.cmds());
-    assert_eq!(dpd.len(), 1);
-    let answer = h.peer.handle(&dpd[0], now).unwrap();
+    // No new handshake: the same IKE SA answers it on the new connection.
+    let now = h.t0;
+    let probe = sent(&cmds);
+    assert_eq!(probe.len(), 1);
+    let answer = h.peer.handle(&probe[0], now).unwrap();
     let Some(Output::Send(resp)) = answer.into_iter().next() else {
         panic!("peer did not answer");
     };
