@@ -58,9 +58,13 @@ pub(super) fn validate(
 }
 
 fn syntax(src: &Source<'_>, e: &toml::de::Error) -> ConfigError {
-    let kind = ConfigErrorKind::Syntax {
-        message: e.message().to_owned(),
-    };
+    // serde's words for a struct are "field" and "i64"; a TOML file has keys and integers.
+    let message = e
+        .message()
+        .replacen("unknown field `", "unknown key `", 1)
+        .replacen("missing field `", "missing key `", 1)
+        .replace("expected i64", "expected an integer");
+    let kind = ConfigErrorKind::Syntax { message };
     match e.span() {
         Some(span) => src.error(&span, kind),
         None => ConfigError {
@@ -79,6 +83,9 @@ fn items(list: &Spanned<StrList>) -> Vec<(&str, Range<usize>)> {
         StrList::Many(v) => v.iter().map(|s| (s.get_ref().as_str(), s.span())).collect(),
     }
 }
+
+/// ESP suites with their ESN choice, and the PFS group of Child SA rekeys.
+type EspOffer = (Vec<(EspSuite, bool)>, Option<DhGroup>);
 
 struct Validator<'a> {
     src: Source<'a>,
@@ -831,11 +838,7 @@ impl Validator<'_> {
     }
 
     /// ESP suites with ESN choices, and the PFS group: one for all proposals, or none.
-    fn esp_proposals(
-        &self,
-        p: &Spanned<StrList>,
-        esn: &[bool],
-    ) -> Result<(Vec<(EspSuite, bool)>, Option<DhGroup>), ConfigError> {
+    fn esp_proposals(&self, p: &Spanned<StrList>, esn: &[bool]) -> Result<EspOffer, ConfigError> {
         let list = items(p);
         if list.is_empty() {
             return Err(self.invalid(

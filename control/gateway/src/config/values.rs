@@ -9,31 +9,46 @@ use iketcp_control::ike::wire::{Identity, TrafficSelector, TsRange};
 
 use super::raw::NumOrStr;
 
-/// `"30s"`, `"5m"`, `"4h"`, `"1d"`, `"30"` or an integer: seconds.
+/// `"30s"`, `"5m"`, `"4h"`, `"1d"`, a sum such as `"4h24m"`, `"30"` or an integer: seconds.
 pub(super) fn duration(v: &NumOrStr) -> Result<Duration, String> {
-    let secs = match v {
+    let s = match v {
         NumOrStr::Int(n) => {
-            u64::try_from(*n).map_err(|_| "a duration is not negative".to_owned())?
+            let secs = u64::try_from(*n).map_err(|_| "a duration is not negative".to_owned())?;
+            return Ok(Duration::from_secs(secs));
         }
-        NumOrStr::Str(s) => {
-            let (digits, unit) = split_number(s);
-            let mult: u64 = match unit {
-                "" | "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
-                _ => {
-                    return Err(format!(
-                        "unknown unit {unit:?}: use s, m, h or d (e.g. \"30s\", \"4h\")"
-                    ));
-                }
-            };
-            number(digits)?
-                .checked_mul(mult)
-                .ok_or_else(|| "too long".to_owned())?
-        }
+        NumOrStr::Str(s) => s.as_str(),
     };
-    Ok(Duration::from_secs(secs))
+    let (digits, unit) = split_number(s);
+    if unit.is_empty() {
+        return number(digits).map(Duration::from_secs);
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (digits, after) = split_number(rest);
+        let unit_len = after
+            .bytes()
+            .position(|b| b.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let mult: u64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?}: use s, m, h or d (e.g. \"30s\", \"4h\", \"1h30m\")"
+                ));
+            }
+        };
+        total = number(digits)?
+            .checked_mul(mult)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| "too long".to_owned())?;
+        rest = after;
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// An integer, or a number with `k`, `M`, `G` or `T` (powers of 1024, as strongSwan reads them;
@@ -294,7 +309,7 @@ pub(super) fn ip_identity(a: IpAddr) -> Identity {
 /// Hex digits, in pairs, optionally separated by `:`.
 pub(super) fn hex(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|&b| b != b':').collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".to_owned());
     }
     digits
