@@ -26,6 +26,10 @@
 //!
 //! `docs/examples/` has a commented pair of files for a site-to-site tunnel.
 //!
+//! Keys that take a list also take a single string (`remote_addrs = "%any"`). Durations are
+//! `"30s"`, `"5m"`, `"4h"`, `"1d"`, sums such as `"1h30m"`, or an integer of seconds; sizes and
+//! packet counts are integers or `"10k"`, `"500M"`, `"1G"` (powers of 1024, as strongSwan).
+//!
 //! The TOML is read into raw structs (`raw`) that refuse unknown keys and keep each value's
 //! byte span, then checked into the types below (`validate`).
 
@@ -249,10 +253,11 @@ pub struct TunSection {
     pub mss_clamp: bool,
 }
 
-/// The largest inner packet that fits one 1500-byte outer packet without fragmentation
-/// (RFC 9329 §3, R-3-a: the TUN MTU is chosen so that an ESP packet in its TCP segment fits the
-/// outer path). The ESP packet is framed in TCP, so this only avoids segments that carry one
-/// packet and a sliver of the next.
+/// The default TUN MTU: the largest inner packet whose ESP packet, with its RFC 9329 framing,
+/// fits one 1500-byte outer TCP/IP packet. RFC 9329 §3 (R-3-a) asks to cap encapsulated
+/// messages at the sizes one would use for UDP-encapsulated ESP, and that cap is the tunnel MTU;
+/// this one counts TCP's overhead instead of UDP's, which is larger, so it is within that cap and
+/// an inner packet never costs two outer segments.
 #[must_use]
 pub const fn default_tun_mtu(ipv6_outer: bool) -> u16 {
     let path = 1500; // The outer link's MTU (Ethernet).

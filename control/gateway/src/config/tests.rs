@@ -831,6 +831,27 @@ fn example_files_load() {
     assert_eq!(b.gateway.listen, [IpAddr::from([192, 0, 2, 2])]);
 }
 
+/// The error quoted in docs/examples/README.md is the one the gateway gives.
+#[test]
+fn readme_error_example_is_current() {
+    let d = dir();
+    let file = "site-a-initiator.toml";
+    let text = fs::read_to_string(examples_dir().join(file))
+        .unwrap()
+        .replace(
+            "remote_addrs = [\"192.0.2.2\"]",
+            "remote_addrs = [\"192.0.2.300\"]",
+        );
+    let e = parse(&text, &d.path().join(file)).unwrap_err();
+    let quoted = format!("{file}:{}:{}: {}", e.line, e.column, e.kind);
+    let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = fs::read_to_string(examples_dir().join("README.md")).unwrap();
+    assert!(
+        words(&readme).contains(&format!("`{}`", words(&quoted))),
+        "README.md should quote {quoted:?}"
+    );
+}
+
 /// Every truncation of the examples and many byte mutations: `parse` returns, it never panics.
 #[test]
 fn no_input_panics() {

@@ -20,6 +20,7 @@ use super::{
     values,
 };
 use iketcp_control::ike::wire::MAX_SELECTORS;
+use iketcp_dataplane::sa::replay::{MAX_WINDOW, MIN_WINDOW};
 
 /// Defaults that are not computed.
 const DEFAULT_PORT: u16 = 4500;
@@ -34,8 +35,8 @@ const DEFAULT_CHILD_REKEY_TIME: Duration = Duration::from_secs(3600);
 const DEFAULT_REDIAL_INITIAL: Duration = Duration::from_secs(1);
 const DEFAULT_REDIAL_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_REPLAY_WINDOW: u32 = 128;
-/// The anti-replay windows the data plane implements (RFC 4303 §3.4.3, RFC 6479).
-const REPLAY_WINDOWS: core::ops::RangeInclusive<i64> = 64..=4096;
+/// The anti-replay windows the data plane implements (RFC 4303 §3.4.3, RFC 6479): 64..=4096.
+const REPLAY_WINDOWS: core::ops::RangeInclusive<i64> = MIN_WINDOW as i64..=MAX_WINDOW as i64;
 /// Link MTUs accepted: IPv4's minimum datagram (RFC 791) to jumbo frames; IPv6 needs 1280
 /// (RFC 8200 §5).
 const MTU_MIN: i64 = 576;
