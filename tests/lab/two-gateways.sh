@@ -10,6 +10,7 @@
 #   tests/lab/two-gateways.sh status    # iketcp status of both gateways
 #   tests/lab/two-gateways.sh start gwB # (re)start one gateway
 #   tests/lab/two-gateways.sh stop gwB [SIGNAL]
+#   tests/lab/two-gateways.sh bench     # iperf3 hostA -> hostB, 1 and 4 streams, 10 s, median of 3
 #   tests/lab/two-gateways.sh down      # stop the gateways, delete the namespaces and files
 #
 # Then e.g.: ip netns exec itl-hostA ping 203.0.113.10
@@ -165,6 +166,33 @@ status() {
     for g in gwA gwB; do echo "== $g"; "$BIN" status --socket "$DIR/$g.sock" || true; done
 }
 
+# iperf3 receiver Gbit/s of one run: bench_one NS_CLIENT NS_SERVER ADDR STREAMS SECS
+bench_one() {
+    ns "$2" iperf3 -s -1 -D -I "$DIR/iperf.pid"
+    sleep 0.3
+    ns "$1" iperf3 -c "$3" -P "$4" -t "$5" -J |
+        python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+
+bench() {
+    local secs=${SECS:-10}
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, avx512f: $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)"
+    echo "iketcp: $("$BIN" --version), gwB transport $TRANSPORT_B, $WORKERS worker(s) per gateway"
+    for streams in 1 4; do
+        local runs=()
+        for _ in 1 2 3; do runs+=("$(bench_one $HA $HB 203.0.113.10 "$streams" "$secs")"); done
+        local med
+        med=$(printf '%s\n' "${runs[@]}" | sort -n | sed -n 2p)
+        echo "tunnel  $streams stream(s): median $med Gbit/s (runs ${runs[*]})"
+        if [ "$TRANSPORT_B" = kernel ]; then
+            runs=()
+            for _ in 1 2 3; do runs+=("$(bench_one $GA $GB 192.0.2.2 "$streams" "$secs")"); done
+            med=$(printf '%s\n' "${runs[@]}" | sort -n | sed -n 2p)
+            echo "veth    $streams stream(s): median $med Gbit/s (runs ${runs[*]}) (gwA -> gwB, no tunnel)"
+        fi
+    done
+}
+
 down() {
     stop gwA KILL || true
     stop gwB KILL || true
@@ -178,5 +206,6 @@ case ${1:-} in
     start) start "$2" ;;
     stop) stop "$2" "${3:-TERM}" ;;
     status) status ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    bench) bench ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

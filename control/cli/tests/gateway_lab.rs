@@ -119,7 +119,8 @@ impl Lab {
     fn logs(&self) -> String {
         let mut s = String::new();
         for g in ["gwA", "gwB"] {
-            let log = std::fs::read_to_string(self.dir.join(format!("{g}.log"))).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("{g}.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             s += &format!("--- {g}.log (last lines)\n");
             for l in tail.into_iter().rev() {
@@ -196,7 +197,11 @@ impl Lab {
 
     fn ping_within(&self, from: &str, to: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.exec(from, &["ping", "-c", "1", "-W", "1", to]).status.success() {
+        while !self
+            .exec(from, &["ping", "-c", "1", "-W", "1", to])
+            .status
+            .success()
+        {
             assert!(
                 Instant::now() < deadline,
                 "{from} cannot ping {to}\n{}",
@@ -214,7 +219,14 @@ impl Lab {
         let client = self.spawn(
             "hostA",
             &[
-                "iperf3", "-c", "203.0.113.10", "-t", &secs, "-P", &streams, "-J",
+                "iperf3",
+                "-c",
+                "203.0.113.10",
+                "-t",
+                &secs,
+                "-P",
+                &streams,
+                "-J",
             ],
         );
         during();
@@ -299,23 +311,40 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     assert!(lab.ping("hostA", "203.0.113.10"), "{}", lab.logs());
     assert!(lab.ping("hostB", "198.51.100.10"), "{}", lab.logs());
     let text = lab.ctl("gwA", &["status"]);
-    assert!(text.contains("ESTABLISHED") && text.contains("203.0.113.0/24"), "{text}");
+    assert!(
+        text.contains("ESTABLISHED") && text.contains("203.0.113.0/24"),
+        "{text}"
+    );
 
     println!("[lab {:?}] iperf3", t0.elapsed());
     // iperf3 for 5 s.
     let bps = lab.iperf(5, 1, || {});
-    println!("iperf3 through the tunnel (gwB on {transport_b}): {:.2} Gbit/s", bps / 1e9);
+    println!(
+        "iperf3 through the tunnel (gwB on {transport_b}): {:.2} Gbit/s",
+        bps / 1e9
+    );
     assert!(bps > 0.0);
 
     println!("[lab {:?}] ss -K", t0.elapsed());
     // The outer TCP connection killed under traffic: the Originator reconnects, same IKE SA.
     let bps = lab.iperf(6, 1, || {
         std::thread::sleep(Duration::from_secs(2));
-        let o = lab.exec("gwA", &["ss", "-K", "-t", "dst", "192.0.2.2", "dport", "=", "4500"]);
-        assert!(o.status.success(), "ss -K: {}", String::from_utf8_lossy(&o.stderr));
+        let o = lab.exec(
+            "gwA",
+            &["ss", "-K", "-t", "dst", "192.0.2.2", "dport", "=", "4500"],
+        );
+        assert!(
+            o.status.success(),
+            "ss -K: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     });
     assert!(bps > 0.0);
-    assert_eq!(lab.established(Duration::from_secs(10)), spis, "same IKE SA after the reconnect");
+    assert_eq!(
+        lab.established(Duration::from_secs(10)),
+        spis,
+        "same IKE SA after the reconnect"
+    );
     let s = lab.status("gwA").unwrap();
     assert!(s.to_string().contains("\"tcp_role\":\"originator\""));
     assert!(lab.ping("hostA", "203.0.113.10"), "{}", lab.logs());
@@ -332,7 +361,11 @@ fn two_gateways(name: &str, transport_b: &'static str) {
         if now != spis {
             break;
         }
-        assert!(Instant::now() < deadline, "the old IKE SA never went\n{}", lab.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the old IKE SA never went\n{}",
+            lab.logs()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(20));
@@ -342,7 +375,11 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     let before = lab.established(Duration::from_secs(5));
     let cfg = lab.dir.join("gwA.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("dpd_delay = \"3s\"", "dpd_delay = \"4s\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("dpd_delay = \"3s\"", "dpd_delay = \"4s\""),
+    )
+    .unwrap();
     let out = lab.ctl("gwA", &["reload"]);
     assert!(out.contains("replaced [\"site-b\"]"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -356,11 +393,17 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     // Metrics over HTTP.
     let m = lab.metrics();
     assert!(m.starts_with("HTTP/1.0 200 OK"), "{m}");
-    assert!(metric(&m, "iketcp_ike_sas{connection=\"site-b\"}") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "iketcp_ike_sas{connection=\"site-b\"}") >= 1.0,
+        "{m}"
+    );
     assert!(metric(&m, "iketcp_worker_plain_in_total") > 0.0, "{m}");
     assert!(metric(&m, "iketcp_handshake_seconds_count") >= 1.0, "{m}");
     assert!(m.contains("event=\"tcp_down\""), "{m}");
-    assert!(metric(&m, "iketcp_reloads_total{result=\"ok\"}") == 1.0, "{m}");
+    assert!(
+        metric(&m, "iketcp_reloads_total{result=\"ok\"}") == 1.0,
+        "{m}"
+    );
 
     println!("[lab {:?}] SIGTERM", t0.elapsed());
     // SIGTERM: Deletes go out, routes and device go, exit 0 within 2 s.
@@ -392,7 +435,10 @@ fn two_gateways(name: &str, transport_b: &'static str) {
         if log_b.contains("IKE SA deleted") {
             break;
         }
-        assert!(Instant::now() < deadline, "gwB never saw the Delete\n{log_b}");
+        assert!(
+            Instant::now() < deadline,
+            "gwB never saw the Delete\n{log_b}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let o = lab.exec("gwA", &["ip", "link", "show", "iketcp0"]);

@@ -5,8 +5,8 @@
 
 pub mod config;
 pub mod ctl;
-pub mod metrics;
-pub mod net;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
+pub mod net;
 pub mod status;

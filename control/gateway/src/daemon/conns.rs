@@ -76,17 +76,17 @@ fn worker_of(cfg: &GatewayConfig, c: &ConnectionConfig) -> u16 {
         return 0;
     }
     // FNV-1a of the name.
-    let h = c
-        .name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+    let h = c.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     (h % cfg.gateway.workers.max(1) as u64) as u16
 }
 
 /// The driver endpoint of connection `c`.
-pub(super) fn endpoint(cfg: &GatewayConfig, c: &ConnectionConfig) -> Result<Endpoint, GatewayError> {
+pub(super) fn endpoint(
+    cfg: &GatewayConfig,
+    c: &ConnectionConfig,
+) -> Result<Endpoint, GatewayError> {
     let Auth::Psk(psk) = &c.auth;
     let ike = IkeConfig {
         local_id: c.local_id.clone(),
@@ -311,7 +311,10 @@ impl Daemon {
     }
 
     fn metric(&mut self, name: &str, event: &'static str) {
-        self.metrics.entry(name.to_owned()).or_default().count(event);
+        self.metrics
+            .entry(name.to_owned())
+            .or_default()
+            .count(event);
     }
 
     /// An initiator without a live IKE SA: its endpoint goes, and it starts again after the
@@ -520,6 +523,8 @@ fn failure_kind(f: &Failure) -> &'static str {
 }
 
 fn unknown(name: &str) -> Response {
-    Response::error(ErrorKind::UnknownConnection, format!("no connection {name:?}"))
+    Response::error(
+        ErrorKind::UnknownConnection,
+        format!("no connection {name:?}"),
+    )
 }
-

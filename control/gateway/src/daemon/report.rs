@@ -136,7 +136,9 @@ impl Daemon {
             .conns
             .iter()
             .map(|(name, e)| {
-                let ep = e.endpoint.and_then(|id| endpoints.iter().find(|x| x.id == id));
+                let ep = e
+                    .endpoint
+                    .and_then(|id| endpoints.iter().find(|x| x.id == id));
                 let remote = match ep.map(|x| x.role) {
                     Some(EndpointRole::Originator { remote, .. }) => format!("to {remote}"),
                     Some(EndpointRole::Responder { listen }) => format!("on {listen}"),

@@ -73,7 +73,11 @@ fn cover(mut lo: u128, hi: u128, bits: u32) -> Vec<(u128, u8)> {
     }
     loop {
         // Largest block size 2^k with lo aligned to it and lo + 2^k - 1 <= hi.
-        let align = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
+        let align = if lo == 0 {
+            bits
+        } else {
+            lo.trailing_zeros().min(bits)
+        };
         let mut k = align;
         while k > 0 {
             let last = if k >= 128 {
@@ -158,7 +162,19 @@ mod tests {
             ["203.0.113.0/24"]
         );
         assert_eq!(refused.len(), 1);
-        assert!(Prefix { addr: v4("192.0.2.0"), len: 24 }.contains(v4("192.0.2.200")));
-        assert!(!Prefix { addr: v4("192.0.2.0"), len: 24 }.contains(v4("192.0.3.1")));
+        assert!(
+            Prefix {
+                addr: v4("192.0.2.0"),
+                len: 24
+            }
+            .contains(v4("192.0.2.200"))
+        );
+        assert!(
+            !Prefix {
+                addr: v4("192.0.2.0"),
+                len: 24
+            }
+            .contains(v4("192.0.3.1"))
+        );
     }
 }

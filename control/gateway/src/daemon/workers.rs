@@ -55,11 +55,7 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
         .first()
         .map(|t| t.name().to_owned())
         .unwrap_or_default();
-    let cores = if pin {
-        core_affinity_ids()
-    } else {
-        Vec::new()
-    };
+    let cores = if pin { core_affinity_ids() } else { Vec::new() };
     let wcfg = |i: usize| WorkerConfig {
         core: cores.get(i % cores.len().max(1)).copied().flatten(),
         ..WorkerConfig::default()
@@ -102,8 +98,7 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
                 let stop = Arc::new(AtomicBool::new(false));
                 let j = s.spawn(stop.clone())?;
                 splitter = Some((stop, j));
-                for (i, ((side, tun), port)) in sides.into_iter().zip(tuns).zip(ports).enumerate()
-                {
+                for (i, ((side, tun), port)) in sides.into_iter().zip(tuns).zip(ports).enumerate() {
                     let sc = smol(Some(Steer {
                         index: i as u16,
                         count,
