@@ -39,6 +39,7 @@ log_level = "debug"
 [tun]
 name = "iketcp0"
 addresses = ["198.51.100.1/32"]
+mss_clamp = true
 
 [[connection]]
 name = "site-b"
@@ -78,6 +79,7 @@ CFG
 [tun]
 name = "iketcp0"
 addresses = ["203.0.113.1/32"]
+mss_clamp = true
 
 [[connection]]
 name = "site-a"

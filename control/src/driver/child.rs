@@ -53,11 +53,12 @@ fn sa_params(
     spi: u32,
     child: &ChildSa,
     keymat: &[u8],
-    backend: Backend,
+    (backend, replay_window): (Backend, u32),
 ) -> Result<SaParams, SaError> {
     let km = Keymat::new(child.suite.into(), keymat).map_err(SaError::Crypto)?;
     let mut p = SaParams::new(spi, km, backend);
     p.esn = child.esn;
+    p.replay_window = replay_window;
     p.mode = Mode::Tunnel;
     Ok(p)
 }
@@ -452,11 +453,11 @@ impl Core {
         let endpoint = self.sessions[index].endpoint;
         let ike_sa = index;
         let ep = &self.endpoints[endpoint];
-        let (backend, lifetime) = (ep.backend, ep.lifetime);
-        let built = sa_params(c.spi_in, c, c.keymat_in.expose(), backend)
+        let (sa, lifetime) = ((ep.backend, ep.replay_window), ep.lifetime);
+        let built = sa_params(c.spi_in, c, c.keymat_in.expose(), sa)
             .and_then(|p| InboundSa::new(&p))
             .and_then(|i| {
-                let p = sa_params(c.spi_out, c, c.keymat_out.expose(), backend)?;
+                let p = sa_params(c.spi_out, c, c.keymat_out.expose(), sa)?;
                 let o = OutboundSa::new(&p)?;
                 Ok((i, o))
             });

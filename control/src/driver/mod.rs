@@ -150,6 +150,8 @@ pub struct Endpoint {
     /// When a TCP Responder asks for cookies and puzzles (RFC 7296 §2.6, RFC 8019, RFC 9329
     /// §6.3); endpoints listening on one address share the first one's.
     pub cookies: CookiePolicy,
+    /// Anti-replay window of the inbound ESP SAs, in packets (RFC 4303 §3.4.3).
+    pub replay_window: u32,
 }
 
 /// Timers of an endpoint's sessions.
@@ -192,6 +194,7 @@ impl Endpoint {
             timers: Timers::default(),
             limits: TimeLimits::default(),
             cookies: CookiePolicy::tcp(),
+            replay_window: iketcp_dataplane::sa::replay::DEFAULT_WINDOW,
         }
     }
 }

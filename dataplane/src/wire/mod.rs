@@ -3,3 +3,4 @@
 pub mod esp;
 pub mod frame;
 pub mod ip;
+pub mod mss;

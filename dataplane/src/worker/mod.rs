@@ -19,6 +19,7 @@ use handle::WorkerChannels;
 
 use crate::port::{Packet, PacketPool, Port};
 use crate::transport::{Transport, TransportEvent};
+use crate::wire::mss;
 
 /// Settings of one worker.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct WorkerConfig {
     pub pool_size: usize,
     /// Sleep after this many loops without work (0: never sleep, pure busy polling).
     pub idle_spins: u32,
+    /// Clamp the MSS of inner TCP SYNs, both ways, to what fits this tunnel MTU.
+    pub mss_clamp: Option<u16>,
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +49,7 @@ impl Default for WorkerConfig {
             engine: EngineConfig::default(),
             pool_size: 8192,
             idle_spins: 4096,
+            mss_clamp: None,
         }
     }
 }
@@ -100,6 +104,11 @@ impl<T: Transport, P: Port> Worker<T, P> {
         // Ciphertext in: deframe, decrypt, queue inner packets.
         e.receive(&mut self.transport);
         let (plain_out, pool) = e.plain_out_and_pool();
+        if let Some(mtu) = self.cfg.mss_clamp {
+            for p in plain_out.iter_mut() {
+                mss::clamp(p.data_mut(), mtu);
+            }
+        }
         if !plain_out.is_empty() {
             let n = self.plain.send_burst(pool, plain_out)?;
             stats::bump(&e.stats().plain_out, n as u64);
@@ -108,6 +117,11 @@ impl<T: Transport, P: Port> Worker<T, P> {
         if !e.backpressured() {
             self.plain
                 .recv_burst(e.pool_mut(), &mut self.burst, self.cfg.burst)?;
+            if let Some(mtu) = self.cfg.mss_clamp {
+                for p in &mut self.burst {
+                    mss::clamp(p.data_mut(), mtu);
+                }
+            }
         }
         if !self.burst.is_empty() || e.backpressured() {
             e.send_plain(&mut self.transport, &mut self.burst);

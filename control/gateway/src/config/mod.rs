@@ -326,7 +326,8 @@ pub struct ConnectionConfig {
     /// `esn`: extended sequence numbers offered first (`true`, `"yes"`, `"both"`) or not
     /// (`false`, `"no"`, the default). `esp_proposals` carries the exact offer.
     pub esn: bool,
-    /// `replay_window`: anti-replay window in packets, 64..=4096, or 0 to disable. Default 128.
+    /// `replay_window`: anti-replay window in packets, 64..=4096. Default 1024 (the data
+    /// plane's).
     pub replay_window: u32,
     /// `mode`: only `"tunnel"`.
     pub mode: Mode,

@@ -359,7 +359,7 @@ fn defaults() {
         (a.rekey_bytes, a.life_bytes, a.rekey_packets, a.life_packets),
         (None, None, None, None)
     );
-    assert_eq!(a.replay_window, 128);
+    assert_eq!(a.replay_window, 1024);
     assert_eq!(a.mode, Mode::Tunnel);
 
     // An empty gateway is fine (connections come with a reload).
@@ -654,7 +654,13 @@ fn other_invalid_values() {
         &format!("{BASE}replay_window = 32\n"),
         9,
         17,
-        "0 (off) or 64..=4096",
+        "use 64..=4096 packets",
+    );
+    parse_err(
+        &format!("{BASE}replay_window = 0\n"),
+        9,
+        17,
+        "use 64..=4096 packets",
     );
     parse_err(
         &format!("{BASE}auth = \"pubkey\"\n"),

@@ -34,7 +34,7 @@ const DEFAULT_REKEY_TIME: Duration = Duration::from_secs(4 * 3600);
 const DEFAULT_CHILD_REKEY_TIME: Duration = Duration::from_secs(3600);
 const DEFAULT_REDIAL_INITIAL: Duration = Duration::from_secs(1);
 const DEFAULT_REDIAL_MAX: Duration = Duration::from_secs(60);
-const DEFAULT_REPLAY_WINDOW: u32 = 128;
+const DEFAULT_REPLAY_WINDOW: u32 = iketcp_dataplane::sa::replay::DEFAULT_WINDOW;
 /// The anti-replay windows the data plane implements (RFC 4303 §3.4.3, RFC 6479): 64..=4096.
 const REPLAY_WINDOWS: core::ops::RangeInclusive<i64> = MIN_WINDOW as i64..=MAX_WINDOW as i64;
 /// Link MTUs accepted: IPv4's minimum datagram (RFC 791) to jumbo frames; IPv6 needs 1280
@@ -666,12 +666,11 @@ impl Validator<'_> {
         )?;
         let replay_window = match &c.replay_window {
             None => DEFAULT_REPLAY_WINDOW,
-            Some(w) if *w.get_ref() == 0 => 0,
             Some(w) if !REPLAY_WINDOWS.contains(w.get_ref()) => {
                 return Err(self.invalid(
                     &w.span(),
                     format!(
-                        "replay_window = {}: use 0 (off) or 64..=4096 packets",
+                        "replay_window = {}: use 64..=4096 packets (the data plane always checks replays)",
                         w.get_ref()
                     ),
                 ));

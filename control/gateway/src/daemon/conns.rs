@@ -134,6 +134,7 @@ pub(super) fn endpoint(
         ike_hard: Some(c.life_time),
         pfs: c.pfs,
     };
+    ep.replay_window = c.replay_window;
     ep.lifetime = Lifetime {
         soft_packets: c.rekey_packets.unwrap_or(u64::MAX),
         hard_packets: c.life_packets.unwrap_or(u64::MAX),

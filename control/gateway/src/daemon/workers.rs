@@ -58,6 +58,7 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
     let cores = if pin { core_affinity_ids() } else { Vec::new() };
     let wcfg = |i: usize| WorkerConfig {
         core: cores.get(i % cores.len().max(1)).copied().flatten(),
+        mss_clamp: cfg.tun.mss_clamp.then_some(cfg.tun.mtu),
         ..WorkerConfig::default()
     };
     let mut joins = Vec::with_capacity(n);
