@@ -157,7 +157,7 @@ pub struct GatewaySection {
     /// `keylog_dir`: where to write Wireshark key tables (relative to the file's directory).
     /// Off by default.
     pub keylog_dir: Option<PathBuf>,
-    /// How an initiator redials a lost TCP connection.
+    /// How a `start = "initiate"` connection whose IKE SA ended is started again.
     pub redial: RedialPolicy,
 }
 
