@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::directory::SpiDirectory;
+use super::forward::Mesh;
 use super::spd::Selectors;
 use super::stats::{StatsSnapshot, WorkerStats};
 use crate::sa::{InboundSa, OutboundSa};
@@ -404,8 +405,8 @@ pub enum Event {
     Stats {
         /// Worker index.
         worker: u16,
-        /// The counters.
-        stats: StatsSnapshot,
+        /// The counters (boxed: they would make every event as large as this one).
+        stats: Box<StatsSnapshot>,
         /// IKE SAs whose Child SAs received authentic ESP since the last report (liveness).
         inbound_esp: Vec<IkeSaId>,
     },
@@ -460,6 +461,9 @@ pub struct WorkerChannels {
     pub stats: Arc<WorkerStats>,
     /// Which worker holds each inbound SPI (shared by all workers).
     pub directory: SpiDirectory,
+    /// Its links to the other workers: plaintext inboxes and outbound policy updates (see
+    /// [`forward`](super::forward)).
+    pub mesh: Mesh,
 }
 
 /// Creates the channels for `workers` workers.
@@ -475,7 +479,7 @@ pub fn channels_with(workers: u16, events: usize) -> (DataplaneHandle, Vec<Worke
     let mut stats = Vec::new();
     let mut sides = Vec::new();
     let directory = SpiDirectory::default();
-    for index in 0..workers {
+    for (index, mesh) in (0..workers).zip(Mesh::create(workers)) {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let st = Arc::new(WorkerStats::default());
         commands.push(tx);
@@ -486,6 +490,7 @@ pub fn channels_with(workers: u16, events: usize) -> (DataplaneHandle, Vec<Worke
             events: ev_tx.clone(),
             stats: st,
             directory: directory.clone(),
+            mesh,
         });
     }
     (
