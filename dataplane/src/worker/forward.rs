@@ -11,11 +11,18 @@
 //! packet path stays each worker's own (no lock, no shared line). A worker drains its updates
 //! with its commands, once per loop.
 //!
+//! Forwarding stays within a gateway: the workers serving one plaintext side (the queues of one
+//! multi-queue TUN). One data plane may host several gateways (two ends of a tunnel in a test
+//! or the demo), whose policies overlap without meaning the same traffic, so the workers are
+//! grouped at creation ([`gateway_channels`](super::handle::gateway_channels)); plain
+//! [`channels`](super::handle::channels) makes every worker a gateway of its own, as before.
+//!
 //! Each inbox is a bounded lock-free ring; a full ring drops (`fwd_dropped`), never blocks. A
 //! flow hashes to one TUN queue and the ring is FIFO, so one flow's packets stay in order. Empty
 //! buffers travel back on a small second ring, so a steady stream from worker k to worker j
 //! does not allocate on k and free on j for every packet.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
@@ -53,6 +60,8 @@ struct Inbox {
 #[derive(Debug)]
 pub struct Mesh {
     index: u16,
+    /// The other workers of this worker's gateway: the only ones it tells or forwards to.
+    peers: Vec<u16>,
     inboxes: Arc<[Inbox]>,
     /// Update channel of each worker, by index (this worker's own is never used to send).
     updates: Arc<[Sender<PolicyUpdate>]>,
@@ -60,12 +69,27 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// The meshes of `workers` workers, by index.
-    pub(crate) fn create(workers: u16) -> Vec<Mesh> {
-        let inboxes: Arc<[Inbox]> = (0..workers)
-            .map(|_| Inbox {
-                packets: ArrayQueue::new(INBOX_SLOTS),
-                spare: ArrayQueue::new(SPARE_SLOTS),
+    /// The meshes of the workers of `gateways` (how many consecutive workers each has), by
+    /// worker index; at most `u16::MAX` workers in all.
+    pub(crate) fn create(gateways: &[u16]) -> Vec<Mesh> {
+        // Each worker's gateway, as the range of its workers' indices.
+        let mut gateway_of: Vec<Range<u16>> = Vec::new();
+        let mut start = 0u16;
+        for &n in gateways {
+            let end = start.saturating_add(n);
+            gateway_of.extend((start..end).map(|_| start..end));
+            start = end;
+        }
+        let workers = start;
+        // A worker alone in its gateway is never forwarded to: no slots to reserve.
+        let inboxes: Arc<[Inbox]> = gateway_of
+            .iter()
+            .map(|g| {
+                let slots = |full| if g.len() > 1 { full } else { 1 };
+                Inbox {
+                    packets: ArrayQueue::new(slots(INBOX_SLOTS)),
+                    spare: ArrayQueue::new(slots(SPARE_SLOTS)),
+                }
             })
             .collect();
         // Unbounded, yet bounded by what caused them: one update per other worker for each
@@ -76,19 +100,24 @@ impl Mesh {
         let updates: Arc<[Sender<PolicyUpdate>]> = txs.into();
         rxs.into_iter()
             .zip(0..workers)
-            .map(|(received, index)| Mesh {
-                index,
-                inboxes: inboxes.clone(),
-                updates: updates.clone(),
-                received,
+            .zip(gateway_of)
+            .map(|((received, index), gateway)| {
+                let peers = gateway.filter(|&w| w != index).collect();
+                Mesh {
+                    index,
+                    peers,
+                    inboxes: inboxes.clone(),
+                    updates: updates.clone(),
+                    received,
+                }
             })
             .collect()
     }
 
-    /// Sends `make()` to every other worker.
+    /// Sends `make()` to the other workers of this worker's gateway.
     pub(crate) fn announce(&self, make: impl Fn() -> PolicyUpdate) {
-        for (i, tx) in self.updates.iter().enumerate() {
-            if i != usize::from(self.index) {
+        for &w in &self.peers {
+            if let Some(tx) = self.updates.get(usize::from(w)) {
                 // A worker that has stopped needs no policies.
                 let _ = tx.send(make());
             }
@@ -101,9 +130,14 @@ impl Mesh {
     }
 
     /// Puts `p` into worker `to`'s inbox. Gives back an empty buffer from there if one waits
-    /// (`Ok`), or `p` itself if the inbox is full or there is no such worker (`Err`).
+    /// (`Ok`), or `p` itself if the inbox is full or `to` is not of this gateway (`Err`).
     pub(crate) fn forward(&self, to: u16, p: Packet) -> Result<Option<Packet>, Packet> {
-        let Some(inbox) = self.inboxes.get(usize::from(to)) else {
+        let Some(inbox) = self
+            .peers
+            .contains(&to)
+            .then(|| self.inboxes.get(usize::from(to)))
+            .flatten()
+        else {
             return Err(p);
         };
         inbox.packets.push(p)?;
@@ -138,7 +172,7 @@ mod tests {
 
     #[test]
     fn inboxes_are_bounded_fifo_and_updates_skip_the_sender() {
-        let m = Mesh::create(3);
+        let m = Mesh::create(&[3]);
         let pkt = |n: u8| {
             let mut p = Packet::with_size(256);
             assert!(p.fill_from(&[n]));
@@ -166,5 +200,19 @@ mod tests {
         ));
         assert!(m[2].next_update().is_some());
         assert!(m[1].next_update().is_none(), "not to itself");
+    }
+
+    #[test]
+    fn gateways_keep_to_themselves() {
+        let m = Mesh::create(&[2, 1, 2]);
+        assert_eq!(m.len(), 5);
+        let peers: Vec<Vec<u16>> = m.iter().map(|m| m.peers.clone()).collect();
+        assert_eq!(peers, vec![vec![1], vec![0], vec![], vec![4], vec![3]]);
+        m[3].announce(|| PolicyUpdate::Remove { owner: 3, spi: 1 });
+        assert!(m[4].next_update().is_some());
+        assert!((0..3).all(|w| m[w].next_update().is_none()));
+        // Not across gateways, even by mistake.
+        assert!(m[0].forward(3, Packet::with_size(256)).is_err());
+        assert!(m[0].forward(1, Packet::with_size(256)).is_ok());
     }
 }

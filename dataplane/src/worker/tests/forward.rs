@@ -8,7 +8,7 @@ use super::*;
 use crate::port::Port;
 use crate::port::mem::{MemConfig, pair};
 use crate::worker::forward::INBOX_SLOTS;
-use crate::worker::handle::WorkerChannels;
+use crate::worker::handle::{EVENT_QUEUE, WorkerChannels, gateway_channels};
 use crate::worker::stats::StatsSnapshot;
 use crate::worker::{Worker, WorkerConfig};
 
@@ -38,7 +38,13 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
-        let (handle, sides) = channels(2);
+        Self::with(gateway_channels(&[2], EVENT_QUEUE))
+    }
+    /// Two workers that are gateways of their own (plain `channels`).
+    fn apart() -> Self {
+        Self::with(channels(2))
+    }
+    fn with((handle, sides): (DataplaneHandle, Vec<WorkerChannels>)) -> Self {
         let engines = sides
             .into_iter()
             .map(|ch| Engine::new(ch, EngineConfig::default(), PacketPool::new(4096, 64)))
@@ -165,6 +171,22 @@ fn plaintext_for_another_workers_sa_leaves_encrypted_on_its_connection() {
 }
 
 #[test]
+fn workers_of_different_gateways_never_forward() {
+    // Two ends of a tunnel in one data plane (as the tests and the demo run them): the same
+    // selectors on both mean different traffic.
+    let mut p = Pair::apart();
+    let c = p.conn(1);
+    p.install(1, SPI_OUT);
+    p.step(0);
+    p.plain(0, 1);
+    let s0 = p.stats(0);
+    assert_eq!((s0.plain_in, s0.fwd_out, s0.no_sa), (1, 0, 1));
+    assert!(!p.engines[1].forwarded_waiting());
+    p.drain(1);
+    assert!(p.sent(1, c).is_empty());
+}
+
+#[test]
 fn a_full_inbox_drops_and_counts_without_blocking() {
     let (mut p, c) = sa_on_worker_1();
     let extra = 5;
@@ -266,7 +288,7 @@ fn a_forwarded_packet_is_never_forwarded_again() {
 
 #[test]
 fn worker_loop_drains_its_inbox() {
-    let (handle, sides) = channels(2);
+    let (handle, sides) = gateway_channels(&[2], EVENT_QUEUE);
     let mut ports = Vec::new();
     let mut workers: Vec<Worker<FakeTransport, _>> = sides
         .into_iter()
