@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::directory::SpiDirectory;
+use super::forward::{Mesh, PolicyUpdate};
 use super::handle::{
     Command, CommandError, Conn, Direction, Event, ExpiryCause, IkeBytes, IkeSaId, Lifetime,
     RemovedSa, SaCounter, VerifyFailure, WorkerChannels,
@@ -34,6 +35,18 @@ const FOREIGN_REPORT_EVERY: u32 = 64;
 const FLUSH_BURST: usize = 64;
 /// Received bytes deframed per transport call.
 const RECV_CHUNK: usize = 64 * 1024;
+/// Packets taken from the inbox (other workers' plaintext) per `send_plain`: more than one
+/// worker's plaintext burst, so an inbox fed by a few workers keeps up.
+const INBOX_BURST: usize = 256;
+
+/// Where the SPD sends a packet: an outbound SA of this worker, or one of another worker (the
+/// packet goes to that worker's inbox, see [`forward`](super::forward)). Outbound SPIs are the
+/// peers' choice, unique only per worker, so a remote policy is named by worker and SPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Route {
+    Local(u32),
+    Forward { worker: u16, spi: u32 },
+}
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -166,6 +179,8 @@ struct Group {
 enum Encap<'a> {
     /// The target connection's queue is full; the packet is untouched.
     Full(ConnId),
+    /// The SA is on that worker; the packet is untouched.
+    Forward(u16),
     /// Dropped; bump this counter.
     Drop(Option<&'a std::sync::atomic::AtomicU64>),
 }
@@ -182,7 +197,8 @@ pub struct Engine {
     conns: FastMap<ConnId, ConnState>,
     inbound: FastMap<u32, InEntry>,
     outbound: FastMap<u32, OutEntry>,
-    spd: Spd<u32>,
+    spd: Spd<Route>,
+    mesh: Mesh,
     groups: FastMap<IkeSaId, Group>,
     connect_tokens: FastMap<ConnId, u64>,
     /// Addresses listened on: a second `Listen` of one (an endpoint removed and added again,
@@ -192,8 +208,9 @@ pub struct Engine {
     pub(crate) plain_out: VecDeque<Packet>,
     /// Buffers of this worker.
     pub(crate) pool: PacketPool,
-    /// Plaintext packets read but not yet sent because a connection queue was full.
-    held: VecDeque<Packet>,
+    /// Plaintext packets read but not yet sent because a connection queue was full, each with
+    /// whether another worker forwarded it.
+    held: VecDeque<(Packet, bool)>,
     frames: Vec<FrameRef>,
     readable: Vec<ConnId>,
     to_close: Vec<(ConnId, bool)>,
@@ -256,6 +273,7 @@ impl Engine {
             inbound: FastMap::default(),
             outbound: FastMap::default(),
             spd: Spd::default(),
+            mesh: ch.mesh,
             groups: FastMap::default(),
             connect_tokens: FastMap::default(),
             listening: Vec::new(),
@@ -340,7 +358,7 @@ impl Engine {
         }
         let ev = Event::Stats {
             worker: self.index,
-            stats: self.stats.snapshot(),
+            stats: Box::new(self.stats.snapshot()),
             inbound_esp,
         };
         // Dropped when control lags; the liveness marks then wait for the next report.
@@ -356,6 +374,7 @@ impl Engine {
     /// Applies every queued command. Returns false on `Shutdown`.
     pub fn handle_commands<T: Transport>(&mut self, t: &mut T) -> bool {
         self.flush_events();
+        self.apply_policy_updates();
         while let Ok(cmd) = self.commands.try_recv() {
             bump(&self.stats.commands, 1);
             if !self.apply(t, cmd) {
@@ -363,6 +382,26 @@ impl Engine {
             }
         }
         true
+    }
+
+    /// Other workers' outbound SAs come and go in this worker's SPD as forward entries, in the
+    /// order their owners changed them; the newest in front, as for local SAs.
+    fn apply_policy_updates(&mut self) {
+        while let Some(u) = self.mesh.next_update() {
+            match u {
+                PolicyUpdate::Install {
+                    owner,
+                    spi,
+                    selectors,
+                } => {
+                    let route = Route::Forward { worker: owner, spi };
+                    self.spd.insert_front(selectors, route);
+                }
+                PolicyUpdate::Remove { owner, spi } => {
+                    self.spd.remove(Route::Forward { worker: owner, spi });
+                }
+            }
+        }
     }
 
     fn apply<T: Transport>(&mut self, t: &mut T, cmd: Command) -> bool {
@@ -460,8 +499,15 @@ impl Engine {
                         dead: false,
                     },
                 );
+                // The other workers forward what matches to this one.
+                let owner = self.index;
+                self.mesh.announce(|| PolicyUpdate::Install {
+                    owner,
+                    spi,
+                    selectors: selectors.clone(),
+                });
                 // The newest SA for these selectors wins (rekey: RFC 7296 §2.8).
-                self.spd.insert_front(selectors, spi);
+                self.spd.insert_front(selectors, Route::Local(spi));
                 self.ack(ack, Ok(()));
             }
             Command::BindIkeSa { ike_sa, conn } => {
@@ -484,10 +530,13 @@ impl Engine {
                         self.inbound.remove(&spi).map(|e| RemovedSa::Inbound(e.sa))
                     }
                     Direction::Outbound => {
-                        self.spd.remove(spi);
-                        self.outbound
-                            .remove(&spi)
-                            .map(|e| RemovedSa::Outbound(e.sa))
+                        self.spd.remove(Route::Local(spi));
+                        let removed = self.outbound.remove(&spi);
+                        if removed.is_some() {
+                            let owner = self.index;
+                            self.mesh.announce(|| PolicyUpdate::Remove { owner, spi });
+                        }
+                        removed.map(|e| RemovedSa::Outbound(e.sa))
                     }
                 };
                 match removed {
@@ -911,14 +960,19 @@ impl Engine {
         }
     }
 
-    /// Encapsulates plaintext packets (SPD → SA → ESP → frame) into their connections' queues.
-    /// Packets that do not fit a full queue are held; call [`backpressured`](Self::backpressured).
+    /// Encapsulates plaintext packets (SPD → SA → ESP → frame) into their connections' queues:
+    /// those held back before, then those other workers forwarded here (unless still held
+    /// back), then `burst`. Packets for another worker's SA go to its inbox. Packets that do
+    /// not fit a full queue are held; call [`backpressured`](Self::backpressured).
     pub fn send_plain<T: Transport>(&mut self, t: &mut T, burst: &mut Vec<Packet>) {
         let mut pending = std::mem::take(&mut self.held);
-        pending.extend(burst.drain(..));
+        if pending.is_empty() {
+            self.take_forwarded(&mut pending);
+        }
+        pending.extend(burst.drain(..).map(|p| (p, false)));
         let mut touched: Vec<ConnId> = Vec::new();
-        while let Some(mut p) = pending.pop_front() {
-            match self.encap_one(&mut p) {
+        while let Some((mut p, forwarded)) = pending.pop_front() {
+            match self.encap_one(&mut p, forwarded) {
                 Ok(conn) => {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         self.pool.put(p);
@@ -936,12 +990,13 @@ impl Engine {
                     // IKE messages always find room behind it.
                     self.flush_conn(t, conn);
                     if self.queue_full(conn) {
-                        pending.push_front(p);
+                        pending.push_front((p, forwarded));
                         self.held = pending;
                         break;
                     }
-                    pending.push_front(p);
+                    pending.push_front((p, forwarded));
                 }
+                Err(Encap::Forward(worker)) => self.forward(worker, p),
                 Err(Encap::Drop(counter)) => {
                     if let Some(c) = counter {
                         bump(c, 1);
@@ -955,6 +1010,44 @@ impl Engine {
         }
     }
 
+    /// Moves up to [`INBOX_BURST`] packets from the inbox to `pending`, and offers as many
+    /// spare buffers back to the workers that forward here.
+    fn take_forwarded(&mut self, pending: &mut VecDeque<(Packet, bool)>) {
+        for _ in 0..INBOX_BURST {
+            let Some(p) = self.mesh.take_forwarded() else {
+                break;
+            };
+            bump(&self.stats.fwd_in, 1);
+            pending.push_back((p, true));
+            if let Some(spare) = self.pool.take_spare()
+                && let Err(spare) = self.mesh.give_spare(spare)
+            {
+                self.pool.put(spare);
+            }
+        }
+    }
+
+    /// Passes a packet to the worker holding its SA; a full inbox drops it (never blocks).
+    fn forward(&mut self, worker: u16, p: Packet) {
+        match self.mesh.forward(worker, p) {
+            Ok(spare) => {
+                bump(&self.stats.fwd_out, 1);
+                if let Some(spare) = spare {
+                    self.pool.put(spare);
+                }
+            }
+            Err(p) => {
+                bump(&self.stats.fwd_dropped, 1);
+                self.pool.put(p);
+            }
+        }
+    }
+
+    /// Packets other workers forwarded here wait (`send_plain` takes them).
+    pub fn forwarded_waiting(&self) -> bool {
+        self.mesh.inbox_len() > 0
+    }
+
     fn queue_full(&self, conn: ConnId) -> bool {
         self.conns
             .get(&conn)
@@ -963,28 +1056,44 @@ impl Engine {
 
     /// SPD lookup and ESP encapsulation of one packet, in place, turned into an RFC 9329 frame.
     /// Returns the connection to send it on; `Full` (packet untouched) if that connection's queue
-    /// is full; or the counter to bump for a dropped packet.
-    fn encap_one(&mut self, p: &mut Packet) -> Result<ConnId, Encap<'_>> {
+    /// is full; `Forward` (untouched) if another worker holds its SA; or the counter to bump for
+    /// a dropped packet. A packet `forwarded` here was counted in `fwd_in`, not `plain_in`.
+    fn encap_one(&mut self, p: &mut Packet, forwarded: bool) -> Result<ConnId, Encap<'_>> {
+        let count_in = |stats: &WorkerStats| {
+            if !forwarded {
+                bump(&stats.plain_in, 1);
+            }
+        };
         let Some(key) = FlowKey::parse(p.data()) else {
-            bump(&self.stats.plain_in, 1);
+            count_in(&self.stats);
             return Err(Encap::Drop(Some(&self.stats.encap_errors)));
         };
-        let route = self.spd.lookup(&key).and_then(|spi| {
+        let spi = match self.spd.lookup(&key) {
+            Some(Route::Local(spi)) => Some(spi),
+            Some(Route::Forward { worker, .. }) if !forwarded => {
+                count_in(&self.stats);
+                return Err(Encap::Forward(worker));
+            }
+            // A forwarded packet is never passed on again: while two workers' views of each
+            // other's SAs differ (an SA moving between them) it would bounce. It has no SA here.
+            Some(Route::Forward { .. }) | None => None,
+        };
+        let route = spi.and_then(|spi| {
             let e = self.outbound.get(&spi).filter(|e| !e.dead)?;
             Some((spi, self.groups.get(&e.ike_sa).and_then(|g| g.active)))
         });
         let Some((spi, conn)) = route else {
-            bump(&self.stats.plain_in, 1);
+            count_in(&self.stats);
             return Err(Encap::Drop(Some(&self.stats.no_sa)));
         };
         let Some(conn) = conn else {
-            bump(&self.stats.plain_in, 1);
+            count_in(&self.stats);
             return Err(Encap::Drop(Some(&self.stats.no_connection)));
         };
         if self.queue_full(conn) {
             return Err(Encap::Full(conn));
         }
-        bump(&self.stats.plain_in, 1);
+        count_in(&self.stats);
         let Some(e) = self.outbound.get_mut(&spi) else {
             return Err(Encap::Drop(Some(&self.stats.no_sa)));
         };

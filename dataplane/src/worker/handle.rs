@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::directory::SpiDirectory;
+use super::forward::Mesh;
 use super::spd::Selectors;
 use super::stats::{StatsSnapshot, WorkerStats};
 use crate::sa::{InboundSa, OutboundSa};
@@ -404,8 +405,8 @@ pub enum Event {
     Stats {
         /// Worker index.
         worker: u16,
-        /// The counters.
-        stats: StatsSnapshot,
+        /// The counters (boxed: they would make every event as large as this one).
+        stats: Box<StatsSnapshot>,
         /// IKE SAs whose Child SAs received authentic ESP since the last report (liveness).
         inbound_esp: Vec<IkeSaId>,
     },
@@ -460,9 +461,13 @@ pub struct WorkerChannels {
     pub stats: Arc<WorkerStats>,
     /// Which worker holds each inbound SPI (shared by all workers).
     pub directory: SpiDirectory,
+    /// Its links to the other workers: plaintext inboxes and outbound policy updates (see
+    /// [`forward`](super::forward)).
+    pub mesh: Mesh,
 }
 
-/// Creates the channels for `workers` workers.
+/// Creates the channels for `workers` workers, each a gateway of its own: none forwards
+/// plaintext to another (see [`gateway_channels`]).
 pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
     channels_with(workers, EVENT_QUEUE)
 }
@@ -470,12 +475,21 @@ pub fn channels(workers: u16) -> (DataplaneHandle, Vec<WorkerChannels>) {
 /// As [`channels`], with an event channel of `events` slots (at least 1). Reliable events
 /// that find it full wait in their worker (see [`Event`]).
 pub fn channels_with(workers: u16, events: usize) -> (DataplaneHandle, Vec<WorkerChannels>) {
+    gateway_channels(&vec![1; usize::from(workers)], events)
+}
+
+/// Creates the channels of one or more gateways: `gateways[g]` consecutive workers for gateway
+/// `g` (at most `u16::MAX` in all), with an event channel of `events` slots. The workers of a
+/// gateway serve one plaintext side (the queues of one multi-queue TUN), so each passes
+/// plaintext for another's outbound SA to that worker (see [`forward`](super::forward));
+/// workers of different gateways never do, even where their selectors overlap.
+pub fn gateway_channels(gateways: &[u16], events: usize) -> (DataplaneHandle, Vec<WorkerChannels>) {
     let (ev_tx, ev_rx) = crossbeam_channel::bounded(events.max(1));
     let mut commands = Vec::new();
     let mut stats = Vec::new();
     let mut sides = Vec::new();
     let directory = SpiDirectory::default();
-    for index in 0..workers {
+    for (index, mesh) in (0..).zip(Mesh::create(gateways)) {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let st = Arc::new(WorkerStats::default());
         commands.push(tx);
@@ -486,6 +500,7 @@ pub fn channels_with(workers: u16, events: usize) -> (DataplaneHandle, Vec<Worke
             events: ev_tx.clone(),
             stats: st,
             directory: directory.clone(),
+            mesh,
         });
     }
     (

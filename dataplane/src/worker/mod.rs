@@ -1,8 +1,10 @@
 //! Workers: one thread per core, pinned, each owning its TCP connections, their SAs, sequence
-//! numbers and replay windows. Nothing on the packet path is shared or locked.
+//! numbers and replay windows. Nothing on the packet path is locked; the one thing workers share
+//! there is each other's lock-free inbox of forwarded plaintext (see [`forward`]).
 
 pub mod directory;
 pub mod engine;
+pub mod forward;
 pub mod handle;
 pub mod spd;
 pub mod stats;
@@ -123,7 +125,8 @@ impl<T: Transport, P: Port> Worker<T, P> {
                 }
             }
         }
-        if !self.burst.is_empty() || e.backpressured() {
+        // Other workers' plaintext for this worker's SAs waits in its inbox (see `forward`).
+        if !self.burst.is_empty() || e.backpressured() || e.forwarded_waiting() {
             e.send_plain(&mut self.transport, &mut self.burst);
         }
         e.flush(&mut self.transport);

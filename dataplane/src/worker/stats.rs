@@ -81,6 +81,12 @@ counters! {
     encap_errors,
     /// Inner packets dropped because the connection's queue was full.
     queue_full,
+    /// Inner packets passed to the worker holding their outbound SA (see `worker::forward`).
+    fwd_out,
+    /// Inner packets taken from this worker's inbox (forwarded by another worker).
+    fwd_in,
+    /// Inner packets for another worker's SA dropped because its inbox was full.
+    fwd_dropped,
     /// Connections closed for corruption (RFC 9329 §6.1).
     closed_corrupt,
     /// Connections closed for a fatal stream error (bad prefix, Length 0/1).
@@ -118,6 +124,7 @@ impl WorkerStats {
     pub fn activity(&self) -> u64 {
         [
             &self.plain_in,
+            &self.fwd_in,
             &self.esp_in,
             &self.esp_out,
             &self.ike_in,

@@ -20,6 +20,8 @@ use crate::wire::frame::{
     FrameDecoder, FrameKind, FrameRef, STREAM_PREFIX, TcpRole as Role, encode_esp, encode_ike,
 };
 
+mod forward;
+
 #[derive(Default)]
 struct FakeConn {
     /// Bytes the engine will read.

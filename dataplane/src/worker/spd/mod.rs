@@ -1,7 +1,15 @@
 //! Security Policy Database of a worker: traffic selectors → outbound SA (RFC 4301 §4.4.1, with
 //! IKEv2 traffic-selector ranges, RFC 7296 §3.13.1).
 
+#[cfg(test)]
+mod tests;
+mod trie;
+
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
+
+use trie::{Prefix, Trie};
 
 /// One IKEv2 traffic selector: an address range, a protocol (0 = any) and a port range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,111 +179,163 @@ impl Selectors {
     }
 }
 
-/// Ordered policy entries; the first match wins. Per-packet cost is linear in the number of
-/// outbound SAs of the worker (no cache, no index yet).
-#[derive(Debug, Default)]
-pub struct Spd<K: Copy + PartialEq> {
-    entries: Vec<(Selectors, K)>,
+/// Ordered policy entries; the first match wins (RFC 4301 §4.4.1: the SPD is ordered). Indexed
+/// by the destination address (the peer's side, where the selectors of different SAs differ):
+/// a lookup walks the prefixes containing the packet's destination in a [`trie::Trie`] per
+/// family and checks only the entries found there, in policy order, against the full
+/// selectors. Entries whose remote side covers everything (`0.0.0.0/0`) sit at the root and are
+/// checked for every packet of their family.
+#[derive(Debug)]
+pub struct Spd<K: Copy + Eq + Hash> {
+    /// Slots by entry id; `None` once removed (the id is reused).
+    entries: Vec<Option<Entry<K>>>,
+    free: Vec<u32>,
+    by_key: HashMap<K, Vec<u32>>,
+    v4: Trie,
+    v6: Trie,
+    /// Rank of the next `insert_front` (decreasing) and `push` (increasing): lower ranks come
+    /// first, so ranks order entries exactly as the list they replace.
+    front: i64,
+    back: i64,
 }
 
-impl<K: Copy + PartialEq> Spd<K> {
+#[derive(Debug)]
+struct Entry<K> {
+    sel: Selectors,
+    key: K,
+}
+
+impl<K: Copy + Eq + Hash> Default for Spd<K> {
+    fn default() -> Self {
+        Spd {
+            entries: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            v4: Trie::default(),
+            v6: Trie::default(),
+            front: -1,
+            back: 0,
+        }
+    }
+}
+
+/// The prefixes covering the remote ranges of `sel`, per family, deduplicated.
+fn remote_prefixes(sel: &Selectors) -> (Vec<Prefix>, Vec<Prefix>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for t in &sel.remote {
+        match (t.start, t.end) {
+            (IpAddr::V4(s), IpAddr::V4(e)) => {
+                trie::cover(u32::from(s).into(), u32::from(e).into(), 32, &mut v4);
+            }
+            (IpAddr::V6(s), IpAddr::V6(e)) => {
+                trie::cover(u128::from(s), u128::from(e), 128, &mut v6);
+            }
+            // Mixed families match nothing (`TrafficSelector::contains`).
+            _ => {}
+        }
+    }
+    for v in [&mut v4, &mut v6] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (v4, v6)
+}
+
+impl<K: Copy + Eq + Hash> Spd<K> {
     /// Appends a policy; newer entries for the same selectors shadow nothing (first match wins),
     /// so rekeyed SAs are inserted in front with [`Spd::insert_front`].
     pub fn push(&mut self, sel: Selectors, key: K) {
-        self.entries.push((sel, key));
+        let rank = self.back;
+        self.back += 1;
+        self.add(sel, key, rank);
     }
 
     /// Inserts a policy that takes precedence over existing ones (the new SA of a rekey).
     pub fn insert_front(&mut self, sel: Selectors, key: K) {
-        self.entries.insert(0, (sel, key));
+        let rank = self.front;
+        self.front -= 1;
+        self.add(sel, key, rank);
+    }
+
+    fn add(&mut self, sel: Selectors, key: K, rank: i64) {
+        let (v4, v6) = remote_prefixes(&sel);
+        let entry = Entry { sel, key };
+        let id = match self.free.pop() {
+            Some(id) => {
+                if let Some(slot) = self.entries.get_mut(id as usize) {
+                    *slot = Some(entry);
+                }
+                id
+            }
+            None => {
+                self.entries.push(Some(entry));
+                (self.entries.len() - 1) as u32
+            }
+        };
+        for p in v4 {
+            self.v4.insert(p, rank, id);
+        }
+        for p in v6 {
+            self.v6.insert(p, rank, id);
+        }
+        self.by_key.entry(key).or_default().push(id);
     }
 
     /// Removes every policy pointing at `key`.
     pub fn remove(&mut self, key: K) {
-        self.entries.retain(|(_, k)| *k != key);
+        for id in self.by_key.remove(&key).unwrap_or_default() {
+            let Some(e) = self.entries.get_mut(id as usize).and_then(Option::take) else {
+                continue;
+            };
+            let (v4, v6) = remote_prefixes(&e.sel);
+            for p in v4 {
+                self.v4.remove(p, id);
+            }
+            for p in v6 {
+                self.v6.remove(p, id);
+            }
+            self.free.push(id);
+        }
     }
 
-    /// First SA whose selectors match.
+    /// First policy (in order) whose selectors match.
     #[inline]
     pub fn lookup(&self, k: &FlowKey) -> Option<K> {
-        self.entries
-            .iter()
-            .find(|(s, _)| s.matches(k))
-            .map(|(_, key)| *key)
+        let (trie, addr) = match k.dst {
+            IpAddr::V4(a) => (&self.v4, u128::from(u32::from(a)) << 96),
+            IpAddr::V6(a) => (&self.v6, u128::from(a)),
+        };
+        let mut best: Option<(i64, K)> = None;
+        trie.walk(addr, |bucket| {
+            for &(rank, id) in bucket {
+                // Buckets are in policy order: nothing later in this one can win.
+                if best.is_some_and(|(r, _)| rank >= r) {
+                    break;
+                }
+                if let Some(Some(e)) = self.entries.get(id as usize)
+                    && e.sel.matches(k)
+                {
+                    best = Some((rank, e.key));
+                    break;
+                }
+            }
+            true
+        });
+        best.map(|(_, key)| key)
     }
 
     /// Number of policies.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.free.len()
     }
 
     /// No policies.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::Ipv4Addr;
-
-    fn udp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 28];
-        p[0] = 0x45;
-        p[3] = 28;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&src);
-        p[16..20].copy_from_slice(&dst);
-        p[20..22].copy_from_slice(&sp.to_be_bytes());
-        p[22..24].copy_from_slice(&dp.to_be_bytes());
-        p
+        self.len() == 0
     }
 
-    #[test]
-    fn prefix_and_port_matching() {
-        let sel = Selectors {
-            local: vec![TrafficSelector::prefix(
-                Ipv4Addr::new(198, 51, 100, 0).into(),
-                24,
-            )],
-            remote: vec![TrafficSelector {
-                protocol: 17,
-                start_port: 53,
-                end_port: 53,
-                ..TrafficSelector::prefix(Ipv4Addr::new(203, 0, 113, 0).into(), 24)
-            }],
-        };
-        let mut spd = Spd::default();
-        spd.push(sel, 7u32);
-        let hit = FlowKey::parse(&udp([198, 51, 100, 9], [203, 0, 113, 1], 4000, 53)).expect("ip");
-        assert_eq!(spd.lookup(&hit), Some(7));
-        let wrong_port =
-            FlowKey::parse(&udp([198, 51, 100, 9], [203, 0, 113, 1], 4000, 54)).expect("ip");
-        assert_eq!(spd.lookup(&wrong_port), None);
-        let wrong_src =
-            FlowKey::parse(&udp([198, 51, 101, 9], [203, 0, 113, 1], 4000, 53)).expect("ip");
-        assert_eq!(spd.lookup(&wrong_src), None);
-        spd.remove(7);
-        assert!(spd.is_empty());
-    }
-
-    #[test]
-    fn any_selectors_and_family() {
-        let sel = Selectors {
-            local: vec![TrafficSelector::any(false)],
-            remote: vec![TrafficSelector::any(false)],
-        };
-        let k = FlowKey::parse(&udp([1, 2, 3, 4], [5, 6, 7, 8], 1, 2)).expect("ip");
-        assert!(sel.matches(&k));
-        let v6 = Selectors {
-            local: vec![TrafficSelector::any(true)],
-            remote: vec![TrafficSelector::any(true)],
-        };
-        assert!(!v6.matches(&k));
-        assert_eq!(
-            TrafficSelector::prefix(Ipv4Addr::new(192, 0, 2, 3).into(), 0),
-            TrafficSelector::any(false)
-        );
+    /// Trie nodes in use, both families (memory diagnostics).
+    pub fn index_nodes(&self) -> usize {
+        self.v4.nodes() + self.v6.nodes()
     }
 }
