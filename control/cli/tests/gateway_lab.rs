@@ -79,6 +79,8 @@ impl Lab {
             .env("BIN", BIN)
             .env("TRANSPORT_B", self.transport_b)
             .env("DPD_A", "3s")
+            // Two workers per gateway: multi-queue TUN and forwarding between workers.
+            .env("WORKERS", "2")
             .output()
             .unwrap()
     }

@@ -14,7 +14,7 @@ use iketcp_dataplane::port::tap::Tap;
 use iketcp_dataplane::port::tun::{Tun, TunConfig};
 use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
-use iketcp_dataplane::worker::handle::{DataplaneHandle, channels};
+use iketcp_dataplane::worker::handle::{DataplaneHandle, EVENT_QUEUE, gateway_channels};
 use iketcp_dataplane::worker::{WorkerConfig, spawn};
 
 use crate::config::{GatewayConfig, OuterTransport};
@@ -39,7 +39,8 @@ pub struct Workers {
 pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
     let n = cfg.gateway.workers.max(1);
     let count = u16::try_from(n).map_err(|_| io::Error::other("too many workers"))?;
-    let (handle, sides) = channels(count);
+    // One gateway: a worker hands plaintext for an SA another worker holds to that worker.
+    let (handle, sides) = gateway_channels(&[count], EVENT_QUEUE);
     let tun_cfg = TunConfig {
         name: cfg.tun.name.clone(),
         mtu: usize::from(cfg.tun.mtu),
