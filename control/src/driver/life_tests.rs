@@ -210,7 +210,7 @@ pub(super) fn quick() -> Timers {
 }
 
 #[test]
-fn r_6_1_g_r_6_1_k_r_6_1_f_originator_reconnects_an_idle_established_ike_sa() {
+fn r_6_1_g_r_6_1_k_r_6_1_f_r_6_1_m_originator_reconnects_an_idle_established_ike_sa() {
     let mut h = originator(quick());
     let token = Some(0);
     // The connection breaks with nothing outstanding: the SAs stay (R-6.1-f) and the TCP
