@@ -170,6 +170,44 @@ impl Core {
         self.arm_session(i);
     }
 
+    /// The other Responder endpoints listening where `endpoint` listens, as peer
+    /// configurations a new responder session may switch to at IKE_AUTH (by IDi).
+    fn listener_peers(&self, endpoint: EndpointId) -> Vec<(u64, crate::ike::session::Config)> {
+        let EndpointRole::Responder { listen } = self.endpoints[endpoint].role else {
+            return Vec::new();
+        };
+        self.endpoints
+            .iter()
+            .filter(|(id, e)| {
+                *id != endpoint
+                    && !self.removing.contains(id)
+                    && e.role == EndpointRole::Responder { listen }
+            })
+            .map(|(id, e)| (id.token(), e.ike.clone()))
+            .collect()
+    }
+
+    /// Session `i` belongs to endpoint `to` from now on (IKE_AUTH chose its configuration):
+    /// the indices, the connection and the session's timers follow.
+    fn rehome(&mut self, i: IkeSaId, to: EndpointId, conn: Conn) {
+        let Some(ep) = self.endpoints.get(to) else {
+            return;
+        };
+        let timers = ep.timers;
+        let st = &mut self.sessions[i];
+        let from = std::mem::replace(&mut st.endpoint, to);
+        st.session.set_dpd_interval(timers.dpd_interval);
+        st.session.set_exchange_timeout(timers.exchange_timeout);
+        if let Some(set) = self.ep_sessions.get_mut(&from) {
+            set.remove(&i);
+        }
+        self.ep_sessions.entry(to).or_default().insert(i);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.endpoint = to;
+        }
+        self.session_changed(i);
+    }
+
     /// After a reconnect with no request of ours waiting, an empty INFORMATIONAL request (a
     /// liveness check) goes out at once on the new connection: RFC 9329 §6.1 suggests it, so
     /// the Responder learns the new path from an authenticated message (it keeps using the
@@ -419,7 +457,8 @@ impl Core {
                             return Ok(());
                         }
                         let cfg = self.endpoints[endpoint].ike.clone();
-                        let session = Session::responder(cfg, local, peer);
+                        let mut session = Session::responder(cfg, local, peer);
+                        session.set_peer_configs(self.listener_peers(endpoint));
                         self.new_session(endpoint, session, conn, now)
                     }
                     None => return Ok(()),
@@ -443,6 +482,13 @@ impl Core {
                 return Ok(());
             }
         };
+        // IKE_AUTH may have chosen another peer configuration of this listener by IDi.
+        if let Some(chosen) = st.session.chosen_peer().map(EndpointId::from_token)
+            && chosen != st.endpoint
+        {
+            self.rehome(index, chosen, conn);
+        }
+        let st = &mut self.sessions[index];
         let answered = !matches!(
             outputs.as_slice(),
             [Output::Event(

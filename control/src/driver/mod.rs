@@ -54,6 +54,8 @@ mod life_tests;
 #[cfg(test)]
 mod path_tests;
 #[cfg(test)]
+mod peers_tests;
+#[cfg(test)]
 mod tests;
 
 mod child;

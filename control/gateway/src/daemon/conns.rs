@@ -41,19 +41,24 @@ impl ConnEntry {
     }
 }
 
-/// Refuses what this build cannot run yet, with the reason.
+/// Refuses what this build cannot tell apart: listening connections share an address and port
+/// (the responder picks one by the peer's IDi at IKE_AUTH), so two of them on one address must
+/// expect different peer IDs.
 pub(super) fn check_supported(cfg: &GatewayConfig) -> Result<(), GatewayError> {
-    let mut listening: Vec<(SocketAddr, &str)> = Vec::new();
+    let mut listening: Vec<(SocketAddr, &ConnectionConfig)> = Vec::new();
     for c in &cfg.connections {
         if c.start == StartAction::Listen {
             let a = listen_addr(cfg, c);
-            if let Some((_, other)) = listening.iter().find(|(x, _)| *x == a) {
+            if let Some((_, other)) = listening
+                .iter()
+                .find(|(x, o)| *x == a && o.remote_id == c.remote_id)
+            {
                 return Err(GatewayError::Unsupported(format!(
-                    "connections {other:?} and {:?} both listen on {a}: one listening connection per address and port (set local_addrs apart)",
-                    c.name
+                    "connections {:?} and {:?} both listen on {a} for the same remote_id: the peer's ID is what tells them apart",
+                    other.name, c.name
                 )));
             }
-            listening.push((a, &c.name));
+            listening.push((a, c));
         }
     }
     Ok(())

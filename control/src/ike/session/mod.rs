@@ -342,6 +342,11 @@ pub struct Session {
     verified: std::cell::Cell<bool>,
     /// Set when the current `handle` call answered from the response cache.
     retransmitted: bool,
+    /// Responder: other configurations of the same listener, with the caller's tags; IKE_AUTH
+    /// picks one by the peer's IDi (see [`Session::set_peer_configs`]).
+    peers: Vec<(u64, Config)>,
+    /// The tag of the configuration IKE_AUTH switched to, if it did.
+    chosen: Option<u64>,
 }
 
 /// Inbound SPIs allocated and never handed out in a [`ChildSa`] go back to the pool; those
@@ -534,6 +539,8 @@ impl Session {
             last_activity: Some(now),
             tcp_role: Role::Initiator,
             life: life::Life::default(),
+            peers: Vec::new(),
+            chosen: None,
             frags: None,
             reassembled: None,
         };
@@ -573,6 +580,8 @@ impl Session {
             last_activity: None,
             tcp_role: Role::Responder,
             life: life::Life::default(),
+            peers: Vec::new(),
+            chosen: None,
             frags: None,
             reassembled: None,
         }
@@ -591,6 +600,23 @@ impl Session {
     /// Whether the session has failed.
     pub fn is_failed(&self) -> bool {
         matches!(self.state, State::Failed)
+    }
+
+    /// Responder: other peer configurations that share this listener, each with a tag of the
+    /// caller's. At IKE_AUTH, when the peer's IDi is not this session's `remote_id`, the one
+    /// whose `remote_id` is the IDi (and whose `local_id` is the IDr the peer asked for, if it
+    /// asked) takes over before AUTH is checked, so its key proves the peer and signs our
+    /// AUTH, and its selectors and ESP proposals make the Child SA (RFC 7296 §2.15: the
+    /// responder learns who the peer claims to be from IDi). The IKE SA's own algorithms were
+    /// chosen at IKE_SA_INIT with this session's proposals.
+    pub fn set_peer_configs(&mut self, peers: Vec<(u64, Config)>) {
+        self.peers = peers;
+    }
+
+    /// The tag of the peer configuration IKE_AUTH chose, if it chose one of
+    /// [`Session::set_peer_configs`]'s.
+    pub fn chosen_peer(&self) -> Option<u64> {
+        self.chosen
     }
 
     /// The configuration the session runs with.
@@ -1437,6 +1463,23 @@ impl Session {
             return self.respond_error(msg, h, NotifyType::INVALID_SYNTAX);
         };
         let idi_raw = raw_body(&opened.plain, opened.first, PayloadType::IDI).unwrap_or_default();
+        let asked_idr = match find(PayloadType::IDR) {
+            Some(Payload::IdR(idr)) => Some(idr),
+            _ => None,
+        };
+        if *idi != self.cfg.remote_id
+            && let Some((tag, c)) = self
+                .peers
+                .iter()
+                .find(|(_, c)| c.remote_id == *idi && asked_idr.is_none_or(|r| *r == c.local_id))
+        {
+            // Another peer of this listener: its configuration from now on (the SPI pool is
+            // the data plane's, the same for all).
+            let (tag, mut c) = (*tag, c.clone());
+            c.spi_pool = self.cfg.spi_pool.clone();
+            self.cfg = c;
+            self.chosen = Some(tag);
+        }
         let idr_ok = match find(PayloadType::IDR) {
             Some(Payload::IdR(idr)) => *idr == self.cfg.local_id,
             _ => true,
