@@ -184,7 +184,8 @@ impl Daemon {
         if let Some(e) = self.conns.get_mut(name) {
             e.endpoint = Some(id);
             e.restart_at = None;
-            e.started = Some(now);
+            // Handshake latency is an initiator's: from its dial to its IKE SA.
+            e.started = (e.cfg.start == StartAction::Initiate).then_some(now);
         }
         Ok(())
     }
@@ -276,6 +277,7 @@ impl Daemon {
             if new.connection(&name).is_none() {
                 self.stop_connection(&name, now)?;
                 self.conns.remove(&name);
+                self.metrics.remove(&name);
                 s.removed.push(name);
             }
         }

@@ -270,6 +270,10 @@ impl Daemon {
         if now.duration_since(self.last_counters) >= COUNTER_INTERVAL {
             self.last_counters = now;
             self.driver.refresh_counters(now)?;
+            // Endpoints the driver has forgotten (removed, their IKE SAs gone) need no name.
+            let live: std::collections::HashSet<EndpointId> =
+                self.driver.list_endpoints().iter().map(|e| e.id).collect();
+            self.by_endpoint.retain(|id, _| live.contains(id));
         }
         if self.routes_dirty {
             self.routes_dirty = false;
