@@ -341,12 +341,24 @@ impl Core {
                 });
                 Ok(None)
             }
-            SaEvent::IkeRekeyRefused(_) => {
+            SaEvent::IkeRekeyRefused(notify) => {
                 self.ike_rekeying.retain(|s| *s != index);
+                self.events.push_back(DriverEvent::Refused {
+                    endpoint,
+                    ike_sa,
+                    what: Refusal::IkeRekey,
+                    notify,
+                });
                 Ok(None)
             }
-            SaEvent::ChildSaRefused(_) => {
+            SaEvent::ChildSaRefused(notify) => {
                 self.child_rekeying.retain(|r| r.0 != index);
+                self.events.push_back(DriverEvent::Refused {
+                    endpoint,
+                    ike_sa,
+                    what: Refusal::ChildSa,
+                    notify,
+                });
                 Ok(None)
             }
             SaEvent::OldIkeSaDeleted { .. } => Ok(None),

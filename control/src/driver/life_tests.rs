@@ -1708,3 +1708,32 @@ fn r_6_1_v_superseded_connection_closed_after_a_grace_period() {
     assert_eq!(closed(&h.at(now + Duration::from_secs(3))), vec![1]);
     assert_eq!(h.d.installed(), 1);
 }
+
+/// A Child SA rekey the peer refuses (here: it is deleting that Child SA itself, RFC 7296
+/// §2.25) surfaces as a `Refused` event with the peer's Notify; nothing changes.
+#[test]
+fn a_refused_child_rekey_is_reported_with_the_notify() {
+    let mut h = originator(calm());
+    let t = h.t0;
+    let theirs = h.peer.child_sas()[0].spi_in;
+    let _delete = h.peer.delete_child(theirs, t).unwrap();
+    assert_eq!(h.d.rekey_child_sas(t).unwrap(), 1);
+    let cmds = h.cmds();
+    let answers = h.peer_handles(&cmds, t);
+    assert_eq!(answers.len(), 1);
+    h.deliver(answers[0].clone(), t);
+    let events = h.d.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            DriverEvent::Refused {
+                what: Refusal::ChildSa,
+                notify: NotifyType::TEMPORARY_FAILURE,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(h.d.installed(), 1);
+    assert!(h.d.child_rekeying.is_empty());
+}

@@ -346,6 +346,18 @@ pub enum DriverEvent {
         /// The endpoint it was for, if any.
         endpoint: Option<EndpointId>,
     },
+    /// The peer refused one of our CREATE_CHILD_SA requests (a Child SA, its rekey, or the
+    /// IKE SA's rekey) with this notification; the SAs are unchanged (RFC 7296 §1.3, §2.25).
+    Refused {
+        /// Endpoint.
+        endpoint: EndpointId,
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// Which request.
+        what: Refusal,
+        /// The peer's Notify (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE, TEMPORARY_FAILURE, ...).
+        notify: NotifyType,
+    },
     /// Something failed for good (session, install, connect).
     Failed {
         /// Endpoint.
@@ -353,6 +365,15 @@ pub enum DriverEvent {
         /// What.
         reason: Failure,
     },
+}
+
+/// Which of our requests the peer refused (see [`DriverEvent::Refused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A new Child SA or a Child SA rekey.
+    ChildSa,
+    /// The IKE SA rekey.
+    IkeRekey,
 }
 
 /// What failed for good (see [`DriverEvent::Failed`]).

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use iketcp_control::driver::{
-    DriverEvent, Endpoint, EndpointId, EndpointRole, Failure, TimeLimits, Timers,
+    DriverEvent, Endpoint, EndpointId, EndpointRole, Failure, Refusal, TimeLimits, Timers,
 };
 use iketcp_control::ike::session::{Config as IkeConfig, PskAuth, SpiPool};
 use iketcp_dataplane::worker::handle::Lifetime;
@@ -486,6 +486,20 @@ impl Daemon {
                 let n = endpoint.map(|e| name(self, &e)).unwrap_or_default();
                 tracing::error!(connection = %n, ack, "a worker did not answer in time");
                 self.metric(&n, "ack_timed_out");
+            }
+            DriverEvent::Refused {
+                endpoint,
+                ike_sa,
+                what,
+                notify,
+            } => {
+                let n = name(self, &endpoint);
+                tracing::warn!(connection = %n, ike_sa = ike_sa.0, ?what, ?notify, "the peer refused our request");
+                let label = match what {
+                    Refusal::ChildSa => "child_sa_refused",
+                    Refusal::IkeRekey => "ike_rekey_refused",
+                };
+                self.metric(&n, label);
             }
             DriverEvent::Failed { endpoint, reason } => {
                 let n = name(self, &endpoint);

@@ -246,7 +246,7 @@ impl Daemon {
                 x.sample(
                     "iketcp_connection_events_total",
                     "counter",
-                    "IKE and TCP events per connection: tcp_up, tcp_down, connect_failed, ike_sa_up (IKE_SA_INIT and IKE_AUTH done), ike_sa_rekeyed and child_sa_rekeyed (CREATE_CHILD_SA), ike_sa_deleted, child_sa_installed, restarts, cookie_sent, init_dropped, migrated, forged_esp, ike_integrity_failure.",
+                    "IKE and TCP events per connection: tcp_up, tcp_down, connect_failed, ike_sa_up (IKE_SA_INIT and IKE_AUTH done), ike_sa_rekeyed and child_sa_rekeyed (CREATE_CHILD_SA), ike_sa_deleted, child_sa_installed, restarts, cookie_sent, init_dropped, migrated, forged_esp, ike_integrity_failure, ack_timed_out, child_sa_refused, ike_rekey_refused.",
                     &[("connection", name), ("event", ev)],
                     *n as f64,
                 );
