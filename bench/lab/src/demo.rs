@@ -534,6 +534,7 @@ impl Tally {
                 endpoint,
                 spi_in,
                 spi_out,
+                ..
             } => {
                 if let Some((k, _)) = tunnel(&endpoint) {
                     self.spis.insert(spi_in, k);

@@ -584,11 +584,23 @@ impl Core {
                         job,
                     });
                 }
-                Output::Event(SessionEvent::IkeSaUp { .. }) => {
+                Output::Event(SessionEvent::IkeSaUp {
+                    spi_i,
+                    spi_r,
+                    suite,
+                    nat_local,
+                    nat_remote,
+                }) => {
                     self.ike_sa_born(index, now);
                     self.keylog_ike(index);
-                    self.events
-                        .push_back(DriverEvent::IkeSaUp { endpoint, ike_sa });
+                    self.events.push_back(DriverEvent::IkeSaUp {
+                        endpoint,
+                        ike_sa,
+                        spi_i,
+                        spi_r,
+                        suite,
+                        nat: (nat_local, nat_remote),
+                    });
                 }
                 Output::Event(SessionEvent::ChildSaUp(c)) => first = Some(c),
                 Output::Event(SessionEvent::ChildSaFailed(n)) => {

@@ -69,6 +69,7 @@ mod runtime;
 mod slab;
 mod timers;
 
+use crate::ike::crypto::IkeSuite;
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE, KeyLine};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
 pub use list::{ChildSaInfo, ChildSaState, ChildTraffic, EndpointInfo, IkeSaInfo, IkeSaState};
@@ -231,6 +232,14 @@ pub enum DriverEvent {
         endpoint: EndpointId,
         /// Its name in the data plane.
         ike_sa: IkeSaId,
+        /// Initiator and responder SPIs.
+        spi_i: u64,
+        /// See `spi_i`.
+        spi_r: u64,
+        /// Negotiated algorithms.
+        suite: IkeSuite,
+        /// NAT detected in front of us and in front of the peer (RFC 7296 §2.23).
+        nat: (bool, bool),
     },
     /// Both ESP SAs of a Child SA are installed (acknowledged by the worker).
     ChildSaInstalled {
@@ -240,6 +249,12 @@ pub enum DriverEvent {
         spi_in: u32,
         /// Outbound SPI.
         spi_out: u32,
+        /// ESP transform and whether ESN is on.
+        suite: EspSuite,
+        /// See `suite`.
+        esn: bool,
+        /// The selectors as narrowed in the exchange (RFC 7296 §2.9).
+        selectors: Selectors,
     },
     /// A Child SA was rekeyed: the new one's SAs are being installed (see
     /// [`DriverEvent::ChildSaInstalled`]), the old ones go.
@@ -1182,6 +1197,9 @@ impl Core {
                 endpoint: c.endpoint,
                 spi_in: c.spi_in,
                 spi_out: c.spi_out,
+                suite: c.suite,
+                esn: c.esn,
+                selectors: c.selectors.clone(),
             });
         }
     }

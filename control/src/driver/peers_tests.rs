@@ -124,6 +124,22 @@ fn the_responder_picks_the_peer_configuration_by_idi() {
     let sa = &d.list_ike_sas(Some(b), now)[0];
     assert_eq!(sa.remote_id, Identity::Fqdn(b"beta.iketcp.test".to_vec()));
     assert_eq!(sa.child_sas.len(), 1);
+    // The events carry what a log line or a route needs.
+    let up = ev.iter().find_map(|e| match e {
+        DriverEvent::IkeSaUp { spi_i, spi_r, .. } => Some((*spi_i, *spi_r)),
+        _ => None,
+    });
+    assert_eq!(up, Some((sa.spi_i, sa.spi_r)));
+    let installed = ev.iter().find_map(|e| match e {
+        DriverEvent::ChildSaInstalled {
+            spi_in, selectors, ..
+        } => Some((*spi_in, selectors)),
+        _ => None,
+    });
+    assert_eq!(
+        installed,
+        Some((sa.child_sas[0].spi_in, &sa.child_sas[0].selectors))
+    );
     // "alpha" still gets its own.
     let ev = handshake(&mut d, &side, ia, 2);
     assert_eq!(up_on(&ev), Some(a), "{ev:?}");

@@ -216,6 +216,7 @@ fn handshake_installs_sas_and_packets_cross() {
                 endpoint,
                 spi_in,
                 spi_out,
+                ..
             } => Some((*endpoint, *spi_in, *spi_out)),
             _ => None,
         })
@@ -330,6 +331,7 @@ fn rekeys_under_traffic_lose_no_packet() {
                 endpoint,
                 spi_in,
                 spi_out,
+                ..
             } if *endpoint == i => Some((*spi_in, *spi_out)),
             _ => None,
         })

@@ -370,16 +370,25 @@ impl Daemon {
                 tracing::info!(connection = %n, worker = conn.worker, ?reason, "TCP connection down");
                 self.metric(&n, "tcp_down");
             }
-            DriverEvent::IkeSaUp { endpoint, ike_sa } => {
+            DriverEvent::IkeSaUp {
+                endpoint,
+                ike_sa,
+                spi_i,
+                spi_r,
+                suite,
+                nat,
+            } => {
                 let n = name(self, &endpoint);
-                let spis = self
-                    .driver
-                    .list_ike_sas(Some(endpoint), now)
-                    .into_iter()
-                    .find(|s| s.id == ike_sa)
-                    .map(|s| (s.spi_i, s.spi_r));
-                let (spi_i, spi_r) = spis.unwrap_or_default();
-                tracing::info!(connection = %n, ike_sa = ike_sa.0, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"), "IKE SA established");
+                tracing::info!(
+                    connection = %n,
+                    ike_sa = ike_sa.0,
+                    spi_i = %format!("{spi_i:016x}"),
+                    spi_r = %format!("{spi_r:016x}"),
+                    suite = %super::report::ike_suite(&suite),
+                    nat_local = nat.0,
+                    nat_remote = nat.1,
+                    "IKE SA established"
+                );
                 if let Some(e) = self.conns.get_mut(&n) {
                     e.restarts = 0;
                     if let Some(t) = e.started.take() {
@@ -393,9 +402,27 @@ impl Daemon {
                 endpoint,
                 spi_in,
                 spi_out,
+                suite,
+                esn,
+                selectors,
             } => {
                 let n = name(self, &endpoint);
-                tracing::info!(connection = %n, spi_in = %format!("{spi_in:08x}"), spi_out = %format!("{spi_out:08x}"), "Child SA installed");
+                let ts = |v: &[iketcp_dataplane::worker::spd::TrafficSelector]| {
+                    v.iter()
+                        .map(super::report::selector)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                tracing::info!(
+                    connection = %n,
+                    spi_in = %format!("{spi_in:08x}"),
+                    spi_out = %format!("{spi_out:08x}"),
+                    suite = ?suite,
+                    esn,
+                    local_ts = %ts(&selectors.local),
+                    remote_ts = %ts(&selectors.remote),
+                    "Child SA installed"
+                );
                 self.metric(&n, "child_sa_installed");
                 self.routes_dirty = true;
             }

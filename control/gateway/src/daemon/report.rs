@@ -34,13 +34,13 @@ pub(crate) fn identity(id: &Identity) -> String {
     }
 }
 
-fn ike_suite(s: &IkeSuite) -> String {
+pub(super) fn ike_suite(s: &IkeSuite) -> String {
     let integ = s.integ().map(|i| format!("/{i:?}")).unwrap_or_default();
     format!("{:?}{integ}/{:?}/{:?}", s.encr(), s.prf(), s.dh())
 }
 
 /// A selector as CIDRs (with protocol and ports when narrowed).
-fn selector(ts: &TrafficSelector) -> String {
+pub(super) fn selector(ts: &TrafficSelector) -> String {
     let nets: Vec<String> = range_prefixes(ts.start, ts.end)
         .iter()
         .map(ToString::to_string)
