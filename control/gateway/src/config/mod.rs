@@ -159,6 +159,9 @@ pub struct GatewaySection {
     pub keylog_dir: Option<PathBuf>,
     /// How a `start = "initiate"` connection whose IKE SA ended is started again.
     pub redial: RedialPolicy,
+    /// `mark`: SO_MARK on the outer TCP sockets (kernel transport), for policy routing. Off by
+    /// default.
+    pub mark: Option<u32>,
 }
 
 /// The outer TCP transport.

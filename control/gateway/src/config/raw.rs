@@ -38,6 +38,7 @@ pub(super) struct RawGateway {
     pub redial_initial: Option<Spanned<NumOrStr>>,
     pub redial_max: Option<Spanned<NumOrStr>>,
     pub redial_attempts: Option<Spanned<i64>>,
+    pub mark: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -902,3 +902,14 @@ fn no_input_panics() {
     }
     assert!(inputs > 6000);
 }
+
+#[test]
+fn mark_is_a_positive_32_bit_number() {
+    let d = dir();
+    let path = gw(&d);
+    let c = parse("[gateway]\nmark = 42\n", &path).unwrap();
+    assert_eq!(c.gateway.mark, Some(42));
+    assert_eq!(parse("", &path).unwrap().gateway.mark, None);
+    parse_err("[gateway]\nmark = 0\n", 2, 8, "mark");
+    parse_err("[gateway]\nmark = 4294967296\n", 2, 8, "mark");
+}

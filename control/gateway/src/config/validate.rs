@@ -391,8 +391,13 @@ impl Validator<'_> {
             Some(a) => self.int(a, "redial_attempts", 0..=i64::from(u32::MAX))?,
             None => 0,
         };
+        let mark = match &g.mark {
+            Some(m) => Some(self.int(m, "mark", 1..=i64::from(u32::MAX))?),
+            None => None,
+        };
         Ok(GatewaySection {
             workers,
+            mark,
             transport,
             listen,
             port,

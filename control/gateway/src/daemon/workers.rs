@@ -66,9 +66,14 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
     let mut splitter = None;
     match &cfg.gateway.transport {
         OuterTransport::Kernel => {
+            let kc = KernelConfig {
+                mark: cfg.gateway.mark,
+                ..KernelConfig::default()
+            };
             for (i, (side, tun)) in sides.into_iter().zip(tuns).enumerate() {
+                let kc = kc.clone();
                 joins.push(spawn(side, wcfg(i), move || {
-                    Ok((KernelTransport::new(KernelConfig::default())?, tun))
+                    Ok((KernelTransport::new(kc)?, tun))
                 })?);
             }
         }

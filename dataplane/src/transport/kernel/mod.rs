@@ -100,6 +100,9 @@ pub struct KernelConfig {
     pub close_timeout: Duration,
     /// `listen()` backlog.
     pub listen_backlog: u32,
+    /// SO_MARK on every socket (listeners, dialled and accepted connections), for policy
+    /// routing of the outer traffic (`ip rule add fwmark ...`); needs CAP_NET_ADMIN.
+    pub mark: Option<u32>,
 }
 
 impl Default for KernelConfig {
@@ -114,6 +117,7 @@ impl Default for KernelConfig {
             connect_timeout: None,
             close_timeout: Duration::from_secs(5),
             listen_backlog: 1024,
+            mark: None,
         }
     }
 }
@@ -484,7 +488,7 @@ impl KernelTransport {
             // Explicit per family, so [::]:p and 0.0.0.0:p can both be listened on.
             sys::set_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
         }
-        self.set_buffers(fd.as_fd())?;
+        self.set_socket_options(fd.as_fd())?;
         sys::bind(fd.as_fd(), &local)?;
         sys::listen(fd.as_fd(), self.cfg.listen_backlog)?;
         let listener = TcpListener::from(fd);
@@ -588,7 +592,11 @@ impl KernelTransport {
         Some(idx)
     }
 
-    fn set_buffers(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// SO_MARK and buffer sizes, on listeners and on connections.
+    fn set_socket_options(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        if let Some(mark) = self.cfg.mark {
+            sys::set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, mark as c_int)?;
+        }
         let size = |n: usize| c_int::try_from(n).unwrap_or(c_int::MAX);
         if let Some(n) = self.cfg.so_rcvbuf {
             sys::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size(n))?;
@@ -603,7 +611,7 @@ impl KernelTransport {
         if self.cfg.nodelay {
             sys::set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
         }
-        self.set_buffers(fd)?;
+        self.set_socket_options(fd)?;
         if let Some(idle) = self.cfg.keepalive {
             // Linux rejects (EINVAL) idle times and intervals above 32767 s.
             let secs = idle.as_secs().clamp(1, 32767) as c_int;

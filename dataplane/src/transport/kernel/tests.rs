@@ -597,3 +597,32 @@ fn config_is_checked() {
     .unwrap();
     assert!(k.connect(None, addr).is_ok());
 }
+
+/// `mark` puts SO_MARK on the sockets (so `ip rule ... fwmark` can route the outer traffic);
+/// `ss -e` shows it. Needs CAP_NET_ADMIN: without it the listen fails, and the test says so.
+#[test]
+fn mark_is_set_on_listeners_and_connections() {
+    let mut t = KernelTransport::new(KernelConfig {
+        mark: Some(0x2a),
+        ..KernelConfig::default()
+    })
+    .unwrap();
+    let local = match t.listen_bound("127.0.0.1:0".parse().unwrap()) {
+        Ok(a) => a,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            println!("SKIP mark_is_set_on_listeners_and_connections: {e}");
+            return;
+        }
+        Err(e) => panic!("listen: {e}"),
+    };
+    t.connect(None, local).unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-tanHe", "sport", "=", &format!(":{}", local.port())])
+        .output();
+    let Ok(out) = out else {
+        println!("SKIP mark_is_set_on_listeners_and_connections: no ss");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fwmark:0x2a"), "{text}");
+}
