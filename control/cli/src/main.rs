@@ -76,13 +76,40 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Rekey a connection's Child SAs (or its IKE SAs).
+    /// Rekey a connection's Child SAs (or its IKE SAs, or one Child SA).
     Rekey {
         /// Connection name.
         name: String,
         /// Rekey the IKE SAs.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "spi")]
         ike: bool,
+        /// Only the Child SA with this inbound SPI (hex, as `status` shows it).
+        #[arg(long, value_parser = parse_spi)]
+        spi: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send a liveness check (empty INFORMATIONAL) on a connection's IKE SAs.
+    Liveness {
+        /// Connection name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask for one more Child SA on a connection's IKE SAs.
+    AddChild {
+        /// Connection name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete one Child SA (by its inbound SPI, hex); the IKE SA stays.
+    DeleteChild {
+        /// Connection name.
+        name: String,
+        /// Inbound SPI (hex, as `status` shows it).
+        #[arg(value_parser = parse_spi)]
+        spi: u32,
         #[command(flatten)]
         target: Target,
     },
@@ -93,6 +120,12 @@ enum Cmd {
     },
     /// A responder and an initiator gateway in one process: handshake, traffic, summary.
     Demo(DemoArgs),
+}
+
+/// An SPI as `status` prints it: 8 hex digits, `0x` optional.
+fn parse_spi(s: &str) -> Result<u32, String> {
+    let h = s.strip_prefix("0x").unwrap_or(s);
+    u32::from_str_radix(h, 16).map_err(|e| format!("not a hex SPI: {e}"))
 }
 
 fn socket_of(t: &Target) -> Result<PathBuf, String> {
@@ -205,8 +238,16 @@ fn main() -> ExitCode {
         Cmd::Status { target, json } => done(client(&target, Command::Status), json),
         Cmd::Up { name, target } => done(client(&target, Command::Up { name }), false),
         Cmd::Down { name, target } => done(client(&target, Command::Down { name }), false),
-        Cmd::Rekey { name, ike, target } => {
-            done(client(&target, Command::Rekey { name, ike }), false)
+        Cmd::Rekey {
+            name,
+            ike,
+            spi,
+            target,
+        } => done(client(&target, Command::Rekey { name, ike, spi }), false),
+        Cmd::Liveness { name, target } => done(client(&target, Command::Liveness { name }), false),
+        Cmd::AddChild { name, target } => done(client(&target, Command::AddChild { name }), false),
+        Cmd::DeleteChild { name, spi, target } => {
+            done(client(&target, Command::DeleteChild { name, spi }), false)
         }
         Cmd::Reload { target } => done(client(&target, Command::Reload), false),
         Cmd::Demo(args) => match demo::run(&args) {

@@ -391,6 +391,38 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     }
     lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(10));
 
+    println!("[lab {:?}] per-SA operations", t0.elapsed());
+    let out = lab.ctl("gwA", &["liveness", "site-b"]);
+    assert!(out.contains("1 liveness check(s) sent"), "{out}");
+    let children = |lab: &Lab| -> Vec<String> {
+        let s = lab.status("gwA").unwrap();
+        s["connections"][0]["ike_sas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|sa| sa["child_sas"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["state"] == "INSTALLED")
+            .map(|c| c["spi_in"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let old = children(&lab);
+    assert_eq!(old.len(), 1, "{old:?}");
+    let out = lab.ctl("gwA", &["rekey", "site-b", "--spi", &old[0]]);
+    assert!(out.contains("1 Child SA rekey(s) started"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = children(&lab);
+        if now.len() == 1 && now != old {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rekey of {old:?}: {now:?}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(10));
     println!("[lab {:?}] metrics", t0.elapsed());
     // Metrics over HTTP.
     let m = lab.metrics();

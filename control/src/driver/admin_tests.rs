@@ -135,3 +135,63 @@ fn listing_shows_child_sa_traffic_the_workers_report() {
     assert_eq!(ago, Duration::from_secs(1));
     assert!(!h.d.has_pending(), "the answer settled the request");
 }
+
+/// The operator's per-SA requests: liveness check, one Child SA rekeyed, one added, one
+/// deleted; each is one exchange with the peer and leaves the IKE SA established.
+#[test]
+fn per_sa_operations_liveness_rekey_add_and_delete() {
+    let mut h = super::life_tests::originator(super::life_tests::quick());
+    let t = h.t0;
+    let ep = h.d.list_endpoints()[0].id;
+    let exchange = |h: &mut super::life_tests::Hand, cmds: Vec<Command>| {
+        let answers = h.peer_handles(&cmds, t);
+        assert_eq!(answers.len(), 1, "{cmds:?}");
+        let more = h.deliver(answers[0].clone(), t);
+        // A rekey's initiator deletes the old Child SA: let that exchange finish too.
+        let answers = h.peer_handles(&more, t);
+        for a in answers {
+            h.deliver(a, t);
+        }
+    };
+    assert_eq!(h.d.check_liveness(ep, t).unwrap(), 1);
+    let cmds = h.cmds();
+    assert_eq!(sent(&cmds).len(), 1);
+    exchange(&mut h, cmds);
+
+    let spi = h.d.list_ike_sas(Some(ep), t)[0].child_sas[0].spi_in;
+    assert!(
+        !h.d.rekey_child_sa(ep, spi ^ 1, t).unwrap(),
+        "no such Child SA"
+    );
+    assert!(h.d.rekey_child_sa(ep, spi, t).unwrap());
+    let cmds = h.cmds();
+    exchange(&mut h, cmds);
+    assert_eq!(h.d.child_rekeys(), 1);
+
+    assert_eq!(h.d.create_child_sas(ep, t).unwrap(), 1);
+    let cmds = h.cmds();
+    exchange(&mut h, cmds);
+    let installed = |h: &super::life_tests::Hand| {
+        h.d.list_ike_sas(Some(ep), t)[0]
+            .child_sas
+            .iter()
+            .filter(|c| c.state == ChildSaState::Installed)
+            .map(|c| c.spi_in)
+            .collect::<Vec<_>>()
+    };
+    let two = installed(&h);
+    assert_eq!(two.len(), 2, "{two:?}");
+
+    assert!(h.d.delete_child_sa(ep, two[0], t).unwrap());
+    let cmds = h.cmds();
+    exchange(&mut h, cmds);
+    assert_eq!(installed(&h), vec![two[1]]);
+    assert_eq!(h.peer.child_sas().len(), 1);
+    let sa = &h.d.list_ike_sas(Some(ep), t)[0];
+    assert_eq!(sa.state, IkeSaState::Established);
+    assert!(
+        !h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::Failed { .. } | DriverEvent::Refused { .. }))
+    );
+}

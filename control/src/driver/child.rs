@@ -163,8 +163,11 @@ impl Core {
                 .filter(|c| c.inbound_ok && c.outbound_ok)
                 .map(|c| c.spi_in)
                 .collect();
+            // With PFS when the endpoint asks for it (a peer with libreswan's default
+            // `pfs=yes` refuses a rekey without a KE payload).
+            let pfs = self.pfs_of(i);
             for spi_in in current {
-                match self.start_child_rekey(i, spi_in, false, now)? {
+                match self.start_child_rekey(i, spi_in, pfs, now)? {
                     Ok(()) => started += 1,
                     // Window size 1: the others wait for the next call.
                     Err(_) => break,
@@ -172,6 +175,118 @@ impl Core {
             }
         }
         Ok(started)
+    }
+
+    /// Whether Child SA rekeys of session `i` use PFS (its endpoint's time limits say).
+    fn pfs_of(&self, i: IkeSaId) -> bool {
+        self.endpoints
+            .get(self.sessions[i].endpoint)
+            .is_some_and(|e| e.limits.pfs)
+    }
+
+    /// The session of `endpoint` holding the live Child SA with inbound SPI `spi_in`, if it can
+    /// start an exchange now.
+    fn session_of_child(&self, endpoint: EndpointId, spi_in: u32) -> Option<IkeSaId> {
+        let c = self.children.get(*self.child_by_spi_in.get(&spi_in)?)?;
+        let i = c.session;
+        (c.inbound_ok && c.outbound_ok && self.rekeyable(i, Some(endpoint))).then_some(i)
+    }
+
+    /// Starts a rekey of one Child SA of `endpoint` (our inbound SPI `spi_in`), with PFS if the
+    /// endpoint asks for it. `Ok(false)`: no such installed Child SA, or its IKE SA is busy
+    /// with another exchange (window size 1) or not connected.
+    ///
+    /// # Errors
+    /// Local faults only.
+    pub fn rekey_child_sa(
+        &mut self,
+        endpoint: EndpointId,
+        spi_in: u32,
+        now: Instant,
+    ) -> Result<bool, DriverError> {
+        let Some(i) = self.session_of_child(endpoint, spi_in) else {
+            return Ok(false);
+        };
+        let pfs = self.pfs_of(i);
+        Ok(self.start_child_rekey(i, spi_in, pfs, now)?.is_ok())
+    }
+
+    /// Deletes one Child SA of `endpoint` (our inbound SPI `spi_in`) with an INFORMATIONAL
+    /// Delete (RFC 7296 §1.4.1); the IKE SA and its other Child SAs stay. `Ok(false)` as for
+    /// [`rekey_child_sa`](Self::rekey_child_sa).
+    ///
+    /// # Errors
+    /// Local faults only.
+    pub fn delete_child_sa(
+        &mut self,
+        endpoint: EndpointId,
+        spi_in: u32,
+        now: Instant,
+    ) -> Result<bool, DriverError> {
+        let Some(i) = self.session_of_child(endpoint, spi_in) else {
+            return Ok(false);
+        };
+        self.start_request(i, |s| s.delete_child(spi_in, now), now)
+    }
+
+    /// Asks each established IKE SA of `endpoint` for an additional Child SA with the
+    /// configured proposals and selectors (RFC 7296 §1.3.1); returns how many requests went out.
+    ///
+    /// # Errors
+    /// Local faults only.
+    pub fn create_child_sas(
+        &mut self,
+        endpoint: EndpointId,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        let mut n = 0;
+        for i in self.sessions.handles() {
+            if self.rekeyable(i, Some(endpoint))
+                && self.start_request(i, |s| s.create_child(now), now)?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sends a liveness check (an empty INFORMATIONAL request, RFC 7296 §2.4) on each
+    /// established IKE SA of `endpoint` that has no request outstanding; returns how many.
+    /// An IKE SA whose peer does not answer within the exchange timeout is deleted.
+    ///
+    /// # Errors
+    /// Local faults only.
+    pub fn check_liveness(
+        &mut self,
+        endpoint: EndpointId,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        let mut n = 0;
+        for i in self.sessions.handles() {
+            if self.rekeyable(i, Some(endpoint))
+                && self.start_request(i, |s| s.start_dpd(now), now)?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Builds a request with `make` on session `i` and sends it; `Ok(false)` if the session
+    /// refused (busy, unknown Child SA).
+    fn start_request(
+        &mut self,
+        i: IkeSaId,
+        make: impl FnOnce(&mut Session) -> Result<Vec<u8>, SessionError>,
+        now: Instant,
+    ) -> Result<bool, DriverError> {
+        match make(&mut self.sessions[i].session) {
+            Ok(msg) => {
+                self.finish(i, vec![Output::Send(msg)], None, now)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     /// Starts a rekey of the IKE SA of every established session and sends the requests;

@@ -275,6 +275,64 @@ impl Driver {
         self.core.replace_endpoint(id, ep)
     }
 
+    /// See [`Core::rekey_child_sa`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn rekey_child_sa(
+        &mut self,
+        endpoint: EndpointId,
+        spi_in: u32,
+        now: Instant,
+    ) -> Result<bool, DriverError> {
+        let r = self.core.rekey_child_sa(endpoint, spi_in, now)?;
+        self.pump()?;
+        Ok(r)
+    }
+
+    /// See [`Core::delete_child_sa`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn delete_child_sa(
+        &mut self,
+        endpoint: EndpointId,
+        spi_in: u32,
+        now: Instant,
+    ) -> Result<bool, DriverError> {
+        let r = self.core.delete_child_sa(endpoint, spi_in, now)?;
+        self.pump()?;
+        Ok(r)
+    }
+
+    /// See [`Core::create_child_sas`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn create_child_sas(
+        &mut self,
+        endpoint: EndpointId,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        let n = self.core.create_child_sas(endpoint, now)?;
+        self.pump()?;
+        Ok(n)
+    }
+
+    /// See [`Core::check_liveness`].
+    ///
+    /// # Errors
+    /// See [`pump`](Self::pump).
+    pub fn check_liveness(
+        &mut self,
+        endpoint: EndpointId,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
+        let n = self.core.check_liveness(endpoint, now)?;
+        self.pump()?;
+        Ok(n)
+    }
+
     /// See [`Core::rekey_child_sas`].
     ///
     /// # Errors

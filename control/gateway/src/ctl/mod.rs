@@ -34,13 +34,34 @@ pub enum Command {
         /// The connection's name.
         name: String,
     },
-    /// Rekey a connection's Child SAs (or its IKE SAs with `ike`).
+    /// Rekey a connection's Child SAs (or its IKE SAs with `ike`, or the one Child SA whose
+    /// inbound SPI is `spi`).
     Rekey {
         /// The connection's name.
         name: String,
         /// The IKE SAs instead of the Child SAs.
         #[serde(default)]
         ike: bool,
+        /// Only the Child SA with this inbound SPI.
+        #[serde(default)]
+        spi: Option<u32>,
+    },
+    /// A liveness check (empty INFORMATIONAL) on each of a connection's IKE SAs.
+    Liveness {
+        /// The connection's name.
+        name: String,
+    },
+    /// One more Child SA on each of a connection's IKE SAs.
+    AddChild {
+        /// The connection's name.
+        name: String,
+    },
+    /// Delete one Child SA (by its inbound SPI); the IKE SA stays.
+    DeleteChild {
+        /// The connection's name.
+        name: String,
+        /// Its inbound SPI.
+        spi: u32,
     },
     /// Read the config file again and apply the difference.
     Reload,

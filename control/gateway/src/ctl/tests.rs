@@ -11,6 +11,18 @@ fn requests_round_trip() {
         Command::Rekey {
             name: "a".into(),
             ike: true,
+            spi: None,
+        },
+        Command::Rekey {
+            name: "a".into(),
+            ike: false,
+            spi: Some(0xc0ffee),
+        },
+        Command::Liveness { name: "a".into() },
+        Command::AddChild { name: "a".into() },
+        Command::DeleteChild {
+            name: "a".into(),
+            spi: 7,
         },
         Command::Reload,
     ] {
@@ -27,7 +39,8 @@ fn requests_round_trip() {
         c,
         Command::Rekey {
             name: "x".into(),
-            ike: false
+            ike: false,
+            spi: None
         }
     );
 }

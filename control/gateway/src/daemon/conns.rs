@@ -237,24 +237,74 @@ impl Daemon {
         }
     }
 
-    pub(super) fn rekey(&mut self, name: &str, ike: bool, now: Instant) -> Response {
-        let Some(e) = self.conns.get(name) else {
-            return unknown(name);
+    pub(super) fn rekey(
+        &mut self,
+        name: &str,
+        ike: bool,
+        spi: Option<u32>,
+        now: Instant,
+    ) -> Response {
+        let id = match self.endpoint_of(name) {
+            Ok(id) => id,
+            Err(r) => return r,
         };
-        let Some(id) = e.endpoint else {
-            return Response::error(ErrorKind::Internal, format!("{name} is down"));
-        };
-        let r = if ike {
-            self.driver.rekey_ike_sas_of(id, now)
-        } else {
-            self.driver.rekey_child_sas_of(id, now)
+        let r = match (ike, spi) {
+            (_, Some(spi)) => self.driver.rekey_child_sa(id, spi, now).map(usize::from),
+            (true, None) => self.driver.rekey_ike_sas_of(id, now),
+            (false, None) => self.driver.rekey_child_sas_of(id, now),
         };
         match r {
+            Ok(0) if spi.is_some() => Response::error(
+                ErrorKind::Internal,
+                format!(
+                    "{name}: no installed Child SA with inbound SPI {:08x}, or its IKE SA is busy",
+                    spi.unwrap_or(0)
+                ),
+            ),
             Ok(n) => Response::ok(Reply::Done {
                 message: format!(
                     "{name}: {n} {} rekey(s) started",
                     if ike { "IKE SA" } else { "Child SA" }
                 ),
+            }),
+            Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
+        }
+    }
+
+    /// The endpoint of connection `name`, or the answer saying why there is none.
+    fn endpoint_of(&self, name: &str) -> Result<EndpointId, Response> {
+        let Some(e) = self.conns.get(name) else {
+            return Err(unknown(name));
+        };
+        e.endpoint
+            .ok_or_else(|| Response::error(ErrorKind::Internal, format!("{name} is down")))
+    }
+
+    /// `liveness`, `add-child`, `delete-child`.
+    pub(super) fn per_sa(&mut self, name: &str, op: PerSa, now: Instant) -> Response {
+        let id = match self.endpoint_of(name) {
+            Ok(id) => id,
+            Err(r) => return r,
+        };
+        let r = match op {
+            PerSa::Liveness => self.driver.check_liveness(id, now),
+            PerSa::AddChild => self.driver.create_child_sas(id, now),
+            PerSa::DeleteChild(spi) => self.driver.delete_child_sa(id, spi, now).map(usize::from),
+        };
+        let what = match op {
+            PerSa::Liveness => "liveness check(s)",
+            PerSa::AddChild => "Child SA request(s)",
+            PerSa::DeleteChild(_) => "Child SA Delete(s)",
+        };
+        match r {
+            Ok(0) => Response::error(
+                ErrorKind::Internal,
+                format!(
+                    "{name}: nothing sent (no such SA, or its IKE SA is busy or not connected)"
+                ),
+            ),
+            Ok(n) => Response::ok(Reply::Done {
+                message: format!("{name}: {n} {what} sent"),
             }),
             Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
         }
@@ -552,6 +602,17 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// An operation on the SAs of one connection.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum PerSa {
+    /// An empty INFORMATIONAL on each IKE SA.
+    Liveness,
+    /// One more Child SA on each IKE SA.
+    AddChild,
+    /// Delete the Child SA with this inbound SPI.
+    DeleteChild(u32),
 }
 
 /// A stable label for a failure.

@@ -290,7 +290,12 @@ impl Daemon {
             Command::Reload => self.reload(),
             Command::Up { name } => self.up(&name, now),
             Command::Down { name } => self.down(&name, now),
-            Command::Rekey { name, ike } => self.rekey(&name, ike, now),
+            Command::Rekey { name, ike, spi } => self.rekey(&name, ike, spi, now),
+            Command::Liveness { name } => self.per_sa(&name, conns::PerSa::Liveness, now),
+            Command::AddChild { name } => self.per_sa(&name, conns::PerSa::AddChild, now),
+            Command::DeleteChild { name, spi } => {
+                self.per_sa(&name, conns::PerSa::DeleteChild(spi), now)
+            }
         }
     }
 
