@@ -195,3 +195,40 @@ fn per_sa_operations_liveness_rekey_add_and_delete() {
             .any(|e| matches!(e, DriverEvent::Failed { .. } | DriverEvent::Refused { .. }))
     );
 }
+
+/// A Responder that listens on several workers: each gets the Listen, and a connection
+/// accepted on any of them is the endpoint's (not closed as nobody's).
+#[test]
+fn a_responder_listens_on_every_worker_it_names() {
+    let (h, sides) = iketcp_dataplane::worker::handle::channels(2);
+    let (_, cr) =
+        super::fixtures::configs(iketcp_dataplane::crypto::Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let listen = std::net::SocketAddr::from((super::fixtures::RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    ep.also_listen_on = vec![1];
+    let id = d.add(ep).unwrap();
+    for side in &sides {
+        let cmds: Vec<Command> = side.commands.try_iter().collect();
+        assert!(
+            matches!(&cmds[..], [Command::Listen { local, .. }] if *local == listen),
+            "{cmds:?}"
+        );
+    }
+    let on_1 = Conn {
+        worker: 1,
+        ..conn(3)
+    };
+    up(&mut d, on_1, TcpRole::Responder, None);
+    let ev = d.take_events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, DriverEvent::ConnUp { endpoint, conn } if *endpoint == id && *conn == on_1)),
+        "{ev:?}"
+    );
+    let closes: Vec<Command> = sides[1].commands.try_iter().collect();
+    assert!(
+        !closes.iter().any(|c| matches!(c, Command::Close { .. })),
+        "{closes:?}"
+    );
+}

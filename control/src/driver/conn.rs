@@ -15,9 +15,9 @@ impl Core {
         let endpoint = match (role, token) {
             (TcpRole::Originator, Some(t)) => EndpointId::from_token(t),
             (TcpRole::Responder, _) => {
-                // The Responder endpoint listening on this worker and port.
+                // The Responder endpoint listening on this worker (or on several) and port.
                 let found = self.endpoints.iter().find(|(i, e)| {
-                    e.worker == conn.worker
+                    (e.worker == conn.worker || e.also_listen_on.contains(&conn.worker))
                         && !self.removing.contains(i)
                         && matches!(e.role, EndpointRole::Responder { listen }
                             if listen.port() == local.port()

@@ -155,6 +155,11 @@ pub struct Endpoint {
     pub cookies: CookiePolicy,
     /// Anti-replay window of the inbound ESP SAs, in packets (RFC 4303 §3.4.3).
     pub replay_window: u32,
+    /// A Responder: further workers that listen on the same address (their transports share
+    /// the port: kernel sockets with SO_REUSEPORT, or smoltcp stacks behind a steering
+    /// splitter); a connection accepted on any of them is this endpoint's, and its SAs live on
+    /// that worker.
+    pub also_listen_on: Vec<u16>,
 }
 
 /// Timers of an endpoint's sessions.
@@ -198,6 +203,7 @@ impl Endpoint {
             limits: TimeLimits::default(),
             cookies: CookiePolicy::tcp(),
             replay_window: iketcp_dataplane::sa::replay::DEFAULT_WINDOW,
+            also_listen_on: Vec::new(),
         }
     }
 }
@@ -807,6 +813,8 @@ impl Core {
         // One SPI space per data plane: every session draws from the driver's pool.
         ep.ike.spi_pool = self.spi_pool.clone();
         let (worker, role, policy) = (ep.worker, ep.role, ep.cookies);
+        let mut listeners = vec![worker];
+        listeners.extend(ep.also_listen_on.iter().filter(|&&w| w != worker));
         if let EndpointRole::Responder { listen } = role
             && let std::collections::hash_map::Entry::Vacant(v) = self.jars.entry(listen)
         {
@@ -819,9 +827,11 @@ impl Core {
             return Ok(index);
         };
         self.now = now;
-        let ack = self.ack();
-        self.expect_ack(ack, Pending::Listen { endpoint: index });
-        self.send(worker, Command::Listen { local: listen, ack })?;
+        for w in listeners {
+            let ack = self.ack();
+            self.expect_ack(ack, Pending::Listen { endpoint: index });
+            self.send(w, Command::Listen { local: listen, ack })?;
+        }
         Ok(index)
     }
 

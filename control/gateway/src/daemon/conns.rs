@@ -74,8 +74,8 @@ fn listen_addr(cfg: &GatewayConfig, c: &ConnectionConfig) -> SocketAddr {
     SocketAddr::new(ip, cfg.gateway.port)
 }
 
-/// Stable worker choice for a connection: spreads initiators over the workers; listeners sit
-/// on worker 0 (their accepted connections, and so their SAs, stay there).
+/// Stable worker choice for a connection: spreads initiators over the workers; a listener's
+/// home is worker 0, and every worker listens for it.
 fn worker_of(cfg: &GatewayConfig, c: &ConnectionConfig) -> u16 {
     if c.start == StartAction::Listen {
         return 0;
@@ -128,6 +128,12 @@ pub(super) fn endpoint(
         },
     };
     let mut ep = Endpoint::new(worker_of(cfg, c), role, ike);
+    if c.start == StartAction::Listen {
+        // Every worker listens: the kernel (SO_REUSEPORT) or the TAP's steering splitter hands
+        // a new connection to any of them.
+        let n = u16::try_from(cfg.gateway.workers).unwrap_or(u16::MAX);
+        ep.also_listen_on = (1..n).collect();
+    }
     ep.timers = Timers {
         dpd_interval: c.dpd_delay,
         ..Timers::default()

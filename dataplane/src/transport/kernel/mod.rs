@@ -484,6 +484,9 @@ impl KernelTransport {
         }
         let fd = sys::tcp_socket(&local)?;
         sys::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        // Every worker of a gateway may listen on the same address: the kernel spreads the
+        // accepted connections over them.
+        sys::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         if local.is_ipv6() {
             // Explicit per family, so [::]:p and 0.0.0.0:p can both be listened on.
             sys::set_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
