@@ -239,15 +239,7 @@ impl Core {
         endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
-        let mut n = 0;
-        for i in self.sessions.handles() {
-            if self.rekeyable(i, Some(endpoint))
-                && self.start_request(i, |s| s.create_child(now), now)?
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
+        self.request_each(endpoint, |s| s.create_child(now), now)
     }
 
     /// Sends a liveness check (an empty INFORMATIONAL request, RFC 7296 §2.4) on each
@@ -261,11 +253,20 @@ impl Core {
         endpoint: EndpointId,
         now: Instant,
     ) -> Result<usize, DriverError> {
+        self.request_each(endpoint, |s| s.start_dpd(now), now)
+    }
+
+    /// [`start_request`](Self::start_request) on each established, connected IKE SA of
+    /// `endpoint`; returns how many requests went out.
+    fn request_each(
+        &mut self,
+        endpoint: EndpointId,
+        make: impl Fn(&mut Session) -> Result<Vec<u8>, SessionError>,
+        now: Instant,
+    ) -> Result<usize, DriverError> {
         let mut n = 0;
         for i in self.sessions.handles() {
-            if self.rekeyable(i, Some(endpoint))
-                && self.start_request(i, |s| s.start_dpd(now), now)?
-            {
+            if self.rekeyable(i, Some(endpoint)) && self.start_request(i, &make, now)? {
                 n += 1;
             }
         }
