@@ -3,7 +3,7 @@
 //! With several workers behind one port, a reconnecting Originator's new 4-tuple (a NAT may
 //! have changed its address or port, RFC 9329 §6.1, R-6.1-h) can hash to another worker than
 //! the one holding the SAs. That worker reports the SPI (it knows from the shared
-//! [`SpiDirectory`](iketcp_dataplane::worker::directory::SpiDirectory) that the SPI is not
+//! [`SpiDirectory`](iketcp_dataplane::worker::SpiDirectory) that the SPI is not
 //! corruption), or an IKE message of the IKE SA arrives there. The driver then takes each live
 //! SA out of the old worker (`DeleteSa` hands back the SA object, sequence numbers and replay
 //! window included), installs the same object on the new worker, and binds the IKE SA to the

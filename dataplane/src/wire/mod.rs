@@ -3,4 +3,4 @@
 pub mod esp;
 pub mod frame;
 pub mod ip;
-pub mod mss;
+pub(crate) mod mss;

@@ -2,9 +2,9 @@
 //! numbers and replay windows. Nothing on the packet path is locked; the one thing workers share
 //! there is each other's lock-free inbox of forwarded plaintext (see [`forward`]).
 
-pub mod directory;
-pub mod engine;
-pub mod forward;
+mod directory;
+mod engine;
+mod forward;
 pub mod handle;
 pub mod spd;
 pub mod stats;
@@ -16,7 +16,9 @@ use std::io;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use engine::{Engine, EngineConfig};
+pub use directory::SpiDirectory;
+pub use engine::{Engine, EngineConfig};
+pub use forward::{INBOX_SLOTS, Mesh};
 use handle::WorkerChannels;
 
 use crate::port::{Packet, PacketPool, Port};

@@ -118,7 +118,9 @@ const MODP2048_PARAMS: FixedMontyParams<{ U2048::LIMBS }> = FixedMontyParams::ne
 
 /// Length of the private exponent for group 14. RFC 3526 §8 estimates 110–160 bits of strength
 /// for this group and advises an exponent of at least twice that; we use 512 bits (≥ 2 · 256).
-pub const MODP2048_EXPONENT_BITS: u32 = 512;
+const MODP2048_EXPONENT_BITS: u32 = 512;
+// The exponent's type is what gives it that length.
+const _: () = assert!(U512::BITS == MODP2048_EXPONENT_BITS);
 
 enum Private {
     /// X25519; AWS-LC frees (and clears) the key on drop.

@@ -13,13 +13,13 @@
 //! payloads beyond the two Length fields the SK payload protection authenticates; the wire codec
 //! lives in `super::wire`.
 
-pub mod alg;
-pub mod dh;
-pub mod integ;
-pub mod keys;
-pub mod prf;
-pub mod secret;
-pub mod sk;
+pub(crate) mod alg;
+pub(crate) mod dh;
+pub(crate) mod integ;
+pub(crate) mod keys;
+pub(crate) mod prf;
+pub(crate) mod secret;
+pub(crate) mod sk;
 
 #[cfg(test)]
 mod test_util;
