@@ -25,7 +25,7 @@ use crate::config::{self, ConfigError, GatewayConfig};
 use crate::ctl::server::{self as ctl_server, ControlServer, Job};
 use crate::ctl::{Command, ErrorKind, Reply, Response};
 use crate::metrics::{self, Histogram, MetricsServer, Scrape};
-use crate::net::{Netlink, NetlinkError, Route};
+use crate::net::{Netlink, NetlinkError, Route, RouteSet};
 use routes::Prefix;
 
 /// How long a clean shutdown waits for the peers to acknowledge the Deletes.
@@ -110,9 +110,9 @@ pub struct Daemon {
     tun_index: u32,
     conns: BTreeMap<String, conns::ConnEntry>,
     by_endpoint: HashMap<EndpointId, String>,
-    routes: BTreeSet<Prefix>,
+    /// The routes installed for Child SAs (removed again exactly, at the latest at exit).
+    routes: RouteSet,
     routes_dirty: bool,
-    route_failures: u64,
     metrics: BTreeMap<String, ConnMetrics>,
     started: Instant,
     last_counters: Instant,
@@ -125,6 +125,13 @@ impl fmt::Debug for Daemon {
             .field("config", &self.path)
             .field("connections", &self.conns.len())
             .finish_non_exhaustive()
+    }
+}
+
+fn prefix_of(r: &Route) -> Prefix {
+    Prefix {
+        addr: r.dst,
+        len: r.prefix_len,
     }
 }
 
@@ -176,7 +183,14 @@ pub fn run(opts: &Options, cfg: GatewayConfig) -> Result<(), GatewayError> {
             let r = daemon.reload();
             tracing::info!(outcome = ?r.outcome, "reload on SIGHUP");
         }
-        daemon.step()?;
+        if let Err(e) = daemon.step() {
+            // A local fault (a worker gone or stuck): still delete what can be deleted and
+            // take the routes down before reporting it.
+            tracing::error!(error = %e, "stopping after a fault");
+            drop(metrics);
+            daemon.shutdown();
+            return Err(e);
+        }
         while let Ok(Job { command, reply }) = jobs.try_recv() {
             let r = daemon.command(command);
             let _ = reply.send(r);
@@ -244,9 +258,8 @@ impl Daemon {
             tun_index,
             conns: BTreeMap::new(),
             by_endpoint: HashMap::new(),
-            routes: BTreeSet::new(),
+            routes: RouteSet::new(),
             routes_dirty: false,
-            route_failures: 0,
             metrics: BTreeMap::new(),
             started: now,
             last_counters: now,
@@ -354,31 +367,22 @@ impl Daemon {
                 }
             }
         }
-        let gone: Vec<Prefix> = self.routes.difference(&want).copied().collect();
-        let new: Vec<Prefix> = want.difference(&self.routes).copied().collect();
-        for p in gone {
-            match self.netlink.del_route(&self.route(p)) {
-                Ok(()) => {
-                    tracing::info!(prefix = %p, dev = %self.workers.tun_name, "route removed");
-                    self.routes.remove(&p);
-                }
+        let have: BTreeSet<Prefix> = self.routes.routes().iter().map(prefix_of).collect();
+        for p in have.difference(&want) {
+            let r = self.route(*p);
+            match self.routes.remove(&mut self.netlink, &r) {
+                Ok(_) => tracing::info!(prefix = %p, dev = %self.workers.tun_name, "route removed"),
                 Err(e) => {
-                    self.route_failures += 1;
                     tracing::warn!(prefix = %p, error = %e, "removing route");
                     self.routes_dirty = true;
                 }
             }
         }
-        for p in new {
-            match self.netlink.add_route(&self.route(p)) {
-                Ok(()) => {
-                    tracing::info!(prefix = %p, dev = %self.workers.tun_name, "route added");
-                    self.routes.insert(p);
-                }
-                Err(e) => {
-                    self.route_failures += 1;
-                    tracing::warn!(prefix = %p, error = %e, "adding route");
-                }
+        for p in want.difference(&have) {
+            let r = self.route(*p);
+            match self.routes.install(&mut self.netlink, r) {
+                Ok(()) => tracing::info!(prefix = %p, dev = %self.workers.tun_name, "route added"),
+                Err(e) => tracing::warn!(prefix = %p, error = %e, "adding route"),
             }
         }
     }
@@ -428,10 +432,8 @@ impl Daemon {
                 let _ = self.on_event(ev, Instant::now());
             }
         }
-        for p in std::mem::take(&mut self.routes) {
-            if let Err(e) = self.netlink.del_route(&self.route(p)) {
-                tracing::warn!(prefix = %p, error = %e, "removing route");
-            }
+        if let Err(e) = self.routes.clear(&mut self.netlink) {
+            tracing::warn!(error = %e, left = self.routes.len(), "removing routes");
         }
         for w in 0..self.workers.joins.len() {
             let _ = self.workers.handle.send_timeout(

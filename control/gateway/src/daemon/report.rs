@@ -196,8 +196,9 @@ impl Daemon {
             connections,
             routes: self
                 .routes
+                .routes()
                 .iter()
-                .map(|p| format!("{p} dev {}", self.workers.tun_name))
+                .map(|r| format!("{}/{} dev {}", r.dst, r.prefix_len, self.workers.tun_name))
                 .collect(),
             workers,
         }
@@ -234,13 +235,20 @@ impl Daemon {
             &[],
             self.routes.len() as f64,
         );
-        x.sample(
-            "iketcp_route_failures_total",
-            "counter",
-            "Route changes the kernel refused.",
-            &[],
-            self.route_failures as f64,
-        );
+        let rs = self.routes.stats();
+        for (result, n) in [
+            ("installed", rs.installed),
+            ("removed", rs.removed),
+            ("failed", rs.failed),
+        ] {
+            x.sample(
+                "iketcp_route_changes_total",
+                "counter",
+                "Route changes in the TUN device by result.",
+                &[("result", result)],
+                n as f64,
+            );
+        }
         for (name, m) in &self.metrics {
             for (ev, n) in &m.events {
                 x.sample(
