@@ -275,7 +275,7 @@ impl Core {
 
     /// Builds a request with `make` on session `i` and sends it; `Ok(false)` if the session
     /// refused (busy, unknown Child SA).
-    fn start_request(
+    pub(super) fn start_request(
         &mut self,
         i: IkeSaId,
         make: impl FnOnce(&mut Session) -> Result<Vec<u8>, SessionError>,

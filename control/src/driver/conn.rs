@@ -63,7 +63,7 @@ impl Core {
         if let Some(i) = waiting {
             self.sessions[i].connecting = false;
             self.adopt(i, conn, true)?;
-            return self.probe_new_path(i, conn, now);
+            return self.probe_new_path(i, now);
         }
         let cfg = self.endpoints[endpoint].ike.clone();
         match Session::initiator(cfg, local, peer, now) {
@@ -213,18 +213,9 @@ impl Core {
     /// the Responder learns the new path from an authenticated message (it keeps using the
     /// dead connection until one arrives), and some Responders close a new connection that
     /// carries no message within seconds (libreswan 4.10: 5 s).
-    fn probe_new_path(&mut self, i: IkeSaId, conn: Conn, now: Instant) -> Result<(), DriverError> {
-        let st = &mut self.sessions[i];
-        if st.outstanding.is_some() || !st.session.is_established() || st.session.has_outstanding()
-        {
-            return Ok(());
-        }
-        let Ok(msg) = st.session.start_dpd(now) else {
-            return Ok(());
-        };
-        st.outstanding = Some(msg.clone());
-        self.session_changed(i);
-        self.send(conn.worker, Command::SendIke { conn: conn.id, msg })
+    fn probe_new_path(&mut self, i: IkeSaId, now: Instant) -> Result<(), DriverError> {
+        // A re-sent request keeps the session busy (window size 1): then it is that message.
+        self.start_request(i, |s| s.start_dpd(now), now).map(drop)
     }
 
     /// Re-sends session `i`'s request still waiting for its response on `conn`, bit for bit
