@@ -170,21 +170,27 @@ impl Core {
         self.arm_session(i);
     }
 
-    /// The other Responder endpoints listening where `endpoint` listens, as peer
-    /// configurations a new responder session may switch to at IKE_AUTH (by IDi).
-    fn listener_peers(&self, endpoint: EndpointId) -> Vec<(u64, crate::ike::session::Config)> {
+    /// The configurations of the Responder endpoints listening where `endpoint` listens (its
+    /// own among them), tagged with their handles: the peer configurations a new responder
+    /// session may switch to at IKE_AUTH (by IDi). Built once per address and shared.
+    fn listener_peers(&mut self, endpoint: EndpointId) -> PeerConfigs {
         let EndpointRole::Responder { listen } = self.endpoints[endpoint].role else {
-            return Vec::new();
+            return PeerConfigs::default();
         };
-        self.endpoints
+        if let Some(p) = self.listener_configs.get(&listen) {
+            return p.clone();
+        }
+        let peers: PeerConfigs = self
+            .endpoints
             .iter()
             .filter(|(id, e)| {
-                *id != endpoint
-                    && !self.removing.contains(id)
-                    && e.role == EndpointRole::Responder { listen }
+                !self.removing.contains(id) && e.role == EndpointRole::Responder { listen }
             })
             .map(|(id, e)| (id.token(), e.ike.clone()))
-            .collect()
+            .collect::<Vec<_>>()
+            .into();
+        self.listener_configs.insert(listen, peers.clone());
+        peers
     }
 
     /// Session `i` belongs to endpoint `to` from now on (IKE_AUTH chose its configuration):

@@ -294,6 +294,7 @@ impl Core {
         }
         ep.ike.spi_pool = self.spi_pool.clone();
         *old = ep;
+        self.listener_configs.clear();
         true
     }
 
@@ -310,6 +311,7 @@ impl Core {
             return Ok(false);
         }
         self.removing.insert(id);
+        self.listener_configs.clear();
         self.dials.retain(|d| d.1 != id);
         self.dial_failures.remove(&id);
         let sessions: Vec<IkeSaId> = self.endpoint_sessions(id).collect();
@@ -344,6 +346,7 @@ impl Core {
         for e in done {
             self.removing.remove(&e);
             self.endpoints.remove(e);
+            self.listener_configs.clear();
             // Its connections have nothing to carry: they close (a rare, O(connections) walk).
             let conns: Vec<Conn> = self
                 .conns

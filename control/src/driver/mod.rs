@@ -98,8 +98,8 @@ use iketcp_dataplane::worker::spd::{Selectors, TrafficSelector as SpdSelector};
 use crate::ike::cookie::{CookieError, CookieJar, CookiePolicy, ReplyKind, Screen};
 use crate::ike::crypto::EspSuite;
 use crate::ike::session::{
-    ChildSa, Config, FailReason, Output, PuzzleAnswer, PuzzleJob, Role, SaEvent, Session,
-    SessionError, SessionEvent, SpiPool, Verdict,
+    ChildSa, Config, FailReason, Output, PeerConfigs, PuzzleAnswer, PuzzleJob, Role, SaEvent,
+    Session, SessionError, SessionEvent, SpiPool, Verdict,
 };
 use crate::ike::wire::NotifyType;
 use crate::ike::wire::TrafficSelector;
@@ -725,6 +725,9 @@ pub struct Core {
     migrations: Vec<migrate::Migration>,
     /// Cookie secrets per listening address.
     jars: HashMap<SocketAddr, CookieJar>,
+    /// Per listen address, the configurations of the Responder endpoints there, shared by the
+    /// responder sessions it creates (IKE_AUTH picks one by IDi); cleared when endpoints change.
+    listener_configs: HashMap<SocketAddr, PeerConfigs>,
     /// Originator endpoints to dial again, and when.
     dials: Vec<(Instant, EndpointId)>,
     /// Failed connects in a row per Originator endpoint.
@@ -789,6 +792,7 @@ impl Core {
             keylog: false,
             migrations: Vec::new(),
             jars: HashMap::new(),
+            listener_configs: HashMap::new(),
             dials: Vec::new(),
             dial_failures: HashMap::new(),
             spi_pool: SpiPool::new(),
@@ -822,6 +826,7 @@ impl Core {
             v.insert(jar);
         }
         let index = self.endpoints.insert(ep);
+        self.listener_configs.clear();
         let EndpointRole::Responder { listen } = role else {
             self.dial(index)?;
             return Ok(index);

@@ -108,6 +108,9 @@ impl fmt::Debug for Config {
     }
 }
 
+/// Tagged peer configurations of one listener (see [`Session::set_peer_configs`]), shared.
+pub type PeerConfigs = Arc<[(u64, Config)]>;
+
 /// What a session call ([`Session::handle`], [`Session::handle_timeout`], ...) asks the caller
 /// to do: one list per call, in the order things happened (an answer before the IKE SA it
 /// deletes is gone, R-6.1-q; a rekey before the Delete of what it replaced, RFC 7296 §1.3.2).
@@ -342,9 +345,9 @@ pub struct Session {
     verified: std::cell::Cell<bool>,
     /// Set when the current `handle` call answered from the response cache.
     retransmitted: bool,
-    /// Responder: other configurations of the same listener, with the caller's tags; IKE_AUTH
+    /// Responder: the configurations of the same listener, with the caller's tags; IKE_AUTH
     /// picks one by the peer's IDi (see [`Session::set_peer_configs`]).
-    peers: Vec<(u64, Config)>,
+    peers: PeerConfigs,
     /// The tag of the configuration IKE_AUTH switched to, if it did.
     chosen: Option<u64>,
 }
@@ -539,7 +542,7 @@ impl Session {
             last_activity: Some(now),
             tcp_role: Role::Initiator,
             life: life::Life::default(),
-            peers: Vec::new(),
+            peers: PeerConfigs::default(),
             chosen: None,
             frags: None,
             reassembled: None,
@@ -580,7 +583,7 @@ impl Session {
             last_activity: None,
             tcp_role: Role::Responder,
             life: life::Life::default(),
-            peers: Vec::new(),
+            peers: PeerConfigs::default(),
             chosen: None,
             frags: None,
             reassembled: None,
@@ -602,14 +605,14 @@ impl Session {
         matches!(self.state, State::Failed)
     }
 
-    /// Responder: other peer configurations that share this listener, each with a tag of the
-    /// caller's. At IKE_AUTH, when the peer's IDi is not this session's `remote_id`, the one
+    /// Responder: the peer configurations that share this listener, each with a tag of the
+    /// caller's (shared by all the listener's sessions; this session's own may be among them). At IKE_AUTH, when the peer's IDi is not this session's `remote_id`, the one
     /// whose `remote_id` is the IDi (and whose `local_id` is the IDr the peer asked for, if it
     /// asked) takes over before AUTH is checked, so its key proves the peer and signs our
     /// AUTH, and its selectors and ESP proposals make the Child SA (RFC 7296 §2.15: the
     /// responder learns who the peer claims to be from IDi). The IKE SA's own algorithms were
     /// chosen at IKE_SA_INIT with this session's proposals.
-    pub fn set_peer_configs(&mut self, peers: Vec<(u64, Config)>) {
+    pub fn set_peer_configs(&mut self, peers: PeerConfigs) {
         self.peers = peers;
     }
 
