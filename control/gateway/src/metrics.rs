@@ -3,7 +3,7 @@
 //! data-plane counter per worker. A small HTTP/1.0 server thread answers `GET /metrics` by
 //! asking the daemon's loop for the text.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -56,13 +56,13 @@ pub fn label(v: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Exposition {
     out: String,
-    seen: BTreeMap<String, ()>,
+    seen: BTreeSet<String>,
 }
 
 impl Exposition {
     /// Declares family `name` (once) and adds one sample with `labels`.
     pub fn sample(&mut self, name: &str, kind: &str, help: &str, labels: &[(&str, &str)], v: f64) {
-        if self.seen.insert(name.to_owned(), ()).is_none() {
+        if self.seen.insert(name.to_owned()) {
             let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\n', " "));
             let _ = writeln!(self.out, "# TYPE {name} {kind}");
         }
@@ -79,7 +79,7 @@ impl Exposition {
 
     /// Adds histogram `name` with `labels`.
     pub fn histogram(&mut self, name: &str, help: &str, labels: &[(&str, &str)], h: &Histogram) {
-        if self.seen.insert(name.to_owned(), ()).is_none() {
+        if self.seen.insert(name.to_owned()) {
             let _ = writeln!(self.out, "# HELP {name} {help}");
             let _ = writeln!(self.out, "# TYPE {name} histogram");
         }

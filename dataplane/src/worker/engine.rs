@@ -410,14 +410,13 @@ impl Engine {
                 let r = if self.listening.contains(&local) {
                     Ok(())
                 } else {
-                    t.listen(local).map_err(|e| CommandError::Listen {
-                        local,
-                        kind: e.kind(),
-                    })
+                    t.listen(local)
+                        .map(|()| self.listening.push(local))
+                        .map_err(|e| CommandError::Listen {
+                            local,
+                            kind: e.kind(),
+                        })
                 };
-                if r.is_ok() && !self.listening.contains(&local) {
-                    self.listening.push(local);
-                }
                 self.ack(ack, r);
             }
             Command::Connect {

@@ -337,9 +337,7 @@ impl Daemon {
                 s.removed.push(name);
             }
         }
-        let connections = new.connections.clone();
-        self.cfg.connections = connections.clone();
-        for c in connections {
+        for c in new.connections {
             let name = c.name.clone();
             match self.conns.get(&name) {
                 None => {

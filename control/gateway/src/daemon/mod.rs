@@ -103,6 +103,7 @@ impl ConnMetrics {
 /// The running gateway.
 pub struct Daemon {
     path: PathBuf,
+    /// The `[gateway]` and `[tun]` sections in use (its connections are in `conns`).
     cfg: GatewayConfig,
     driver: Driver,
     workers: workers::Workers,
@@ -265,8 +266,8 @@ impl Daemon {
             last_counters: now,
             reloads: (0, 0),
         };
-        let list = d.cfg.connections.clone();
-        for c in list {
+        // The connections live in `conns` from here on.
+        for c in std::mem::take(&mut d.cfg.connections) {
             d.add_connection(c, now)?;
         }
         Ok((d, control, jobs, metrics))

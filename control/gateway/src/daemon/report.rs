@@ -214,20 +214,15 @@ impl Daemon {
             &[],
             now.duration_since(self.started).as_secs_f64(),
         );
-        x.sample(
-            "iketcp_reloads_total",
-            "counter",
-            "Config reloads by result.",
-            &[("result", "ok")],
-            self.reloads.0 as f64,
-        );
-        x.sample(
-            "iketcp_reloads_total",
-            "counter",
-            "Config reloads by result.",
-            &[("result", "refused")],
-            self.reloads.1 as f64,
-        );
+        for (result, n) in [("ok", self.reloads.0), ("refused", self.reloads.1)] {
+            x.sample(
+                "iketcp_reloads_total",
+                "counter",
+                "Config reloads by result.",
+                &[("result", result)],
+                n as f64,
+            );
+        }
         x.sample(
             "iketcp_routes",
             "gauge",
