@@ -39,25 +39,7 @@ impl Hand {
     }
 
     pub(super) fn ack_all(&mut self, cmds: &[Command]) {
-        for c in cmds {
-            let ack = match c {
-                Command::InstallInbound { ack, .. }
-                | Command::InstallOutbound { ack, .. }
-                | Command::DeleteSa { ack, .. }
-                | Command::Listen { ack, .. } => *ack,
-                _ => continue,
-            };
-            self.d
-                .handle_event(
-                    Event::Ack {
-                        worker: 0,
-                        ack,
-                        result: Ok(()),
-                    },
-                    self.t0,
-                )
-                .unwrap();
-        }
+        ack_all(&mut self.d, cmds, self.t0);
     }
 
     /// Delivers `msg` to the driver on its connection at `now`; returns its commands.
@@ -91,6 +73,28 @@ impl Hand {
             }
         }
         out
+    }
+}
+
+/// Acknowledges, as worker 0 would, every command in `cmds` that asks for an ack.
+pub(super) fn ack_all(d: &mut Driver, cmds: &[Command], now: Instant) {
+    for c in cmds {
+        let ack = match c {
+            Command::InstallInbound { ack, .. }
+            | Command::InstallOutbound { ack, .. }
+            | Command::DeleteSa { ack, .. }
+            | Command::Listen { ack, .. } => *ack,
+            _ => continue,
+        };
+        d.handle_event(
+            Event::Ack {
+                worker: 0,
+                ack,
+                result: Ok(()),
+            },
+            now,
+        )
+        .unwrap();
     }
 }
 

@@ -9,7 +9,7 @@ use iketcp_dataplane::transport::TcpRole;
 use iketcp_dataplane::worker::handle::{Command, WorkerChannels, channels};
 
 use super::fixtures::{INITIATOR_ADDR, RESPONDER_ADDR, configs};
-use super::life_tests::sent;
+use super::life_tests::{ack_all, sent};
 use super::tests::{conn, up};
 use super::*;
 use crate::ike::session::PskAuth;
@@ -69,26 +69,7 @@ fn handshake(d: &mut Driver, side: &WorkerChannels, ci: Config, k: u32) -> Vec<D
         .unwrap();
         // Acknowledge what the driver asked the worker for, so held responses go out.
         let mut cmds: Vec<Command> = side.commands.try_iter().collect();
-        let acks: Vec<u64> = cmds
-            .iter()
-            .filter_map(|c| match c {
-                Command::InstallInbound { ack, .. }
-                | Command::InstallOutbound { ack, .. }
-                | Command::Listen { ack, .. } => Some(*ack),
-                _ => None,
-            })
-            .collect();
-        for ack in acks {
-            d.handle_event(
-                Event::Ack {
-                    worker: 0,
-                    ack,
-                    result: Ok(()),
-                },
-                t0,
-            )
-            .unwrap();
-        }
+        ack_all(d, &cmds, t0);
         cmds.extend(side.commands.try_iter());
         events.extend(d.take_events());
         let answers = sent(&cmds);
