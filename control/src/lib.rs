@@ -8,7 +8,8 @@ pub mod ike;
 
 pub use driver::{
     ChildSaInfo, ChildSaState, Core, Driver, DriverError, DriverEvent, Endpoint, EndpointId,
-    EndpointInfo, EndpointRole, Failure, IkeSaInfo, IkeSaState, Refusal, TimeLimits, Timers,
+    EndpointInfo, EndpointRole, Failure, IkeSaInfo, IkeSaState, ReconnectProbe, Refusal,
+    TimeLimits, Timers,
 };
 pub use ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, IntegAlg, PrfAlg};
 pub use ike::session::{Authenticator, Config, PskAuth, Session, SessionError, SpiPool};

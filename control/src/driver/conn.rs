@@ -61,8 +61,31 @@ impl Core {
             s.connecting && s.alive()
         });
         if let Some(i) = waiting {
-            self.sessions[i].connecting = false;
+            let st = &mut self.sessions[i];
+            st.connecting = false;
+            st.answered_here = false;
+            // The last reconnected connection ended without an answer while our liveness
+            // check was outstanding: the peer took it and answered elsewhere (libreswan 4.10
+            // as TCP Responder moves an IKE SA to a new connection only for IKE_SA_INIT,
+            // IKE_AUTH and CREATE_CHILD_SA, answers the INFORMATIONAL on the dead one, then
+            // closes the new connection), and re-sending it would only repeat that. The check
+            // carries nothing, so it is given up; an IKE SA rekey, which such a peer follows,
+            // moves the IKE SA to the new connection instead.
+            let unanswered = st.unanswered_paths > 0;
+            if unanswered && st.session.abandon_liveness_check() {
+                st.outstanding = None;
+                self.events.push_back(DriverEvent::ProbeAbandoned {
+                    endpoint,
+                    ike_sa: i,
+                });
+            }
+            let rekey =
+                unanswered || self.endpoints[endpoint].reconnect_probe == ReconnectProbe::IkeRekey;
+            let waits = self.sessions[i].session.has_outstanding();
             self.adopt(i, conn, true)?;
+            if rekey && !waits {
+                return self.start_ike_rekey(i, now).map(drop);
+            }
             return self.probe_new_path(i, now);
         }
         let cfg = self.endpoints[endpoint].ike.clone();
@@ -249,6 +272,8 @@ impl Core {
             conn: Some(conn),
             outstanding: None,
             reconnects: 0,
+            answered_here: true,
+            unanswered_paths: 0,
             connecting: false,
             born: now,
             dropped: false,
@@ -306,6 +331,9 @@ impl Core {
         let st = &mut self.sessions[i];
         if st.conn == Some(conn) {
             st.conn = None;
+            if !st.answered_here && st.session.is_established() {
+                st.unanswered_paths = st.unanswered_paths.saturating_add(1);
+            }
         }
         st.connecting = false;
         // The session moved to another connection already, or has nothing left to carry.
@@ -495,6 +523,10 @@ impl Core {
         if answered {
             // The peer answers: reconnecting works.
             st.reconnects = 0;
+            if st.conn == Some(conn) {
+                st.answered_here = true;
+                st.unanswered_paths = 0;
+            }
         }
         // RFC 9329 §6.1 (R-6.1-t) and §10 (R-10-e): the Responder moves an IKE SA to the
         // connection of the most recent message that was decrypted, authenticated and not a

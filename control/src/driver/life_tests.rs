@@ -120,6 +120,10 @@ fn ike_sa_up(events: &[DriverEvent]) -> IkeSaId {
 /// A TCP Originator endpoint (IKE initiator) whose first connection just came up, its
 /// IKE_SA_INIT request waiting in the worker's queue; the peer is a responder session.
 fn originator_connected(timers: Timers) -> (Hand, EndpointId) {
+    originator_connected_probing(timers, ReconnectProbe::Liveness)
+}
+
+fn originator_connected_probing(timers: Timers, probe: ReconnectProbe) -> (Hand, EndpointId) {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(h);
@@ -133,6 +137,7 @@ fn originator_connected(timers: Timers) -> (Hand, EndpointId) {
         ci,
     );
     ep.timers = timers;
+    ep.reconnect_probe = probe;
     let e = d.add(ep).unwrap();
     let t0 = Instant::now();
     let peer = Session::responder(cr, remote, SocketAddr::from((INITIATOR_ADDR, 40001)));
@@ -151,7 +156,11 @@ fn originator_connected(timers: Timers) -> (Hand, EndpointId) {
 
 /// A TCP Originator endpoint (IKE initiator) established against a responder session.
 pub(super) fn originator(timers: Timers) -> Hand {
-    let (mut hand, _) = originator_connected(timers);
+    originator_probing(timers, ReconnectProbe::Liveness)
+}
+
+fn originator_probing(timers: Timers, probe: ReconnectProbe) -> Hand {
+    let (mut hand, _) = originator_connected_probing(timers, probe);
     let t0 = hand.t0;
     let mut cmds = hand.cmds();
     // IKE_SA_INIT, IKE_AUTH.
@@ -248,6 +257,81 @@ fn r_6_1_g_r_6_1_k_r_6_1_f_r_6_1_m_originator_reconnects_an_idle_established_ike
         !h.d.take_events()
             .iter()
             .any(|e| matches!(e, DriverEvent::IkeSaUp { .. } | DriverEvent::Failed { .. }))
+    );
+}
+
+/// The exchange type of an IKE message (byte 18 of the header, RFC 7296 §3.1).
+fn exchange_of(msg: &[u8]) -> u8 {
+    msg[18]
+}
+
+const INFORMATIONAL: u8 = 37;
+const CREATE_CHILD_SA: u8 = 36;
+
+#[test]
+fn reconnect_probe_answered_elsewhere_is_given_up_for_an_ike_sa_rekey() {
+    // libreswan 4.10 as TCP Responder: it processes the liveness check that follows a
+    // reconnect, answers it on the dead connection and closes the new one.
+    let mut h = originator(quick());
+    let token = Some(0);
+    down(&mut h.d, conn(1), token);
+    let _ = h.cmds();
+    up(&mut h.d, conn(2), TcpRole::Originator, token);
+    let probe = sent(&h.cmds());
+    assert_eq!(probe.len(), 1);
+    assert_eq!(exchange_of(&probe[0]), INFORMATIONAL);
+    let now = h.t0;
+    let answer = h.peer.handle(&probe[0], now).unwrap();
+    assert!(matches!(answer.first(), Some(Output::Send(_))), "the peer took it");
+    // Its answer goes elsewhere; the new connection closes without anything authentic on it.
+    down(&mut h.d, conn(2), token);
+    assert!(h.cmds().is_empty(), "the second attempt waits");
+    assert!(matches!(
+        h.at(now + Duration::from_secs(2))[..],
+        [Command::Connect { .. }]
+    ));
+    up(&mut h.d, conn(3), TcpRole::Originator, token);
+    let cmds = h.cmds();
+    let first = sent(&cmds);
+    // Not the same liveness check again (the peer would answer it elsewhere again) but an
+    // IKE SA rekey, which such a peer follows to the new connection.
+    assert_eq!(first.len(), 1, "{cmds:?}");
+    assert_eq!(exchange_of(&first[0]), CREATE_CHILD_SA);
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::ProbeAbandoned { ike_sa, .. } if *ike_sa == h.ike_sa))
+    );
+    h.conn = conn(3);
+    let answers = h.peer_handles(&cmds, now);
+    assert_eq!(answers.len(), 1, "the peer takes the next Message ID");
+    h.deliver(answers[0].clone(), now);
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaRekeyed { .. }))
+    );
+    assert_eq!(h.d.installed(), 1, "the Child SA carries on");
+}
+
+#[test]
+fn reconnect_probe_rekey_sends_an_ike_sa_rekey_first() {
+    let mut h = originator_probing(quick(), ReconnectProbe::IkeRekey);
+    let token = Some(0);
+    down(&mut h.d, conn(1), token);
+    let _ = h.cmds();
+    up(&mut h.d, conn(2), TcpRole::Originator, token);
+    let cmds = h.cmds();
+    let first = sent(&cmds);
+    assert_eq!(first.len(), 1, "{cmds:?}");
+    assert_eq!(exchange_of(&first[0]), CREATE_CHILD_SA);
+    h.conn = conn(2);
+    let answers = h.peer_handles(&cmds, h.t0);
+    h.deliver(answers[0].clone(), h.t0);
+    assert!(
+        h.d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::IkeSaRekeyed { .. }))
     );
 }
 

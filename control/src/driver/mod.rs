@@ -160,6 +160,23 @@ pub struct Endpoint {
     /// splitter); a connection accepted on any of them is this endpoint's, and its SAs live on
     /// that worker.
     pub also_listen_on: Vec<u16>,
+    /// What a TCP Originator sends first on a new connection after a reconnect.
+    pub reconnect_probe: ReconnectProbe,
+}
+
+/// The first request after a TCP Originator reconnected an established IKE SA with no request
+/// of its own waiting: it tells the Responder the new path (RFC 9329 §6.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReconnectProbe {
+    /// An empty INFORMATIONAL (a liveness check), as RFC 9329 §6.1 advises. If the peer
+    /// closes the new connection without answering it, the next connection gets an IKE SA
+    /// rekey instead (see `ProbeAbandoned`).
+    #[default]
+    Liveness,
+    /// An IKE SA rekey (CREATE_CHILD_SA), for peers that move an IKE SA to a new connection
+    /// only for IKE_SA_INIT, IKE_AUTH and CREATE_CHILD_SA (libreswan 4.x, which may even
+    /// crash on a liveness check there).
+    IkeRekey,
 }
 
 /// Timers of an endpoint's sessions.
@@ -204,6 +221,7 @@ impl Endpoint {
             cookies: CookiePolicy::tcp(),
             replay_window: iketcp_dataplane::sa::replay::DEFAULT_WINDOW,
             also_listen_on: Vec::new(),
+            reconnect_probe: ReconnectProbe::Liveness,
         }
     }
 }
@@ -353,6 +371,15 @@ pub enum DriverEvent {
         conn: Conn,
         /// The SPI it named.
         spi: u32,
+    },
+    /// After a reconnect the peer took our liveness check and answered it elsewhere (the
+    /// connection ended without an answer): it was given up and the IKE SA is rekeyed on the
+    /// new connection instead, which moves it there (a libreswan 4.10 fault, see `conn.rs`).
+    ProbeAbandoned {
+        /// Endpoint index.
+        endpoint: EndpointId,
+        /// The IKE SA.
+        ike_sa: IkeSaId,
     },
     /// An encrypted IKE message failed its integrity check.
     IntegrityFailure {
@@ -579,6 +606,12 @@ struct SessionState {
     outstanding: Option<Vec<u8>>,
     /// Consecutive reconnects without an authentic answer.
     reconnects: u8,
+    /// An authentic message arrived on the current connection (false from a reconnect until
+    /// the first one).
+    answered_here: bool,
+    /// Consecutive reconnected connections that ended before anything authentic arrived on
+    /// them.
+    unanswered_paths: u8,
     /// A TCP Originator's `Connect` for this session is under way.
     connecting: bool,
     /// When the session was created (half-open responder sessions are dropped after

@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::ops::Deref;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -145,12 +145,21 @@ impl Driver {
     }
 
     /// Writes the keys of every IKE SA and Child SA from now on to `dir`, in Wireshark's
-    /// `ikev2_decryption_table` and `esp_sa` files (created with mode 0600, appended to).
-    /// Keys are secrets: call this only when the operator asked for a key log.
+    /// `ikev2_decryption_table` and `esp_sa` files (created with mode 0600, appended to; the
+    /// directory is created with mode 0700 when missing). Keys are secrets: call this only when
+    /// the operator asked for a key log.
     ///
     /// # Errors
-    /// If the files cannot be created.
+    /// If the directory or the files cannot be created.
     pub fn set_keylog(&mut self, dir: &Path) -> Result<(), DriverError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| DriverError::KeyLog {
+                path: dir.to_path_buf(),
+                kind: e.kind(),
+            })?;
         for name in [KEYLOG_IKE_FILE, KEYLOG_ESP_FILE] {
             let path = dir.join(name);
             OpenOptions::new()

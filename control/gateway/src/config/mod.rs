@@ -51,6 +51,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 pub use self::error::{ConfigError, ConfigErrorKind};
+pub use iketcp_control::ReconnectProbe;
 pub use iketcp_control::ike::crypto::{DhGroup, EspSuite, IkeSuite};
 pub use iketcp_control::ike::wire::{Identity, TrafficSelector};
 
@@ -334,6 +335,10 @@ pub struct ConnectionConfig {
     pub replay_window: u32,
     /// `mode`: only `"tunnel"`.
     pub mode: Mode,
+    /// `reconnect_probe`: what goes first on a new TCP connection after a reconnect:
+    /// `"liveness"` (an empty INFORMATIONAL, RFC 9329 §6.1; the default) or `"rekey"` (an IKE
+    /// SA rekey, for libreswan 4.x peers; see `docs/interop.md`).
+    pub reconnect_probe: ReconnectProbe,
     /// An ESP proposal names a DH group: Child SA rekeys use PFS with [`Self::child_dh`].
     pub pfs: bool,
     /// The PFS group of Child SA rekeys (`aes256gcm16-x25519`), if any.

@@ -90,6 +90,7 @@ pub(super) struct RawConnection {
     pub esn: Option<Spanned<BoolOrStr>>,
     pub replay_window: Option<Spanned<i64>>,
     pub mode: Option<Spanned<String>>,
+    pub reconnect_probe: Option<Spanned<String>>,
 }
 
 /// An inline secret, wiped when the raw tree is dropped.

@@ -115,6 +115,7 @@ life_bytes = 2000000000
 rekey_packets = "10k"
 life_packets = "1M"
 replay_window = 4096
+reconnect_probe = "rekey"
 mode = "tunnel"
 
 [[connection]]
@@ -272,6 +273,7 @@ fn full_example_parses_to_the_expected_values() {
     assert_eq!(a.life_packets, Some(1 << 20));
     assert_eq!(a.replay_window, 4096);
     assert_eq!(a.mode, Mode::Tunnel);
+    assert_eq!(a.reconnect_probe, ReconnectProbe::IkeRekey);
 
     let b = c.connection("road.warrior_1").unwrap();
     assert_eq!(b.remote_addrs, RemoteAddrs::Any);
@@ -361,6 +363,7 @@ fn defaults() {
     );
     assert_eq!(a.replay_window, 1024);
     assert_eq!(a.mode, Mode::Tunnel);
+    assert_eq!(a.reconnect_probe, ReconnectProbe::Liveness);
 
     // An empty gateway is fine (connections come with a reload).
     let empty = parse("", &gw(&d)).unwrap();
@@ -669,6 +672,12 @@ fn other_invalid_values() {
         "only psk is supported",
     );
     parse_err(&format!("{BASE}esn = \"maybe\"\n"), 9, 7, "esn = \"maybe\"");
+    parse_err(
+        &format!("{BASE}reconnect_probe = \"update\"\n"),
+        9,
+        19,
+        "use \"liveness\" or \"rekey\"",
+    );
     parse_err(&BASE.replace("\"a\"", "\"a b\""), 2, 8, "letters, digits");
     parse_err(
         &BASE.replace("local_id = \"@a.example\"\n", ""),

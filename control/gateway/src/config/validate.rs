@@ -15,9 +15,9 @@ use super::raw::{
 };
 use super::{
     Auth, ConfigError, ConfigErrorKind, ConnectionConfig, DhGroup, EspSuite, GatewayConfig,
-    GatewaySection, IkeSuite, LogFormat, LogLevel, Mode, OuterTransport, PskSecret, RedialPolicy,
-    RemoteAddrs, SmolNic, StartAction, TrafficSelector, TunSection, default_tun_mtu, proposal,
-    values,
+    GatewaySection, IkeSuite, LogFormat, LogLevel, Mode, OuterTransport, PskSecret, ReconnectProbe,
+    RedialPolicy, RemoteAddrs, SmolNic, StartAction, TrafficSelector, TunSection, default_tun_mtu,
+    proposal, values,
 };
 use iketcp_control::ike::wire::MAX_SELECTORS;
 use iketcp_dataplane::sa::replay::{MAX_WINDOW, MIN_WINDOW};
@@ -700,6 +700,19 @@ impl Validator<'_> {
                 }
             },
         };
+        let reconnect_probe = match &c.reconnect_probe {
+            None => ReconnectProbe::Liveness,
+            Some(m) => match m.get_ref().as_str() {
+                "liveness" => ReconnectProbe::Liveness,
+                "rekey" => ReconnectProbe::IkeRekey,
+                other => {
+                    return Err(self.invalid(
+                        &m.span(),
+                        format!("reconnect_probe = {other:?}: use \"liveness\" or \"rekey\""),
+                    ));
+                }
+            },
+        };
         Ok((
             ConnectionConfig {
                 name,
@@ -726,6 +739,7 @@ impl Validator<'_> {
                 esn,
                 replay_window,
                 mode,
+                reconnect_probe,
                 pfs: child_dh.is_some(),
                 child_dh,
             },

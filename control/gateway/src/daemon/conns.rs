@@ -146,6 +146,7 @@ pub(super) fn endpoint(
         pfs: c.pfs,
     };
     ep.replay_window = c.replay_window;
+    ep.reconnect_probe = c.reconnect_probe;
     ep.lifetime = Lifetime {
         soft_packets: c.rekey_packets.unwrap_or(u64::MAX),
         hard_packets: c.life_packets.unwrap_or(u64::MAX),
@@ -557,6 +558,11 @@ impl Daemon {
                 let n = name(self, &endpoint);
                 tracing::warn!(connection = %n, worker = conn.worker, spi = %format!("{spi:08x}"), "forged ESP on a new connection: closed");
                 self.metric(&n, "forged_esp");
+            }
+            DriverEvent::ProbeAbandoned { endpoint, ike_sa } => {
+                let n = name(self, &endpoint);
+                tracing::warn!(connection = %n, ike_sa = ike_sa.0, "the peer answered the liveness check after a reconnect on the old connection: rekeying the IKE SA on the new one");
+                self.metric(&n, "reconnect_probe_abandoned");
             }
             DriverEvent::IntegrityFailure { endpoint } => {
                 let n = name(self, &endpoint);

@@ -408,6 +408,25 @@ impl Session {
         self.request(Pending::Dpd, &[], now)
     }
 
+    /// Gives up our outstanding liveness check without its response; false (and nothing
+    /// changes) if the outstanding request is anything else or there is none. Its Message ID
+    /// stays used: the next request takes the one after it. Only for a peer known to have
+    /// processed the check and answered where we cannot hear it (an empty INFORMATIONAL
+    /// changes nothing in either peer, so no state is lost); see the driver's reconnects.
+    pub fn abandon_liveness_check(&mut self) -> bool {
+        if !matches!(
+            self.life.outstanding,
+            Some(Outstanding {
+                pending: Pending::Dpd,
+                ..
+            })
+        ) {
+            return false;
+        }
+        self.life.outstanding = None;
+        true
+    }
+
     /// A Delete request for the Child SA with inbound SPI `spi_in` (RFC 7296 §1.4.1).
     ///
     /// # Errors
