@@ -222,11 +222,12 @@ impl Core {
         let Some(ep) = self.endpoints.get(to) else {
             return;
         };
-        let timers = ep.timers;
+        let (timers, child_pfs) = (ep.timers, ep.child_pfs);
         let st = &mut self.sessions[i];
         let from = std::mem::replace(&mut st.endpoint, to);
         st.session.set_dpd_interval(timers.dpd_interval);
         st.session.set_exchange_timeout(timers.exchange_timeout);
+        st.session.set_child_pfs(child_pfs);
         if let Some(set) = self.ep_sessions.get_mut(&from) {
             set.remove(&i);
         }
@@ -266,6 +267,7 @@ impl Core {
         let timers = self.endpoints[endpoint].timers;
         session.set_dpd_interval(timers.dpd_interval);
         session.set_exchange_timeout(timers.exchange_timeout);
+        session.set_child_pfs(self.endpoints[endpoint].child_pfs);
         let i = self.sessions.insert(SessionState {
             endpoint,
             session,

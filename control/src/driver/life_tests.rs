@@ -120,10 +120,10 @@ fn ike_sa_up(events: &[DriverEvent]) -> IkeSaId {
 /// A TCP Originator endpoint (IKE initiator) whose first connection just came up, its
 /// IKE_SA_INIT request waiting in the worker's queue; the peer is a responder session.
 fn originator_connected(timers: Timers) -> (Hand, EndpointId) {
-    originator_connected_probing(timers, ReconnectProbe::Liveness)
+    originator_connected_with(timers, |_| {})
 }
 
-fn originator_connected_probing(timers: Timers, probe: ReconnectProbe) -> (Hand, EndpointId) {
+fn originator_connected_with(timers: Timers, f: impl FnOnce(&mut Endpoint)) -> (Hand, EndpointId) {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
     let mut d = Driver::new(h);
@@ -137,7 +137,7 @@ fn originator_connected_probing(timers: Timers, probe: ReconnectProbe) -> (Hand,
         ci,
     );
     ep.timers = timers;
-    ep.reconnect_probe = probe;
+    f(&mut ep);
     let e = d.add(ep).unwrap();
     let t0 = Instant::now();
     let peer = Session::responder(cr, remote, SocketAddr::from((INITIATOR_ADDR, 40001)));
@@ -156,11 +156,11 @@ fn originator_connected_probing(timers: Timers, probe: ReconnectProbe) -> (Hand,
 
 /// A TCP Originator endpoint (IKE initiator) established against a responder session.
 pub(super) fn originator(timers: Timers) -> Hand {
-    originator_probing(timers, ReconnectProbe::Liveness)
+    originator_setup(timers, |_| {})
 }
 
-fn originator_probing(timers: Timers, probe: ReconnectProbe) -> Hand {
-    let (mut hand, _) = originator_connected_probing(timers, probe);
+fn originator_setup(timers: Timers, f: impl FnOnce(&mut Endpoint)) -> Hand {
+    let (mut hand, _) = originator_connected_with(timers, f);
     let t0 = hand.t0;
     let mut cmds = hand.cmds();
     // IKE_SA_INIT, IKE_AUTH.
@@ -282,7 +282,10 @@ fn reconnect_probe_answered_elsewhere_is_given_up_for_an_ike_sa_rekey() {
     assert_eq!(exchange_of(&probe[0]), INFORMATIONAL);
     let now = h.t0;
     let answer = h.peer.handle(&probe[0], now).unwrap();
-    assert!(matches!(answer.first(), Some(Output::Send(_))), "the peer took it");
+    assert!(
+        matches!(answer.first(), Some(Output::Send(_))),
+        "the peer took it"
+    );
     // Its answer goes elsewhere; the new connection closes without anything authentic on it.
     down(&mut h.d, conn(2), token);
     assert!(h.cmds().is_empty(), "the second attempt waits");
@@ -298,9 +301,9 @@ fn reconnect_probe_answered_elsewhere_is_given_up_for_an_ike_sa_rekey() {
     assert_eq!(first.len(), 1, "{cmds:?}");
     assert_eq!(exchange_of(&first[0]), CREATE_CHILD_SA);
     assert!(
-        h.d.take_events()
-            .iter()
-            .any(|e| matches!(e, DriverEvent::ProbeAbandoned { ike_sa, .. } if *ike_sa == h.ike_sa))
+        h.d.take_events().iter().any(
+            |e| matches!(e, DriverEvent::ProbeAbandoned { ike_sa, .. } if *ike_sa == h.ike_sa)
+        )
     );
     h.conn = conn(3);
     let answers = h.peer_handles(&cmds, now);
@@ -316,7 +319,7 @@ fn reconnect_probe_answered_elsewhere_is_given_up_for_an_ike_sa_rekey() {
 
 #[test]
 fn reconnect_probe_rekey_sends_an_ike_sa_rekey_first() {
-    let mut h = originator_probing(quick(), ReconnectProbe::IkeRekey);
+    let mut h = originator_setup(quick(), |e| e.reconnect_probe = ReconnectProbe::IkeRekey);
     let token = Some(0);
     down(&mut h.d, conn(1), token);
     let _ = h.cmds();
@@ -333,6 +336,26 @@ fn reconnect_probe_rekey_sends_an_ike_sa_rekey_first() {
             .iter()
             .any(|e| matches!(e, DriverEvent::IkeSaRekeyed { .. }))
     );
+}
+
+#[test]
+fn a_configured_pfs_group_goes_into_new_child_sas_too() {
+    // esp_proposals = ["aes256gcm16-x25519"]: a Child SA added to the IKE SA later gets its
+    // own key exchange, as one rekeyed does (libreswan with pfs=yes refuses it otherwise).
+    let mut h = originator_setup(quick(), |e| e.child_pfs = Some(DhGroup::Curve25519));
+    // The peer insists on PFS: a request without a KE payload would get INVALID_KE_PAYLOAD.
+    h.peer.set_child_pfs(Some(DhGroup::Curve25519));
+    let now = h.t0 + Duration::from_secs(1);
+    assert_eq!(
+        h.d.create_child_sas(EndpointId::from_token(0), now)
+            .unwrap(),
+        1
+    );
+    let cmds = h.cmds();
+    let answers = h.peer_handles(&cmds, now);
+    assert_eq!(answers.len(), 1);
+    h.deliver(answers[0].clone(), now);
+    assert_eq!(h.d.installed(), 2, "{:?}", h.d.take_events());
 }
 
 #[test]

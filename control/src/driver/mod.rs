@@ -69,7 +69,7 @@ mod runtime;
 mod slab;
 mod timers;
 
-use crate::ike::crypto::IkeSuite;
+use crate::ike::crypto::{DhGroup, IkeSuite};
 pub use keyfile::{KEYLOG_ESP_FILE, KEYLOG_IKE_FILE, KeyLine};
 pub use lifetime::{JITTER_PERCENT, TimeLimits};
 pub use list::{ChildSaInfo, ChildSaState, ChildTraffic, EndpointInfo, IkeSaInfo, IkeSaState};
@@ -162,6 +162,10 @@ pub struct Endpoint {
     pub also_listen_on: Vec<u16>,
     /// What a TCP Originator sends first on a new connection after a reconnect.
     pub reconnect_probe: ReconnectProbe,
+    /// The PFS group every Child SA created or rekeyed by CREATE_CHILD_SA must use (our
+    /// requests carry a KE payload of it; a peer's request without one is refused), or none:
+    /// see [`Session::set_child_pfs`].
+    pub child_pfs: Option<DhGroup>,
 }
 
 /// The first request after a TCP Originator reconnected an established IKE SA with no request
@@ -222,6 +226,7 @@ impl Endpoint {
             replay_window: iketcp_dataplane::sa::replay::DEFAULT_WINDOW,
             also_listen_on: Vec::new(),
             reconnect_probe: ReconnectProbe::Liveness,
+            child_pfs: None,
         }
     }
 }

@@ -147,6 +147,7 @@ pub(super) fn endpoint(
     };
     ep.replay_window = c.replay_window;
     ep.reconnect_probe = c.reconnect_probe;
+    ep.child_pfs = c.child_dh;
     ep.lifetime = Lifetime {
         soft_packets: c.rekey_packets.unwrap_or(u64::MAX),
         hard_packets: c.life_packets.unwrap_or(u64::MAX),
