@@ -360,3 +360,126 @@ fn pluto_as_tcp_originator_after_a_broken_connection() {
         lab.logs()
     );
 }
+
+/// One suite both peers are configured for: the IKE SA and first Child SA, the keys, ESP
+/// both ways, and a Child SA rekey by each side (with PFS of `group` or without).
+fn suite(name: &str, initiator: Initiator, group: (&str, &str), esn: bool, pfs: bool) {
+    let _g = LAB_LOCK.lock();
+    let (gw_group, pluto_dh) = group;
+    let ike = format!("\"aes256gcm16-prfsha256-{gw_group}\"");
+    let esp = if pfs {
+        format!("\"aes256gcm16-{gw_group}\"")
+    } else {
+        "\"aes256gcm16\"".to_owned()
+    };
+    let pluto_ike = format!("aes_gcm256-sha2_256-{pluto_dh}");
+    let env = [
+        ("GW_PROPOSALS", ike.as_str()),
+        ("GW_ESP_PROPOSALS", esp.as_str()),
+        ("GW_ESN", if esn { "true" } else { "false" }),
+        ("PLUTO_IKE", pluto_ike.as_str()),
+        ("PLUTO_PFS", if pfs { "yes" } else { "no" }),
+        ("PLUTO_ESN", if esn { "yes" } else { "no" }),
+    ];
+    let Some((lab, t)) = lab(name, initiator, &env) else {
+        return;
+    };
+    assert_eq!(t.esn, esn, "ESN negotiated as configured");
+    let s = lab.status().unwrap();
+    let suite = s["connections"][0]["ike_sas"][0]["suite"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let want = match gw_group {
+        "modp2048" => "Modp2048",
+        "ecp256" => "Ecp256",
+        _ => "Curve25519",
+    };
+    assert!(suite.ends_with(want), "IKE suite {suite}, want {want}");
+    lab.esp_round_trip(&t, 1);
+    let t = child_rekey(&lab, &t, Initiator::Iketcp, 2);
+    let t = child_rekey(&lab, &t, Initiator::Pluto, 3);
+    let log = lab.pluto_log();
+    let rekeys: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rekeyed Child SA") && !l.contains(": | "))
+        .collect();
+    assert_eq!(rekeys.len(), 2, "{rekeys:?}");
+    for l in rekeys {
+        // xfrm=AES_GCM_16_256-NONE-DH19 (or -MODP2048) with PFS, xfrm=AES_GCM_16_256-NONE without.
+        let with_dh = l.contains("xfrm=AES_GCM_16_256-NONE-");
+        assert_eq!(with_dh, pfs, "PFS {pfs}: {l}");
+    }
+    lab.esp_round_trip(&t, 4);
+}
+
+#[test]
+fn suite_modp2048_esn_no_pfs_iketcp_initiates() {
+    suite("ilsa", Initiator::Iketcp, ("modp2048", "dh14"), true, false);
+}
+
+#[test]
+fn suite_ecp256_esn_no_pfs_pluto_initiates() {
+    suite("ilsb", Initiator::Pluto, ("ecp256", "dh19"), true, false);
+}
+
+#[test]
+fn suite_ecp256_pfs_iketcp_initiates() {
+    suite("ilsc", Initiator::Iketcp, ("ecp256", "dh19"), false, true);
+}
+
+#[test]
+fn suite_modp2048_pfs_pluto_initiates() {
+    suite("ilsd", Initiator::Pluto, ("modp2048", "dh14"), false, true);
+}
+
+/// INVALID_KE_PAYLOAD (RFC 7296 §1.2): the initiator's first KE payload is of a group the
+/// responder accepts but does not want; the responder names its group and the initiator
+/// retries with it.
+#[test]
+fn invalid_ke_payload_iketcp_initiates() {
+    let _g = LAB_LOCK.lock();
+    // iketcp offers ECP-256 first (its KE payload) and Curve25519; pluto takes only Curve25519.
+    let env = [(
+        "GW_PROPOSALS",
+        "\"aes256gcm16-prfsha256-ecp256\", \"aes256gcm16-prfsha256-x25519\"",
+    )];
+    let Some((lab, t)) = lab("ilki", Initiator::Iketcp, &env) else {
+        return;
+    };
+    let log = lab.pluto_log();
+    assert!(
+        log.contains("INVALID_KE_PAYLOAD"),
+        "pluto asked for another group\n{}",
+        lab.logs()
+    );
+    let s = lab.status().unwrap();
+    let suite = s["connections"][0]["ike_sas"][0]["suite"].as_str().unwrap();
+    assert!(suite.ends_with("Curve25519"), "{suite}");
+    lab.esp_round_trip(&t, 1);
+}
+
+#[test]
+fn invalid_ke_payload_pluto_initiates() {
+    let _g = LAB_LOCK.lock();
+    // pluto sends a KE payload of ECP-256 first; iketcp takes Curve25519 only and names it.
+    // libreswan fault (e): pluto retries on a second connection and leaves the first open;
+    // iketcp closes that one once it carries no IKE SA (R-6.1-e).
+    let env = [(
+        "PLUTO_IKE",
+        "aes_gcm256-sha2_256-dh19,aes_gcm256-sha2_256-dh31",
+    )];
+    let Some((lab, t)) = lab("ilkr", Initiator::Pluto, &env) else {
+        return;
+    };
+    let log = lab.pluto_log();
+    assert!(
+        log.contains("INVALID_KE_PAYLOAD"),
+        "iketcp asked for another group\n{}",
+        lab.logs()
+    );
+    let s = lab.status().unwrap();
+    let suite = s["connections"][0]["ike_sas"][0]["suite"].as_str().unwrap();
+    assert!(suite.ends_with("Curve25519"), "{suite}");
+    lab.esp_round_trip(&t, 1);
+}

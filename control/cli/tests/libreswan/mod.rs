@@ -374,7 +374,7 @@ impl Lab {
                 let r = l.split(" #").nth(1)?;
                 r.split(':').next()?.parse().ok()
             })
-            .last()
+            .next_back()
             .expect("pluto logged an established IKE SA")
     }
 
