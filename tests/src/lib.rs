@@ -2,6 +2,9 @@
 //! worker 1 = "B", the TCP Responder) with static SAs, joined by a mem link over smoltcp or by
 //! kernel TCP on loopback. The test thread plays control and both plaintext hosts.
 
+pub mod capture;
+pub mod tshark;
+
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
