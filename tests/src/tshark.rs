@@ -72,13 +72,14 @@ pub struct Packet {
 }
 
 /// The plugin's expert infos (`ProtoExpert` abbreviations in iketcp.lua).
-const EXPERTS: [&str; 6] = [
+const EXPERTS: [&str; 7] = [
     "iketcp.length.fatal",
     "iketcp.body.short",
     "iketcp.keepalive.bad",
     "iketcp.keepalive.seen",
     "iketcp.empty",
     "iketcp.framing_lost",
+    "iketcp.subdissector_error",
 ];
 
 /// The value of attribute `name` in a PDML line.

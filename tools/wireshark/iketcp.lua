@@ -49,6 +49,9 @@ local e = {
     empty = ProtoExpert.new("iketcp.empty",
         "Empty frame, ignored by the receiver (RFC 9329 §3)",
         expert.group.PROTOCOL, expert.severity.NOTE),
+    sub_error = ProtoExpert.new("iketcp.subdissector_error",
+        "The IKE or ESP dissector failed on this frame",
+        expert.group.MALFORMED, expert.severity.ERROR),
     lost = ProtoExpert.new("iketcp.framing_lost",
         "Framing lost after a fatal Length: the rest of the segment is not dissected",
         expert.group.MALFORMED, expert.severity.ERROR),
@@ -95,13 +98,15 @@ local function at_originator_start(pinfo)
 end
 
 -- Calls a subdissector with the outer addresses restored afterwards: `esp` looks its SA up by
--- pinfo's addresses, and a decrypted inner IP packet overwrites them for the next frame.
-local function call_keeping_addresses(d, tvb, pinfo, tree)
+-- pinfo's addresses, and a decrypted inner IP packet overwrites them for the next frame. An
+-- exception in it (already shown as malformed in its tree) is noted on the frame `ft` and
+-- does not stop the frames after it.
+local function call_keeping_addresses(d, tvb, pinfo, tree, ft)
     local src, dst, nsrc, ndst = pinfo.src, pinfo.dst, pinfo.net_src, pinfo.net_dst
     local ok, err = pcall(Dissector.call, d, tvb, pinfo, tree)
     pinfo.src, pinfo.dst, pinfo.net_src, pinfo.net_dst = src, dst, nsrc, ndst
     if not ok then
-        error(err)
+        ft:add_proto_expert_info(e.sub_error, "Dissector failed: " .. tostring(err))
     end
 end
 
@@ -134,7 +139,7 @@ local function dissect_frame(tvb, pinfo, root, tree, off, len)
         if body_len < 4 + 28 then
             ft:add_proto_expert_info(e.short_body)
         else
-            call_keeping_addresses(isakmp, tvb(off + 6, body_len - 4):tvb(), pinfo, root)
+            call_keeping_addresses(isakmp, tvb(off + 6, body_len - 4):tvb(), pinfo, root, ft)
         end
     else
         -- RFC 9329 §3.2: the ESP packet itself (SPI and Sequence Number at least).
@@ -142,7 +147,7 @@ local function dissect_frame(tvb, pinfo, root, tree, off, len)
         if body_len < 8 then
             ft:add(f.body, tvb(off + 2, body_len)):add_proto_expert_info(e.short_body)
         else
-            call_keeping_addresses(esp, tvb(off + 2, body_len):tvb(), pinfo, root)
+            call_keeping_addresses(esp, tvb(off + 2, body_len):tvb(), pinfo, root, ft)
         end
     end
     ft:add(f.kind, tvb(off, 2), kind):set_generated()
