@@ -95,7 +95,7 @@ fn tshark_protocols(path: &std::path::Path) -> Vec<String> {
         .arg(path)
         .args(["-T", "fields", "-e", "ip.proto"])
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("tshark: {e}"));
     assert!(
         o.status.success(),
         "tshark failed: {}",
