@@ -69,6 +69,10 @@ pub struct Packet {
     pub esp: Vec<Esp>,
     /// Expert infos of the iketcp dissector.
     pub experts: Vec<String>,
+    /// The TCP segment has a payload (`tcp.len` above 0).
+    pub tcp_payload: bool,
+    /// TCP shows the payload as part of a PDU reassembled in a later frame (`tcp.reassembled_in`).
+    pub reassembled_later: bool,
 }
 
 /// The plugin's expert infos (`ProtoExpert` abbreviations in iketcp.lua).
@@ -130,6 +134,8 @@ pub fn parse_pdml(text: &str) -> Vec<Packet> {
             "frame.number" => p.number = show.parse().unwrap_or_default(),
             "frame.protocols" => p.protocols = show.to_owned(),
             "iketcp.prefix" => p.prefix = show == "IKETCP",
+            "tcp.len" => p.tcp_payload |= show != "0",
+            "tcp.reassembled_in" => p.reassembled_later = true,
             "iketcp.kind" => p.kinds.push(show.parse().unwrap_or_default()),
             n if EXPERTS.contains(&n) => p.experts.push(n.to_owned()),
             _ => {}
@@ -232,11 +238,17 @@ pub struct Decoded {
 pub fn check_all_decrypted(packets: &[Packet]) -> Decoded {
     let mut d = Decoded::default();
     for p in packets {
-        let carries = p.protocols.contains(":tcp:") && !p.kinds.is_empty();
         if p.protocols.contains("tcpencap") {
             panic!("frame {}: Wireshark's tcpencap took it: {p:?}", p.number);
         }
-        if !carries && !p.prefix {
+        // Every TCP payload goes through the plugin, except the middle of a PDU that TCP
+        // reassembles without calling it.
+        assert!(
+            !p.tcp_payload || p.protocols.contains(":tcp:iketcp") || p.reassembled_later,
+            "frame {}: a TCP payload the plugin did not see: {p:?}",
+            p.number
+        );
+        if p.kinds.is_empty() && !p.prefix {
             continue;
         }
         assert!(
