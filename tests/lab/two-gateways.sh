@@ -7,6 +7,7 @@
 # own userspace TCP stack on a TAP device bridged to the link (the DPDK-style mode).
 #
 #   tests/lab/two-gateways.sh up        # build nothing; BIN=path/to/iketcp (default target/debug/iketcp)
+#   tests/lab/two-gateways.sh net       # like up, without starting the gateways (to capture first)
 #   tests/lab/two-gateways.sh status    # iketcp status of both gateways
 #   tests/lab/two-gateways.sh start gwB # (re)start one gateway
 #   tests/lab/two-gateways.sh stop gwB [SIGNAL]
@@ -15,7 +16,8 @@
 #
 # Then e.g.: ip netns exec itl-hostA ping 203.0.113.10
 # Environment: LAB (name prefix, default itl), LAB_DIR (default /tmp/$LAB), BIN, TRANSPORT_B,
-# WORKERS (per gateway, default 1).
+# WORKERS (per gateway, default 1), KEYLOG_DIR (Wireshark key tables in KEYLOG_DIR/gwA and
+# KEYLOG_DIR/gwB; secrets), ESP_PROPOSALS (comma-separated, e.g. aes256gcm16-noesn, for both).
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -24,6 +26,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$HERE/../../target/debug/iketcp}
 TRANSPORT_B=${TRANSPORT_B:-kernel}
 WORKERS=${WORKERS:-1}
+KEYLOG_DIR=${KEYLOG_DIR:-}
+ESP_PROPOSALS=${ESP_PROPOSALS:-}
 HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB
 
 config_a() {
@@ -35,6 +39,7 @@ listen = ["192.0.2.1"]
 control_socket = "$DIR/gwA.sock"
 metrics = "127.0.0.1:9469"
 log_level = "debug"
+$(keylog_line gwA)
 
 [tun]
 name = "iketcp0"
@@ -52,6 +57,7 @@ local_ts = ["198.51.100.0/24"]
 remote_ts = ["203.0.113.0/24"]
 start = "initiate"
 dpd_delay = "${DPD_A:-5s}"
+$(esp_line)
 CFG
 }
 
@@ -64,6 +70,7 @@ listen = ["192.0.2.2"]
 control_socket = "$DIR/gwB.sock"
 metrics = "127.0.0.1:9469"
 log_level = "debug"
+$(keylog_line gwB)
 CFG
     if [ "$TRANSPORT_B" = smoltcp ]; then
         cat <<CFG
@@ -92,14 +99,30 @@ local_ts = ["203.0.113.0/24"]
 remote_ts = ["198.51.100.0/24"]
 start = "listen"
 dpd_delay = "${DPD_B:-30s}"
+$(esp_line)
 CFG
+}
+
+# The optional [gateway] key log line of gateway $1.
+keylog_line() {
+    if [ -n "$KEYLOG_DIR" ]; then echo "keylog_dir = \"$KEYLOG_DIR/$1\""; fi
+}
+
+# The optional esp_proposals line of a connection.
+esp_line() {
+    if [ -n "$ESP_PROPOSALS" ]; then
+        echo "esp_proposals = [\"${ESP_PROPOSALS//,/\", \"}\"]"
+    fi
 }
 
 ns() { ip netns exec "$1" "${@:2}"; }
 
-up() {
+net() {
     mkdir -p "$DIR"
     chmod 700 "$DIR"
+    if [ -n "$KEYLOG_DIR" ]; then
+        (umask 077; mkdir -p "$KEYLOG_DIR/gwA" "$KEYLOG_DIR/gwB")
+    fi
     for n in $HA $GA $GB $HB; do ip netns add "$n"; ns "$n" ip link set lo up; done
     ip link add ha0 netns $HA type veth peer name ga0 netns $GA
     ip link add ga1 netns $GA type veth peer name gb1 netns $GB
@@ -128,6 +151,10 @@ up() {
     config_a >"$DIR/gwA.toml"
     config_b >"$DIR/gwB.toml"
     chmod 600 "$DIR/gwA.toml" "$DIR/gwB.toml"
+}
+
+up() {
+    net
     start gwB
     start gwA
 }
@@ -204,10 +231,11 @@ down() {
 
 case ${1:-} in
     up) up ;;
+    net) net ;;
     down) down ;;
     start) start "$2" ;;
     stop) stop "$2" "${3:-TERM}" ;;
     status) status ;;
     bench) bench ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
 esac

@@ -1,6 +1,11 @@
 //! Shared helpers for iketcp end-to-end tests: two gateways (worker 0 = "A", the TCP Originator;
 //! worker 1 = "B", the TCP Responder) with static SAs, joined by a mem link over smoltcp or by
 //! kernel TCP on loopback. The test thread plays control and both plaintext hosts.
+//! `capture` reads pcap files into RFC 9329 frames; `tshark` runs tshark with the RFC 9329
+//! plugin and a key log and checks what it decrypted.
+
+pub mod capture;
+pub mod tshark;
 
 use std::collections::VecDeque;
 use std::io;

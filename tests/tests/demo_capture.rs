@@ -5,157 +5,20 @@
 //! and every SA deleted at the end, records the initiators' outer links with `--pcap`. The
 //! capture is parsed here: every IP packet in it is TCP (none UDP, none raw ESP), each
 //! connection's stream from the initiator starts with `IKETCP`, and both streams carry nothing
-//! but RFC 9329 frames, IKE messages and ESP packets of every SA (the rekeyed ones too). If
-//! `tshark` is installed it must read the file and see TCP only; without it that part is skipped.
+//! but RFC 9329 frames, IKE messages and ESP packets of every SA (the rekeyed ones too). `tshark`
+//! (`.ci/run` installs it; the tests fail without it) must read the file and see TCP only, and
+//! with the RFC 9329 plugin (`tools/wireshark/iketcp.lua`) and the key log it must decrypt
+//! every IKE message and ESP packet of a run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::Instant;
 
-use iketcp_lab::demo::{DemoArgs, run};
-
-/// One TCP segment of a connection direction: sequence number, SYN flag, payload.
-struct Segment {
-    seq: u32,
-    syn: bool,
-    payload: Vec<u8>,
-}
-
-/// (source address, source port, destination address, destination port).
-type FourTuple = (Vec<u8>, u16, Vec<u8>, u16);
-
-/// A big-endian u32 at the start of `b`.
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// The records of a little-endian, microsecond, LINKTYPE_RAW pcap file.
-fn pcap_records(file: &[u8]) -> Vec<&[u8]> {
-    let le32 = |at: usize| u32::from_le_bytes([file[at], file[at + 1], file[at + 2], file[at + 3]]);
-    assert_eq!(le32(0), 0xa1b2_c3d4, "pcap magic");
-    assert_eq!(&file[4..8], &[2, 0, 4, 0], "version 2.4");
-    assert_eq!(le32(20), 101, "LINKTYPE_RAW");
-    let mut v = Vec::new();
-    let mut at = 24;
-    while at + 16 <= file.len() {
-        let incl = le32(at + 8) as usize;
-        assert_eq!(incl, le32(at + 12) as usize, "nothing truncated");
-        v.push(&file[at + 16..at + 16 + incl]);
-        at += 16 + incl;
-    }
-    assert_eq!(at, file.len(), "whole records");
-    v
-}
-
-/// The IP protocol (IPv4) or next header (IPv6), the addresses and the IP payload of a packet.
-fn ip(p: &[u8]) -> (u8, Vec<u8>, Vec<u8>, &[u8]) {
-    match p[0] >> 4 {
-        4 => {
-            let ihl = usize::from(p[0] & 0xf) * 4;
-            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
-            (p[9], p[12..16].to_vec(), p[16..20].to_vec(), &p[ihl..total])
-        }
-        6 => {
-            let len = usize::from(u16::from_be_bytes([p[4], p[5]]));
-            (
-                p[6],
-                p[8..24].to_vec(),
-                p[24..40].to_vec(),
-                &p[40..40 + len],
-            )
-        }
-        v => panic!("IP version {v} in the capture"),
-    }
-}
-
-/// A direction's byte stream from its segments (retransmissions and reordering allowed, no
-/// gaps: the capture loses nothing). Segments the capture saw after the last byte that made it
-/// across are all the stream may lack.
-fn reassemble(segs: &[Segment]) -> Vec<u8> {
-    let Some(syn) = segs.iter().find(|s| s.syn) else {
-        panic!("no SYN in the direction");
-    };
-    let first = syn.seq.wrapping_add(1);
-    let mut parts: Vec<(u32, &[u8])> = segs
-        .iter()
-        .filter(|s| !s.payload.is_empty())
-        .map(|s| (s.seq.wrapping_sub(first), &s.payload[..]))
-        .collect();
-    parts.sort_by_key(|p| p.0);
-    let mut stream = Vec::new();
-    for (rel, data) in parts {
-        let rel = rel as usize;
-        assert!(
-            rel <= stream.len(),
-            "a gap in the TCP stream at {}",
-            stream.len()
-        );
-        if rel + data.len() > stream.len() {
-            stream.extend_from_slice(&data[stream.len() - rel..]);
-        }
-    }
-    stream
-}
-
-/// What an RFC 9329 frame stream carried.
-#[derive(Debug, Default)]
-struct Frames {
-    ike: usize,
-    esp: usize,
-    spis: BTreeSet<u32>,
-}
-
-/// The TCP segments of a capture's packets, by connection direction.
-fn tcp_segments(records: &[&[u8]]) -> BTreeMap<FourTuple, Vec<Segment>> {
-    let mut conns: BTreeMap<FourTuple, Vec<Segment>> = BTreeMap::new();
-    for p in records {
-        let (_, src, dst, l4) = ip(p);
-        let sport = u16::from_be_bytes([l4[0], l4[1]]);
-        let dport = u16::from_be_bytes([l4[2], l4[3]]);
-        let off = usize::from(l4[12] >> 4) * 4;
-        conns
-            .entry((src, sport, dst, dport))
-            .or_default()
-            .push(Segment {
-                seq: be32(&l4[4..]),
-                syn: l4[13] & 0x02 != 0,
-                payload: l4[off..].to_vec(),
-            });
-    }
-    conns
-}
-
-/// The bodies of a stream's RFC 9329 frames (2-byte Length including itself; IKE behind a zero
-/// Non-ESP marker, ESP starting with its SPI). A frame cut off at the end (the capture
-/// stopped) is left out; every Length read, that one's too, must be at least `min_len`.
-fn frame_bodies(mut s: &[u8], min_len: usize) -> Vec<&[u8]> {
-    let mut v = Vec::new();
-    while s.len() >= 2 {
-        let len = usize::from(u16::from_be_bytes([s[0], s[1]]));
-        assert!(len >= min_len, "Length {len} below {min_len}");
-        if s.len() < len {
-            break;
-        }
-        v.push(&s[2..len]);
-        s = &s[len..];
-    }
-    v
-}
-
-/// Counts the IKE messages and ESP packets (and SPIs) of a stream's frames.
-fn frames(s: &[u8]) -> Frames {
-    let mut f = Frames::default();
-    // No keepalives or empty frames expected here: every Length is at least 6.
-    for body in frame_bodies(s, 6) {
-        let spi = be32(body);
-        if spi == 0 {
-            f.ike += 1;
-        } else {
-            f.esp += 1;
-            f.spis.insert(spi);
-        }
-    }
-    f
-}
+use iketcp_lab::demo::{DemoArgs, OnOff, run};
+use iketcp_tests::capture::{
+    FourTuple, capture_frames, frame_bodies, frames, ip, pcap_records, reassemble, tcp_segments,
+};
+use iketcp_tests::tshark;
 
 #[test]
 fn r_5_c_demo_ike_and_esp_stay_on_tcp_until_deleted() {
@@ -194,10 +57,8 @@ fn r_5_c_demo_ike_and_esp_stay_on_tcp_until_deleted() {
         assert_eq!(proto, 6, "only TCP in the capture");
     }
     let conns = tcp_segments(&records);
-    if let Some(protos) = tshark {
-        assert_eq!(protos.len(), records.len(), "tshark read every packet");
-        assert!(protos.iter().all(|p| p == "6"), "tshark: {protos:?}");
-    }
+    assert_eq!(tshark.len(), records.len(), "tshark read every packet");
+    assert!(tshark.iter().all(|p| p == "6"), "tshark: {tshark:?}");
 
     // One connection per tunnel, initiator → responder port 4500, and its reverse.
     let outbound: Vec<&FourTuple> = conns.keys().filter(|k| k.3 == 4500).collect();
@@ -226,33 +87,24 @@ fn r_5_c_demo_ike_and_esp_stay_on_tcp_until_deleted() {
     );
 }
 
-/// `ip.proto` of every packet as tshark reads the file, or `None` when tshark is not installed.
-fn tshark_protocols(path: &std::path::Path) -> Option<Vec<String>> {
-    let out = Command::new("tshark")
+/// `ip.proto` of every packet as tshark reads the file (tshark must be installed).
+fn tshark_protocols(path: &std::path::Path) -> Vec<String> {
+    tshark::require();
+    let o = Command::new("tshark")
         .args(["-n", "-r"])
         .arg(path)
         .args(["-T", "fields", "-e", "ip.proto"])
-        .output();
-    match out {
-        Ok(o) => {
-            assert!(
-                o.status.success(),
-                "tshark failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            Some(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect(),
-            )
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("tshark not installed: its check is skipped");
-            None
-        }
-        Err(e) => panic!("tshark: {e}"),
-    }
+        .output()
+        .unwrap_or_else(|e| panic!("tshark: {e}"));
+    assert!(
+        o.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A LINKTYPE_RAW pcap of IPv4/UDP packets from `src` to `dst`, port 4500 both ways.
@@ -287,13 +139,11 @@ fn udp_pcap(packets: &[(Vec<u8>, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 /// `--keylog` writes lines Wireshark loads and decrypts with: every IKE message after
 /// IKE_SA_INIT and every ESP packet of a demo run (rekeyed SAs included). tshark 4.0 has no RFC
 /// 8229/9329 dissector (its `tcpencap` is Cisco's format), so the frames are carried over into a
-/// UDP-encapsulation capture first. Skipped without tshark.
+/// UDP-encapsulation capture first: a check of the key log independent of the plugin (the test
+/// below reads the TCP capture itself with it). Fails without tshark.
 #[test]
 fn keylog_lines_decrypt_in_tshark() {
-    if Command::new("tshark").arg("-v").output().is_err() {
-        eprintln!("tshark not installed: skipped");
-        return;
-    }
+    tshark::require();
     let tmp = std::env::temp_dir().join(format!("iketcp-keylog-tshark-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let cfg = tmp.join("cfg").join("wireshark");
@@ -350,6 +200,75 @@ fn keylog_lines_decrypt_in_tshark() {
         }
     }
     assert!(esp > 20 && ike >= 6, "{esp} ESP, {ike} IKE");
+}
+
+/// The RFC 9329 dissector (`tools/wireshark/iketcp.lua`) on a demo capture, with the run's key
+/// log: every TCP payload is iketcp (never Wireshark's `tcpencap`), each connection's prefix is
+/// shown, every IKE message after IKE_SA_INIT decrypts with a correct ICV, every ESP packet
+/// decrypts with a good ICV into an inner IP packet, and tshark counts as many IKE messages and
+/// ESP packets as the capture holds (parsed here). Without the plugin none of it shows, so the
+/// check cannot pass vacuously. ESN off: tshark 4.0 leaves the ESN high half out of the GCM AAD.
+#[test]
+fn wireshark_plugin_decrypts_every_ike_message_and_esp_packet() {
+    tshark::require();
+    let tmp = std::env::temp_dir().join(format!("iketcp-plugin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let keylog = tmp.join("keys");
+    std::fs::create_dir_all(&keylog).unwrap();
+    let pcap = tmp.join("demo.pcap");
+    let args = DemoArgs {
+        duration: 1.5,
+        workers: 2,
+        rate: Some(500),
+        size: 200,
+        esn: OnOff::Off,
+        pcap: Some(pcap.clone()),
+        keylog: Some(keylog.clone()),
+        quiet: true,
+        no_pin: true,
+        ..DemoArgs::default()
+    };
+    let s = run(&args).unwrap();
+    for t in &s.tunnels {
+        assert!(t.child_rekeys >= 1 && t.ike_rekeys >= 1, "{t:?}");
+    }
+    let file = std::fs::read(&pcap).unwrap();
+    let want = capture_frames(&file, 4500);
+
+    let t0 = Instant::now();
+    let packets = tshark::dissect(&pcap, &keylog, true);
+    let got = tshark::check_all_decrypted(&packets);
+    let took = t0.elapsed();
+    let bare = tshark::dissect(&pcap, &keylog, false);
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    println!(
+        "tshark with the plugin ({took:?}): {} IKE messages ({} decrypted), {} ESP packets \
+         ({} decrypted); the capture holds {} and {}; {} segments with several frames",
+        got.ike,
+        got.ike_decrypted,
+        got.esp,
+        got.esp_decrypted,
+        want.ike,
+        want.esp,
+        packets.iter().filter(|p| p.kinds.len() > 1).count()
+    );
+    assert_eq!(got.prefixes, s.tunnels.len(), "one prefix per connection");
+    assert_eq!((got.ike, got.esp), (want.ike, want.esp), "{got:?}");
+    // IKE_SA_INIT request and response of each tunnel are the only messages in the clear.
+    assert_eq!(got.ike - got.ike_decrypted, 2 * s.tunnels.len(), "{got:?}");
+    assert_eq!(got.esp_decrypted, got.esp);
+    assert!(got.esp > 100 && got.ike >= 8 * s.tunnels.len(), "{got:?}");
+
+    // Without the plugin tshark sees bare TCP: no frames, no IKE, no ESP.
+    assert_eq!(bare.len(), packets.len());
+    for p in &bare {
+        assert!(
+            p.kinds.is_empty() && p.ike.is_empty() && p.esp.is_empty() && !p.prefix,
+            "frame {} without the plugin: {p:?}",
+            p.number
+        );
+    }
 }
 
 /// The outer TCP of a demo run: the Originator connects to port 4500 (R-2-a, R-11-a), its SYN
