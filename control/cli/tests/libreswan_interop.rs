@@ -20,15 +20,12 @@
     reason = "test-only file: its helpers, like its tests, fail by panicking"
 )]
 
+mod common;
 mod libreswan;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use libreswan::{Initiator, Lab, Tunnel, need_tools, unavailable};
-
-/// One lab at a time: each starts two daemons and the machine has two cores.
-static LAB_LOCK: Mutex<()> = Mutex::new(());
+use libreswan::{Initiator, LAB_LOCK, Lab, Tunnel, need_tools, unavailable};
 
 const SETUP: Duration = Duration::from_secs(20);
 const STEP: Duration = Duration::from_secs(15);
@@ -385,11 +382,7 @@ fn suite(name: &str, initiator: Initiator, group: (&str, &str), esn: bool, pfs: 
         return;
     };
     assert_eq!(t.esn, esn, "ESN negotiated as configured");
-    let s = lab.status().unwrap();
-    let suite = s["connections"][0]["ike_sas"][0]["suite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let suite = lab.ike_suite();
     let want = match gw_group {
         "modp2048" => "Modp2048",
         "ecp256" => "Ecp256",
@@ -434,52 +427,35 @@ fn suite_modp2048_pfs_pluto_initiates() {
 }
 
 /// INVALID_KE_PAYLOAD (RFC 7296 §1.2): the initiator's first KE payload is of a group the
-/// responder accepts but does not want; the responder names its group and the initiator
-/// retries with it.
-#[test]
-fn invalid_ke_payload_iketcp_initiates() {
+/// responder accepts but does not want; the responder names its group (Curve25519) and the
+/// initiator retries with it.
+fn invalid_ke(name: &str, initiator: Initiator, env: (&str, &str)) {
     let _g = LAB_LOCK.lock();
-    // iketcp offers ECP-256 first (its KE payload) and Curve25519; pluto takes only Curve25519.
-    let env = [(
-        "GW_PROPOSALS",
-        "\"aes256gcm16-prfsha256-ecp256\", \"aes256gcm16-prfsha256-x25519\"",
-    )];
-    let Some((lab, t)) = lab("ilki", Initiator::Iketcp, &env) else {
+    let Some((lab, t)) = lab(name, initiator, &[env]) else {
         return;
     };
-    let log = lab.pluto_log();
     assert!(
-        log.contains("INVALID_KE_PAYLOAD"),
-        "pluto asked for another group\n{}",
+        lab.pluto_log().contains("INVALID_KE_PAYLOAD"),
+        "no INVALID_KE_PAYLOAD exchange\n{}",
         lab.logs()
     );
-    let s = lab.status().unwrap();
-    let suite = s["connections"][0]["ike_sas"][0]["suite"].as_str().unwrap();
+    let suite = lab.ike_suite();
     assert!(suite.ends_with("Curve25519"), "{suite}");
     lab.esp_round_trip(&t, 1);
 }
 
 #[test]
+fn invalid_ke_payload_iketcp_initiates() {
+    // iketcp offers ECP-256 first (its KE payload) and Curve25519; pluto takes only Curve25519.
+    let proposals = "\"aes256gcm16-prfsha256-ecp256\", \"aes256gcm16-prfsha256-x25519\"";
+    invalid_ke("ilki", Initiator::Iketcp, ("GW_PROPOSALS", proposals));
+}
+
+#[test]
 fn invalid_ke_payload_pluto_initiates() {
-    let _g = LAB_LOCK.lock();
     // pluto sends a KE payload of ECP-256 first; iketcp takes Curve25519 only and names it.
     // libreswan fault (e): pluto retries on a second connection and leaves the first open;
     // iketcp closes that one once it carries no IKE SA (R-6.1-e).
-    let env = [(
-        "PLUTO_IKE",
-        "aes_gcm256-sha2_256-dh19,aes_gcm256-sha2_256-dh31",
-    )];
-    let Some((lab, t)) = lab("ilkr", Initiator::Pluto, &env) else {
-        return;
-    };
-    let log = lab.pluto_log();
-    assert!(
-        log.contains("INVALID_KE_PAYLOAD"),
-        "iketcp asked for another group\n{}",
-        lab.logs()
-    );
-    let s = lab.status().unwrap();
-    let suite = s["connections"][0]["ike_sas"][0]["suite"].as_str().unwrap();
-    assert!(suite.ends_with("Curve25519"), "{suite}");
-    lab.esp_round_trip(&t, 1);
+    let ike = "aes_gcm256-sha2_256-dh19,aes_gcm256-sha2_256-dh31";
+    invalid_ke("ilkr", Initiator::Pluto, ("PLUTO_IKE", ike));
 }

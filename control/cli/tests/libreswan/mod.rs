@@ -16,36 +16,17 @@ use serde_json::Value;
 
 use esp::PlutoSa;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_iketcp");
+pub use crate::common::{BIN, LAB_LOCK, unavailable};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/libreswan-lab.sh")
-}
-
-/// Why the lab cannot run here (not root, no TUN device), or None.
-pub fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun".into());
-    }
-    None
 }
 
 /// Panics unless libreswan and a C compiler are installed: CI installs them, so their absence
 /// is a failure there, never a silent pass.
 pub fn need_tools() {
     for tool in ["ipsec", "cc", "ss", "ip"] {
-        let ok = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok,
-            "{tool} is missing (.ci/run installs libreswan, gcc, iproute2)"
-        );
+        crate::common::need(tool);
     }
     assert!(
         Path::new("/usr/libexec/ipsec/pluto").exists(),
@@ -235,6 +216,19 @@ impl Lab {
             });
         }
         None
+    }
+
+    /// The suite of the gateway's established IKE SA ("AesGcm16_256/HmacSha256/Curve25519").
+    pub fn ike_suite(&self) -> String {
+        let s = self.status().unwrap_or(Value::Null);
+        s["connections"][0]["ike_sas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|sa| sa["state"] == "ESTABLISHED")
+            .and_then(|sa| sa["suite"].as_str())
+            .unwrap_or_else(|| panic!("no established IKE SA: {s:#}"))
+            .to_owned()
     }
 
     pub fn wait_tunnel(
