@@ -220,6 +220,31 @@ fn deletes(lab: &Lab, t: &Tunnel, seq: u16) {
     );
 }
 
+/// pluto deletes the IKE SA (`whack --deletestate`): a new one follows, started by iketcp
+/// (`start = "initiate"`) or by pluto (a connection initiated by whack "must remain up").
+fn pluto_deletes_the_ike_sa(lab: &Lab, t: &Tunnel, seq: u16) -> Tunnel {
+    let serial = lab.pluto_ike_serial();
+    lab.whack(&["--deletestate", &serial.to_string()]);
+    let new = lab.wait_tunnel("a new IKE SA after pluto deleted the old one", SETUP, |n| {
+        n.spi_i != t.spi_i
+    });
+    lab.esp_round_trip(&new, seq);
+    new
+}
+
+/// iketcp deletes the IKE SA (`down`): pluto deletes it and its Child SA.
+fn iketcp_deletes_the_ike_sa(lab: &Lab, t: &Tunnel) {
+    lab.ctl(&["down", "pluto"]);
+    lab.wait(
+        "pluto deletes the Child SA of the IKE SA iketcp deleted",
+        STEP,
+        || {
+            let d = lab.pluto_deleted();
+            (d.contains(&t.spi_in) && d.contains(&t.spi_out)).then_some(())
+        },
+    );
+}
+
 #[test]
 fn iketcp_initiates_to_pluto() {
     let _g = LAB_LOCK.lock();
@@ -229,22 +254,9 @@ fn iketcp_initiates_to_pluto() {
     let t = exchanges(&lab, t);
     deletes(&lab, &t, 6);
     // pluto deletes the IKE SA: iketcp (start = "initiate") brings the connection back.
-    let serial = lab.pluto_ike_serial();
-    lab.whack(&["--deletestate", &serial.to_string()]);
-    let back = lab.wait_tunnel("a new IKE SA after pluto deleted the old one", SETUP, |n| {
-        n.spi_i != t.spi_i
-    });
-    lab.esp_round_trip(&back, 7);
+    let back = pluto_deletes_the_ike_sa(&lab, &t, 7);
     // iketcp deletes the IKE SA: pluto removes it and its Child SA; `up` makes a new one.
-    lab.ctl(&["down", "pluto"]);
-    lab.wait(
-        "pluto deletes the Child SA of the IKE SA iketcp deleted",
-        STEP,
-        || {
-            let d = lab.pluto_deleted();
-            (d.contains(&back.spi_in) && d.contains(&back.spi_out)).then_some(())
-        },
-    );
+    iketcp_deletes_the_ike_sa(&lab, &back);
     lab.wait("pluto has no Child SA left", STEP, || {
         let s = lab.whack(&["--trafficstatus"]);
         (!s.contains("type=ESP")).then_some(())
@@ -279,26 +291,11 @@ fn pluto_initiates_to_iketcp() {
 
     // pluto deletes the IKE SA; as it was initiated by whack it "must remain up", so pluto
     // initiates a new one at once, which iketcp accepts.
-    let serial = lab.pluto_ike_serial();
-    lab.whack(&["--deletestate", &serial.to_string()]);
-    let t = lab.wait_tunnel(
-        "pluto's new IKE SA after it deleted the old one",
-        SETUP,
-        |n| n.spi_i != t.spi_i,
-    );
-    lab.esp_round_trip(&t, 7);
+    let t = pluto_deletes_the_ike_sa(&lab, &t, 7);
 
     // iketcp deletes the IKE SA (`down`): pluto deletes it and its Child SA. (pluto then
     // initiates again, and the gateway, down, closes that connection.)
-    lab.ctl(&["down", "pluto"]);
-    lab.wait(
-        "pluto deletes the Child SA of the IKE SA iketcp deleted",
-        STEP,
-        || {
-            let d = lab.pluto_deleted();
-            (d.contains(&t.spi_in) && d.contains(&t.spi_out)).then_some(())
-        },
-    );
+    iketcp_deletes_the_ike_sa(&lab, &t);
 }
 
 /// The setting docs/interop.md gives libreswan users: reconnect_probe = "rekey". The
