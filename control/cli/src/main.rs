@@ -157,6 +157,17 @@ fn check_config(file: &Path) -> ExitCode {
                 c.tun.name,
                 c.tun.mtu
             );
+            let l = &c.limits;
+            println!(
+                "  limits per worker: {} connections, {} untrusted ({} per source), idle connections closed after {:?}, half-open IKE SAs dropped after {:?}, puzzles ({} bits) from {} half-open",
+                l.max_connections,
+                l.untrusted_connections,
+                l.untrusted_per_source,
+                l.idle_connection_timeout,
+                l.half_open_timeout,
+                l.puzzle_difficulty,
+                l.cookie_threshold
+            );
             for conn in &c.connections {
                 println!(
                     "  {}: {:?}, {} IKE proposal(s), {} ESP proposal(s)",

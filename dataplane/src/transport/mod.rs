@@ -120,4 +120,19 @@ pub trait Transport {
     fn mark_trusted(&mut self, conn: ConnId) {
         let _ = conn;
     }
+
+    /// What the transport's limits on peers did so far (for the worker's counters).
+    fn refusals(&self) -> Refusals {
+        Refusals::default()
+    }
+}
+
+/// A transport's limits on peers, for the worker's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Connections (or SYNs) refused by a limit so far: connection slots, untrusted
+    /// connections in all or per source, half-open accepts.
+    pub refused: u64,
+    /// Untrusted accepted connections open now.
+    pub untrusted: u64,
 }

@@ -13,6 +13,7 @@ pub mod stats;
 mod tests;
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,10 @@ impl<T: Transport, P: Port> Worker<T, P> {
                 return Ok(());
             }
             if now.duration_since(last_stats) >= self.cfg.stats_interval {
+                let r = self.transport.refusals();
+                let st = self.engine.stats();
+                st.tcp_refused.store(r.refused, Ordering::Relaxed);
+                st.tcp_untrusted.store(r.untrusted, Ordering::Relaxed);
                 self.engine.report_stats();
                 last_stats = now;
             }

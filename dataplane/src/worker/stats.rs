@@ -114,6 +114,11 @@ counters! {
     /// Nanoseconds spent in iterations that did work (the rest is polling an idle link):
     /// `busy_ns` over wall time is the worker's load.
     busy_ns,
+    /// Connections (or SYNs) the transport refused by a limit (connection slots, untrusted
+    /// connections in all or per source, half-open accepts), as of the last stats report.
+    tcp_refused,
+    /// Untrusted accepted connections open at the last stats report (a gauge).
+    tcp_untrusted,
 }
 
 impl WorkerStats {

@@ -121,8 +121,50 @@ pub struct GatewayConfig {
     pub gateway: GatewaySection,
     /// `[tun]`: the inner-side device.
     pub tun: TunSection,
+    /// `[limits]`: what unauthenticated peers may make the gateway hold.
+    pub limits: Limits,
     /// `[[connection]]`: the tunnels, in file order; names are unique.
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// `[limits]`: bounds on what peers that have not authenticated may make the gateway hold
+/// (see `docs/security.md`). Per worker where it says so; every key has a safe default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_connections`: open TCP connections per worker (default 65536).
+    pub max_connections: usize,
+    /// `untrusted_connections`: accepted connections per worker that have not yet carried an
+    /// authenticated IKE SA or authentic ESP (default 1024); more are reset at once.
+    pub untrusted_connections: usize,
+    /// `untrusted_per_source`: the same per source address (IPv6: per /64), default 32.
+    pub untrusted_per_source: usize,
+    /// `idle_connection_timeout`: an accepted connection that carries no live IKE SA (no valid
+    /// prefix and IKE_SA_INIT yet, or its IKE SAs ended) is closed after this (default 5s,
+    /// RFC 9329 §6.1 "a few seconds").
+    pub idle_connection_timeout: Duration,
+    /// `half_open_timeout`: an IKE SA whose IKE_AUTH has not completed is dropped after this
+    /// (default 30s).
+    pub half_open_timeout: Duration,
+    /// `cookie_threshold`: half-open IKE SAs of a listener from which IKE_SA_INIT requests
+    /// must solve a puzzle (RFC 8019; default 1024).
+    pub cookie_threshold: usize,
+    /// `puzzle_difficulty`: trailing zero bits of a puzzle (RFC 8019 §7.1.1.1), 8..=24,
+    /// default 16.
+    pub puzzle_difficulty: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 65536,
+            untrusted_connections: 1024,
+            untrusted_per_source: 32,
+            idle_connection_timeout: Duration::from_secs(5),
+            half_open_timeout: Duration::from_secs(30),
+            cookie_threshold: 1024,
+            puzzle_difficulty: 16,
+        }
+    }
 }
 
 impl GatewayConfig {

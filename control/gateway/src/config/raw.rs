@@ -20,7 +20,21 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub tun: RawTun,
     #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub connection: Vec<Spanned<RawConnection>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_connections: Option<Spanned<i64>>,
+    pub untrusted_connections: Option<Spanned<i64>>,
+    pub untrusted_per_source: Option<Spanned<i64>>,
+    pub idle_connection_timeout: Option<Spanned<NumOrStr>>,
+    pub half_open_timeout: Option<Spanned<NumOrStr>>,
+    pub cookie_threshold: Option<Spanned<i64>>,
+    pub puzzle_difficulty: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -90,6 +90,15 @@ addresses = ["198.51.100.1/32", "2001:db8:1::1/64"]
 mtu = 1400
 mss_clamp = true
 
+[limits]
+max_connections = 4096
+untrusted_connections = 512
+untrusted_per_source = 8
+idle_connection_timeout = "3s"
+half_open_timeout = "20s"
+cookie_threshold = 0
+puzzle_difficulty = 20
+
 [[connection]]
 name = "site-b"
 local_addrs = ["192.0.2.1"]
@@ -146,6 +155,18 @@ fn ike(e: EncrAlg, p: PrfAlg, i: Option<IntegAlg>, d: DhGroup) -> IkeSuite {
 fn full_example_parses_to_the_expected_values() {
     let d = dir();
     let c = parse(FULL, &gw(&d)).unwrap();
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_connections: 4096,
+            untrusted_connections: 512,
+            untrusted_per_source: 8,
+            idle_connection_timeout: Duration::from_secs(3),
+            half_open_timeout: Duration::from_secs(20),
+            cookie_threshold: 0,
+            puzzle_difficulty: 20,
+        }
+    );
     let g = &c.gateway;
     assert_eq!(g.workers, 4);
     assert_eq!(
@@ -297,6 +318,7 @@ fn defaults() {
     );
     let text = text.replace("local_id = \"@a.example\"\n", "");
     let c = parse(&text, &gw(&d)).unwrap();
+    assert_eq!(c.limits, Limits::default());
     let g = &c.gateway;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert_eq!(g.workers, cpus.clamp(1, 64));
@@ -672,6 +694,25 @@ fn other_invalid_values() {
         "only psk is supported",
     );
     parse_err(&format!("{BASE}esn = \"maybe\"\n"), 9, 7, "esn = \"maybe\"");
+    parse_err(
+        "[limits]\npuzzle_difficulty = 4\n",
+        2,
+        21,
+        "puzzle_difficulty",
+    );
+    parse_err(
+        "[limits]\nidle_connection_timeout = \"2h\"\n",
+        2,
+        27,
+        "1s..1h",
+    );
+    parse_err(
+        "[limits]\nmax_connections = 10\nuntrusted_connections = 20\n",
+        3,
+        25,
+        "above max_connections",
+    );
+    parse_err("[limits]\nmax_fds = 10\n", 2, 1, "unknown key `max_fds`");
     parse_err(
         &format!("{BASE}reconnect_probe = \"update\"\n"),
         9,

@@ -11,13 +11,14 @@ use zeroize::Zeroizing;
 
 use super::error::Source;
 use super::raw::{
-    BoolOrStr, NumOrStr, RawConfig, RawConnection, RawGateway, RawSmoltcp, RawTun, StrList,
+    BoolOrStr, NumOrStr, RawConfig, RawConnection, RawGateway, RawLimits, RawSmoltcp, RawTun,
+    StrList,
 };
 use super::{
     Auth, ConfigError, ConfigErrorKind, ConnectionConfig, DhGroup, EspSuite, GatewayConfig,
-    GatewaySection, IkeSuite, LogFormat, LogLevel, Mode, OuterTransport, PskSecret, ReconnectProbe,
-    RedialPolicy, RemoteAddrs, SmolNic, StartAction, TrafficSelector, TunSection, default_tun_mtu,
-    proposal, values,
+    GatewaySection, IkeSuite, Limits, LogFormat, LogLevel, Mode, OuterTransport, PskSecret,
+    ReconnectProbe, RedialPolicy, RemoteAddrs, SmolNic, StartAction, TrafficSelector, TunSection,
+    default_tun_mtu, proposal, values,
 };
 use iketcp_control::ike::wire::MAX_SELECTORS;
 use iketcp_dataplane::sa::replay::{MAX_WINDOW, MIN_WINDOW};
@@ -130,10 +131,70 @@ impl Validator<'_> {
             GatewayConfig {
                 gateway,
                 tun,
+                limits: self.limits_section(&raw.limits)?,
                 connections,
             },
             inline_psk,
         ))
+    }
+
+    fn limits_section(&self, l: &RawLimits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let count = |v: &Option<Spanned<i64>>, key: &str, default: usize| match v {
+            None => Ok(default),
+            Some(v) => self.int(v, key, 1..=1 << 24),
+        };
+        let time = |v: &Option<Spanned<NumOrStr>>, key: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => {
+                let t = self.duration(v, key)?;
+                if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
+                    return Err(self.invalid(&v.span(), format!("{key} must be 1s..1h")));
+                }
+                Ok(t)
+            }
+        };
+        let max_connections = count(&l.max_connections, "max_connections", d.max_connections)?;
+        let untrusted_connections = count(
+            &l.untrusted_connections,
+            "untrusted_connections",
+            d.untrusted_connections,
+        )?;
+        if untrusted_connections > max_connections
+            && let Some(v) = &l.untrusted_connections
+        {
+            return Err(self.invalid(
+                &v.span(),
+                format!("untrusted_connections is above max_connections ({max_connections})"),
+            ));
+        }
+        Ok(Limits {
+            max_connections,
+            untrusted_connections,
+            untrusted_per_source: count(
+                &l.untrusted_per_source,
+                "untrusted_per_source",
+                d.untrusted_per_source,
+            )?,
+            idle_connection_timeout: time(
+                &l.idle_connection_timeout,
+                "idle_connection_timeout",
+                d.idle_connection_timeout,
+            )?,
+            half_open_timeout: time(
+                &l.half_open_timeout,
+                "half_open_timeout",
+                d.half_open_timeout,
+            )?,
+            cookie_threshold: match &l.cookie_threshold {
+                None => d.cookie_threshold,
+                Some(v) => self.int(v, "cookie_threshold", 0..=1 << 24)?,
+            },
+            puzzle_difficulty: match &l.puzzle_difficulty {
+                None => d.puzzle_difficulty,
+                Some(v) => self.int(v, "puzzle_difficulty", 8..=24)?,
+            },
+        })
     }
 
     fn invalid(&self, span: &Range<usize>, what: impl Into<String>) -> ConfigError {

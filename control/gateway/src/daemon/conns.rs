@@ -8,6 +8,7 @@ use std::time::Instant;
 use iketcp_control::driver::{
     DriverEvent, Endpoint, EndpointId, EndpointRole, Failure, Refusal, TimeLimits, Timers,
 };
+use iketcp_control::ike::cookie::CookiePolicy;
 use iketcp_control::ike::session::{Config as IkeConfig, PskAuth, SpiPool};
 use iketcp_dataplane::worker::handle::Lifetime;
 
@@ -136,7 +137,14 @@ pub(super) fn endpoint(
     }
     ep.timers = Timers {
         dpd_interval: c.dpd_delay,
+        half_open: cfg.limits.half_open_timeout,
+        orphan: cfg.limits.idle_connection_timeout,
         ..Timers::default()
+    };
+    ep.cookies = CookiePolicy {
+        half_open_threshold: cfg.limits.cookie_threshold,
+        puzzle_difficulty: cfg.limits.puzzle_difficulty,
+        ..CookiePolicy::tcp()
     };
     ep.limits = TimeLimits {
         child_soft: Some(c.child_rekey_time),
@@ -319,15 +327,18 @@ impl Daemon {
     }
 
     /// Applies a new config: connections added, removed, changed (deleted and started again)
-    /// or left alone. Settings of `[gateway]` and `[tun]` need a restart; a change to them is
-    /// logged and otherwise ignored.
+    /// or left alone. Settings of `[gateway]`, `[tun]` and `[limits]` need a restart; a change
+    /// to them is logged and otherwise ignored.
     pub(super) fn apply(
         &mut self,
         new: GatewayConfig,
         now: Instant,
     ) -> Result<ReloadSummary, GatewayError> {
-        if new.gateway != self.cfg.gateway || new.tun != self.cfg.tun {
-            tracing::warn!("[gateway] and [tun] changes take effect at the next start");
+        if new.gateway != self.cfg.gateway
+            || new.tun != self.cfg.tun
+            || new.limits != self.cfg.limits
+        {
+            tracing::warn!("[gateway], [tun] and [limits] changes take effect at the next start");
         }
         let mut s = ReloadSummary::default();
         let old_names: Vec<String> = self.conns.keys().cloned().collect();

@@ -68,6 +68,9 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
         OuterTransport::Kernel => {
             let kc = KernelConfig {
                 mark: cfg.gateway.mark,
+                max_connections: cfg.limits.max_connections,
+                untrusted_total: cfg.limits.untrusted_connections,
+                untrusted_per_source: cfg.limits.untrusted_per_source,
                 ..KernelConfig::default()
             };
             for (i, (side, tun)) in sides.into_iter().zip(tuns).enumerate() {
@@ -88,6 +91,9 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
                 mac: Some(nic.mac),
                 gateway,
                 steer,
+                max_connections: cfg.limits.max_connections,
+                untrusted_per_listener: cfg.limits.untrusted_connections,
+                untrusted_per_source: cfg.limits.untrusted_per_source,
                 ..SmolConfig::default()
             };
             if n == 1 {

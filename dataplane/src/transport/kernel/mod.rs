@@ -8,10 +8,13 @@
 //!   signalled) and `writable` (set by `EPOLLOUT`, cleared only by `EAGAIN`, which also arms the
 //!   kernel's next `EPOLLOUT` edge). Listeners are level-triggered so a bounded accept batch
 //!   ([`ACCEPT_BATCH`] per listener per poll) never strands queued connections.
-//! - Receiving. Each connection has a userspace buffer of `recv_buffer` bytes, allocated on its
-//!   first read and freed with the slot. `recv` does at most one `read()` into the free tail, then
-//!   hands `f` everything buffered. The buffer is compacted when the read position passes half or
-//!   the tail is full, so `f` can always see up to `recv_buffer` contiguous bytes.
+//! - Receiving. Each connection has a userspace buffer, allocated on its first read at
+//!   [`RECV_BUFFER_MIN`] bytes, doubled whenever a read fills it, up to `recv_buffer` (up to
+//!   [`UNTRUSTED_RECV_BUFFER`] until the connection is trusted), and freed with the slot: a flood
+//!   of connections that send a prefix and stop holds a few KiB each, not `recv_buffer`. `recv`
+//!   does at most one `read()` into the free tail, then hands `f` everything buffered. The buffer
+//!   is compacted when the read position passes half or the tail is full, so `f` can always see
+//!   up to the buffer's size in contiguous bytes.
 //! - Send capacity. [`Transport::send_capacity`] is [`SEND_CAPACITY_HINT`] while the socket is
 //!   writable and 0 from an `EAGAIN` until the next `EPOLLOUT`. It is a hint, not a promise:
 //!   `send` may take fewer bytes. It never reports 0 without a pending `EPOLLOUT`, so a sender
@@ -29,6 +32,11 @@
 //!   what arrives, or until `close_timeout`. Closing a socket that still has unread bytes would
 //!   make the kernel send RST instead of FIN and could cut off our last bytes.
 //! - `abort`: `SO_LINGER {on, 0}` then close, so the kernel sends RST; `Down { Local }`.
+//! - Unproven peers: an accepted connection counts as untrusted until
+//!   [`Transport::mark_trusted`]; past `untrusted_total` of them, or `untrusted_per_source` from
+//!   one source (IPv4 address, IPv6 /64), a new one is reset at once (`SO_LINGER` 0: no
+//!   TIME_WAIT, no file descriptor held), so one source that opens connections as fast as they
+//!   are closed cannot starve others of descriptors or slots.
 //! - Bounds: at most `max_connections` connecting or open connections, at most as many closing
 //!   ones, [`MAX_LISTENERS`] listeners; pending events and the ready and draining lists are bounded
 //!   by the slot table (a slot has at most one `Up`, one `Down` and one entry per list; `connect`
@@ -39,7 +47,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -48,12 +56,17 @@ use std::time::{Duration, Instant};
 
 use libc::c_int;
 
-use super::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
+use super::{CloseReason, ConnId, Refusals, TcpRole, Transport, TransportEvent};
 
 /// Connections accepted per listener per `poll`; the rest wait for the next one.
 pub const ACCEPT_BATCH: usize = 64;
 /// Listening sockets one transport may hold.
 pub const MAX_LISTENERS: usize = 64;
+/// First size of a connection's receive buffer.
+pub const RECV_BUFFER_MIN: usize = 4 * 1024;
+/// Largest receive buffer of an untrusted connection: the prefix and one frame of the longest
+/// Length (RFC 9329 §3: 65535 bytes), so its consumer still sees a whole frame.
+pub const UNTRUSTED_RECV_BUFFER: usize = 6 + 65535 + 1;
 /// What `send_capacity` reports while the socket has not said `EAGAIN`.
 pub const SEND_CAPACITY_HINT: usize = 64 * 1024;
 /// The epoll token reserved for a worker's wake-up fd (see [`KernelTransport::add_waker`]).
@@ -103,6 +116,11 @@ pub struct KernelConfig {
     /// SO_MARK on every socket (listeners, dialled and accepted connections), for policy
     /// routing of the outer traffic (`ip rule add fwmark ...`); needs CAP_NET_ADMIN.
     pub mark: Option<u32>,
+    /// Accepted connections not yet trusted ([`Transport::mark_trusted`]), in all; more are
+    /// reset at once.
+    pub untrusted_total: usize,
+    /// Untrusted accepted connections per source (IPv4 address, IPv6 /64).
+    pub untrusted_per_source: usize,
 }
 
 impl Default for KernelConfig {
@@ -118,6 +136,10 @@ impl Default for KernelConfig {
             close_timeout: Duration::from_secs(5),
             listen_backlog: 1024,
             mark: None,
+            // As the smoltcp transport's per-listener and per-source caps: a peer proves itself
+            // within about one RTT of its first IKE message (control binds its IKE SA) or ESP.
+            untrusted_total: 1024,
+            untrusted_per_source: 32,
         }
     }
 }
@@ -129,6 +151,10 @@ pub struct KernelStats {
     pub accepted: u64,
     /// Connections accepted and closed at once because `max_connections` were in use.
     pub refused_full: u64,
+    /// Accepted and reset at once: `untrusted_total` untrusted connections were open.
+    pub refused_untrusted: u64,
+    /// Accepted and reset at once: their source had `untrusted_per_source` untrusted ones.
+    pub refused_source: u64,
     /// `accept()` or set-up failures of accepted sockets (EMFILE, ...).
     pub accept_errors: u64,
     /// Connects that came up.
@@ -183,6 +209,10 @@ struct Slot {
     eof: bool,
     /// `f` took none of the buffered bytes and none arrived since: `wait` need not wake for them.
     stalled: bool,
+    /// An accepted connection not yet trusted: the source it counts against.
+    untrusted: Option<Source>,
+    /// The last read filled the buffer's whole free tail.
+    read_filled: bool,
     /// Listed in `ready`; survives slot reuse together with the list entry.
     in_ready: bool,
     /// Listed in `draining`; likewise.
@@ -205,6 +235,8 @@ impl Slot {
             writable: false,
             eof: false,
             stalled: false,
+            untrusted: None,
+            read_filled: false,
             in_ready: false,
             in_drain: false,
         }
@@ -231,16 +263,24 @@ impl Slot {
         self.writable = false;
         self.eof = false;
         self.stalled = false;
+        self.untrusted = None;
+        self.read_filled = false;
     }
 
-    /// One `read()` into the buffer's free tail, allocating and compacting it as needed.
+    /// One `read()` into the buffer's free tail, allocating, compacting and growing it (up to
+    /// `cap` bytes) as needed.
     fn fill(&mut self, cap: usize) -> Fill {
         let Some(stream) = self.stream.as_ref() else {
             return Fill::Full;
         };
+        let cap = if self.untrusted.is_some() {
+            cap.min(UNTRUSTED_RECV_BUFFER)
+        } else {
+            cap
+        };
         let buf = self
             .rbuf
-            .get_or_insert_with(|| vec![0u8; cap].into_boxed_slice());
+            .get_or_insert_with(|| vec![0u8; cap.min(RECV_BUFFER_MIN)].into_boxed_slice());
         if self.rpos == self.rlen {
             self.rpos = 0;
             self.rlen = 0;
@@ -248,6 +288,15 @@ impl Slot {
             buf.copy_within(self.rpos..self.rlen, 0);
             self.rlen -= self.rpos;
             self.rpos = 0;
+        }
+        // Full of unconsumed bytes, or the last read filled all the room it had (more is
+        // likely waiting: bulk data reads in ever larger pieces).
+        if (self.rlen == buf.len() || self.read_filled) && buf.len() < cap {
+            let mut bigger = vec![0u8; (buf.len() * 2).min(cap)].into_boxed_slice();
+            if let (Some(to), Some(from)) = (bigger.get_mut(..self.rlen), buf.get(..self.rlen)) {
+                to.copy_from_slice(from);
+            }
+            *buf = bigger;
         }
         let Some(tail) = buf.get_mut(self.rlen..) else {
             return Fill::Full;
@@ -265,6 +314,7 @@ impl Slot {
             }
             Ok(n) => {
                 let n = n.min(room);
+                self.read_filled = n == room;
                 self.rlen += n;
                 self.stalled = false;
                 if n < room && !self.rdhup {
@@ -299,6 +349,26 @@ enum Fill {
     /// No read attempted (no room) or interrupted.
     Full,
     Failed(io::Error),
+}
+
+/// The source an untrusted connection counts against: an IPv4 address, or an IPv6 /64 (one
+/// host usually holds a whole /64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+impl Source {
+    fn of(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => Source::V4(u32::from(*a.ip())),
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => Source::V4(u32::from(v4)),
+                None => Source::V6((u128::from(*a.ip()) >> 64) as u64),
+            },
+        }
+    }
 }
 
 /// A deadline of one slot occupancy (slot and generation).
@@ -376,6 +446,10 @@ pub struct KernelTransport {
     /// The `now` of the last `poll`.
     now: Instant,
     stats: KernelStats,
+    /// Untrusted accepted connections, in all and per source (entries removed at zero, so the
+    /// map holds at most `untrusted_total` entries).
+    untrusted: usize,
+    untrusted_by_source: HashMap<Source, u32>,
 }
 
 impl fmt::Debug for KernelTransport {
@@ -471,7 +545,18 @@ impl KernelTransport {
             ev_buf: vec![libc::epoll_event { events: 0, u64: 0 }; EVENT_BATCH],
             now: Instant::now(),
             stats: KernelStats::default(),
+            untrusted: 0,
+            untrusted_by_source: HashMap::new(),
         })
+    }
+
+    /// The size of `conn`'s receive buffer (0 before its first read), for tests.
+    #[cfg(test)]
+    fn rbuf_len(&self, conn: ConnId) -> usize {
+        self.slot_of(conn)
+            .and_then(|i| self.slots.get(i))
+            .and_then(|s| s.rbuf.as_ref())
+            .map_or(0, |b| b.len())
     }
 
     /// Like [`Transport::listen`], returning the bound address (so port 0 can be used).
@@ -644,8 +729,37 @@ impl KernelTransport {
         if let Some(s) = slot.stream.as_ref() {
             let _ = sys::epoll_del(self.epoll.as_fd(), s.as_fd());
         }
+        let untrusted = slot.untrusted.take();
         slot.clear();
         self.free.push(idx as u32);
+        if let Some(src) = untrusted {
+            self.forget_untrusted(src);
+        }
+    }
+
+    fn forget_untrusted(&mut self, src: Source) {
+        self.untrusted = self.untrusted.saturating_sub(1);
+        if let Some(n) = self.untrusted_by_source.get_mut(&src) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.untrusted_by_source.remove(&src);
+            }
+        }
+    }
+
+    /// Whether one more untrusted connection from `src` may be accepted; counts the refusal if
+    /// not.
+    fn untrusted_room(&mut self, src: Source) -> bool {
+        if self.untrusted >= self.cfg.untrusted_total {
+            self.stats.refused_untrusted += 1;
+            return false;
+        }
+        let from_src = self.untrusted_by_source.get(&src).copied().unwrap_or(0);
+        if from_src as usize >= self.cfg.untrusted_per_source {
+            self.stats.refused_source += 1;
+            return false;
+        }
+        true
     }
 
     fn emit_down(&mut self, idx: usize, reason: CloseReason) {
@@ -816,6 +930,12 @@ impl KernelTransport {
                 return;
             }
         };
+        let src = Source::of(peer);
+        if !self.untrusted_room(src) {
+            // A reset, not a FIN: no TIME_WAIT here, and the peer learns at once.
+            let _ = sys::set_linger_zero(stream.as_fd());
+            return;
+        }
         let Some(idx) = self.alloc() else {
             self.stats.refused_full += 1;
             return;
@@ -832,6 +952,9 @@ impl KernelTransport {
         slot.stream = Some(stream);
         slot.state = State::Open;
         slot.writable = true;
+        slot.untrusted = Some(src);
+        self.untrusted += 1;
+        *self.untrusted_by_source.entry(src).or_insert(0) += 1;
         self.live += 1;
         self.stats.accepted += 1;
         let conn = self.id(idx);
@@ -1171,5 +1294,26 @@ impl Transport for KernelTransport {
 
     fn connections(&self) -> usize {
         self.live
+    }
+
+    /// The connection no longer counts against `untrusted_total` and `untrusted_per_source`,
+    /// and its receive buffer may grow to `recv_buffer`.
+    fn mark_trusted(&mut self, conn: ConnId) {
+        let Some(idx) = self.slot_of(conn) else {
+            return;
+        };
+        let Some(src) = self.slots.get_mut(idx).and_then(|s| s.untrusted.take()) else {
+            return;
+        };
+        self.forget_untrusted(src);
+    }
+
+    fn refusals(&self) -> Refusals {
+        Refusals {
+            refused: self.stats.refused_full
+                + self.stats.refused_untrusted
+                + self.stats.refused_source,
+            untrusted: self.untrusted as u64,
+        }
     }
 }

@@ -626,3 +626,128 @@ fn mark_is_set_on_listeners_and_connections() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("fwmark:0x2a"), "{text}");
 }
+
+/// Accepted connections with their ids, once `n` came up.
+fn accept_n(
+    orig: &mut KernelTransport,
+    resp: &mut KernelTransport,
+    from: SocketAddr,
+    to: SocketAddr,
+    n: usize,
+) -> Vec<ConnId> {
+    for _ in 0..n {
+        orig.connect(Some(from), to).unwrap();
+    }
+    let (mut olog, mut rlog) = (Vec::new(), Vec::new());
+    let before = {
+        let s = resp.stats();
+        s.accepted + s.refused_source + s.refused_untrusted
+    };
+    spin(|| {
+        poll(orig, &mut olog);
+        poll(resp, &mut rlog);
+        let s = resp.stats();
+        s.accepted + s.refused_source + s.refused_untrusted == before + n as u64
+    });
+    rlog.iter()
+        .filter_map(|e| match *e {
+            TransportEvent::Up { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn untrusted_connections_are_capped_per_source_and_in_all() {
+    let mut resp = KernelTransport::new(KernelConfig {
+        untrusted_per_source: 2,
+        untrusted_total: 3,
+        ..KernelConfig::default()
+    })
+    .unwrap();
+    let addr = resp.listen_bound(v4()).unwrap();
+    let mut orig = KernelTransport::new(KernelConfig::default()).unwrap();
+    let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let b: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let c: SocketAddr = "127.0.0.3:0".parse().unwrap();
+    // A third untrusted connection from one source is reset at once, counted.
+    let from_a = accept_n(&mut orig, &mut resp, a, addr, 3);
+    assert_eq!(from_a.len(), 2);
+    assert_eq!(resp.stats().refused_source, 1);
+    assert_eq!(
+        resp.refusals(),
+        Refusals {
+            refused: 1,
+            untrusted: 2
+        }
+    );
+    // Another source still gets in, up to the total.
+    assert_eq!(accept_n(&mut orig, &mut resp, b, addr, 1).len(), 1);
+    assert_eq!(accept_n(&mut orig, &mut resp, c, addr, 1).len(), 0);
+    assert_eq!(resp.stats().refused_untrusted, 1);
+    // A connection that proved itself no longer counts: room for one more, also from `a`.
+    resp.mark_trusted(from_a[0]);
+    resp.mark_trusted(from_a[0]);
+    assert_eq!(resp.refusals().untrusted, 2);
+    assert_eq!(accept_n(&mut orig, &mut resp, a, addr, 1).len(), 1);
+    // Closing one frees its place.
+    resp.close(from_a[1]);
+    assert_eq!(
+        accept_n(&mut orig, &mut resp, c, addr, 1).len(),
+        0,
+        "closing still counts"
+    );
+    let mut log = Vec::new();
+    spin(|| {
+        poll(&mut orig, &mut log);
+        poll(&mut resp, &mut log);
+        resp.closing() == 0
+    });
+    assert_eq!(accept_n(&mut orig, &mut resp, c, addr, 1).len(), 1);
+    assert_eq!(resp.refusals().untrusted, 3);
+}
+
+#[test]
+fn receive_buffer_starts_small_and_grows_to_a_whole_frame() {
+    let mut p = pair(KernelConfig::default(), KernelConfig::default(), v4());
+    // Nothing read yet: nothing allocated.
+    assert_eq!(p.resp.rbuf_len(p.rc), 0);
+    // The prefix and then a 60,000-byte frame; the consumer takes only the prefix, then only
+    // the whole frame.
+    let mut data = b"IKETCP".to_vec();
+    data.extend(pattern(3, 60_000));
+    let (mut sent, mut got) = (0, 0);
+    let mut sizes = Vec::new();
+    spin(|| {
+        if sent < data.len() {
+            sent += p.orig.send(p.oc, &data[sent..]).unwrap();
+        }
+        poll(&mut p.orig, &mut p.olog);
+        poll(&mut p.resp, &mut p.rlog);
+        let mut list = Vec::new();
+        p.resp.readable(&mut list);
+        for c in list {
+            let want = if got == 0 { 6 } else { 60_000 };
+            let _ = p.resp.recv(c, |b| {
+                if b.len() >= want {
+                    got += want;
+                    want
+                } else {
+                    0
+                }
+            });
+        }
+        sizes.push(p.resp.rbuf_len(p.rc));
+        got == data.len()
+    });
+    assert_eq!(
+        sizes.iter().find(|&&n| n > 0),
+        Some(&RECV_BUFFER_MIN),
+        "{sizes:?}"
+    );
+    let top = sizes.iter().max().copied().unwrap_or(0);
+    assert!((60_000..=UNTRUSTED_RECV_BUFFER).contains(&top), "{top}");
+    // A trusted connection may grow to `recv_buffer`.
+    p.resp.mark_trusted(p.rc);
+    assert_eq!(p.resp.refusals().untrusted, 0);
+}

@@ -74,7 +74,7 @@ use smoltcp::wire::{ETHERNET_HEADER_LEN, HardwareAddress, IpAddress, IpCidr, IpL
 use self::accept::{Due, SynCache, Tally, source_group};
 use self::demux::{Key, Seg, SynInfo};
 use self::device::{CapsOnly, Dev};
-use super::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
+use super::{CloseReason, ConnId, Refusals, TcpRole, Transport, TransportEvent};
 use crate::port::{DEFAULT_BUF_SIZE, HEADROOM, Medium, Packet, PacketPool, Port};
 
 /// Smallest and largest IP MTU accepted (smoltcp subtracts headers from it unchecked).
@@ -1620,6 +1620,18 @@ impl<P: Port> Transport for SmolTransport<P> {
         };
         if let Some((listener, group)) = c.untrusted.take() {
             self.untrusted.remove(listener, group);
+        }
+    }
+
+    fn refusals(&self) -> Refusals {
+        let s = &self.stats;
+        Refusals {
+            refused: s.syn_dropped_full
+                + s.half_open_refused_listener
+                + s.half_open_refused_source
+                + s.untrusted_refused_listener
+                + s.untrusted_refused_source,
+            untrusted: self.untrusted.total() as u64,
         }
     }
 }
