@@ -17,7 +17,8 @@
 # Then e.g.: ip netns exec itl-hostA ping 203.0.113.10
 # Environment: LAB (name prefix, default itl), LAB_DIR (default /tmp/$LAB), BIN, TRANSPORT_B,
 # WORKERS (per gateway, default 1), KEYLOG_DIR (Wireshark key tables in KEYLOG_DIR/gwA and
-# KEYLOG_DIR/gwB; secrets), ESP_PROPOSALS (comma-separated, e.g. aes256gcm16-noesn, for both).
+# KEYLOG_DIR/gwB; secrets), ESP_PROPOSALS (comma-separated, e.g. aes256gcm16-noesn, for both),
+# ATTACKER (any value: a hostile host, namespace $LAB-atk, 192.0.2.65-126, wired to gwB).
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -28,7 +29,7 @@ TRANSPORT_B=${TRANSPORT_B:-kernel}
 WORKERS=${WORKERS:-1}
 KEYLOG_DIR=${KEYLOG_DIR:-}
 ESP_PROPOSALS=${ESP_PROPOSALS:-}
-HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB
+HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB AT=$LAB-atk
 
 config_a() {
     cat <<CFG
@@ -145,6 +146,18 @@ net() {
     ns $HB ip addr add 203.0.113.10/24 dev hb0
     ns $HB ip link set hb0 up
     ns $HB ip route add default via 203.0.113.1
+    if [ -n "${ATTACKER:-}" ]; then
+        # A hostile host that reaches gwB's listener from 62 addresses of its own (192.0.2.65-126)
+        # over a second link (the hostile battery, control/cli/tests/hostile.rs).
+        ip netns add $AT
+        ns $AT ip link set lo up
+        ip link add atk0 netns $AT type veth peer name gb2 netns $GB
+        ns $GB ip link set gb2 up
+        ns $GB ip route add 192.0.2.64/26 dev gb2
+        for i in $(seq 65 126); do ns $AT ip addr add 192.0.2.$i/26 dev atk0; done
+        ns $AT ip link set atk0 up
+        ns $AT ip route add 192.0.2.2/32 dev atk0
+    fi
     # Checksums of veth traffic are left to the receiver; smoltcp on the TAP needs them filled.
     ns $GA ethtool -K ga1 tx off >/dev/null 2>&1 || true
     (umask 077; printf 'iketcp lab pre-shared key, not for real use\n' >"$DIR/psk.secret")
@@ -225,7 +238,7 @@ bench() {
 down() {
     stop gwA KILL || true
     stop gwB KILL || true
-    for n in $HA $GA $GB $HB; do ip netns del "$n" 2>/dev/null || true; done
+    for n in $HA $GA $GB $HB $AT; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$DIR"
 }
 

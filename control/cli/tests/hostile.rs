@@ -1,0 +1,515 @@
+//! The hostile battery, first part: an unauthenticated attacker against a running `iketcp
+//! gateway` (gwB, the TCP Responder, kernel transport) while an established tunnel carries a
+//! steady ping from hostA to hostB. The attacker is a namespace of its own with 62 addresses
+//! (`ATTACKER=1` in `tests/lab/two-gateways.sh`); this file is its client.
+//!
+//! For every attack: the reaction (reset at once, closed after the idle timeout, closed as
+//! corrupt), the counter that shows it, the gateway's RSS and open descriptors against a stated
+//! bound, and the tunnel's IKE and Child SAs untouched with the ping going on. The figures are
+//! printed (`cargo test -- --nocapture` shows them).
+//!
+//! Needs root and `/dev/net/tun`; skips only without them, and says why.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test-only file: its helpers, like its tests, fail by panicking"
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
+
+use common::{LAB_LOCK, Lab, unavailable};
+use serde_json::Value;
+
+const GW_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 4500);
+/// The gateway's defaults (`[limits]`), which the bounds below follow.
+const UNTRUSTED_TOTAL: usize = 1024;
+const UNTRUSTED_PER_SOURCE: usize = 32;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The attacker's `i`th address (0..62).
+fn attacker(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 65 + (i % 62) as u8)
+}
+
+/// Runs `f` on a thread that entered namespace `ns` (only that thread moves).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: `file` is an open namespace file for the call; CLONE_NEWNET moves only this
+        // thread, which ends when `f` returns.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A blocking TCP connection from `src` (any port) to `dst`.
+fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> std::io::Result<TcpStream> {
+    // SAFETY: plain socket calls on a descriptor this function owns; `sockaddr_in` values are
+    // fully initialised, their sizes passed with them; the descriptor goes into a TcpStream
+    // (which closes it) or is closed here on error.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sa = |a: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(a).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sa(src, 0);
+        let remote = sa(*dst.ip(), dst.port());
+        if libc::bind(fd, (&raw const local).cast(), len) != 0
+            || libc::connect(fd, (&raw const remote).cast(), len) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
+}
+
+/// Whether the gateway closed `s` (EOF or reset) within `within`.
+fn closed_by_peer(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t0.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(t0.elapsed()),
+        }
+    }
+    None
+}
+
+/// gwB's resident memory (KiB) and open descriptors.
+fn footprint(lab: &Lab) -> (u64, usize) {
+    let pid = lab.pid("gwB");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// gwB's data-plane counter `name`, summed over its workers.
+fn counter(lab: &Lab, name: &str) -> u64 {
+    let s = lab.status("gwB").unwrap();
+    s["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| w[name].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// gwB's IKE SA and Child SA SPIs.
+fn sas(lab: &Lab) -> Vec<String> {
+    let s = lab.status("gwB").unwrap_or(Value::Null);
+    let mut v = Vec::new();
+    for c in s["connections"].as_array().into_iter().flatten() {
+        for sa in c["ike_sas"].as_array().into_iter().flatten() {
+            if sa["state"] != "ESTABLISHED" {
+                continue;
+            }
+            v.push(format!("ike {} {}", sa["spi_i"], sa["spi_r"]));
+            for ch in sa["child_sas"].as_array().into_iter().flatten() {
+                if ch["state"] == "INSTALLED" {
+                    v.push(format!("child {} {}", ch["spi_in"], ch["spi_out"]));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Opens `n` connections from the attacker's addresses in turn, each sending `first` (if not
+/// empty), and holds them; returns them and how many connects failed outright.
+fn flood(lab: &Lab, n: usize, first: &'static [u8]) -> (Vec<TcpStream>, usize) {
+    in_ns(&lab.ns("atk"), move || {
+        let mut held = Vec::with_capacity(n);
+        let mut failed = 0;
+        for i in 0..n {
+            match connect_from(attacker(i), GW_B) {
+                Ok(mut s) => {
+                    if !first.is_empty() {
+                        let _ = s.write_all(first);
+                    }
+                    held.push(s);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        (held, failed)
+    })
+}
+
+/// How many of `conns` the gateway has closed (non-blocking check).
+fn count_closed(conns: &mut [TcpStream]) -> usize {
+    let mut n = 0;
+    let mut buf = [0u8; 64];
+    for s in conns {
+        s.set_nonblocking(true).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => n += 1,
+            Ok(_) => {}
+        }
+    }
+    n
+}
+
+struct Figures {
+    name: &'static str,
+    rss_before_kib: u64,
+    rss_peak_kib: u64,
+    rss_after_kib: u64,
+    fds_before: usize,
+    fds_peak: usize,
+    fds_after: usize,
+    refused: u64,
+    closed_idle: usize,
+    held: usize,
+}
+
+impl Figures {
+    fn print(&self) {
+        println!(
+            "[hostile] {}: RSS {} -> {} (peak) -> {} KiB; fds {} -> {} -> {}; refused by limits {}; {} of {} closed by the gateway (reset at once, or after the idle timeout)",
+            self.name,
+            self.rss_before_kib,
+            self.rss_peak_kib,
+            self.rss_after_kib,
+            self.fds_before,
+            self.fds_peak,
+            self.fds_after,
+            self.refused,
+            self.closed_idle,
+            self.held
+        );
+    }
+}
+
+/// 10,000 connections from 62 addresses that send `first` and then nothing: past the limits
+/// they are reset at once; the accepted ones are closed after the idle timeout; descriptors
+/// and memory stay bounded and come back.
+fn connection_flood(lab: &Lab, name: &'static str, first: &'static [u8]) -> Figures {
+    let (rss0, fds0) = footprint(lab);
+    let refused0 = counter(lab, "tcp_refused");
+    let (mut conns, failed) = flood(lab, 10_000, first);
+    // Let the gateway accept (or refuse) the backlog.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (rss1, fds1) = footprint(lab);
+    assert!(
+        fds1 <= fds0 + UNTRUSTED_TOTAL + 64,
+        "{name}: {fds1} descriptors open (from {fds0}): the untrusted cap is {UNTRUSTED_TOTAL}"
+    );
+    // Past the idle timeout every accepted one is closed; refusals were resets already.
+    std::thread::sleep(IDLE_TIMEOUT + Duration::from_secs(3));
+    let closed = count_closed(&mut conns);
+    let held = conns.len();
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss2, fds2) = footprint(lab);
+    let refused = counter(lab, "tcp_refused") - refused0;
+    assert!(
+        refused as usize >= 10_000 - failed - UNTRUSTED_TOTAL,
+        "{name}: only {refused} refused"
+    );
+    assert_eq!(
+        closed, held,
+        "{name}: every connection closed by the gateway"
+    );
+    assert!(
+        fds2 <= fds0 + 8,
+        "{name}: descriptors back to {fds2} (from {fds0})"
+    );
+    // Bounded: at most the untrusted connections' receive buffers (4 KiB each while they sent
+    // less), plus allocator slack; 256 KiB each would be 256 MiB.
+    assert!(
+        rss1 <= rss0 + 64 * 1024,
+        "{name}: RSS grew from {rss0} to {rss1} KiB"
+    );
+    Figures {
+        name,
+        rss_before_kib: rss0,
+        rss_peak_kib: rss1,
+        rss_after_kib: rss2,
+        fds_before: fds0,
+        fds_peak: fds1,
+        fds_after: fds2,
+        refused,
+        closed_idle: closed,
+        held,
+    }
+}
+
+/// How the gateway must react to a malformed stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reaction {
+    /// Closed as soon as the bytes are read (RFC 9329 §3.1/§3.2 Length 0 or 1, §6.1 no prefix
+    /// R-6.1-n, corruption R-6.1-o, a cut-off frame discarded with the connection R-6.1-j).
+    AtOnce,
+    /// Merely incomplete: closed by the idle timeout (R-6.1-e).
+    IdleTimeout,
+}
+
+/// One attacker connection gets `bytes` (then, if `fin`, our FIN); the gateway must close it
+/// as `reaction` says. Returns how long that took.
+fn garbage(lab: &Lab, what: &str, bytes: Vec<u8>, fin: bool, reaction: Reaction) -> Duration {
+    let within = IDLE_TIMEOUT + Duration::from_secs(5);
+    let src = attacker(61);
+    let t = in_ns(&lab.ns("atk"), move || {
+        let mut s = connect_from(src, GW_B).unwrap();
+        // The gateway may close before all is written (a reset ends the write early).
+        let _ = s.write_all(&bytes);
+        if fin {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        closed_by_peer(&mut s, within)
+    });
+    let t = t.unwrap_or_else(|| panic!("{what}: the gateway kept the connection\n{}", lab.logs()));
+    println!("[hostile] {what}: closed after {t:?} ({reaction:?})");
+    // Which reaction it was, not how fast: the idle timeout is 5 s, an immediate close is
+    // microseconds.
+    match reaction {
+        Reaction::AtOnce => assert!(t < IDLE_TIMEOUT, "{what}: not closed at once"),
+        Reaction::IdleTimeout => assert!(
+            t >= IDLE_TIMEOUT - Duration::from_millis(500),
+            "{what}: closed before the idle timeout"
+        ),
+    }
+    t
+}
+
+/// An RFC 9329 frame around `body`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 2) as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_battery_kernel_transport() {
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP hostile battery: {why}");
+        return;
+    }
+    let lab = Lab::with_env(
+        "ith",
+        "kernel",
+        &[("WORKERS", "1"), ("ATTACKER", "1"), ("DPD_A", "3s")],
+    );
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+    let before = sas(&lab);
+    assert!(before.len() >= 2, "{before:?}");
+    // The steady inner flow: 5 pings a second for the whole battery.
+    let ping = lab.spawn(
+        "hostA",
+        &["ping", "-i", "0.2", "-w", "600", "-q", "203.0.113.10"],
+    );
+
+    let figures = [
+        connection_flood(&lab, "10,000 connections that send nothing", b""),
+        connection_flood(
+            &lab,
+            "10,000 connections that send only the prefix",
+            b"IKETCP",
+        ),
+    ];
+    for f in &figures {
+        f.print();
+    }
+
+    // One source opening connections as fast as they are closed, while the genuine peer's
+    // connection breaks: the churn is refused past its per-source cap, and gwA (another address)
+    // reconnects and carries on.
+    let churn = {
+        let ns = lab.ns("atk");
+        std::thread::spawn(move || {
+            in_ns(&ns, || {
+                let t0 = Instant::now();
+                let mut n = 0u64;
+                let mut held = std::collections::VecDeque::new();
+                while t0.elapsed() < Duration::from_secs(8) {
+                    if let Ok(s) = connect_from(attacker(0), GW_B) {
+                        held.push_back(s);
+                        n += 1;
+                    }
+                    if held.len() > 2 * UNTRUSTED_PER_SOURCE {
+                        held.pop_front();
+                    }
+                }
+                n
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let killed = lab.exec(
+        "gwA",
+        &["ss", "-K", "dst", "192.0.2.2", "dport", "=", ":4500"],
+    );
+    assert!(killed.status.success());
+    lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(15));
+    let back = t0.elapsed();
+    let connects = churn.join().unwrap();
+    println!(
+        "[hostile] churn from one source: {connects} connections in 8 s; the genuine peer's tunnel carried a ping again {back:?} after its connection was reset"
+    );
+
+    // Malformed streams, each on a connection of its own: closed at once, or after the idle
+    // timeout where the bytes are merely incomplete.
+    garbage(
+        &lab,
+        "no prefix (an HTTP request)",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        false,
+        Reaction::AtOnce,
+    );
+    garbage(
+        &lab,
+        "a wrong prefix",
+        b"IKETCQ".to_vec(),
+        false,
+        Reaction::AtOnce,
+    );
+    garbage(
+        &lab,
+        "a valid prefix, then nothing",
+        b"IKETCP".to_vec(),
+        false,
+        Reaction::IdleTimeout,
+    );
+    let mut l0 = b"IKETCP".to_vec();
+    l0.extend_from_slice(&[0, 0]);
+    garbage(&lab, "Length 0", l0, false, Reaction::AtOnce);
+    let mut l1 = b"IKETCP".to_vec();
+    l1.extend_from_slice(&[0, 1]);
+    garbage(&lab, "Length 1", l1, false, Reaction::AtOnce);
+    let mut big = b"IKETCP".to_vec();
+    big.extend_from_slice(&[0xff, 0xff]);
+    big.extend(pseudo_random(1000, 7));
+    garbage(
+        &lab,
+        "Length 65535 with 1,000 bytes of it",
+        big,
+        false,
+        Reaction::IdleTimeout,
+    );
+    let mut cut = b"IKETCP".to_vec();
+    cut.extend_from_slice(&[0x01, 0x00]);
+    cut.extend(pseudo_random(100, 9));
+    garbage(&lab, "a frame cut off by FIN", cut, true, Reaction::AtOnce);
+    let mut random = b"IKETCP".to_vec();
+    random.extend(pseudo_random(4 << 20, 11));
+    let closed_corrupt0 = counter(&lab, "closed_corrupt");
+    garbage(
+        &lab,
+        "4 MiB of random bytes after a valid prefix",
+        random,
+        false,
+        Reaction::AtOnce,
+    );
+    // ESP for the tunnel's live inbound SPI with a bad ICV, on a new connection: dropped, the
+    // connection closed, the SA untouched (RFC 9329 §6.1, R-6.1-o; §10, R-10-e).
+    let spi_in = before
+        .iter()
+        .find_map(|s| s.strip_prefix("child "))
+        .and_then(|s| s.split(' ').next())
+        .map(|s| s.trim_matches('"').to_owned())
+        .unwrap();
+    let spi = u32::from_str_radix(&spi_in, 16).unwrap();
+    let mut esp = spi.to_be_bytes().to_vec();
+    // A sequence number ahead of the window, so the ICV is checked (an old one is dropped as a
+    // replay first, RFC 4303 §3.4.3, which is no sign of corruption).
+    esp.extend_from_slice(&1_000_000u32.to_be_bytes());
+    esp.extend(pseudo_random(120, 13));
+    let mut forged = b"IKETCP".to_vec();
+    forged.extend(frame(&esp));
+    garbage(
+        &lab,
+        "ESP with the live SPI and a bad ICV on a new connection",
+        forged,
+        false,
+        Reaction::AtOnce,
+    );
+    let corrupt = counter(&lab, "closed_corrupt") - closed_corrupt0;
+    println!("[hostile] connections closed as corrupt: {corrupt}");
+    assert!(
+        corrupt >= 2,
+        "the random stream and the forged ESP count as corrupt"
+    );
+
+    // The tunnel: same SAs, the ping went on.
+    assert_eq!(
+        sas(&lab),
+        before,
+        "the established tunnel's SAs are untouched"
+    );
+    assert!(
+        lab.ping("hostA", "203.0.113.10"),
+        "the tunnel carries traffic\n{}",
+        lab.logs()
+    );
+    // SIGINT: ping prints its summary (`ip netns exec` became ping, same pid).
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(ping.id() as i32, libc::SIGINT) };
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let loss = text
+        .lines()
+        .find(|l| l.contains("packet loss"))
+        .unwrap_or("no summary");
+    println!("[hostile] the tunnel's ping during the battery: {loss}");
+    println!(
+        "[hostile] counters of gwB: tcp_refused {}, closed_corrupt {}, frames_unparseable {}, icv_failures {}, unknown_spi {}",
+        counter(&lab, "tcp_refused"),
+        counter(&lab, "closed_corrupt"),
+        counter(&lab, "frames_unparseable"),
+        counter(&lab, "icv_failures"),
+        counter(&lab, "unknown_spi")
+    );
+}
