@@ -18,7 +18,8 @@
 # Environment: LAB (name prefix, default itl), LAB_DIR (default /tmp/$LAB), BIN, TRANSPORT_B,
 # WORKERS (per gateway, default 1), KEYLOG_DIR (Wireshark key tables in KEYLOG_DIR/gwA and
 # KEYLOG_DIR/gwB; secrets), ESP_PROPOSALS (comma-separated, e.g. aes256gcm16-noesn, for both),
-# ATTACKER (any value: a hostile host, namespace $LAB-atk, 192.0.2.65-126, wired to gwB).
+# ATTACKER (any value: a hostile host, namespace $LAB-atk, 192.0.2.65-126, wired to gwB),
+# LIMITS_B (lines of gwB's [limits] section, \n-separated).
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -88,6 +89,9 @@ CFG
 name = "iketcp0"
 addresses = ["203.0.113.1/32"]
 mss_clamp = true
+
+[limits]
+$(printf '%b' "${LIMITS_B:-}")
 
 [[connection]]
 name = "site-a"

@@ -476,11 +476,70 @@ fn hostile_battery_kernel_transport() {
         false,
         Reaction::AtOnce,
     );
+    // 20 ESP frames with SPIs nobody has: closed after 16 in a row (R-6.1-o; a few are
+    // tolerated around rekeys, R-6.1-p).
+    let mut unknown = b"IKETCP".to_vec();
+    for i in 0..20u32 {
+        let mut e = (0x5eed_0000 + i).to_be_bytes().to_vec();
+        e.extend_from_slice(&1u32.to_be_bytes());
+        e.extend(pseudo_random(60, u64::from(i)));
+        unknown.extend(frame(&e));
+    }
+    garbage(
+        &lab,
+        "20 ESP frames with unknown SPIs",
+        unknown,
+        false,
+        Reaction::AtOnce,
+    );
+    // INFORMATIONAL requests with the tunnel's IKE SPIs whose SK payloads do not verify, on a
+    // new connection, with Message IDs 0..64: those outside the window are dropped unread (RFC
+    // 7296 §2.3); the one the IKE SA expects next, or the last one it answered (a
+    // retransmission must be authentic), fails its integrity check, and that closes the
+    // connection (R-6.1-o); the IKE SA stays.
+    let (spi_i, spi_r) = before
+        .iter()
+        .find_map(|s| s.strip_prefix("ike "))
+        .and_then(|s| s.split_once(' '))
+        .map(|(a, b)| {
+            (
+                a.trim_matches('"').to_owned(),
+                b.trim_matches('"').to_owned(),
+            )
+        })
+        .unwrap();
+    let (spi_i, spi_r) = (
+        u64::from_str_radix(&spi_i, 16).unwrap(),
+        u64::from_str_radix(&spi_r, 16).unwrap(),
+    );
+    let mut bad_ike = b"IKETCP".to_vec();
+    for id in 0..64u32 {
+        let mut ike = spi_i.to_be_bytes().to_vec();
+        ike.extend_from_slice(&spi_r.to_be_bytes());
+        // Next payload SK (46), version 2.0, INFORMATIONAL (37), Initiator flag.
+        ike.extend_from_slice(&[46, 0x20, 37, 0x08]);
+        ike.extend_from_slice(&id.to_be_bytes());
+        let sk_len: u16 = 4 + 8 + 32 + 16;
+        ike.extend_from_slice(&(28 + u32::from(sk_len)).to_be_bytes());
+        ike.extend_from_slice(&[0, 0]);
+        ike.extend_from_slice(&sk_len.to_be_bytes());
+        ike.extend(pseudo_random(usize::from(sk_len) - 4, 17 + u64::from(id)));
+        let mut body = vec![0u8; 4];
+        body.extend(ike);
+        bad_ike.extend(frame(&body));
+    }
+    garbage(
+        &lab,
+        "IKE with the tunnel's IKE SPIs and a bad ICV on a new connection",
+        bad_ike,
+        false,
+        Reaction::AtOnce,
+    );
     let corrupt = counter(&lab, "closed_corrupt") - closed_corrupt0;
     println!("[hostile] connections closed as corrupt: {corrupt}");
     assert!(
-        corrupt >= 2,
-        "the random stream and the forged ESP count as corrupt"
+        corrupt >= 3,
+        "the random stream, the forged ESP and the unknown SPIs count as corrupt"
     );
 
     // The tunnel: same SAs, the ping went on.
@@ -512,4 +571,136 @@ fn hostile_battery_kernel_transport() {
         counter(&lab, "icv_failures"),
         counter(&lab, "unknown_spi")
     );
+}
+
+/// The notify types of an IKE message (its unencrypted payload chain).
+fn notifies(msg: &[u8]) -> Vec<u16> {
+    let mut out = Vec::new();
+    let (Some(&first), true) = (msg.get(16), msg.len() >= 28) else {
+        return out;
+    };
+    let (mut next, mut at) = (first, 28);
+    while next != 0 && at + 4 <= msg.len() {
+        let len = usize::from(u16::from_be_bytes([msg[at + 2], msg[at + 3]]));
+        if len < 4 || at + len > msg.len() {
+            break;
+        }
+        if next == 41 && len >= 8 {
+            out.push(u16::from_be_bytes([msg[at + 6], msg[at + 7]]));
+        }
+        next = msg[at];
+        at += len;
+    }
+    out
+}
+
+/// Reads one RFC 9329 frame's body from `s`.
+fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).ok()?;
+    let n = usize::from(u16::from_be_bytes(len)).checked_sub(2)?;
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// An IKE_SA_INIT flood from 62 addresses: past `cookie_threshold` half-open IKE SAs the
+/// gateway answers with COOKIE and PUZZLE (RFC 8019; no bare cookie over TCP, RFC 9329 §6.3)
+/// and keeps no state; a genuine initiator that starts meanwhile solves its puzzle and gets its
+/// IKE SA.
+#[test]
+fn ike_sa_init_flood_brings_in_puzzles() {
+    use iketcp_control::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, PrfAlg};
+    use iketcp_control::ike::session::{Config, PskAuth, Session, SpiPool};
+    use iketcp_control::ike::wire::Identity;
+
+    const COOKIE: u16 = 16390;
+    const PUZZLE: u16 = 16434;
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP IKE_SA_INIT flood: {why}");
+        return;
+    }
+    let lab = Lab::with_env(
+        "itp",
+        "kernel",
+        &[
+            ("WORKERS", "1"),
+            ("ATTACKER", "1"),
+            ("LIMITS_B", "cookie_threshold = 64\\npuzzle_difficulty = 8"),
+        ],
+    );
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+
+    let suite = IkeSuite::new(
+        EncrAlg::AesGcm16_256,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Curve25519,
+    )
+    .unwrap();
+    let (answers, cookies, held) = in_ns(&lab.ns("atk"), move || {
+        let mut held = Vec::new();
+        let (mut answers, mut cookies) = (0usize, 0usize);
+        for i in 0..400 {
+            let cfg = Config {
+                local_id: Identity::Fqdn(format!("flood{i}.example").into_bytes()),
+                remote_id: Identity::Fqdn(b"b.example".to_vec()),
+                auth: PskAuth::shared(b"not the key"),
+                ike_proposals: vec![suite],
+                esp_proposals: vec![(EspSuite::AesGcm16_256, false)],
+                ts_local: Vec::new(),
+                ts_remote: Vec::new(),
+                spi_pool: SpiPool::new(),
+            };
+            let Ok(mut s) = connect_from(attacker(i), GW_B) else {
+                continue;
+            };
+            let local = std::net::SocketAddr::V4(SocketAddrV4::new(attacker(i), 0));
+            let (_session, msg) =
+                Session::initiator(cfg, local, std::net::SocketAddr::V4(GW_B), Instant::now())
+                    .unwrap();
+            let mut body = vec![0u8; 4];
+            body.extend(msg);
+            let mut out = b"IKETCP".to_vec();
+            out.extend(frame(&body));
+            if s.write_all(&out).is_err() {
+                continue;
+            }
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if let Some(resp) = read_frame(&mut s) {
+                let n = notifies(resp.get(4..).unwrap_or(&[]));
+                if n.contains(&COOKIE) {
+                    assert!(n.contains(&PUZZLE), "a cookie over TCP comes with a puzzle");
+                    cookies += 1;
+                } else {
+                    answers += 1;
+                }
+            }
+            // Held open, so the half-open IKE SAs stay until their timeout.
+            held.push(s);
+        }
+        (answers, cookies, held)
+    });
+    println!(
+        "[hostile] IKE_SA_INIT flood of 400 from 62 addresses: {answers} answered, {cookies} sent COOKIE + PUZZLE"
+    );
+    assert!(
+        (64..=80).contains(&answers),
+        "{answers} answered before the threshold of 64"
+    );
+    assert!(cookies >= 300, "{cookies} puzzles");
+    // The genuine initiator starts over meanwhile (its daemon restarted): it gets a puzzle,
+    // solves it and gets its IKE SA.
+    lab.ok(&["stop", "gwA", "KILL"]);
+    lab.ok(&["start", "gwA"]);
+    lab.established(Duration::from_secs(30));
+    assert!(lab.ping("hostA", "203.0.113.10"), "{}", lab.logs());
+    let log = std::fs::read_to_string(lab.dir.join("gwA.log")).unwrap_or_default();
+    println!(
+        "[hostile] the genuine initiator saw {} puzzle line(s) in its log and has its IKE SA",
+        log.matches("puzzle").count()
+    );
+    drop(held);
 }
