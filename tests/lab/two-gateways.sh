@@ -19,7 +19,8 @@
 # WORKERS (per gateway, default 1), KEYLOG_DIR (Wireshark key tables in KEYLOG_DIR/gwA and
 # KEYLOG_DIR/gwB; secrets), ESP_PROPOSALS (comma-separated, e.g. aes256gcm16-noesn, for both),
 # ATTACKER (any value: a hostile host, namespace $LAB-atk, 192.0.2.65-126, wired to gwB),
-# LIMITS_B (lines of gwB's [limits] section, \n-separated).
+# LIMITS_B (lines of gwB's [limits] section, \n-separated), TUNNELS (N tunnels between host
+# address pairs instead of one between the sites), REKEY_TIME, CHILD_REKEY_TIME.
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -47,6 +48,29 @@ $(keylog_line gwA)
 name = "iketcp0"
 addresses = ["198.51.100.1/32"]
 mss_clamp = true
+CFG
+    if [ -n "${TUNNELS:-}" ]; then
+        for i in $(seq 0 $((TUNNELS - 1))); do
+            cat <<CFG
+
+[[connection]]
+name = "t$i"
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["192.0.2.2"]
+local_id = "@a$i.example"
+remote_id = "@b.example"
+psk_file = "psk.secret"
+local_ts = ["$(tunnel_a "$i")/32"]
+remote_ts = ["$(tunnel_b "$i")/32"]
+start = "initiate"
+dpd_delay = "${DPD_A:-5s}"
+$(rekey_lines)
+$(esp_line)
+CFG
+        done
+        return
+    fi
+    cat <<CFG
 
 [[connection]]
 name = "site-b"
@@ -59,6 +83,7 @@ local_ts = ["198.51.100.0/24"]
 remote_ts = ["203.0.113.0/24"]
 start = "initiate"
 dpd_delay = "${DPD_A:-5s}"
+$(rekey_lines)
 $(esp_line)
 CFG
 }
@@ -92,6 +117,29 @@ mss_clamp = true
 
 [limits]
 $(printf '%b' "${LIMITS_B:-}")
+CFG
+    if [ -n "${TUNNELS:-}" ]; then
+        for i in $(seq 0 $((TUNNELS - 1))); do
+            cat <<CFG
+
+[[connection]]
+name = "t$i"
+local_addrs = ["192.0.2.2"]
+remote_addrs = "%any"
+local_id = "@b.example"
+remote_id = "@a$i.example"
+psk_file = "psk.secret"
+local_ts = ["$(tunnel_b "$i")/32"]
+remote_ts = ["$(tunnel_a "$i")/32"]
+start = "listen"
+dpd_delay = "${DPD_B:-30s}"
+$(rekey_lines)
+$(esp_line)
+CFG
+        done
+        return
+    fi
+    cat <<CFG
 
 [[connection]]
 name = "site-a"
@@ -104,8 +152,20 @@ local_ts = ["203.0.113.0/24"]
 remote_ts = ["198.51.100.0/24"]
 start = "listen"
 dpd_delay = "${DPD_B:-30s}"
+$(rekey_lines)
 $(esp_line)
 CFG
+}
+
+# TUNNELS=N: tunnel $1 joins hostA's address tunnel_a to hostB's address tunnel_b (up to 1,000:
+# 4 addresses on hostA, 250 on hostB), each pair its own connection, IKE SA and Child SA.
+tunnel_a() { echo "198.51.100.$((10 + $1 / 250))"; }
+tunnel_b() { echo "203.0.113.$((2 + $1 % 250))"; }
+
+# Optional rekey times of every connection (REKEY_TIME: the IKE SA's, CHILD_REKEY_TIME).
+rekey_lines() {
+    if [ -n "${REKEY_TIME:-}" ]; then echo "rekey_time = \"$REKEY_TIME\""; fi
+    if [ -n "${CHILD_REKEY_TIME:-}" ]; then echo "child_rekey_time = \"$CHILD_REKEY_TIME\""; fi
 }
 
 # The optional [gateway] key log line of gateway $1.
@@ -148,6 +208,14 @@ net() {
     fi
     ns $GB sysctl -qw net.ipv4.ip_forward=1
     ns $HB ip addr add 203.0.113.10/24 dev hb0
+    if [ -n "${TUNNELS:-}" ]; then
+        for i in $(seq 0 $(( (TUNNELS - 1) / 250 ))); do
+            [ "$(tunnel_a $((i * 250)))" = 198.51.100.10 ] || ns $HA ip addr add "$(tunnel_a $((i * 250)))/24" dev ha0
+        done
+        for i in $(seq 0 $(( TUNNELS < 250 ? TUNNELS - 1 : 249 ))); do
+            [ "$(tunnel_b "$i")" = 203.0.113.10 ] || ns $HB ip addr add "$(tunnel_b "$i")/24" dev hb0
+        done
+    fi
     ns $HB ip link set hb0 up
     ns $HB ip route add default via 203.0.113.1
     if [ -n "${ATTACKER:-}" ]; then

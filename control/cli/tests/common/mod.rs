@@ -195,6 +195,27 @@ impl Lab {
         }
     }
 
+    /// Polls `f` every 200 ms until it gives a value; panics with the logs after `timeout`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn ping(&self, from: &str, to: &str) -> bool {
         self.exec(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", to])
             .status
