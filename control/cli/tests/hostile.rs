@@ -704,3 +704,222 @@ fn ike_sa_init_flood_brings_in_puzzles() {
     );
     drop(held);
 }
+
+/// An on-path attacker's view of one direction of the outer TCP connection: the next
+/// sequence number and the acknowledgement it carries, read off the wire.
+struct Wire {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    next_seq: u32,
+    ack: u32,
+}
+
+/// Reads frames on interface `ifname` (AF_PACKET, in the current namespace) until a TCP
+/// segment from `src` to `dst` with a payload goes by; its end is where the receiver expects
+/// the next byte (RFC 5961: only an RST at exactly that sequence number resets).
+fn sniff(ifname: &str, src: Ipv4Addr, dst: Ipv4Addr, within: Duration) -> Option<Wire> {
+    // SAFETY: a raw packet socket this function owns and closes; `if_nametoindex` reads a
+    // NUL-terminated string; `sockaddr_ll` is fully initialised and its size passed with it;
+    // `recv` writes at most `buf.len()` bytes into `buf`.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            // ETH_P_ALL: outgoing packets reach only such taps.
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        );
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        let name = std::ffi::CString::new(ifname).unwrap();
+        let mut ll: libc::sockaddr_ll = std::mem::zeroed();
+        ll.sll_family = libc::AF_PACKET as u16;
+        ll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        ll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&raw const ll).cast(), len), 0);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let t0 = Instant::now();
+        let mut buf = [0u8; 65536];
+        let mut found = None;
+        while found.is_none() && t0.elapsed() < within {
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 40 {
+                continue;
+            }
+            let p = &buf[..n as usize];
+            if p[0] >> 4 != 4 {
+                continue;
+            }
+            let ihl = usize::from(p[0] & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            let a = |i: usize| Ipv4Addr::new(p[i], p[i + 1], p[i + 2], p[i + 3]);
+            if p[9] != 6 || a(12) != src || a(16) != dst || total > p.len() {
+                continue;
+            }
+            let t = &p[ihl..total];
+            let off = usize::from(t[12] >> 4) * 4;
+            let payload = t.len().saturating_sub(off);
+            if payload == 0 {
+                continue;
+            }
+            let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            found = Some(Wire {
+                src,
+                dst,
+                sport: u16::from_be_bytes([t[0], t[1]]),
+                dport: u16::from_be_bytes([t[2], t[3]]),
+                next_seq: seq.wrapping_add(payload as u32),
+                ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+            });
+        }
+        libc::close(fd);
+        found
+    }
+}
+
+/// Sends an RST forged from `w.src` at exactly `w.next_seq` (a raw IPv4 socket in the current
+/// namespace).
+fn forge_rst(w: &Wire) {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&w.sport.to_be_bytes());
+    tcp.extend_from_slice(&w.dport.to_be_bytes());
+    tcp.extend_from_slice(&w.next_seq.to_be_bytes());
+    tcp.extend_from_slice(&w.ack.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, 0x14, 0, 0, 0, 0, 0, 0]); // 20 bytes, RST+ACK
+    let mut pseudo = w.src.octets().to_vec();
+    pseudo.extend_from_slice(&w.dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let mut sum: u32 = 0;
+    for c in pseudo.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    // SAFETY: a raw socket this function owns and closes; the kernel fills the IP header
+    // (IPPROTO_TCP without IP_HDRINCL) but we bind the forged source first; `sockaddr_in` is
+    // fully initialised and its size passed with it.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        );
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let one: libc::c_int = 1;
+        // The forged source is the namespace's own address; IP_FREEBIND lets the bind work
+        // for a foreign one too.
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_FREEBIND,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sa = |a: Ipv4Addr| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(a).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sa(w.src);
+        libc::bind(fd, (&raw const local).cast(), len);
+        let to = sa(w.dst);
+        let n = libc::sendto(
+            fd,
+            tcp.as_ptr().cast(),
+            tcp.len(),
+            0,
+            (&raw const to).cast(),
+            len,
+        );
+        assert_eq!(n, 20, "sendto: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
+/// On-path forged RSTs with the right sequence numbers, against each side in turn: the
+/// connection dies, the SAs do not (RFC 9329 §6.1, R-6.1-f; §10, R-10-d); the Originator (gwA)
+/// reconnects and the same IKE SA and Child SA carry the tunnel's ping again.
+#[test]
+fn on_path_forged_rst_against_each_side() {
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP forged RST: {why}");
+        return;
+    }
+    let lab = Lab::with_env("itr", "kernel", &[("WORKERS", "1"), ("DPD_A", "3s")]);
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+    let before = sas(&lab);
+    // Traffic both ways, so segments to read sequence numbers off go by all the time.
+    let ping = lab.spawn(
+        "hostA",
+        &["ping", "-i", "0.05", "-w", "120", "-q", "203.0.113.10"],
+    );
+    let (a, b) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    // The RST goes out on the wire from the namespace whose address it forges (the kernel's
+    // raw socket will not send a packet to a local address from a foreign one).
+    for (victim, from, to, forger) in [("gwB", a, b, "gwA"), ("gwA", b, a, "gwB")] {
+        let downs = |lab: &Lab| {
+            std::fs::read_to_string(lab.dir.join("gwA.log"))
+                .unwrap_or_default()
+                .matches("TCP connection down")
+                .count()
+        };
+        let before_downs = downs(&lab);
+        let t0 = Instant::now();
+        let mut tries = 0;
+        // The ping keeps the sequence numbers moving: a try can miss by a segment in flight.
+        while downs(&lab) == before_downs && tries < 50 {
+            tries += 1;
+            let w = in_ns(&lab.ns("gwA"), move || {
+                sniff("ga1", from, to, Duration::from_secs(2))
+            });
+            let w = w.unwrap_or_else(|| panic!("no segment {from} -> {to} seen"));
+            in_ns(&lab.ns(forger), move || forge_rst(&w));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(
+            downs(&lab) > before_downs,
+            "the forged RST against {victim} took no effect in {tries} tries\n{}",
+            lab.logs()
+        );
+        lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(15));
+        println!(
+            "[hostile] forged RST against {victim}: the connection reset after {tries} tries; the tunnel carried a ping again {:?} after the first try",
+            t0.elapsed()
+        );
+        assert_eq!(
+            sas(&lab),
+            before,
+            "the SAs survive the forged RST against {victim}"
+        );
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(ping.id() as i32, libc::SIGINT) };
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "[hostile] ping during the forged RSTs: {}",
+        text.lines()
+            .find(|l| l.contains("packet loss"))
+            .unwrap_or("no summary")
+    );
+}
