@@ -259,6 +259,8 @@ start() {
         # The TAP is gwB's NIC: bridge it to the link towards gwA.
         ns $GB ip link add br0 type bridge
         ns $GB ip link set gb1 master br0
+        # The attacker's link (ATTACKER=1) joins the same wire.
+        if ns $GB ip link show gb2 >/dev/null 2>&1; then ns $GB ip link set gb2 master br0; fi
         ns $GB ip link set iketcp-tap0 master br0
         ns $GB ip link set iketcp-tap0 up
         ns $GB ip link set br0 up

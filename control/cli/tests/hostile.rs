@@ -923,3 +923,135 @@ fn on_path_forged_rst_against_each_side() {
             .unwrap_or("no summary")
     );
 }
+
+/// A TCP SYN from `src:sport` to `dst:dport`, with its IPv4 header (for IPPROTO_RAW).
+fn syn_packet(src: Ipv4Addr, sport: u16, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dst.port().to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let fold = |mut sum: u32| {
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    };
+    let words = |b: &[u8]| -> u32 {
+        b.chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    };
+    let mut pseudo = src.octets().to_vec();
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let c = fold(words(&pseudo) + words(&tcp));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.ip().octets());
+    let c = fold(words(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend(tcp);
+    ip
+}
+
+/// A SYN flood against the smoltcp transport (gwB on its own TCP stack behind a TAP): 100,000
+/// SYNs from 61 addresses nobody answers ARP for (so no RST ever frees a half-open entry) and
+/// random ports. The SYN cache stays within its caps (per listener, per source), the refusals
+/// are counted, memory stays bounded, and the established tunnel carries on.
+#[test]
+fn syn_flood_against_the_smoltcp_transport() {
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP SYN flood: {why}");
+        return;
+    }
+    let lab = Lab::with_env("ity", "smoltcp", &[("WORKERS", "1"), ("ATTACKER", "1")]);
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(30));
+    let before = sas(&lab);
+    let (rss0, fds0) = footprint(&lab);
+    let refused0 = counter(&lab, "tcp_refused");
+    let ping = lab.spawn(
+        "hostA",
+        &["ping", "-i", "0.2", "-w", "120", "-q", "203.0.113.10"],
+    );
+    let sent = in_ns(&lab.ns("atk"), || {
+        // SAFETY: a raw socket this function owns and closes; each packet is a complete IPv4
+        // datagram (IPPROTO_RAW implies IP_HDRINCL); `sockaddr_in` is fully initialised.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            );
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*GW_B.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut sent = 0u32;
+            for i in 0..100_000u32 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // 192.0.2.130-190: on gwB's link, but no host there answers ARP.
+                let src = Ipv4Addr::new(192, 0, 2, 130 + (i % 61) as u8);
+                let p = syn_packet(src, 1024 + (x as u16 % 60000), GW_B, x as u32);
+                if libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&raw const to).cast(),
+                    len,
+                ) == 40
+                {
+                    sent += 1;
+                }
+                if i % 1000 == 999 {
+                    // Let the TAP and the worker keep up a little (the flood is still ~20k/s).
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            }
+            libc::close(fd);
+            sent
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss1, fds1) = footprint(&lab);
+    let refused = counter(&lab, "tcp_refused") - refused0;
+    println!(
+        "[hostile] SYN flood of {sent} against smoltcp: refused by the SYN-cache caps {refused}; RSS {rss0} -> {rss1} KiB; fds {fds0} -> {fds1}"
+    );
+    assert!(sent > 90_000, "{sent} SYNs sent");
+    assert!(refused > 50_000, "the caps refused {refused}");
+    assert!(rss1 <= rss0 + 64 * 1024, "RSS {rss0} -> {rss1} KiB");
+    assert!(
+        fds1 <= fds0 + 4,
+        "a SYN costs no descriptor: {fds0} -> {fds1}"
+    );
+    assert!(
+        lab.ping("hostA", "203.0.113.10"),
+        "the tunnel carries traffic\n{}",
+        lab.logs()
+    );
+    assert_eq!(sas(&lab), before, "the SAs are untouched");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(ping.id() as i32, libc::SIGINT) };
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "[hostile] ping during the SYN flood: {}",
+        text.lines()
+            .find(|l| l.contains("packet loss"))
+            .unwrap_or("no summary")
+    );
+}
