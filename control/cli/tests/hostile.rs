@@ -1055,3 +1055,61 @@ fn syn_flood_against_the_smoltcp_transport() {
             .unwrap_or("no summary")
     );
 }
+
+/// A peer that stops reading: gwA is stopped (SIGSTOP) for 30 s while hostB sends UDP at full
+/// speed towards hostA through the tunnel. gwB's queue for the connection fills to its bound,
+/// then backpressure holds the rest (the TUN queue drops, nothing grows): gwB's memory stays
+/// bounded; when gwA resumes, the same SAs carry the tunnel again.
+#[test]
+fn a_peer_that_stops_reading_for_30_seconds() {
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP stalled peer: {why}");
+        return;
+    }
+    let lab = Lab::with_env("itw", "kernel", &[("WORKERS", "1")]);
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+    let before = sas(&lab);
+    let (rss0, _) = footprint(&lab);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let ns = lab.ns("hostB");
+        std::thread::spawn(move || {
+            in_ns(&ns, move || {
+                let s = std::net::UdpSocket::bind("203.0.113.10:0").unwrap();
+                let p = [0x5au8; 1400];
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.send_to(&p, "198.51.100.10:9").is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let pid_a = lab.pid("gwA");
+    // SAFETY: kill(2) on the lab's gateway process.
+    assert_eq!(unsafe { libc::kill(pid_a, libc::SIGSTOP) }, 0);
+    let mut peak = rss0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(2));
+        peak = peak.max(footprint(&lab).0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid_a, libc::SIGCONT) }, 0);
+    println!(
+        "[hostile] peer stopped for 30 s under a UDP flood of {sent} datagrams: gwB RSS {rss0} -> {peak} KiB (peak)"
+    );
+    // The bound: the connection's queue (512 frames of at most 64 KiB, in practice 1.4 KiB)
+    // and the decrypt/plain queues; 64 MiB would mean something grows with the flood.
+    assert!(peak <= rss0 + 64 * 1024, "gwB RSS {rss0} -> {peak} KiB");
+    lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(20));
+    assert_eq!(sas(&lab), before, "the SAs survive the stall");
+}
