@@ -714,12 +714,25 @@ struct Wire {
     dport: u16,
     next_seq: u32,
     ack: u32,
+    /// The segment's payload.
+    payload: Vec<u8>,
 }
 
 /// Reads frames on interface `ifname` (AF_PACKET, in the current namespace) until a TCP
 /// segment from `src` to `dst` with a payload goes by; its end is where the receiver expects
 /// the next byte (RFC 5961: only an RST at exactly that sequence number resets).
 fn sniff(ifname: &str, src: Ipv4Addr, dst: Ipv4Addr, within: Duration) -> Option<Wire> {
+    sniff_where(ifname, src, dst, within, |_| true)
+}
+
+/// As [`sniff`], for the first segment whose payload `keep` accepts.
+fn sniff_where(
+    ifname: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    within: Duration,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Option<Wire> {
     // SAFETY: a raw packet socket this function owns and closes; `if_nametoindex` reads a
     // NUL-terminated string; `sockaddr_ll` is fully initialised and its size passed with it;
     // `recv` writes at most `buf.len()` bytes into `buf`.
@@ -769,8 +782,8 @@ fn sniff(ifname: &str, src: Ipv4Addr, dst: Ipv4Addr, within: Duration) -> Option
             }
             let t = &p[ihl..total];
             let off = usize::from(t[12] >> 4) * 4;
-            let payload = t.len().saturating_sub(off);
-            if payload == 0 {
+            let payload = t.get(off..).unwrap_or(&[]);
+            if payload.is_empty() || !keep(payload) {
                 continue;
             }
             let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
@@ -779,8 +792,9 @@ fn sniff(ifname: &str, src: Ipv4Addr, dst: Ipv4Addr, within: Duration) -> Option
                 dst,
                 sport: u16::from_be_bytes([t[0], t[1]]),
                 dport: u16::from_be_bytes([t[2], t[3]]),
-                next_seq: seq.wrapping_add(payload as u32),
+                next_seq: seq.wrapping_add(payload.len() as u32),
                 ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+                payload: payload.to_vec(),
             });
         }
         libc::close(fd);
@@ -1112,4 +1126,87 @@ fn a_peer_that_stops_reading_for_30_seconds() {
     assert!(peak <= rss0 + 64 * 1024, "gwB RSS {rss0} -> {peak} KiB");
     lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(20));
     assert_eq!(sas(&lab), before, "the SAs survive the stall");
+}
+
+/// Replays on a new connection of frames captured off the wire (gwA to gwB): an ESP packet of
+/// the tunnel, dropped by the anti-replay window (RFC 4303 §3.4.3) and moving nothing (R-6.1-t,
+/// R-10-e); gwA's last IKE request (a liveness check), answered again as a retransmission (RFC
+/// 7296 §2.1) where it came from, with no state change. The tunnel stays where it was.
+#[test]
+fn captured_frames_replayed_on_a_new_connection() {
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP replays: {why}");
+        return;
+    }
+    let lab = Lab::with_env("itq", "kernel", &[("WORKERS", "1"), ("ATTACKER", "1")]);
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+    let before = sas(&lab);
+    let (a, b) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    // An ESP frame: ping through the tunnel while reading gwA's outer segments.
+    let ping = lab.spawn(
+        "hostA",
+        &["ping", "-i", "0.1", "-c", "30", "-q", "203.0.113.10"],
+    );
+    let esp = in_ns(&lab.ns("gwA"), move || {
+        // One whole frame whose body does not start with the zero Non-ESP marker.
+        sniff_where("ga1", a, b, Duration::from_secs(5), |p| {
+            p.len() > 6
+                && usize::from(u16::from_be_bytes([p[0], p[1]])) == p.len()
+                && p[2..6] != [0, 0, 0, 0]
+        })
+    })
+    .expect("an ESP frame from gwA");
+    let _ = ping.wait_with_output();
+    // An IKE request: gwA's liveness check.
+    let sniffer = {
+        let ns = lab.ns("gwA");
+        std::thread::spawn(move || {
+            in_ns(&ns, move || {
+                sniff_where("ga1", a, b, Duration::from_secs(10), |p| {
+                    p.len() > 6 + 28
+                        && usize::from(u16::from_be_bytes([p[0], p[1]])) == p.len()
+                        && p[2..6] == [0, 0, 0, 0]
+                        && p[6 + 19] & 0x20 == 0
+                })
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab.ctl("gwA", &["liveness", "site-b"]);
+    assert!(out.contains("1 liveness"), "{out}");
+    let ike = sniffer.join().unwrap().expect("gwA's IKE request");
+    let replays0 = counter(&lab, "replays");
+    let (esp_frame, ike_frame) = (esp.payload, ike.payload);
+    let answer = in_ns(&lab.ns("atk"), move || {
+        let mut s = connect_from(attacker(5), GW_B).unwrap();
+        let mut out = b"IKETCP".to_vec();
+        out.extend_from_slice(&esp_frame);
+        out.extend_from_slice(&ike_frame);
+        s.write_all(&out).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        read_frame(&mut s)
+    });
+    let replays = counter(&lab, "replays") - replays0;
+    println!(
+        "[hostile] replayed ESP: {replays} dropped as a replay; replayed IKE request: {}",
+        match &answer {
+            Some(r) => format!(
+                "answered again with the cached response ({} bytes)",
+                r.len()
+            ),
+            None => "not answered".to_owned(),
+        }
+    );
+    assert_eq!(
+        replays, 1,
+        "the replayed ESP packet is dropped by the window"
+    );
+    assert!(
+        lab.ping("hostA", "203.0.113.10"),
+        "the tunnel stays where it was\n{}",
+        lab.logs()
+    );
+    assert_eq!(sas(&lab), before, "nothing changed");
 }
