@@ -535,6 +535,28 @@ fn hostile_battery_kernel_transport() {
         false,
         Reaction::AtOnce,
     );
+    // A payload-chain bomb: an IKE_SA_INIT of 16,000 empty Vendor ID payloads (64 KiB). Parsed
+    // in bounded time and dropped (a malformed unauthenticated message gets no answer, RFC 7296
+    // §2.21.1); the connection, carrying no IKE SA, goes with the idle timeout.
+    let mut bomb = vec![0u8; 4];
+    bomb.extend(pseudo_random(8, 21)); // SPIi
+    bomb.extend_from_slice(&[0; 8]); // SPIr
+    bomb.extend_from_slice(&[43, 0x20, 34, 0x08, 0, 0, 0, 0]); // Vendor ID, IKE_SA_INIT
+    let payloads = 16_000usize;
+    bomb.extend_from_slice(&((28 + 4 * payloads) as u32).to_be_bytes());
+    for i in 0..payloads {
+        let next = if i + 1 == payloads { 0 } else { 43 };
+        bomb.extend_from_slice(&[next, 0, 0, 4]);
+    }
+    let mut bomb_stream = b"IKETCP".to_vec();
+    bomb_stream.extend(frame(&bomb));
+    garbage(
+        &lab,
+        "an IKE_SA_INIT of 16,000 empty payloads",
+        bomb_stream,
+        false,
+        Reaction::IdleTimeout,
+    );
     let corrupt = counter(&lab, "closed_corrupt") - closed_corrupt0;
     println!("[hostile] connections closed as corrupt: {corrupt}");
     assert!(

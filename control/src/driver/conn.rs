@@ -469,6 +469,7 @@ impl Core {
         let carried = state
             .session
             .and_then(|i| Some((i, self.sessions.get(i)?.alive())));
+        let mut fresh = false;
         let index = match carried {
             Some((i, alive)) if alive || !responder || !is_init_request(msg) => i,
             _ => {
@@ -486,6 +487,7 @@ impl Core {
                         let cfg = self.endpoints[endpoint].ike.clone();
                         let mut session = Session::responder(cfg, local, peer);
                         session.set_peer_configs(self.listener_peers(endpoint));
+                        fresh = true;
                         self.new_session(endpoint, session, conn, now)
                     }
                     None => return Ok(()),
@@ -509,6 +511,16 @@ impl Core {
                 return Ok(());
             }
         };
+        // An IKE_SA_INIT the new session could not answer (malformed: no SA, KE or nonce, a
+        // broken payload chain) leaves no state behind (RFC 7296 §2.6, §2.21.1): without this
+        // the session would hold its connection, and a half-open slot, until the half-open
+        // timeout.
+        if fresh && !outputs.iter().any(|o| matches!(o, Output::Send(_))) {
+            st.dropped = true;
+            self.events.push_back(DriverEvent::InitDropped { endpoint });
+            self.session_changed(index);
+            return Ok(());
+        }
         // IKE_AUTH may have chosen another peer configuration of this listener by IDi.
         if let Some(chosen) = st.session.chosen_peer().map(EndpointId::from_token)
             && chosen != st.endpoint

@@ -1848,3 +1848,55 @@ fn a_refused_child_rekey_is_reported_with_the_notify() {
     assert_eq!(h.d.installed(), 1);
     assert!(h.d.child_rekeying.is_empty());
 }
+
+#[test]
+fn an_ike_sa_init_the_responder_cannot_answer_leaves_no_state() {
+    let (h, sides) = channels(1);
+    let (_, cr) = configs(Suite::Aes256Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    ep.timers = quick();
+    d.add(ep).unwrap();
+    let cmds = &sides[0].commands;
+    let _ = cmds.try_iter().count();
+    let t0 = Instant::now();
+    up(&mut d, conn(1), TcpRole::Responder, None);
+    // IKE_SA_INIT with nothing but an empty Vendor ID payload: no SA, KE or nonce.
+    let mut msg = vec![7u8; 8];
+    msg.extend_from_slice(&[0; 8]);
+    msg.extend_from_slice(&[43, 0x20, 34, 0x08, 0, 0, 0, 0, 0, 0, 0, 32]);
+    msg.extend_from_slice(&[0, 0, 0, 4]);
+    d.handle_event(
+        Event::IkeMessage {
+            conn: conn(1),
+            msg: msg.into(),
+        },
+        t0,
+    )
+    .unwrap();
+    assert!(
+        !cmds
+            .try_iter()
+            .any(|c| matches!(c, Command::SendIke { .. })),
+        "no answer"
+    );
+    assert!(
+        d.list_ike_sas(None, t0)
+            .iter()
+            .all(|s| s.state == IkeSaState::Gone),
+        "no half-open IKE SA kept"
+    );
+    assert!(
+        d.take_events()
+            .iter()
+            .any(|e| matches!(e, DriverEvent::InitDropped { .. }))
+    );
+    // The connection, carrying nothing, goes after the orphan grace (3 s), not the half-open
+    // timeout (8 s).
+    d.handle_timeout(t0 + Duration::from_secs(4)).unwrap();
+    assert!(
+        cmds.try_iter()
+            .any(|c| matches!(c, Command::Close { conn: c, .. } if c == conn(1).id))
+    );
+}
