@@ -106,7 +106,8 @@ struct Traffic {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// One datagram per tunnel per second from hostA's address to hostB's, counted at both ends.
+/// One datagram per tunnel per second from hostA's address to hostB's, spread over the second,
+/// counted at both ends.
 fn traffic(lab: &Lab, n: usize) -> Traffic {
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let got: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
@@ -141,6 +142,12 @@ fn traffic(lab: &Lab, n: usize) -> Traffic {
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
                 for i in 0..n {
+                    // Spread over the second: a burst of 1,000 would overflow the TUN device's
+                    // queue (500 packets) before the worker drains it, and measure that instead.
+                    let due = Duration::from_secs(1) * i as u32 / n as u32;
+                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                     let mut p = (i as u32).to_be_bytes().to_vec();
                     p.extend_from_slice(&seq.to_be_bytes());
                     if socks[i / 250]
