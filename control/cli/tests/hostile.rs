@@ -564,6 +564,15 @@ fn hostile_battery_kernel_transport() {
         "the random stream, the forged ESP and the unknown SPIs count as corrupt"
     );
 
+    // The refusals are logged, rate-limited: a few lines, not one per connection.
+    let log = std::fs::read_to_string(lab.dir.join("gwB.log")).unwrap_or_default();
+    let lines = log.matches("connections refused by [limits]").count();
+    println!("[hostile] gwB logged the refusals in {lines} line(s)");
+    assert!(
+        (1..=20).contains(&lines),
+        "{lines} log lines about refusals"
+    );
+
     // The tunnel: same SAs, the ping went on.
     assert_eq!(
         sas(&lab),

@@ -32,6 +32,8 @@ use routes::Prefix;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// How often Child SA traffic counters are collected from the workers.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+/// Refusals by the transports' limits are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug)]
@@ -117,6 +119,8 @@ pub struct Daemon {
     metrics: BTreeMap<String, ConnMetrics>,
     started: Instant,
     last_counters: Instant,
+    /// The transports' refusal count at the last log line about them, and when it was.
+    refusals_logged: (u64, Instant),
     reloads: (u64, u64),
 }
 
@@ -264,6 +268,7 @@ impl Daemon {
             metrics: BTreeMap::new(),
             started: now,
             last_counters: now,
+            refusals_logged: (0, now),
             reloads: (0, 0),
         };
         // The connections live in `conns` from here on.
@@ -284,6 +289,7 @@ impl Daemon {
         if now.duration_since(self.last_counters) >= COUNTER_INTERVAL {
             self.last_counters = now;
             self.driver.refresh_counters(now)?;
+            self.note_refusals(now);
             // Endpoints the driver has forgotten (removed, their IKE SAs gone) need no name.
             let live: std::collections::HashSet<EndpointId> =
                 self.driver.list_endpoints().iter().map(|e| e.id).collect();
@@ -294,6 +300,23 @@ impl Daemon {
             self.sync_routes(now);
         }
         Ok(())
+    }
+
+    /// Logs, at most once per [`REFUSAL_LOG_INTERVAL`], how many connections the transports
+    /// refused by a limit since the last such line: one line for a flood, not one per SYN.
+    fn note_refusals(&mut self, now: Instant) {
+        let (refused, untrusted) = (0..self.cfg.gateway.workers)
+            .filter_map(|w| self.workers.handle.worker_stats(w as u16))
+            .fold((0, 0), |(r, u), s| (r + s.tcp_refused, u + s.tcp_untrusted));
+        let (last, at) = self.refusals_logged;
+        if refused > last && now.duration_since(at) >= REFUSAL_LOG_INTERVAL {
+            tracing::warn!(
+                refused = refused - last,
+                untrusted_open = untrusted,
+                "connections refused by [limits] (untrusted connections in all or per source, connection slots, half-open accepts)"
+            );
+            self.refusals_logged = (refused, now);
+        }
     }
 
     /// A control request.
