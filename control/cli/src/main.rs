@@ -159,14 +159,15 @@ fn check_config(file: &Path) -> ExitCode {
             );
             let l = &c.limits;
             println!(
-                "  limits per worker: {} connections, {} untrusted ({} per source), idle connections closed after {:?}, half-open IKE SAs dropped after {:?}, puzzles ({} bits) from {} half-open",
+                "  limits per worker: {} connections, {} untrusted ({} per source), idle connections closed after {:?}, half-open IKE SAs dropped after {:?}, puzzles ({} bits) from {} half-open, {} IKE_SA_INIT/s per source",
                 l.max_connections,
                 l.untrusted_connections,
                 l.untrusted_per_source,
                 l.idle_connection_timeout,
                 l.half_open_timeout,
                 l.puzzle_difficulty,
-                l.cookie_threshold
+                l.cookie_threshold,
+                l.ike_sa_init_per_source
             );
             for conn in &c.connections {
                 println!(

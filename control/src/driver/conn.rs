@@ -750,6 +750,10 @@ impl Core {
         let EndpointRole::Responder { listen } = self.endpoints[endpoint].role else {
             return Ok(false);
         };
+        if !self.init_rate_ok(endpoint, peer, now) {
+            self.events.push_back(DriverEvent::InitDropped { endpoint });
+            return Ok(false);
+        }
         let half_open = self.half_open_n.get(&listen).copied().unwrap_or(0);
         let Some(jar) = self.jars.get_mut(&listen) else {
             return Ok(true);
@@ -790,6 +794,38 @@ impl Core {
 
     /// Endpoints `a` and `b` are the same Responder listening on several workers (one endpoint
     /// per worker, one address): a session of one may continue on a connection of the other.
+    /// Whether one more IKE_SA_INIT from `peer` fits its source's rate this second. The table
+    /// is cleared every second and holds at most [`INIT_RATE_SOURCES`] sources; past that, new
+    /// sources wait for the next second.
+    fn init_rate_ok(&mut self, endpoint: EndpointId, peer: SocketAddr, now: Instant) -> bool {
+        let limit = self.endpoints[endpoint].cookies.init_rate_per_source;
+        if limit == 0 {
+            return true;
+        }
+        let (start, counts) = &mut self.init_rate;
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            counts.clear();
+        }
+        let source = match peer.ip() {
+            IpAddr::V4(a) => IpAddr::V4(a),
+            // One host usually holds a whole /64.
+            IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(a) & !(u64::MAX as u128),
+            )),
+        };
+        let known = counts.contains_key(&source);
+        if !known && counts.len() >= INIT_RATE_SOURCES {
+            return false;
+        }
+        let n = counts.entry(source).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
     pub(super) fn same_listener(&self, a: EndpointId, b: EndpointId) -> bool {
         if a == b {
             return true;

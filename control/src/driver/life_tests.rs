@@ -1261,6 +1261,8 @@ fn finished_sessions_and_child_sas_are_forgotten() {
     let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
     let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
     ep.timers = quick();
+    // All from one address: this is about reaping, not the per-source rate.
+    ep.cookies.init_rate_per_source = 0;
     d.add(ep).unwrap();
     let t0 = Instant::now();
     for k in 0..100u32 {
@@ -1899,4 +1901,53 @@ fn an_ike_sa_init_the_responder_cannot_answer_leaves_no_state() {
         cmds.try_iter()
             .any(|c| matches!(c, Command::Close { conn: c, .. } if c == conn(1).id))
     );
+}
+
+#[test]
+fn ike_sa_init_requests_past_the_per_source_rate_are_dropped_unanswered() {
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes256Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    let mut ep = Endpoint::new(0, EndpointRole::Responder { listen }, cr);
+    ep.cookies.init_rate_per_source = 5;
+    d.add(ep).unwrap();
+    let cmds = &sides[0].commands;
+    let _ = cmds.try_iter().count();
+    let t0 = Instant::now();
+    // Eight connections from one address, each with a fresh IKE_SA_INIT, within a second.
+    let offer = |d: &mut Driver, slot: u32, at: Instant| {
+        let c = conn(slot);
+        up(d, c, TcpRole::Responder, None);
+        let (_, first) = Session::initiator(
+            ci.clone(),
+            SocketAddr::from((INITIATOR_ADDR, 40000)),
+            listen,
+            at,
+        )
+        .unwrap();
+        d.handle_event(
+            Event::IkeMessage {
+                conn: c,
+                msg: first.into(),
+            },
+            at,
+        )
+        .unwrap();
+        cmds.try_iter()
+            .any(|x| matches!(x, Command::SendIke { conn, .. } if conn == c.id))
+    };
+    let answered: Vec<bool> = (1..=8).map(|s| offer(&mut d, s, t0)).collect();
+    assert_eq!(
+        answered,
+        [true, true, true, true, true, false, false, false]
+    );
+    let dropped = d
+        .take_events()
+        .iter()
+        .filter(|e| matches!(e, DriverEvent::InitDropped { .. }))
+        .count();
+    assert_eq!(dropped, 3);
+    // The next second has room again.
+    assert!(offer(&mut d, 9, t0 + Duration::from_millis(1100)));
 }

@@ -106,6 +106,8 @@ use crate::ike::wire::TrafficSelector;
 
 /// Reconnects of a TCP Originator with a request outstanding before it gives up.
 const MAX_RECONNECTS: u8 = 3;
+/// Sources the IKE_SA_INIT rate table holds in one second (see `Core::init_rate_ok`).
+const INIT_RATE_SOURCES: usize = 16_384;
 /// First delay before an Originator endpoint dials again after a failed connect.
 pub const DIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest delay between dials.
@@ -734,6 +736,9 @@ pub struct Core {
     ep_sessions: HashMap<EndpointId, HashSet<IkeSaId>>,
     /// Half-open responder sessions per listening address (RFC 7296 §2.6).
     half_open_n: HashMap<SocketAddr, usize>,
+    /// IKE_SA_INIT requests per source in the current one-second window (see
+    /// [`CookiePolicy::init_rate_per_source`]), and when the window began.
+    init_rate: (Instant, HashMap<IpAddr, u32>),
     /// Endpoints removed, waiting for their IKE SAs to go.
     removing: HashSet<EndpointId>,
     /// Commands for the workers, in order.
@@ -811,6 +816,7 @@ impl Core {
             child_by_spi_out: HashMap::new(),
             ep_sessions: HashMap::new(),
             half_open_n: HashMap::new(),
+            init_rate: (Instant::now(), HashMap::new()),
             removing: HashSet::new(),
             commands: VecDeque::new(),
             keylines: VecDeque::new(),

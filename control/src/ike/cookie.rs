@@ -86,6 +86,9 @@ pub struct CookiePolicy {
     /// R-6.3-b (RFC 9329 §6.3.1, "5-10 seconds"): how long the driver keeps a connection open
     /// after a cookie reply, waiting for the repeated request.
     pub retry_wait: Duration,
+    /// IKE_SA_INIT requests per second the driver processes from one source (IPv4 address,
+    /// IPv6 /64); more are dropped unanswered before any work. 0: no limit.
+    pub init_rate_per_source: u32,
 }
 
 impl CookiePolicy {
@@ -99,6 +102,9 @@ impl CookiePolicy {
             cookie_without_puzzle: false,
             secret_lifetime: Duration::from_secs(15),
             retry_wait: Duration::from_secs(10),
+            // A NAT with many clients reconnecting at once stays under it; one source cannot
+            // make the gateway do more than this many Diffie-Hellman computations a second.
+            init_rate_per_source: 50,
         }
     }
 

@@ -151,6 +151,9 @@ pub struct Limits {
     /// `puzzle_difficulty`: trailing zero bits of a puzzle (RFC 8019 §7.1.1.1), 8..=24,
     /// default 16.
     pub puzzle_difficulty: u8,
+    /// `ike_sa_init_per_source`: IKE_SA_INIT requests per second processed from one source
+    /// address (IPv6: /64); more are dropped unanswered. Default 50; 0: no limit.
+    pub ike_sa_init_per_source: u32,
 }
 
 impl Default for Limits {
@@ -163,6 +166,7 @@ impl Default for Limits {
             half_open_timeout: Duration::from_secs(30),
             cookie_threshold: 1024,
             puzzle_difficulty: 16,
+            ike_sa_init_per_source: 50,
         }
     }
 }

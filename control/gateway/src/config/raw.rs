@@ -35,6 +35,7 @@ pub(super) struct RawLimits {
     pub half_open_timeout: Option<Spanned<NumOrStr>>,
     pub cookie_threshold: Option<Spanned<i64>>,
     pub puzzle_difficulty: Option<Spanned<i64>>,
+    pub ike_sa_init_per_source: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

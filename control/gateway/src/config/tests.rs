@@ -98,6 +98,7 @@ idle_connection_timeout = "3s"
 half_open_timeout = "20s"
 cookie_threshold = 0
 puzzle_difficulty = 20
+ike_sa_init_per_source = 10
 
 [[connection]]
 name = "site-b"
@@ -165,6 +166,7 @@ fn full_example_parses_to_the_expected_values() {
             half_open_timeout: Duration::from_secs(20),
             cookie_threshold: 0,
             puzzle_difficulty: 20,
+            ike_sa_init_per_source: 10,
         }
     );
     let g = &c.gateway;

@@ -194,6 +194,10 @@ impl Validator<'_> {
                 None => d.puzzle_difficulty,
                 Some(v) => self.int(v, "puzzle_difficulty", 8..=24)?,
             },
+            ike_sa_init_per_source: match &l.ike_sa_init_per_source {
+                None => d.ike_sa_init_per_source,
+                Some(v) => self.int(v, "ike_sa_init_per_source", 0..=1 << 20)?,
+            },
         })
     }
 

@@ -144,6 +144,7 @@ pub(super) fn endpoint(
     ep.cookies = CookiePolicy {
         half_open_threshold: cfg.limits.cookie_threshold,
         puzzle_difficulty: cfg.limits.puzzle_difficulty,
+        init_rate_per_source: cfg.limits.ike_sa_init_per_source,
         ..CookiePolicy::tcp()
     };
     ep.limits = TimeLimits {
