@@ -836,15 +836,22 @@ fn sniff_where(
 /// Sends an RST forged from `w.src` at exactly `w.next_seq` (a raw IPv4 socket in the current
 /// namespace).
 fn forge_rst(w: &Wire) {
-    let mut tcp = Vec::with_capacity(20);
+    forge(w, 0x14, &[]); // RST+ACK
+}
+
+/// Sends a TCP segment forged from `w.src` at exactly `w.next_seq`, with `flags` and `payload`.
+fn forge(w: &Wire, flags: u8, payload: &[u8]) {
+    let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend_from_slice(&w.sport.to_be_bytes());
     tcp.extend_from_slice(&w.dport.to_be_bytes());
     tcp.extend_from_slice(&w.next_seq.to_be_bytes());
     tcp.extend_from_slice(&w.ack.to_be_bytes());
-    tcp.extend_from_slice(&[0x50, 0x14, 0, 0, 0, 0, 0, 0]); // 20 bytes, RST+ACK
+    tcp.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]); // a 20-byte header
+    tcp.extend_from_slice(payload);
     let mut pseudo = w.src.octets().to_vec();
     pseudo.extend_from_slice(&w.dst.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
     pseudo.extend_from_slice(&tcp);
     let mut sum: u32 = 0;
     for c in pseudo.chunks(2) {
@@ -894,7 +901,12 @@ fn forge_rst(w: &Wire) {
             (&raw const to).cast(),
             len,
         );
-        assert_eq!(n, 20, "sendto: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            n as usize,
+            tcp.len(),
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
         libc::close(fd);
     }
 }
@@ -1240,4 +1252,116 @@ fn captured_frames_replayed_on_a_new_connection() {
         lab.logs()
     );
     assert_eq!(sas(&lab), before, "nothing changed");
+}
+
+/// How a test sees that gwB reacted.
+type Seen = dyn Fn(&Lab) -> usize;
+
+/// Whether a segment's payload is whole RFC 9329 frames (so its end is a frame boundary).
+fn whole_frames(mut p: &[u8]) -> bool {
+    if p.starts_with(b"IKETCP") {
+        p = &p[6..];
+    }
+    while p.len() >= 2 {
+        let n = usize::from(u16::from_be_bytes([p[0], p[1]]));
+        if n < 2 || n > p.len() {
+            return false;
+        }
+        p = &p[n..];
+    }
+    p.is_empty()
+}
+
+/// Frames injected on-path into the live connection (gwA to gwB, at exactly the next sequence
+/// number, so gwB's kernel takes them into the stream): ESP for the tunnel's SPI with a bad ICV,
+/// then (on the next connection) IKE with the tunnel's IKE SPIs and bad ICVs. Each is corruption
+/// on a connection that started well (RFC 9329 §6.1, R-6.1-o): gwB closes it; the SAs stay and
+/// gwA reconnects (R-6.1-f).
+#[test]
+fn on_path_injected_frames_with_bad_icvs() {
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP injection: {why}");
+        return;
+    }
+    let lab = Lab::with_env("iti", "kernel", &[("WORKERS", "1"), ("DPD_A", "3s")]);
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+    let before = sas(&lab);
+    let field = |kind: &str, n: usize| {
+        before
+            .iter()
+            .find_map(|s| s.strip_prefix(kind))
+            .and_then(|s| s.split(' ').nth(n))
+            .map(|s| s.trim_matches('"').to_owned())
+            .unwrap()
+    };
+    let spi = u32::from_str_radix(&field("child ", 0), 16).unwrap();
+    let (spi_i, spi_r) = (
+        u64::from_str_radix(&field("ike ", 0), 16).unwrap(),
+        u64::from_str_radix(&field("ike ", 1), 16).unwrap(),
+    );
+    let mut esp = spi.to_be_bytes().to_vec();
+    esp.extend_from_slice(&1_000_000u32.to_be_bytes());
+    esp.extend(pseudo_random(120, 31));
+    let esp_frame = frame(&esp);
+    let mut ike_frames = Vec::new();
+    for id in 0..64u32 {
+        let mut ike = spi_i.to_be_bytes().to_vec();
+        ike.extend_from_slice(&spi_r.to_be_bytes());
+        ike.extend_from_slice(&[46, 0x20, 37, 0x08]);
+        ike.extend_from_slice(&id.to_be_bytes());
+        ike.extend_from_slice(&(28u32 + 60).to_be_bytes());
+        ike.extend_from_slice(&[0, 0, 0, 60]);
+        ike.extend(pseudo_random(56, 41 + u64::from(id)));
+        let mut body = vec![0u8; 4];
+        body.extend(ike);
+        ike_frames.extend(frame(&body));
+    }
+    let ping = lab.spawn(
+        "hostA",
+        &["ping", "-i", "0.05", "-w", "120", "-q", "203.0.113.10"],
+    );
+    let (a, b) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    // ESP: the worker closes the connection as corrupt (its counter); IKE: control sees the
+    // integrity failure (its log line) and has the connection closed.
+    let esp_seen = |lab: &Lab| counter(lab, "closed_corrupt") as usize;
+    let ike_seen = |lab: &Lab| {
+        std::fs::read_to_string(lab.dir.join("gwB.log"))
+            .unwrap_or_default()
+            .matches("failed its integrity check")
+            .count()
+    };
+    let cases: [(&str, Vec<u8>, &Seen); 2] = [
+        ("ESP with a bad ICV", esp_frame, &esp_seen),
+        ("IKE with bad ICVs", ike_frames, &ike_seen),
+    ];
+    for (what, bytes, seen) in cases {
+        let c0 = seen(&lab);
+        let mut tries = 0;
+        while seen(&lab) == c0 && tries < 20 {
+            tries += 1;
+            let bytes = bytes.clone();
+            // The end of a whole frame from gwA: where the next frame must begin.
+            let w = in_ns(&lab.ns("gwA"), move || {
+                sniff_where("ga1", a, b, Duration::from_secs(5), whole_frames)
+            })
+            .unwrap_or_else(|| panic!("no whole frame from gwA seen\n{}", lab.logs()));
+            in_ns(&lab.ns("gwA"), move || forge(&w, 0x18, &bytes)); // PSH+ACK
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(
+            seen(&lab) > c0,
+            "{what} injected: gwB did not close the connection in {tries} tries\n{}",
+            lab.logs()
+        );
+        lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(15));
+        println!(
+            "[hostile] {what} injected into the live connection: gwB closed it after {tries} tries; gwA reconnected, the tunnel carries the ping"
+        );
+        assert_eq!(sas(&lab), before, "the SAs survive {what}");
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(ping.id() as i32, libc::SIGINT) };
+    let _ = ping.wait_with_output();
 }
