@@ -1256,10 +1256,23 @@ impl Session {
                 .map(|c| (c.spi_in, c.spi_out))
         });
         let Some((old_spi_in, old_spi_out)) = old else {
-            // A new Child SA, or the old one was deleted by the peer meanwhile.
-            self.life.collision = None;
+            // A new Child SA, or the old one was deleted by the peer meanwhile. If that Delete
+            // came from a collision with the peer's rekey of it (its Delete can overtake its
+            // answer to our request), the nonces still decide (§2.8.1): with the lowest one
+            // ours is the redundant SA and goes, or both new SAs would live on.
+            let lost = matches!(
+                self.life.collision.take(),
+                Some(c) if Some(c.old_spi_in) == rekey
+                    && min_nonce(ni, nr) < c.their_min_nonce.as_slice()
+            );
+            let new_spi_in = new.spi_in;
             self.sa_event(SaEvent::ChildSaCreated(new));
-            return Ok(Vec::new());
+            if !lost {
+                return Ok(Vec::new());
+            }
+            let del = delete_payload(ProtocolId::ESP, vec![new_spi_in]);
+            let msg = self.request(Pending::DeleteChild(new_spi_in), &[del], now)?;
+            return Ok(vec![Output::Send(msg)]);
         };
         let new_spi_in = new.spi_in;
         self.sa_event(SaEvent::ChildSaRekeyed {

@@ -1622,6 +1622,56 @@ fn simultaneous_child_rekey_leaves_exactly_one_new_sa() {
 }
 
 #[test]
+fn simultaneous_child_rekey_with_a_delete_ahead_of_the_response_leaves_one_new_sa() {
+    // As above, but the side that answered first sends its Delete before that answer leaves
+    // (a responder's answer waits for its SA install, a request does not): the other side
+    // learns the old SA is gone before its own rekey completes. The nonces must still decide,
+    // or both new SAs survive and the Child SA forks into two (seen in the soak).
+    let mut outcomes = [false, false];
+    for round in 0..32 {
+        let (mut a, mut b, ac, bc, t0) = established();
+        let req_a = a.rekey_child(ac.spi_in, false, t0).unwrap();
+        let req_b = b.rekey_child(bc.spi_in, false, t0).unwrap();
+        // A answers B's request; that answer is held back.
+        let resp_b = deliver(&mut a, &req_b, t0);
+        // B answers A's request (a collision at B too); A's rekey completes.
+        let resp_a = deliver(&mut b, &req_a, t0);
+        let del_a = deliver(&mut a, &resp_a[0], t0);
+        assert_eq!(del_a.len(), 1);
+        let own_a = a
+            .take_sa_events()
+            .into_iter()
+            .find_map(|e| match e {
+                SaEvent::ChildSaRekeyed {
+                    new,
+                    initiator: true,
+                    ..
+                } => Some(new.spi_in),
+                _ => None,
+            })
+            .unwrap();
+        // A's Delete reaches B before A's held answer.
+        let ans = deliver(&mut b, &del_a[0], t0);
+        deliver(&mut a, &ans[0], t0);
+        // Now B's rekey completes.
+        let del_b = deliver(&mut b, &resp_b[0], t0);
+        for d in del_b {
+            let ans = deliver(&mut a, &d, t0);
+            deliver(&mut b, &ans[0], t0);
+        }
+        assert!(!a.has_outstanding() && !b.has_outstanding(), "round {round}");
+        assert_eq!(a.child_sas().len(), 1, "round {round}: {:?}", a.child_sas());
+        assert_eq!(b.child_sas().len(), 1, "round {round}: {:?}", b.child_sas());
+        let (na, nb) = (&a.child_sas()[0], &b.child_sas()[0]);
+        assert_ne!(na.spi_in, ac.spi_in);
+        paired(na, nb);
+        // Which side's new SA survived (both cases must come up across the rounds).
+        outcomes[usize::from(na.spi_in == own_a)] = true;
+    }
+    assert_eq!(outcomes, [true, true], "both nonce orders were seen");
+}
+
+#[test]
 fn rekey_colliding_with_ike_rekey_gets_temporary_failure() {
     let (mut i, mut r, ic, _, t0) = established();
     let _ike = r.rekey_ike(t0).unwrap();
