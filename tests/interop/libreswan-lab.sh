@@ -149,6 +149,12 @@ start_gateway() {
         sleep 0.1
     done
     [ -S "$DIR/gw.sock" ] || { echo "gateway did not start" >&2; tail -20 "$DIR/gw.log" >&2; exit 1; }
+    # The control socket answers before the workers listen: wait for the listener too, or an
+    # initiating pluto may find the port closed (it then backs off for many seconds).
+    for _ in $(seq 100); do
+        ip netns exec "$GW" ss -Hltn 'sport = :4500' | grep -q . && break
+        sleep 0.1
+    done
 }
 
 stop() {
