@@ -158,6 +158,10 @@ pub(super) struct Life {
     /// The IKE SA created by the peer's rekey that collided with ours (§2.8.2), until ours
     /// completes and the nonces decide which one survives.
     ike_collision: Option<IkeCandidate>,
+    /// Inbound SPIs of Child SAs the peer rekeyed (we answered) and will delete: not ours to
+    /// rekey again (§2.8.1: only a rekey that crosses ours is a collision; one started after
+    /// we answered would fork the Child SA into two lineages).
+    replaced: Vec<u32>,
     /// PFS policy for Child SAs made by CREATE_CHILD_SA: the DH group we require, if any.
     pfs: Option<DhGroup>,
 }
@@ -187,6 +191,7 @@ impl Default for Life {
             collision: None,
             side: Vec::new(),
             ike_collision: None,
+            replaced: Vec::new(),
             pfs: None,
         }
     }
@@ -206,6 +211,9 @@ fn protection(keys: IkeSaKeys, role: Role) -> Result<Protection, SessionError> {
         .map_err(|_| SessionError::Internal("SK keys"))?;
     Ok(Protection { keys, out, inb })
 }
+
+/// Child SAs remembered as rekeyed by the peer (a bound: each leaves with its Delete).
+const MAX_REPLACED: usize = 1024;
 
 fn min_nonce<'a>(a: &'a [u8], b: &'a [u8]) -> &'a [u8] {
     if a <= b { a } else { b }
@@ -475,6 +483,10 @@ impl Session {
         now: Instant,
     ) -> Result<Vec<u8>, SessionError> {
         self.ready()?;
+        if self.life.replaced.contains(&spi_in) {
+            // The peer rekeyed it already; its Delete of it is coming.
+            return Err(SessionError::UnknownChildSa);
+        }
         let group = match (self.life.pfs, pfs) {
             (Some(g), _) => Some(g),
             (None, true) => Some(self.suite.ok_or(SessionError::Internal("no suite"))?.dh()),
@@ -709,10 +721,12 @@ impl Session {
         self.life.ike_collision = None;
         self.life.collision = None;
         self.life.children.clear();
+        self.life.replaced.clear();
         self.sa_event(SaEvent::IkeSaDeleted);
     }
 
     fn remove_child_in(&mut self, spi_in: u32) {
+        self.life.replaced.retain(|&x| x != spi_in);
         if let Some(pos) = self.life.children.iter().position(|c| c.spi_in == spi_in) {
             let c = self.life.children.remove(pos);
             self.sa_event(SaEvent::ChildSaDeleted {
@@ -1097,6 +1111,9 @@ impl Session {
         self.life.children.push(new.clone());
         match old {
             Some((old_spi_in, old_spi_out)) => {
+                if self.life.replaced.len() < MAX_REPLACED {
+                    self.life.replaced.push(old_spi_in);
+                }
                 // §2.8.1: we are rekeying the same Child SA: remember the peer's nonces.
                 if matches!(
                     &self.life.outstanding,

@@ -1659,7 +1659,10 @@ fn simultaneous_child_rekey_with_a_delete_ahead_of_the_response_leaves_one_new_s
             let ans = deliver(&mut a, &d, t0);
             deliver(&mut b, &ans[0], t0);
         }
-        assert!(!a.has_outstanding() && !b.has_outstanding(), "round {round}");
+        assert!(
+            !a.has_outstanding() && !b.has_outstanding(),
+            "round {round}"
+        );
         assert_eq!(a.child_sas().len(), 1, "round {round}: {:?}", a.child_sas());
         assert_eq!(b.child_sas().len(), 1, "round {round}: {:?}", b.child_sas());
         let (na, nb) = (&a.child_sas()[0], &b.child_sas()[0]);
@@ -2756,4 +2759,87 @@ fn dropped_sessions_release_only_spis_they_did_not_hand_out() {
     assert!(!pool.contains(offered), "offered, never handed out");
     assert!(pool.contains(ic.spi_in) && pool.contains(rc.spi_in));
     assert_eq!(pool.in_use(), 2);
+}
+
+#[test]
+fn simultaneous_child_rekeys_converge_in_any_delivery_order() {
+    // Both ends rekey the one Child SA at once. Messages cross in every order the transport
+    // allows: each direction is FIFO (TCP), but an answer may leave after requests the same end
+    // made later (a responder's answer waits for its SA install, a request does not), and the
+    // second end may start its own rekey before or after the first one's request reaches it.
+    // Whatever happens, both end with the same single Child SA.
+    let mut rng = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..600 {
+        let (mut a, mut b, ac, bc, t0) = established();
+        // Per end: the wire towards the other end (FIFO) and answers held back.
+        let mut wire: [std::collections::VecDeque<Vec<u8>>; 2] = Default::default();
+        let mut held: [Vec<Vec<u8>>; 2] = Default::default();
+        let mut trace = Vec::new();
+        wire[0].push_back(a.rekey_child(ac.spi_in, false, t0).unwrap());
+        let mut b_started = false;
+        if next() % 2 == 0 {
+            wire[1].push_back(b.rekey_child(bc.spi_in, false, t0).unwrap());
+            b_started = true;
+        }
+        for _ in 0..128 {
+            // Release a held answer now and then.
+            for side in 0..2 {
+                if !held[side].is_empty() && next() % 2 == 0 {
+                    let m = held[side].remove(0);
+                    wire[side].push_back(m);
+                }
+            }
+            let ready: Vec<usize> = (0..2).filter(|&s| !wire[s].is_empty()).collect();
+            if ready.is_empty() {
+                if held.iter().all(Vec::is_empty) {
+                    break;
+                }
+                continue;
+            }
+            let from = ready[(next() % ready.len() as u64) as usize];
+            let msg = wire[from].pop_front().unwrap();
+            let (peer, name) = if from == 0 {
+                (&mut b, "b")
+            } else {
+                (&mut a, "a")
+            };
+            let (sends, ev) = split(peer.handle(&msg, t0).unwrap());
+            trace.push(format!(
+                "{name} <- exch {} resp {}: {} out, {ev:?}",
+                msg[18],
+                msg[19] & 0x20 != 0,
+                sends.len()
+            ));
+            let to = 1 - from;
+            for m in sends {
+                if m[19] & 0x20 != 0 && next() % 2 == 0 {
+                    held[to].push(m);
+                } else {
+                    wire[to].push_back(m);
+                }
+            }
+            if !b_started && next() % 3 == 0 && !b.has_outstanding() {
+                let spi = b.child_sas().first().map_or(0, |c| c.spi_in);
+                if let Ok(m) = b.rekey_child(spi, false, t0) {
+                    wire[1].push_back(m);
+                }
+                b_started = true;
+            }
+        }
+        let ok = a.child_sas().len() == 1 && b.child_sas().len() == 1;
+        assert!(
+            ok && !a.has_outstanding() && !b.has_outstanding(),
+            "round {round}: a {} b {} children\n{}",
+            a.child_sas().len(),
+            b.child_sas().len(),
+            trace.join("\n")
+        );
+        paired(&a.child_sas()[0], &b.child_sas()[0]);
+    }
 }
