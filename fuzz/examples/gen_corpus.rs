@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use iketcp_control::ike::wire::{ExchangeType, Header};
 use iketcp_dataplane::wire::frame::{STREAM_PREFIX, encode_ike};
+use iketcp_fuzz::driver::{Harness, Op};
 use iketcp_fuzz::{Action, Pair, Record, at, established, sends};
 
 /// One message of a scenario: who sent it, its bytes, and its inner chain as its receiver
@@ -113,19 +114,7 @@ fn scenario(out: &mut Out, name: &str, by_initiator: bool, action: Action) {
     } else {
         &mut pair.r
     };
-    let first = s.child_sas().first().map(|c| c.spi_in);
-    let now = at(2);
-    let req = match (action, first) {
-        (Action::Dpd, _) => s.start_dpd(now),
-        (Action::CreateChild, _) => s.create_child(now),
-        (Action::RekeyChild, Some(spi)) => s.rekey_child(spi, false, now),
-        (Action::RekeyChildPfs, Some(spi)) => s.rekey_child(spi, true, now),
-        (Action::RekeyIke, _) => s.rekey_ike(now),
-        (Action::DeleteChild, Some(spi)) => s.delete_child(spi, now),
-        (Action::DeleteIke, _) => s.delete_ike(now),
-        _ => return,
-    };
-    let Ok(req) = req else {
+    let Some(req) = action.run(s, at(2)) else {
         eprintln!("{name}: no request");
         return;
     };
@@ -149,6 +138,124 @@ fn scenario(out: &mut Out, name: &str, by_initiator: bool, action: Action) {
         let mut v = Vec::new();
         rec.encode(&mut v);
         out.write("ike_established", &format!("gen-{name}-frag"), &v);
+    }
+}
+
+/// `driver_events` inputs: handshakes through both endpoints, then exchanges, timers,
+/// reconnects and operator commands. Each is run here once and its end state printed.
+fn driver_seeds(out: &Out) {
+    use Op::*;
+    // Worker 0 (Responder endpoint) on slot 0; worker 1 (Originator) is worker/slot octet 4.
+    let resp = vec![AckAll(1), Accept(0), Peer(0), Peer(0), AckAll(1)];
+    let orig = vec![Connected(0), Peer(4), Peer(4), AckAll(1)];
+    let both: Vec<Op> = resp.iter().chain(&orig).cloned().collect();
+    let more = |tail: Vec<Op>| -> Vec<Op> { both.iter().cloned().chain(tail).collect() };
+    let seeds = [
+        ("resp", resp.clone()),
+        ("orig", orig.clone()),
+        ("both", both.clone()),
+        (
+            "peer-exchanges",
+            more(vec![
+                PeerAction(0, Action::CreateChild as u8),
+                Peer(0),
+                AckAll(1),
+                PeerAction(0, Action::RekeyChild as u8),
+                Peer(0),
+                AckAll(1),
+                PeerAction(1, Action::RekeyIke as u8),
+                Peer(4),
+                AckAll(1),
+                PeerAction(1, Action::Dpd as u8),
+                Peer(4),
+                PeerAction(0, Action::DeleteChild as u8),
+                Peer(0),
+                AckAll(1),
+            ]),
+        ),
+        (
+            "admin",
+            more(vec![
+                Admin(0),
+                Peer(0),
+                Peer(4),
+                AckAll(1),
+                Peer(0),
+                Peer(4),
+                AckAll(1),
+                Admin(1),
+                Peer(0),
+                Peer(4),
+                Admin(3),
+                AckAll(1),
+                Admin(2),
+                Peer(0),
+                Peer(4),
+                AckAll(1),
+            ]),
+        ),
+        (
+            "timers",
+            more(vec![
+                Advance(21),
+                Peer(0),
+                Peer(4),
+                Stats,
+                Advance(21),
+                Advance(11),
+                Expire(0, 0),
+                Expire(1, 3),
+                AckAll(1),
+                Advance(60),
+            ]),
+        ),
+        (
+            "reconnect",
+            more(vec![
+                Down(4, 1),
+                Advance(1),
+                Connected(1),
+                Peer(4),
+                Down(0, 0),
+                Accept(1),
+                PeerAction(0, Action::Dpd as u8),
+                Peer(1),
+                Advance(5),
+                Down(5, 2),
+                Advance(3),
+                Down(5, 2),
+                Advance(10),
+            ]),
+        ),
+        (
+            "mutated",
+            vec![
+                AckAll(1),
+                Accept(0),
+                PeerMutated(0, 40, 4),
+                Peer(0),
+                Raw(0, vec![0; 28]),
+                AckAll(0),
+            ],
+        ),
+    ];
+    for (name, ops) in seeds {
+        let mut v = Vec::new();
+        for op in &ops {
+            op.encode(&mut v);
+        }
+        out.write("driver_events", &format!("gen-{name}"), &v);
+        if let Some(mut h) = Harness::new() {
+            for op in &Op::parse_all(&v, usize::MAX) {
+                h.step(op);
+            }
+            println!(
+                "driver_events gen-{name}: {:?}, installed {}, stray {}",
+                h.core.counts(),
+                h.core.installed(),
+                h.stray
+            );
+        }
     }
 }
 
@@ -201,6 +308,7 @@ fn main() {
     let mut s = vec![0x0e];
     s.extend_from_slice(&out.from_i);
     out.write("stream_decoder", "gen-from-initiator-chunked", &s);
+    driver_seeds(&out);
     let n = fs::read_dir(Path::new(&out.root).join("ike_established")).map_or(0, |d| d.count());
     println!("wrote the corpus under {}", out.root.display());
     println!("ike_established: {n} files");

@@ -12,6 +12,8 @@ use iketcp_control::ike::wire::{ExchangeType, PayloadType};
 use iketcp_dataplane::crypto::Suite;
 use iketcp_lab::demo::configs;
 
+pub mod driver;
+
 /// The initiator's TCP address.
 pub const I_ADDR: ([u8; 4], u16) = ([192, 0, 2, 2], 40000);
 /// The responder's TCP address.
@@ -109,10 +111,10 @@ impl Action {
         }
     }
 
-    /// Runs it on `s`: the request it returns is dropped (the record may answer it).
-    pub fn run(self, s: &mut Session, now: Instant) {
+    /// Runs it on `s`; returns the request, if one was made.
+    pub fn run(self, s: &mut Session, now: Instant) -> Option<Vec<u8>> {
         let first = s.child_sas().first().map(|c| c.spi_in);
-        let _ = match (self, first) {
+        let r = match (self, first) {
             (Action::Dpd, _) => s.start_dpd(now),
             (Action::CreateChild, _) => s.create_child(now),
             (Action::RekeyChild, Some(spi)) => s.rekey_child(spi, false, now),
@@ -120,8 +122,9 @@ impl Action {
             (Action::RekeyIke, _) => s.rekey_ike(now),
             (Action::DeleteChild, Some(spi)) => s.delete_child(spi, now),
             (Action::DeleteIke, _) => s.delete_ike(now),
-            _ => Ok(Vec::new()),
+            _ => return None,
         };
+        r.ok()
     }
 }
 
@@ -206,7 +209,8 @@ pub fn deliver(pair: &mut Pair, rec: &Record, now: Instant) -> Vec<Output> {
     } else {
         (&pair.r, &mut pair.i)
     };
-    Action::from_octet(rec.action).run(receiver, now);
+    // The receiver's own request goes nowhere: the record may answer it.
+    let _ = Action::from_octet(rec.action).run(receiver, now);
     let response = rec.ctl & 2 != 0;
     let (own_next, peer_next) = receiver.fuzz_message_ids();
     let expected = if response {
