@@ -254,7 +254,7 @@ impl Harness {
                     if !self.up.contains_key(&Conn { worker, id }) {
                         self.stray += 1;
                     }
-                    self.to_peer(worker, &msg);
+                    self.peer_receives(worker, &msg);
                 }
                 Command::BindIkeSa { .. } | Command::ForgetIkeSa { .. } | Command::Shutdown => {}
             }
@@ -282,7 +282,7 @@ impl Harness {
     }
 
     /// A message of the core reaches the peer of `worker`.
-    fn to_peer(&mut self, worker: u16, msg: &[u8]) {
+    fn peer_receives(&mut self, worker: u16, msg: &[u8]) {
         let now = self.now;
         let p = &mut self.peers[usize::from(worker & 1)];
         if worker == 1 && msg.get(8..16).is_some_and(|r| r.iter().all(|b| *b == 0)) {
@@ -300,7 +300,7 @@ impl Harness {
     }
 
     /// The next message of the peer of `worker`; an initiator peer is started if there is none.
-    fn from_peer(&mut self, worker: u16) -> Option<Vec<u8>> {
+    fn peer_sends(&mut self, worker: u16) -> Option<Vec<u8>> {
         let p = &mut self.peers[usize::from(worker & 1)];
         if worker == 0 && p.session.is_none() {
             let (ci, _) = configs(Suite::Aes256Gcm16, false).ok()?;
@@ -372,16 +372,17 @@ impl Harness {
                     });
                 }
             }
-            Op::Raw(ws, b) => {
+            // A worker reports messages only on connections that are up.
+            Op::Raw(ws, b) if self.up.contains_key(&self.current(*ws)) => {
                 let c = self.current(*ws);
                 self.event(Event::IkeMessage {
                     conn: c,
                     msg: b.clone().into(),
                 });
             }
-            Op::Peer(ws) | Op::PeerMutated(ws, ..) => {
+            Op::Peer(ws) | Op::PeerMutated(ws, ..) if self.up.contains_key(&self.current(*ws)) => {
                 let c = self.current(*ws);
-                if let Some(mut m) = self.from_peer(c.worker) {
+                if let Some(mut m) = self.peer_sends(c.worker) {
                     if let Op::PeerMutated(_, pos, mask) = op
                         && !m.is_empty()
                     {
@@ -394,6 +395,7 @@ impl Harness {
                     });
                 }
             }
+            Op::Raw(..) | Op::Peer(_) | Op::PeerMutated(..) => {}
             Op::Advance(secs) => {
                 self.now += Duration::from_secs(u64::from(*secs));
                 let _ = self.core.handle_timeout(self.now);
