@@ -317,6 +317,16 @@ impl Harness {
 
     fn conn_up(&mut self, worker: u16, slot: u8, token: Option<u64>) {
         let slot = u32::from(slot) % SLOTS;
+        // A worker reuses a slot only once its connection is gone.
+        let old = self.current(u8::try_from(slot).unwrap_or(0) | (u8::from(worker == 1) << 2));
+        if let Some(t) = self.up.remove(&old) {
+            self.event(Event::ConnDown {
+                conn: old,
+                reason: CloseReason::Reset,
+                token: t,
+            });
+            self.drain();
+        }
         let g = &mut self.generation[usize::from(worker)][slot as usize];
         let c = conn(worker, slot, *g);
         *g += 1;
