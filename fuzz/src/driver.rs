@@ -163,8 +163,10 @@ pub struct Harness {
     acks: Vec<(u16, u64)>,
     /// SAs installed, for [`Op::Expire`]: (worker, SPI, direction).
     installed: Vec<(u16, u32, Direction)>,
-    /// Commands that named a connection that was not up (see [`Harness::check`]).
+    /// Commands that named a connection that was not up.
     pub stray: usize,
+    /// Print every op, event and command to stderr (for triage of a crashing input).
+    pub trace: bool,
 }
 
 fn conn(worker: u16, slot: u32, generation: u32) -> Conn {
@@ -215,6 +217,7 @@ impl Harness {
             acks: Vec::new(),
             installed: Vec::new(),
             stray: 0,
+            trace: false,
         };
         h.settle();
         Some(h)
@@ -231,6 +234,9 @@ impl Harness {
     /// Reads the core's commands: messages go to the peers, acks and SAs are noted.
     fn drain(&mut self) {
         while let Some((worker, cmd)) = self.core.poll_command() {
+            if self.trace {
+                eprintln!("  command to {worker}: {}", short(&cmd));
+            }
             match cmd {
                 Command::Listen { ack, .. }
                 | Command::Barrier { ack }
@@ -312,6 +318,9 @@ impl Harness {
     }
 
     fn event(&mut self, ev: Event) {
+        if self.trace {
+            eprintln!("  event: {}", short(&ev));
+        }
         let _ = self.core.handle_event(ev, self.now);
     }
 
@@ -347,6 +356,9 @@ impl Harness {
 
     /// Runs one op, then hands the core's commands out.
     pub fn step(&mut self, op: &Op) {
+        if self.trace {
+            eprintln!("{op:?}");
+        }
         match op {
             Op::Accept(s) => self.conn_up(0, *s, None),
             Op::Connected(s) => {
@@ -475,4 +487,10 @@ impl Harness {
         }
         self.settle();
     }
+}
+
+/// The first line of a value's `Debug`, cut short.
+fn short(v: &impl std::fmt::Debug) -> String {
+    let s = format!("{v:?}");
+    s.chars().take(160).collect()
 }
