@@ -5,6 +5,11 @@
 
 pub mod driver;
 pub mod ike;
+mod rng;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use rng::fuzzing;
 
 pub use driver::{
     ChildSaInfo, ChildSaState, Core, Driver, DriverError, DriverEvent, Endpoint, EndpointId,

@@ -392,6 +392,64 @@ fn r_6_2_b_established_request_resent_bit_for_bit_on_the_new_connection() {
     assert_eq!(h.d.child_rekeys(), 1);
 }
 
+/// Found by the `driver_events` fuzz target: the IKE_AUTH response held until the inbound SA's
+/// install is acknowledged went out on the connection its request came on even when that
+/// connection had gone down meanwhile. It is dropped instead; the initiator re-sends the
+/// request on its next connection and gets the cached response (RFC 9329 §6.2, R-6.2-b,
+/// R-6.2-c).
+#[test]
+fn held_ike_auth_response_is_not_sent_on_a_connection_that_went_down() {
+    let (h, sides) = channels(1);
+    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
+    let mut d = Driver::new(h);
+    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
+    d.add(Endpoint::new(0, EndpointRole::Responder { listen }, cr))
+        .unwrap();
+    let t0 = Instant::now();
+    let (peer, first) =
+        Session::initiator(ci, SocketAddr::from((INITIATOR_ADDR, 40001)), listen, t0).unwrap();
+    let mut hand = Hand {
+        d,
+        sides,
+        peer,
+        ike_sa: IkeSaId(0),
+        conn: conn(1),
+        t0,
+    };
+    let cmds = hand.cmds();
+    hand.ack_all(&cmds);
+    up(&mut hand.d, conn(1), TcpRole::Responder, None);
+    let cmds = hand.deliver(first, t0);
+    let auth = hand.peer_handles(&cmds, t0);
+    assert_eq!(auth.len(), 1);
+    // IKE_AUTH: the SAs are installed, the response waits for the inbound SA's ack.
+    hand.d
+        .handle_event(
+            Event::IkeMessage {
+                conn: conn(1),
+                msg: auth[0].clone().into(),
+            },
+            t0,
+        )
+        .unwrap();
+    let cmds = hand.cmds();
+    assert!(sent(&cmds).is_empty());
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::InstallInbound { .. }))
+    );
+    down(&mut hand.d, conn(1), None);
+    let _ = hand.cmds();
+    hand.ack_all(&cmds);
+    let after = hand.cmds();
+    assert!(
+        !after
+            .iter()
+            .any(|c| matches!(c, Command::SendIke { conn: id, .. } if *id == conn(1).id)),
+        "{after:?}"
+    );
+}
+
 #[test]
 fn r_6_1_g_responder_never_dials() {
     let mut h = responder(quick());

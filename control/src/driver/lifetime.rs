@@ -33,7 +33,7 @@ pub struct TimeLimits {
 fn jittered(limit: Duration) -> Duration {
     let mut b = [0u8; 8];
     // Without randomness the limit is used as is: only collisions become likelier.
-    let r = getrandom::fill(&mut b).map_or(0, |()| u64::from_le_bytes(b));
+    let r = crate::rng::fill(&mut b).map_or(0, |()| u64::from_le_bytes(b));
     let cut_ppm = r % (JITTER_PERCENT * 10_000);
     limit.saturating_sub(limit.mul_f64(cut_ppm as f64 / 1_000_000.0))
 }

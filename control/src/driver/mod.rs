@@ -1194,8 +1194,14 @@ impl Core {
                 }
                 self.children[child].inbound_ok = true;
                 self.children[child].installed_once = true;
-                for msg in held {
-                    self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+                // Responses go back where the request came from (RFC 7296 §2.11). If that
+                // connection went down meanwhile they are dropped: the initiator re-sends the
+                // request on its next connection and gets the cached response (RFC 9329 §6.2,
+                // R-6.2-b, R-6.2-c).
+                if self.conns.contains_key(&conn) {
+                    for msg in held {
+                        self.send(conn.worker, Command::SendIke { conn: conn.id, msg })?;
+                    }
                 }
                 if self.children[child].unwanted.0 {
                     return self.delete_inbound(child);

@@ -228,7 +228,7 @@ struct Secret {
 impl Secret {
     fn random(version: u32) -> Result<Secret, CookieError> {
         let mut key = SecretBytes::zeroed(SECRET_LEN);
-        getrandom::fill(key.expose_mut()).map_err(|_| CookieError::Rng)?;
+        crate::rng::fill(key.expose_mut()).map_err(|_| CookieError::Rng)?;
         Ok(Secret { version, key })
     }
 }

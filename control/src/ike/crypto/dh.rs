@@ -148,7 +148,7 @@ impl fmt::Debug for KeyExchange {
 }
 
 fn random_bytes(buf: &mut [u8]) -> Result<(), DhError> {
-    getrandom::fill(buf).map_err(|_| DhError::Rng)
+    crate::rng::fill(buf).map_err(|_| DhError::Rng)
 }
 
 /// Seeds AWS-LC's random generator now: its first use in a process takes tens of milliseconds
@@ -165,6 +165,10 @@ impl KeyExchange {
     /// # Errors
     /// [`DhError::Rng`] if the system RNG fails.
     pub fn generate(group: DhGroup) -> Result<(Self, Vec<u8>), DhError> {
+        #[cfg(feature = "fuzzing")]
+        if crate::rng::deterministic() {
+            return Self::generate_seeded(group);
+        }
         let private = match group {
             // RFC 8031 §2: 32 random octets; X25519 clamps them (RFC 7748 §5).
             DhGroup::Curve25519 => Private::Curve25519(
@@ -196,10 +200,31 @@ impl KeyExchange {
         Ok((kx, public))
     }
 
+    /// Fuzzing only: a private value from the thread's seeded generator (AWS-LC draws its
+    /// own randomness, which no seed reaches).
+    #[cfg(feature = "fuzzing")]
+    fn generate_seeded(group: DhGroup) -> Result<(Self, Vec<u8>), DhError> {
+        let len = match group {
+            DhGroup::Ecp384 => 48,
+            DhGroup::Modp2048 => 64,
+            _ => 32,
+        };
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        // An ECP scalar at or above the group order is refused: draw again (rare).
+        for _ in 0..16 {
+            random_bytes(&mut bytes)?;
+            if let Some(kx) = Self::from_private_bytes(group, &bytes) {
+                let public = kx.public.clone();
+                return Ok((kx, public));
+            }
+        }
+        Err(DhError::Rng)
+    }
+
     /// Builds a private value from fixed bytes, for known-answer tests: the X25519 scalar
     /// (little endian, RFC 7748), the big-endian ECP scalar, or the big-endian MODP exponent
     /// (at most 64 octets).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn from_private_bytes(group: DhGroup, bytes: &[u8]) -> Option<Self> {
         let private = match group {
             DhGroup::Curve25519 => {

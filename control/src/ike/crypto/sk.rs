@@ -291,7 +291,7 @@ impl SkCipher {
             Ok(())
         } else {
             // RFC 7296 §3.14: "Senders MUST select a new unpredictable IV for every message".
-            getrandom::fill(iv).map_err(|_| SkError::Rng)
+            crate::rng::fill(iv).map_err(|_| SkError::Rng)
         }
     }
 

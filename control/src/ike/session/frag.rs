@@ -220,9 +220,9 @@ pub(super) fn open_fragment(keys: &IkeSaKeys, us: Role, msg: &[u8]) -> Result<Fr
     })
 }
 
-/// Encrypts one SKF message as `sender` would (the receive path is tested against it; the
-/// session itself never sends fragments, R-7.5-a).
-#[cfg(test)]
+/// Encrypts one SKF message as `sender` would (the receive path is tested and fuzzed against
+/// it; the session itself never sends fragments, R-7.5-a). `None` if it cannot be encoded.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(super) fn seal_fragment(
     keys: &IkeSaKeys,
     sender: Role,
@@ -231,7 +231,7 @@ pub(super) fn seal_fragment(
     number: u16,
     total: u16,
     plain: &[u8],
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     use crate::ike::wire::{Message, Payload, SkfPayload};
     let suite = keys.suite();
     let encr = suite.encr();
@@ -251,8 +251,8 @@ pub(super) fn seal_fragment(
         })],
     }
     .to_bytes()
-    .unwrap();
-    let layout = locate_encrypted(&skel).unwrap().unwrap();
+    .ok()?;
+    let layout = locate_encrypted(&skel).ok()??;
     let aad_end = layout.header.end;
     let mut out = skel[..aad_end].to_vec();
     // Written by hand so that tests can also build fragments the codec would refuse.
@@ -265,25 +265,24 @@ pub(super) fn seal_fragment(
     iv[iv_len - 1] = 0xf7;
     let mut buf = plain.to_vec();
     buf.resize(plain.len() + pad, 0);
-    buf.push(u8::try_from(pad).unwrap());
+    buf.push(u8::try_from(pad).ok()?);
     match suite.integ() {
         None => {
-            let tag = aead_dispatch(encr, sk_e, &iv, &out, &mut buf, None).unwrap();
+            let tag = aead_dispatch(encr, sk_e, &iv, &out, &mut buf, None).ok()?;
             out.extend_from_slice(&iv);
             out.extend_from_slice(&buf);
             out.extend_from_slice(&tag);
         }
         Some(i) => {
-            cbc_blocks(&mut buf, sk_e, &iv, true).unwrap();
+            cbc_blocks(&mut buf, sk_e, &iv, true).ok()?;
             out.extend_from_slice(&iv);
             out.extend_from_slice(&buf);
-            let mac = IntegKey::new(i, sk_a).unwrap();
+            let mac = IntegKey::new(i, sk_a).ok()?;
             let icv = mac.compute(&[&out]);
             out.extend_from_slice(icv.as_bytes());
         }
     }
-    assert_eq!(out.len(), skel.len());
-    out
+    (out.len() == skel.len()).then_some(out)
 }
 
 impl Reassembly {

@@ -380,7 +380,7 @@ pub enum Verdict {
 
 fn random<const N: usize>() -> Result<[u8; N], SessionError> {
     let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|_| SessionError::Rng)?;
+    crate::rng::fill(&mut b).map_err(|_| SessionError::Rng)?;
     Ok(b)
 }
 
@@ -1546,6 +1546,16 @@ fn seal_with(
 ) -> Result<Vec<u8>, SessionError> {
     let mut plain = Zeroizing::new(Vec::new());
     let first = emit_chain(inner, &mut plain).map_err(emit_err)?;
+    seal_plain(prot, header, first, &plain)
+}
+
+/// Encrypts the encoded chain `plain`, whose first payload is `first`, into a message.
+fn seal_plain(
+    prot: &Protection,
+    header: Header,
+    first: PayloadType,
+    plain: &[u8],
+) -> Result<Vec<u8>, SessionError> {
     let body = vec![0u8; prot.out.sealed_body_len(plain.len())];
     let skel = Message {
         header,
@@ -1561,12 +1571,75 @@ fn seal_with(
         .ok_or(SessionError::Internal("no SK payload"))?;
     let mut out = Vec::with_capacity(skel.len());
     prot.out
-        .seal(&skel[..layout.header.end], &plain, &mut out)
+        .seal(&skel[..layout.header.end], plain, &mut out)
         .map_err(|e| match e {
             SkError::Rng => SessionError::Rng,
             _ => SessionError::Internal("seal"),
         })?;
     Ok(out)
+}
+
+/// Fuzzing hooks (feature `fuzzing`): messages as this session would send them but with any
+/// inner payload chain, so that fuzz targets reach the code behind the integrity check.
+#[cfg(feature = "fuzzing")]
+impl Session {
+    /// `plain`, a raw inner chain whose first payload is `first`, sealed in an SK payload
+    /// under this session's header (SPIs, I flag) with `exchange`, `response`, `message_id`.
+    ///
+    /// # Errors
+    /// [`SessionError::NotEstablished`] without keys; local faults.
+    #[doc(hidden)]
+    pub fn fuzz_seal(
+        &self,
+        exchange: ExchangeType,
+        response: bool,
+        message_id: u32,
+        first: PayloadType,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
+        let prot = self.prot.as_ref().ok_or(SessionError::NotEstablished)?;
+        seal_plain(
+            prot,
+            self.header(exchange, response, message_id),
+            first,
+            plain,
+        )
+    }
+
+    /// As [`Session::fuzz_seal`], one SKF fragment `number` of `total` (RFC 7383 §2.5).
+    ///
+    /// # Errors
+    /// [`SessionError::NotEstablished`] without keys; local faults.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn fuzz_seal_fragment(
+        &self,
+        exchange: ExchangeType,
+        response: bool,
+        message_id: u32,
+        first: PayloadType,
+        number: u16,
+        total: u16,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
+        let prot = self.prot.as_ref().ok_or(SessionError::NotEstablished)?;
+        let header = self.header(exchange, response, message_id);
+        frag::seal_fragment(&prot.keys, self.role, header, first, number, total, plain)
+            .ok_or(SessionError::Internal("fragment"))
+    }
+
+    /// The decrypted inner chain of a message sent to this session: (first payload, chain).
+    #[doc(hidden)]
+    pub fn fuzz_open(&self, msg: &[u8]) -> Option<(PayloadType, Vec<u8>)> {
+        let o = open_with(self.prot.as_ref()?, msg).ok()?;
+        Some((o.first, o.plain.to_vec()))
+    }
+
+    /// (Message ID of our next request, Message ID the peer's next request must have).
+    #[doc(hidden)]
+    pub fn fuzz_message_ids(&self) -> (u32, u32) {
+        (self.life.own_next_id, self.life.peer_next_id)
+    }
 }
 
 /// Verifies and decrypts the SK payload of a received message with these keys.

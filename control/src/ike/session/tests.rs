@@ -1974,7 +1974,7 @@ fn fragments(i: &Session, r: &Session, auth_req: &[u8], n: u16) -> Vec<Vec<u8>> 
             } else {
                 PayloadType(0)
             };
-            frag::seal_fragment(keys, Role::Initiator, header, first, num, n, c)
+            frag::seal_fragment(keys, Role::Initiator, header, first, num, n, c).unwrap()
         })
         .collect()
 }
@@ -2046,7 +2046,8 @@ fn r_7_5_b_bad_fragment_sets_dropped_without_state_change() {
         (PayloadType(0), 1, 3),
         (PayloadType::IDI, 2, 3),
     ] {
-        let m = frag::seal_fragment(keys, Role::Initiator, header, first, num, total, b"xyz");
+        let m =
+            frag::seal_fragment(keys, Role::Initiator, header, first, num, total, b"xyz").unwrap();
         let (s, ev) = deliver_frag(&mut r, &m, now);
         assert!(s.is_empty() && is_dropped(&ev), "{num}/{total}: {ev:?}");
         unchanged(&r);
@@ -2054,7 +2055,8 @@ fn r_7_5_b_bad_fragment_sets_dropped_without_state_change() {
     // Inconsistent Total Fragments within one set.
     let (_, ev) = deliver_frag(&mut r, &frags[0], now);
     assert!(ev.is_empty());
-    let m = frag::seal_fragment(keys, Role::Initiator, header, PayloadType(0), 2, 4, b"xyz");
+    let m =
+        frag::seal_fragment(keys, Role::Initiator, header, PayloadType(0), 2, 4, b"xyz").unwrap();
     let (s, ev) = deliver_frag(&mut r, &m, now);
     assert!(s.is_empty() && is_dropped(&ev));
     // A forged fragment fails integrity.
@@ -2080,8 +2082,10 @@ fn r_7_5_b_oversized_late_and_early_fragments_dropped() {
     let header = Header::parse(&auth_req).unwrap().header;
     // More than 64 KiB of reassembled data: the set is discarded.
     let big = vec![0u8; 40_000];
-    let m1 = frag::seal_fragment(keys, Role::Initiator, header, PayloadType::IDI, 1, 3, &big);
-    let m2 = frag::seal_fragment(keys, Role::Initiator, header, PayloadType(0), 2, 3, &big);
+    let m1 =
+        frag::seal_fragment(keys, Role::Initiator, header, PayloadType::IDI, 1, 3, &big).unwrap();
+    let m2 =
+        frag::seal_fragment(keys, Role::Initiator, header, PayloadType(0), 2, 3, &big).unwrap();
     let (_, ev) = deliver_frag(&mut r, &m1, now);
     assert!(ev.is_empty());
     let (s, ev) = deliver_frag(&mut r, &m2, now);
@@ -2500,7 +2504,8 @@ fn r_7_5_b_fragmented_informational_request_and_its_retransmission() {
             1,
             2,
             &plain[..half],
-        ),
+        )
+        .unwrap(),
         frag::seal_fragment(
             keys,
             Role::Initiator,
@@ -2509,7 +2514,8 @@ fn r_7_5_b_fragmented_informational_request_and_its_retransmission() {
             2,
             2,
             &plain[half..],
-        ),
+        )
+        .unwrap(),
     ];
     let (s, ev) = deliver_frag(&mut r, &frags[1], t0);
     assert!(s.is_empty() && ev.is_empty());
