@@ -175,8 +175,9 @@ fn originator_setup(timers: Timers, f: impl FnOnce(&mut Endpoint)) -> Hand {
     hand
 }
 
-/// A TCP Responder endpoint established by an initiator session run by hand.
-pub(super) fn responder(timers: Timers) -> Hand {
+/// A TCP Responder endpoint with connection 1 up from an initiator session run by hand, and
+/// that session's IKE_SA_INIT request (not delivered yet).
+fn responder_connected(timers: Timers) -> (Hand, Vec<u8>) {
     let (h, sides) = channels(1);
     let (ci, cr) = configs(Suite::ChaCha20Poly1305, true).unwrap();
     let mut d = Driver::new(h);
@@ -198,6 +199,13 @@ pub(super) fn responder(timers: Timers) -> Hand {
     let cmds = hand.cmds();
     hand.ack_all(&cmds);
     up(&mut hand.d, conn(1), TcpRole::Responder, None);
+    (hand, first)
+}
+
+/// A TCP Responder endpoint established by an initiator session run by hand.
+pub(super) fn responder(timers: Timers) -> Hand {
+    let (mut hand, first) = responder_connected(timers);
+    let t0 = hand.t0;
     let mut msg = first;
     for _ in 0..2 {
         let cmds = hand.deliver(msg, t0);
@@ -399,26 +407,8 @@ fn r_6_2_b_established_request_resent_bit_for_bit_on_the_new_connection() {
 /// R-6.2-c).
 #[test]
 fn held_ike_auth_response_is_not_sent_on_a_connection_that_went_down() {
-    let (h, sides) = channels(1);
-    let (ci, cr) = configs(Suite::Aes128Gcm16, false).unwrap();
-    let mut d = Driver::new(h);
-    let listen = SocketAddr::from((RESPONDER_ADDR, 4500));
-    d.add(Endpoint::new(0, EndpointRole::Responder { listen }, cr))
-        .unwrap();
-    let t0 = Instant::now();
-    let (peer, first) =
-        Session::initiator(ci, SocketAddr::from((INITIATOR_ADDR, 40001)), listen, t0).unwrap();
-    let mut hand = Hand {
-        d,
-        sides,
-        peer,
-        ike_sa: IkeSaId(0),
-        conn: conn(1),
-        t0,
-    };
-    let cmds = hand.cmds();
-    hand.ack_all(&cmds);
-    up(&mut hand.d, conn(1), TcpRole::Responder, None);
+    let (mut hand, first) = responder_connected(Timers::default());
+    let t0 = hand.t0;
     let cmds = hand.deliver(first, t0);
     let auth = hand.peer_handles(&cmds, t0);
     assert_eq!(auth.len(), 1);
