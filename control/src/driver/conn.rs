@@ -807,13 +807,7 @@ impl Core {
             *start = now;
             counts.clear();
         }
-        let source = match peer.ip() {
-            IpAddr::V4(a) => IpAddr::V4(a),
-            // One host usually holds a whole /64.
-            IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(a) & !(u64::MAX as u128),
-            )),
-        };
+        let source = iketcp_dataplane::transport::source_group(peer.ip());
         let known = counts.contains_key(&source);
         if !known && counts.len() >= INIT_RATE_SOURCES {
             return false;

@@ -10,7 +10,7 @@ pub mod kernel;
 pub mod smol;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// A connection of one transport. Slot index and generation, so a stale id never names a newer
@@ -127,6 +127,19 @@ pub trait Transport {
     }
 }
 
+/// The group a source address is counted in by per-source limits: the address for IPv4 (also
+/// when it comes IPv4-mapped from a dual-stack socket), its /64 for IPv6 (one subscriber
+/// usually holds a whole /64, RFC 6177).
+pub fn source_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 /// A transport's limits on peers, for the worker's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
@@ -135,4 +148,19 @@ pub struct Refusals {
     pub refused: u64,
     /// Untrusted accepted connections open now.
     pub untrusted: u64,
+}
+
+#[cfg(test)]
+mod source_group_tests {
+    use super::source_group;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv4_alone_ipv4_mapped_as_ipv4_ipv6_by_its_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_group(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_group(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_group(ip("fd00:1:2:3:4:5:6:7")), ip("fd00:1:2:3::"));
+        assert_ne!(source_group(ip("fd00:1:2:4::1")), ip("fd00:1:2:3::"));
+    }
 }

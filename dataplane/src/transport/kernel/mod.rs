@@ -50,13 +50,13 @@ mod tests;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
 
-use super::{CloseReason, ConnId, Refusals, TcpRole, Transport, TransportEvent};
+use super::{CloseReason, ConnId, Refusals, TcpRole, Transport, TransportEvent, source_group};
 
 /// Connections accepted per listener per `poll`; the rest wait for the next one.
 pub const ACCEPT_BATCH: usize = 64;
@@ -209,8 +209,9 @@ struct Slot {
     eof: bool,
     /// `f` took none of the buffered bytes and none arrived since: `wait` need not wake for them.
     stalled: bool,
-    /// An accepted connection not yet trusted: the source it counts against.
-    untrusted: Option<Source>,
+    /// An accepted connection not yet trusted: the source group it counts against
+    /// ([`source_group`]).
+    untrusted: Option<IpAddr>,
     /// The last read filled the buffer's whole free tail.
     read_filled: bool,
     /// Listed in `ready`; survives slot reuse together with the list entry.
@@ -351,26 +352,6 @@ enum Fill {
     Failed(io::Error),
 }
 
-/// The source an untrusted connection counts against: an IPv4 address, or an IPv6 /64 (one
-/// host usually holds a whole /64).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Source {
-    V4(u32),
-    V6(u64),
-}
-
-impl Source {
-    fn of(addr: SocketAddr) -> Self {
-        match addr {
-            SocketAddr::V4(a) => Source::V4(u32::from(*a.ip())),
-            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-                Some(v4) => Source::V4(u32::from(v4)),
-                None => Source::V6((u128::from(*a.ip()) >> 64) as u64),
-            },
-        }
-    }
-}
-
 /// A deadline of one slot occupancy (slot and generation).
 #[derive(Clone, Copy, Debug)]
 struct Deadline {
@@ -449,7 +430,7 @@ pub struct KernelTransport {
     /// Untrusted accepted connections, in all and per source (entries removed at zero, so the
     /// map holds at most `untrusted_total` entries).
     untrusted: usize,
-    untrusted_by_source: HashMap<Source, u32>,
+    untrusted_by_source: HashMap<IpAddr, u32>,
 }
 
 impl fmt::Debug for KernelTransport {
@@ -737,7 +718,7 @@ impl KernelTransport {
         }
     }
 
-    fn forget_untrusted(&mut self, src: Source) {
+    fn forget_untrusted(&mut self, src: IpAddr) {
         self.untrusted = self.untrusted.saturating_sub(1);
         if let Some(n) = self.untrusted_by_source.get_mut(&src) {
             *n = n.saturating_sub(1);
@@ -749,7 +730,7 @@ impl KernelTransport {
 
     /// Whether one more untrusted connection from `src` may be accepted; counts the refusal if
     /// not.
-    fn untrusted_room(&mut self, src: Source) -> bool {
+    fn untrusted_room(&mut self, src: IpAddr) -> bool {
         if self.untrusted >= self.cfg.untrusted_total {
             self.stats.refused_untrusted += 1;
             return false;
@@ -930,7 +911,7 @@ impl KernelTransport {
                 return;
             }
         };
-        let src = Source::of(peer);
+        let src = source_group(peer.ip());
         if !self.untrusted_room(src) {
             // A reset, not a FIN: no TIME_WAIT here, and the peer learns at once.
             let _ = sys::set_linger_zero(stream.as_fd());

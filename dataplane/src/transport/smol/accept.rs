@@ -19,21 +19,10 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 
 use super::demux::{Key, SynInfo};
+use crate::transport::source_group;
 
 /// Longest SYN-ACK we store: IPv6 header plus the largest TCP header.
 pub(super) const SYNACK_MAX: usize = 40 + 60;
-
-/// The group a source address is counted in: the address for IPv4, its /64 for IPv6 (one
-/// subscriber usually holds a whole /64, RFC 6177).
-pub(super) fn source_group(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-    }
-}
 
 /// Counts per listener and per source group, entries dropped at zero (so the maps never hold
 /// more keys than there are counted connections).

@@ -71,10 +71,10 @@ use smoltcp::socket::tcp::{self, CongestionControl, State};
 use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{ETHERNET_HEADER_LEN, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
-use self::accept::{Due, SynCache, Tally, source_group};
+use self::accept::{Due, SynCache, Tally};
 use self::demux::{Key, Seg, SynInfo};
 use self::device::{CapsOnly, Dev};
-use super::{CloseReason, ConnId, Refusals, TcpRole, Transport, TransportEvent};
+use super::{CloseReason, ConnId, Refusals, TcpRole, Transport, TransportEvent, source_group};
 use crate::port::{DEFAULT_BUF_SIZE, HEADROOM, Medium, Packet, PacketPool, Port};
 
 /// Smallest and largest IP MTU accepted (smoltcp subtracts headers from it unchecked).
