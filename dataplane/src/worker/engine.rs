@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +16,7 @@ use super::handle::{
     Command, CommandError, Conn, Direction, Event, ExpiryCause, IkeBytes, IkeSaId, Lifetime,
     RemovedSa, SaCounter, VerifyFailure, WorkerChannels,
 };
+use super::send_queue::SendQueue;
 use super::spd::{FlowKey, Spd};
 use super::stats::{WorkerStats, bump};
 use crate::port::{HEADROOM, Packet, PacketPool};
@@ -60,8 +60,14 @@ pub struct EngineConfig {
     /// Frames queued per connection waiting for TCP send space; past it the worker stops reading
     /// plaintext (backpressure) instead of dropping.
     pub conn_queue: usize,
+    /// Bytes queued per connection (frames not yet taken by TCP) past which the same
+    /// backpressure applies, whichever bound comes first: a peer with a zero window holds at
+    /// most this much (RFC 9329 §9: a short outer queue).
+    pub conn_queue_bytes: usize,
     /// Frames of IKE waiting per connection beyond `conn_queue` before IKE messages are dropped.
     pub ike_queue: usize,
+    /// Bytes of IKE allowed beyond `conn_queue_bytes`, likewise.
+    pub ike_queue_bytes: usize,
     /// Decrypted packets waiting for the plaintext port; past it the worker stops reading TCP.
     pub plain_queue: usize,
     /// IKE bytes of one connection handed to control and not yet consumed; past it the worker
@@ -77,7 +83,9 @@ impl Default for EngineConfig {
             unknown_spi_limit: 16,
             unparseable_limit: 4,
             conn_queue: 512,
+            conn_queue_bytes: 1 << 20,
             ike_queue: 64,
+            ike_queue_bytes: 512 * 1024,
             plain_queue: 1024,
             ike_bytes_per_conn: 256 * 1024,
             ike_bytes_total: 8 * 1024 * 1024,
@@ -119,9 +127,8 @@ struct ConnState {
     role: TcpRole,
     token: Option<u64>,
     decoder: FrameDecoder,
-    /// Frames (and the prefix) waiting for send space; `sent` bytes of the front one are gone.
-    out: VecDeque<Packet>,
-    sent: usize,
+    /// Frames (and the prefix) waiting for send space.
+    out: SendQueue,
     /// IKE SAs bound to this connection (one, two during an IKE SA rekey; RFC 9329 §6.1).
     ike_sas: Vec<IkeSaId>,
     health: Health,
@@ -604,7 +611,10 @@ impl Engine {
         };
         if msg.is_empty()
             || msg.len() > MAX_IKE_MESSAGE_LEN
-            || c.out.len() >= self.cfg.conn_queue + self.cfg.ike_queue
+            || c.out.reached(
+                self.cfg.conn_queue + self.cfg.ike_queue,
+                self.cfg.conn_queue_bytes + self.cfg.ike_queue_bytes,
+            )
         {
             bump(&self.stats.queue_full, 1);
             return;
@@ -621,7 +631,7 @@ impl Engine {
         if crate::wire::frame::encode_ike(msg, out).is_err() {
             return;
         }
-        c.out.push_back(p);
+        c.out.push(p);
         bump(&self.stats.ike_out, 1);
         self.flush_conn(t, conn);
     }
@@ -659,8 +669,7 @@ impl Engine {
             role,
             token,
             decoder: FrameDecoder::new(role),
-            out: VecDeque::new(),
-            sent: 0,
+            out: SendQueue::default(),
             ike_sas: Vec::new(),
             health: Health::default(),
             in_backlog: false,
@@ -673,7 +682,7 @@ impl Engine {
         if !prefix.is_empty() {
             let mut p = self.pool.get();
             if p.fill_from(prefix) {
-                st.out.push_back(p);
+                st.out.push(p);
             }
             enc.mark_prefix_sent();
         }
@@ -694,9 +703,7 @@ impl Engine {
             bump(&self.stats.conns_down, 1);
             // A frame cut off by the end of the stream is discarded (RFC 9329 §6.1).
             st.decoder.finish();
-            for p in st.out.drain(..) {
-                self.pool.put(p);
-            }
+            st.out.clear(&mut self.pool);
             // The SAs stay (RFC 9329 §6.1, R-6.1-f); only the path is gone until a new
             // connection carries a valid message or control binds one.
             for g in self.groups.values_mut() {
@@ -977,7 +984,7 @@ impl Engine {
                         self.pool.put(p);
                         continue;
                     };
-                    c.out.push_back(p);
+                    c.out.push(p);
                     if !touched.contains(&conn) {
                         touched.push(conn);
                     }
@@ -989,6 +996,7 @@ impl Engine {
                     // IKE messages always find room behind it.
                     self.flush_conn(t, conn);
                     if self.queue_full(conn) {
+                        bump(&self.stats.queue_held, 1);
                         pending.push_front((p, forwarded));
                         self.held = pending;
                         break;
@@ -1048,9 +1056,10 @@ impl Engine {
     }
 
     fn queue_full(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| c.out.len() >= self.cfg.conn_queue)
+        self.conns.get(&conn).is_some_and(|c| {
+            c.out
+                .reached(self.cfg.conn_queue, self.cfg.conn_queue_bytes)
+        })
     }
 
     /// SPD lookup and ESP encapsulation of one packet, in place, turned into an RFC 9329 frame.
@@ -1181,38 +1190,17 @@ impl Engine {
             return;
         };
         loop {
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(FLUSH_BURST);
-            let mut total = 0;
-            for (i, p) in c.out.iter().take(FLUSH_BURST).enumerate() {
-                let d = if i == 0 {
-                    p.data().get(c.sent..).unwrap_or(&[])
-                } else {
-                    p.data()
-                };
-                total += d.len();
-                iov.push(IoSlice::new(d));
-            }
+            let iov = c.out.slices(FLUSH_BURST);
             if iov.is_empty() {
                 return;
             }
+            let total: usize = iov.iter().map(|s| s.len()).sum();
             let sent = match t.send_vectored(id, &iov) {
                 Ok(n) => n,
                 Err(_) => return,
             };
             drop(iov);
-            let mut left = sent;
-            while let Some(front) = c.out.front() {
-                let rest = front.len().saturating_sub(c.sent);
-                if left < rest {
-                    c.sent += left;
-                    break;
-                }
-                left -= rest;
-                c.sent = 0;
-                if let Some(p) = c.out.pop_front() {
-                    self.pool.put(p);
-                }
-            }
+            c.out.consume(sent, &mut self.pool);
             if sent < total {
                 return;
             }

@@ -6,6 +6,7 @@ mod directory;
 mod engine;
 mod forward;
 pub mod handle;
+mod send_queue;
 pub mod spd;
 pub mod stats;
 

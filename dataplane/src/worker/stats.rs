@@ -79,8 +79,11 @@ counters! {
     no_connection,
     /// Inner packets that could not be encapsulated (sequence exhausted, malformed).
     encap_errors,
-    /// Inner packets dropped because the connection's queue was full.
+    /// IKE messages dropped because the connection's queue was full (frames or bytes).
     queue_full,
+    /// Times the worker stopped reading plaintext because a connection's send queue reached its
+    /// frame or byte bound (`[limits] queued_bytes_per_connection`): backpressure, no drop.
+    queue_held,
     /// Inner packets passed to the worker holding their outbound SA (see `worker::forward`).
     fwd_out,
     /// Inner packets taken from this worker's inbox (forwarded by another worker).

@@ -29,6 +29,8 @@ struct FakeConn {
     /// Bytes the engine wrote.
     tx: Vec<u8>,
     closed: Option<bool>,
+    /// Bytes TCP would still take (`None`: any number); `Some(0)` is a peer's zero window.
+    window: Option<usize>,
 }
 
 #[derive(Default)]
@@ -67,6 +69,9 @@ impl FakeTransport {
     }
     fn closed(&self, id: ConnId) -> Option<bool> {
         self.conns.get(&id).and_then(|c| c.closed)
+    }
+    fn set_window(&mut self, id: ConnId, window: Option<usize>) {
+        self.conns.get_mut(&id).expect("conn").window = window;
     }
     fn drop_conn(&mut self, id: ConnId, reason: CloseReason) {
         self.events.push(TransportEvent::Down { conn: id, reason });
@@ -119,8 +124,12 @@ impl Transport for FakeTransport {
     fn send(&mut self, conn: ConnId, data: &[u8]) -> io::Result<usize> {
         match self.conns.get_mut(&conn) {
             Some(c) if c.closed.is_none() => {
-                c.tx.extend_from_slice(data);
-                Ok(data.len())
+                let n = c.window.map_or(data.len(), |w| w.min(data.len()));
+                if let Some(w) = &mut c.window {
+                    *w -= n;
+                }
+                c.tx.extend_from_slice(&data[..n]);
+                Ok(n)
             }
             _ => Err(io::ErrorKind::NotConnected.into()),
         }
@@ -1038,4 +1047,63 @@ fn report_sas_gives_each_sas_counters() {
         sas.iter()
             .any(|c| c.spi == SPI_OUT && c.dir == Direction::Outbound && c.packets == 0)
     );
+}
+
+/// Plaintext sent while a peer's window is closed, until the engine holds back; then the
+/// window opens and everything queued and held goes out in order. Returns how many packets were
+/// queued before the hold and the length of one frame.
+fn queued_until_held(cfg: EngineConfig) -> (usize, usize) {
+    let mut r = Rig::new(cfg);
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    r.t.set_window(a, Some(0));
+    let mut sent = 0u32;
+    while !r.engine.backpressured() && sent < 2000 {
+        r.send_plain(sent);
+        r.step();
+        sent += 1;
+    }
+    assert!(
+        r.engine.backpressured(),
+        "a closed window stops the plaintext side"
+    );
+    assert!(r.t.take_tx(a).is_empty());
+    assert_eq!(r.engine.stats().snapshot().queue_held, 1);
+    r.t.set_window(a, None);
+    r.step();
+    r.engine.send_plain(&mut r.t, &mut Vec::new());
+    r.step();
+    assert!(!r.engine.backpressured());
+    let tx = r.t.take_tx(a);
+    let (nums, _) = r.peer.read(&tx, Role::Responder);
+    assert_eq!(
+        nums,
+        (0..sent).collect::<Vec<_>>(),
+        "nothing lost, in order"
+    );
+    let queued = sent as usize - 1;
+    (queued, tx.len() / sent as usize)
+}
+
+#[test]
+fn a_zero_window_peer_holds_at_most_the_queue_byte_bound() {
+    let bound = 2000;
+    let (queued, frame) = queued_until_held(EngineConfig {
+        conn_queue_bytes: bound,
+        ..EngineConfig::default()
+    });
+    assert!(
+        queued * frame >= bound && (queued - 1) * frame < bound,
+        "{queued} frames of {frame} B queued for a {bound} B bound"
+    );
+    // The frame bound alone (the byte bound out of reach) lets `conn_queue` frames wait.
+    let (queued, _) = queued_until_held(EngineConfig {
+        conn_queue: 40,
+        conn_queue_bytes: usize::MAX / 2,
+        ..EngineConfig::default()
+    });
+    assert_eq!(queued, 40);
 }

@@ -154,6 +154,11 @@ pub struct Limits {
     /// `ike_sa_init_per_source`: IKE_SA_INIT requests per second processed from one source
     /// address (IPv6: /64); more are dropped unanswered. Default 50; 0: no limit.
     pub ike_sa_init_per_source: u32,
+    /// `queued_bytes_per_connection`: bytes of frames a connection may have waiting for TCP
+    /// send space (beyond what the kernel's or smoltcp's socket buffer holds) before its worker
+    /// stops reading plaintext for it; 64 KiB..=64 MiB, default 1 MiB. With the frame bound
+    /// (512) it caps what a peer with a zero window costs, and keeps the outer queue short.
+    pub queued_bytes_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -167,6 +172,7 @@ impl Default for Limits {
             cookie_threshold: 1024,
             puzzle_difficulty: 16,
             ike_sa_init_per_source: 50,
+            queued_bytes_per_connection: 1 << 20,
         }
     }
 }

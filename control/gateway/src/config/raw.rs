@@ -36,6 +36,7 @@ pub(super) struct RawLimits {
     pub cookie_threshold: Option<Spanned<i64>>,
     pub puzzle_difficulty: Option<Spanned<i64>>,
     pub ike_sa_init_per_source: Option<Spanned<i64>>,
+    pub queued_bytes_per_connection: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

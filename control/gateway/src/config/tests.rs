@@ -99,6 +99,7 @@ half_open_timeout = "20s"
 cookie_threshold = 0
 puzzle_difficulty = 20
 ike_sa_init_per_source = 10
+queued_bytes_per_connection = 262144
 
 [[connection]]
 name = "site-b"
@@ -167,6 +168,7 @@ fn full_example_parses_to_the_expected_values() {
             cookie_threshold: 0,
             puzzle_difficulty: 20,
             ike_sa_init_per_source: 10,
+            queued_bytes_per_connection: 262_144,
         }
     );
     let g = &c.gateway;

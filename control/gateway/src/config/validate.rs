@@ -198,6 +198,10 @@ impl Validator<'_> {
                 None => d.ike_sa_init_per_source,
                 Some(v) => self.int(v, "ike_sa_init_per_source", 0..=1 << 20)?,
             },
+            queued_bytes_per_connection: match &l.queued_bytes_per_connection {
+                None => d.queued_bytes_per_connection,
+                Some(v) => self.int(v, "queued_bytes_per_connection", 1 << 16..=1 << 26)?,
+            },
         })
     }
 

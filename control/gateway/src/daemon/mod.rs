@@ -121,6 +121,8 @@ pub struct Daemon {
     last_counters: Instant,
     /// The transports' refusal count at the last log line about them, and when it was.
     refusals_logged: (u64, Instant),
+    /// The same for the workers' `queue_held` count.
+    queue_holds_logged: (u64, Instant),
     reloads: (u64, u64),
 }
 
@@ -269,6 +271,7 @@ impl Daemon {
             started: now,
             last_counters: now,
             refusals_logged: (0, now),
+            queue_holds_logged: (0, now),
             reloads: (0, 0),
         };
         // The connections live in `conns` from here on.
@@ -302,12 +305,24 @@ impl Daemon {
         Ok(())
     }
 
-    /// Logs, at most once per [`REFUSAL_LOG_INTERVAL`], how many connections the transports
-    /// refused by a limit since the last such line: one line for a flood, not one per SYN.
+    /// Logs, at most once per [`REFUSAL_LOG_INTERVAL`] each, how many connections the
+    /// transports refused by a limit, and how often a connection's send queue reached its bound,
+    /// since the last such line: one line for a flood, not one per SYN.
     fn note_refusals(&mut self, now: Instant) {
-        let (refused, untrusted) = (0..self.cfg.gateway.workers)
+        let (refused, untrusted, held) = (0..self.cfg.gateway.workers)
             .filter_map(|w| self.workers.handle.worker_stats(w as u16))
-            .fold((0, 0), |(r, u), s| (r + s.tcp_refused, u + s.tcp_untrusted));
+            .fold((0, 0, 0), |(r, u, h), s| {
+                (r + s.tcp_refused, u + s.tcp_untrusted, h + s.queue_held)
+            });
+        let (last, at) = self.queue_holds_logged;
+        if held > last && now.duration_since(at) >= REFUSAL_LOG_INTERVAL {
+            // Info, not a warning: under a bulk transfer this is TCP's ordinary backpressure.
+            tracing::info!(
+                times = held - last,
+                "a connection's send queue reached [limits] queued_bytes_per_connection or 512 frames; plaintext for it waited (a slow path, or a peer not reading)"
+            );
+            self.queue_holds_logged = (held, now);
+        }
         let (last, at) = self.refusals_logged;
         if refused > last && now.duration_since(at) >= REFUSAL_LOG_INTERVAL {
             tracing::warn!(

@@ -15,7 +15,7 @@ use iketcp_dataplane::port::tun::{Tun, TunConfig};
 use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
 use iketcp_dataplane::worker::handle::{DataplaneHandle, EVENT_QUEUE, gateway_channels};
-use iketcp_dataplane::worker::{WorkerConfig, spawn};
+use iketcp_dataplane::worker::{EngineConfig, WorkerConfig, spawn};
 
 use crate::config::{GatewayConfig, OuterTransport};
 
@@ -60,6 +60,10 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
     let wcfg = |i: usize| WorkerConfig {
         core: cores.get(i % cores.len().max(1)).copied().flatten(),
         mss_clamp: cfg.tun.mss_clamp.then_some(cfg.tun.mtu),
+        engine: EngineConfig {
+            conn_queue_bytes: cfg.limits.queued_bytes_per_connection,
+            ..EngineConfig::default()
+        },
         ..WorkerConfig::default()
     };
     let mut joins = Vec::with_capacity(n);
