@@ -68,6 +68,11 @@ pub struct EngineConfig {
     pub ike_queue: usize,
     /// Bytes of IKE allowed beyond `conn_queue_bytes`, likewise.
     pub ike_queue_bytes: usize,
+    /// Tries in a row to add a packet to a full connection queue, with TCP taking nothing in
+    /// between, after which that connection's peer counts as stalled (a zero window, a dead
+    /// path): its packets are then dropped (`queue_full`) instead of held, so one stalled peer
+    /// never stops the plaintext of every other tunnel of the worker. Any byte TCP takes ends it.
+    pub stall_tries: u32,
     /// Decrypted packets waiting for the plaintext port; past it the worker stops reading TCP.
     pub plain_queue: usize,
     /// IKE bytes of one connection handed to control and not yet consumed; past it the worker
@@ -86,6 +91,9 @@ impl Default for EngineConfig {
             conn_queue_bytes: 1 << 20,
             ike_queue: 64,
             ike_queue_bytes: 512 * 1024,
+            // A few milliseconds of the worker's loop: far longer than a busy connection waits
+            // for its next ACK, far shorter than a retransmission timeout.
+            stall_tries: 4096,
             plain_queue: 1024,
             ike_bytes_per_conn: 256 * 1024,
             ike_bytes_total: 8 * 1024 * 1024,
@@ -991,12 +999,32 @@ impl Engine {
                 }
                 Err(Encap::Full(conn)) => {
                     // The connection's queue is full: try to write it out; if TCP takes nothing,
-                    // keep this packet (not yet encapsulated) and the rest for the next loop.
+                    // keep this packet (not yet encapsulated) and the rest for the next loop,
+                    // unless the peer has stalled: then drop it and go on with the rest.
                     // Checking before encapsulation keeps the queue at `conn_queue` frames, so
                     // IKE messages always find room behind it.
                     self.flush_conn(t, conn);
-                    if self.queue_full(conn) {
-                        bump(&self.stats.queue_held, 1);
+                    let tries = match self.conns.get_mut(&conn) {
+                        Some(c)
+                            if c.out
+                                .reached(self.cfg.conn_queue, self.cfg.conn_queue_bytes) =>
+                        {
+                            c.out.note_blocked()
+                        }
+                        _ => 0,
+                    };
+                    if tries >= self.cfg.stall_tries {
+                        if !forwarded {
+                            bump(&self.stats.plain_in, 1);
+                        }
+                        bump(&self.stats.queue_full, 1);
+                        self.pool.put(p);
+                        continue;
+                    }
+                    if tries > 0 {
+                        if tries == 1 {
+                            bump(&self.stats.queue_held, 1);
+                        }
                         pending.push_front((p, forwarded));
                         self.held = pending;
                         break;

@@ -14,6 +14,8 @@ pub(crate) struct SendQueue {
     /// Bytes not yet handed to TCP (all frames, less `sent`).
     bytes: usize,
     sent: usize,
+    /// Tries in a row to add to the full queue with TCP taking nothing in between.
+    blocked_tries: u32,
 }
 
 impl SendQueue {
@@ -48,8 +50,18 @@ impl SendQueue {
             .collect()
     }
 
+    /// A packet found the queue full even after a write: returns how many tries in a row did
+    /// since TCP last took bytes (1 for the first).
+    pub(crate) fn note_blocked(&mut self) -> u32 {
+        self.blocked_tries = self.blocked_tries.saturating_add(1);
+        self.blocked_tries
+    }
+
     /// TCP took `n` bytes: whole frames go back to the pool.
     pub(crate) fn consume(&mut self, mut n: usize, pool: &mut PacketPool) {
+        if n > 0 {
+            self.blocked_tries = 0;
+        }
         self.bytes = self.bytes.saturating_sub(n);
         while let Some(front) = self.frames.front() {
             let rest = front.len().saturating_sub(self.sent);
@@ -104,6 +116,18 @@ mod tests {
         q.consume(500, &mut pool);
         assert!(q.is_empty());
         assert_eq!(q.bytes, 0);
+    }
+
+    #[test]
+    fn blocked_tries_count_until_tcp_takes_bytes() {
+        let mut pool = PacketPool::new(2048, 8);
+        let mut q = SendQueue::default();
+        q.push(frame(&mut pool, 100));
+        assert_eq!(q.note_blocked(), 1);
+        q.consume(0, &mut pool);
+        assert_eq!(q.note_blocked(), 2, "nothing taken: still blocked");
+        q.consume(1, &mut pool);
+        assert_eq!(q.note_blocked(), 1);
     }
 
     #[test]

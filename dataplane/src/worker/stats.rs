@@ -79,7 +79,8 @@ counters! {
     no_connection,
     /// Inner packets that could not be encapsulated (sequence exhausted, malformed).
     encap_errors,
-    /// IKE messages dropped because the connection's queue was full (frames or bytes).
+    /// Packets dropped because their connection's queue was full: IKE messages past the IKE
+    /// allowance, inner packets once the connection's peer stalled (`EngineConfig::stall_tries`).
     queue_full,
     /// Times the worker stopped reading plaintext because a connection's send queue reached its
     /// frame or byte bound (`[limits] queued_bytes_per_connection`): backpressure, no drop.

@@ -1107,3 +1107,49 @@ fn a_zero_window_peer_holds_at_most_the_queue_byte_bound() {
     });
     assert_eq!(queued, 40);
 }
+
+#[test]
+fn a_stalled_peer_gets_drops_not_a_hold_on_the_whole_worker() {
+    let mut r = Rig::new(EngineConfig {
+        conn_queue: 4,
+        stall_tries: 3,
+        ..EngineConfig::default()
+    });
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f = r.peer.esp_frame(1);
+    r.t.feed(a, &f);
+    r.step();
+    assert_eq!(r.delivered(), vec![1]);
+    r.t.set_window(a, Some(0));
+    for n in 0..5 {
+        r.send_plain(n);
+    }
+    assert!(
+        r.engine.backpressured(),
+        "held at first: a full queue may drain at once"
+    );
+    // Two more tries find TCP taking nothing; the third gives up on the peer.
+    r.engine.send_plain(&mut r.t, &mut Vec::new());
+    assert!(r.engine.backpressured());
+    r.engine.send_plain(&mut r.t, &mut Vec::new());
+    assert!(
+        !r.engine.backpressured(),
+        "the stalled peer's packet is dropped"
+    );
+    for n in 5..10 {
+        r.send_plain(n);
+        assert!(
+            !r.engine.backpressured(),
+            "plaintext keeps flowing for other peers"
+        );
+    }
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.queue_full, s.queue_held), (6, 1));
+    // The window opens: the queue drains and the connection is no longer stalled.
+    r.t.set_window(a, None);
+    r.step();
+    r.send_plain(10);
+    r.step();
+    let (nums, _) = r.peer.read(&r.t.take_tx(a), Role::Responder);
+    assert_eq!(nums, vec![0, 1, 2, 3, 10]);
+}
