@@ -20,7 +20,9 @@
 # KEYLOG_DIR/gwB; secrets), ESP_PROPOSALS (comma-separated, e.g. aes256gcm16-noesn, for both),
 # ATTACKER (any value: a hostile host, namespace $LAB-atk, 192.0.2.65-126, wired to gwB),
 # LIMITS_B (lines of gwB's [limits] section, \n-separated), TUNNELS (N tunnels between host
-# address pairs instead of one between the sites), REKEY_TIME, CHILD_REKEY_TIME.
+# address pairs instead of one between the sites), REKEY_TIME, CHILD_REKEY_TIME, PEER_C (any
+# value: a third gateway gwC, namespace $LAB-gwC, 192.0.2.130 wired to gwB, with a tunnel of its
+# own from its address 198.51.100.200 inside to hostB's site).
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -31,7 +33,7 @@ TRANSPORT_B=${TRANSPORT_B:-kernel}
 WORKERS=${WORKERS:-1}
 KEYLOG_DIR=${KEYLOG_DIR:-}
 ESP_PROPOSALS=${ESP_PROPOSALS:-}
-HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB AT=$LAB-atk
+HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB AT=$LAB-atk GC=$LAB-gwC
 
 config_a() {
     cat <<CFG
@@ -88,6 +90,53 @@ $(esp_line)
 CFG
 }
 
+# gwC (PEER_C): one more site behind gwB, a single host (gwC itself, 198.51.100.200).
+config_c() {
+    cat <<CFG
+[gateway]
+workers = 1
+transport = "kernel"
+listen = ["192.0.2.130"]
+control_socket = "$DIR/gwC.sock"
+log_level = "debug"
+
+[tun]
+name = "iketcp0"
+addresses = ["198.51.100.200/32"]
+mss_clamp = true
+
+[[connection]]
+name = "site-b"
+local_addrs = ["192.0.2.130"]
+remote_addrs = ["192.0.2.2"]
+local_id = "@c.example"
+remote_id = "@b.example"
+psk_file = "psk.secret"
+local_ts = ["198.51.100.200/32"]
+remote_ts = ["203.0.113.0/24"]
+start = "initiate"
+dpd_delay = "5s"
+CFG
+}
+
+# gwB's side of gwC's tunnel.
+config_b_for_c() {
+    cat <<CFG
+
+[[connection]]
+name = "site-c"
+local_addrs = ["192.0.2.2"]
+remote_addrs = "%any"
+local_id = "@b.example"
+remote_id = "@c.example"
+psk_file = "psk.secret"
+local_ts = ["203.0.113.0/24"]
+remote_ts = ["198.51.100.200/32"]
+start = "listen"
+dpd_delay = "30s"
+CFG
+}
+
 config_b() {
     cat <<CFG
 [gateway]
@@ -118,6 +167,7 @@ mss_clamp = true
 [limits]
 $(printf '%b' "${LIMITS_B:-}")
 CFG
+    if [ -n "${PEER_C:-}" ]; then config_b_for_c; fi
     if [ -n "${TUNNELS:-}" ]; then
         for i in $(seq 0 $((TUNNELS - 1))); do
             cat <<CFG
@@ -230,23 +280,35 @@ net() {
         ns $AT ip link set atk0 up
         ns $AT ip route add 192.0.2.2/32 dev atk0
     fi
+    if [ -n "${PEER_C:-}" ]; then
+        ip netns add $GC
+        ns $GC ip link set lo up
+        ip link add gc1 netns $GC type veth peer name gb3 netns $GB
+        ns $GB ip link set gb3 up
+        ns $GB ip route add 192.0.2.128/26 dev gb3
+        ns $GC ip addr add 192.0.2.130/26 dev gc1
+        ns $GC ip link set gc1 up
+        ns $GC ip route add 192.0.2.2/32 dev gc1
+    fi
     # Checksums of veth traffic are left to the receiver; smoltcp on the TAP needs them filled.
     ns $GA ethtool -K ga1 tx off >/dev/null 2>&1 || true
     (umask 077; printf 'iketcp lab pre-shared key, not for real use\n' >"$DIR/psk.secret")
     config_a >"$DIR/gwA.toml"
     config_b >"$DIR/gwB.toml"
     chmod 600 "$DIR/gwA.toml" "$DIR/gwB.toml"
+    if [ -n "${PEER_C:-}" ]; then config_c >"$DIR/gwC.toml"; chmod 600 "$DIR/gwC.toml"; fi
 }
 
 up() {
     net
     start gwB
     start gwA
+    if [ -n "${PEER_C:-}" ]; then start gwC; fi
 }
 
 start() {
     local g=$1 n
-    case $g in gwA) n=$GA ;; gwB) n=$GB ;; *) echo "no gateway $g" >&2; exit 2 ;; esac
+    case $g in gwA) n=$GA ;; gwB) n=$GB ;; gwC) n=$GC ;; *) echo "no gateway $g" >&2; exit 2 ;; esac
     # Not through a function: $! must be the gateway itself (ip netns exec execs it).
     ip netns exec "$n" "$BIN" gateway --config "$DIR/$g.toml" --no-pin >>"$DIR/$g.log" 2>&1 &
     echo $! >"$DIR/$g.pid"
@@ -279,7 +341,10 @@ stop() {
 }
 
 status() {
-    for g in gwA gwB; do echo "== $g"; "$BIN" status --socket "$DIR/$g.sock" || true; done
+    for g in gwA gwB gwC; do
+        [ -S "$DIR/$g.sock" ] || continue
+        echo "== $g"; "$BIN" status --socket "$DIR/$g.sock" || true
+    done
 }
 
 # iperf3 receiver Gbit/s of one run: bench_one NS_CLIENT NS_SERVER ADDR STREAMS SECS
@@ -312,7 +377,8 @@ bench() {
 down() {
     stop gwA KILL || true
     stop gwB KILL || true
-    for n in $HA $GA $GB $HB $AT; do ip netns del "$n" 2>/dev/null || true; done
+    stop gwC KILL || true
+    for n in $HA $GA $GB $HB $AT $GC; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$DIR"
 }
 
@@ -324,5 +390,5 @@ case ${1:-} in
     stop) stop "$2" "${3:-TERM}" ;;
     status) status ;;
     bench) bench ;;
-    *) sed -n '2,21p' "$0"; exit 2 ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
 esac
