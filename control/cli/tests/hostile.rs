@@ -16,6 +16,8 @@
 )]
 
 mod common;
+#[path = "hostile_ike/skf.rs"]
+mod skf;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -1113,6 +1115,171 @@ fn syn_flood_against_the_smoltcp_transport() {
     );
 }
 
+/// IKE fragments that never complete (RFC 7383 §2.5): 200 initiators from the attacker's
+/// addresses each do IKE_SA_INIT (which needs no credentials, so their fragments pass the
+/// integrity check under keys of their own) and then send fragments 1..63 of a 64-fragment
+/// IKE_AUTH, 1,000 bytes each, and never the last. Each half-open IKE SA holds at most one
+/// reassembly of at most 64 fragments and 64 KiB (`cookie_threshold` × 64 KiB per listener at
+/// most before puzzles); the half-open timeout drops them and the idle timeout closes the
+/// connections. First, one initiator sends a complete two-fragment IKE_AUTH and must get an
+/// answer: the fragments are really reassembled, not dropped as malformed. The tunnel's SAs
+/// are untouched throughout.
+#[test]
+fn ike_fragments_that_never_complete() {
+    use iketcp_control::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, PrfAlg};
+    use iketcp_control::ike::session::{Config, Output, PskAuth, Session, SpiPool};
+    use iketcp_control::ike::wire::{Identity, TrafficSelector, TsRange};
+
+    const SESSIONS: usize = 200;
+    const HALF_OPEN: Duration = Duration::from_secs(5);
+    let _g = LAB_LOCK.lock();
+    if let Some(why) = unavailable() {
+        println!("SKIP IKE fragments: {why}");
+        return;
+    }
+    let lab = Lab::with_env(
+        "itf",
+        "kernel",
+        &[
+            ("WORKERS", "1"),
+            ("ATTACKER", "1"),
+            ("LIMITS_B", "half_open_timeout = \"5s\""),
+        ],
+    );
+    lab.ok(&["up"]);
+    lab.established(Duration::from_secs(20));
+    lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(20));
+    let before = sas(&lab);
+    let (rss0, fds0) = footprint(&lab);
+
+    /// IKE_SA_INIT with gwB from attacker address `i`: the connection, the IKE_AUTH request
+    /// the initiator would send next, and its key.
+    fn half_open(i: usize) -> Option<(TcpStream, Vec<u8>, skf::InitiatorKey)> {
+        let suite = IkeSuite::new(
+            EncrAlg::AesGcm16_256,
+            PrfAlg::HmacSha256,
+            None,
+            DhGroup::Curve25519,
+        )
+        .ok()?;
+        let any = TrafficSelector::Ipv4(TsRange {
+            ip_protocol: 0,
+            start_port: 0,
+            end_port: 65535,
+            start_addr: Ipv4Addr::UNSPECIFIED,
+            end_addr: Ipv4Addr::BROADCAST,
+        });
+        let cfg = Config {
+            local_id: Identity::Fqdn(format!("frag{i}.example").into_bytes()),
+            remote_id: Identity::Fqdn(b"b.example".to_vec()),
+            auth: PskAuth::shared(b"not the key"),
+            ike_proposals: vec![suite],
+            esp_proposals: vec![(EspSuite::AesGcm16_256, false)],
+            // An IKE_AUTH request carries traffic selectors (RFC 7296 §3.13: at least one).
+            ts_local: vec![any.clone()],
+            ts_remote: vec![any],
+            spi_pool: SpiPool::new(),
+        };
+        let src = attacker(i % 62);
+        let mut s = connect_from(src, GW_B).ok()?;
+        let local = std::net::SocketAddr::V4(SocketAddrV4::new(src, 0));
+        let (mut session, init) =
+            Session::initiator(cfg, local, std::net::SocketAddr::V4(GW_B), Instant::now()).ok()?;
+        let mut out = b"IKETCP".to_vec();
+        out.extend(frame(&[&[0u8; 4][..], &init].concat()));
+        s.write_all(&out).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let resp = read_frame(&mut s)?;
+        let auth = session
+            .handle(resp.get(4..)?, Instant::now())
+            .ok()?
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Send(m) => Some(m),
+                _ => None,
+            })?;
+        let key = skf::InitiatorKey::from_keylog(&session.keylog_ike()?);
+        Some((s, auth, key))
+    }
+
+    let (answered, mut conns, sent) = in_ns(&lab.ns("atk"), move || {
+        // A complete IKE_AUTH in two fragments: answered (AUTHENTICATION_FAILED: the wrong key).
+        let (mut s, auth, key) = half_open(SESSIONS).expect("IKE_SA_INIT with gwB");
+        let (first, chain) = key.open(&auth);
+        let half = chain.len() / 2;
+        let mut out = Vec::new();
+        for (n, part) in [(1u16, &chain[..half]), (2, &chain[half..])] {
+            let f = key.fragment(&auth, first, n, 2, part);
+            out.extend(frame(&[&[0u8; 4][..], &f].concat()));
+        }
+        s.write_all(&out).unwrap();
+        let answered = read_frame(&mut s).is_some_and(|r| {
+            // An IKE_AUTH response to our SPIs (header flags: the R bit).
+            r.len() > 4 + 28 && r[4 + 18] == 35 && r[4 + 19] & 0x20 != 0
+        });
+        // The flood: fragments 1..63 of 64, never the 64th.
+        let (mut conns, mut sent) = (Vec::new(), 0usize);
+        for i in 0..SESSIONS {
+            let Some((mut s, auth, key)) = half_open(i) else {
+                continue;
+            };
+            let mut out = Vec::new();
+            for n in 1..64u16 {
+                let f = key.fragment(
+                    &auth,
+                    35,
+                    n,
+                    64,
+                    &pseudo_random(1000, (i * 64) as u64 + u64::from(n)),
+                );
+                out.extend(frame(&[&[0u8; 4][..], &f].concat()));
+            }
+            if s.write_all(&out).is_ok() {
+                sent += 1;
+                conns.push(s);
+            }
+        }
+        (answered, conns, sent)
+    });
+    assert!(
+        answered,
+        "a complete fragmented IKE_AUTH gets an answer\n{}",
+        lab.logs()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss1, fds1) = footprint(&lab);
+    // Past the half-open timeout and the idle timeout every attacker connection is closed.
+    let t0 = Instant::now();
+    let mut closed = count_closed(&mut conns);
+    while closed < conns.len() && t0.elapsed() < HALF_OPEN + IDLE_TIMEOUT + Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+        closed = count_closed(&mut conns);
+    }
+    let held = conns.len();
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss2, fds2) = footprint(&lab);
+    println!(
+        "[hostile] {sent} half-open IKE SAs each holding 63 of 64 IKE fragments (63,000 bytes): gwB RSS {rss0} -> {rss1} -> {rss2} KiB, fds {fds0} -> {fds1} -> {fds2}; {closed} of {held} connections closed by gwB after the half-open and idle timeouts"
+    );
+    assert!(
+        sent >= SESSIONS * 9 / 10,
+        "only {sent} of {SESSIONS} half-open IKE SAs set up"
+    );
+    // The bound: 64 KiB per half-open IKE SA and its connection's buffers; twice that is slack
+    // for the allocator, far below what an unbounded reassembly would hold.
+    let bound = (SESSIONS as u64) * 2 * 64 + 16 * 1024;
+    assert!(
+        rss1 <= rss0 + bound,
+        "gwB RSS {rss0} -> {rss1} KiB (bound +{bound})"
+    );
+    assert_eq!(closed, held, "every connection closed by gwB");
+    assert!(fds2 <= fds0 + 8, "descriptors back to {fds2} (from {fds0})");
+    lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(10));
+    assert_eq!(sas(&lab), before, "the tunnel's SAs are untouched");
+}
+
 /// A peer that stops reading for a minute while another peer's tunnel runs beside it: gwA is
 /// stopped (SIGSTOP), so its kernel advertises a zero window once its receive buffer is full,
 /// while hostB sends 10,000 UDP datagrams of 1300 bytes a second towards hostA through the tunnel. gwB's
@@ -1215,7 +1382,11 @@ fn a_peer_that_stops_reading_for_a_minute_beside_another_tunnel() {
     );
     lab.ping_within("hostA", "203.0.113.10", Duration::from_secs(20));
     lab.ping_within("gwC", "203.0.113.10", Duration::from_secs(5));
-    assert_eq!(sas(&lab), before, "the SAs of both tunnels survive the stall");
+    assert_eq!(
+        sas(&lab),
+        before,
+        "the SAs of both tunnels survive the stall"
+    );
 }
 
 /// Replays on a new connection of frames captured off the wire (gwA to gwB): an ESP packet of
