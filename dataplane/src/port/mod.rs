@@ -3,6 +3,7 @@
 //! packet on their own: buffers come from the worker's [`PacketPool`].
 
 pub mod mem;
+pub mod offload;
 pub mod steer;
 pub mod tap;
 pub mod tun;

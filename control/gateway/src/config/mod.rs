@@ -307,6 +307,10 @@ pub struct TunSection {
     pub mtu: u16,
     /// `mss_clamp`: clamp the MSS of inner TCP SYNs to fit `mtu`. Default false.
     pub mss_clamp: bool,
+    /// `offload`: open the device with `IFF_VNET_HDR`, TSO and checksum offload, so inner TCP
+    /// comes in 64 KiB super-packets (cut into segments by the worker) and leaves as joined
+    /// ones. Default true.
+    pub offload: bool,
 }
 
 /// The default TUN MTU: the largest inner packet whose ESP packet, with its RFC 9329 framing,

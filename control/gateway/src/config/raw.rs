@@ -74,6 +74,7 @@ pub(super) struct RawTun {
     pub addresses: Option<Spanned<StrList>>,
     pub mtu: Option<Spanned<i64>>,
     pub mss_clamp: Option<bool>,
+    pub offload: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -89,6 +89,7 @@ name = "tun-test"
 addresses = ["198.51.100.1/32", "2001:db8:1::1/64"]
 mtu = 1400
 mss_clamp = true
+offload = false
 
 [limits]
 max_connections = 4096
@@ -215,6 +216,7 @@ fn full_example_parses_to_the_expected_values() {
             ],
             mtu: 1400,
             mss_clamp: true,
+            offload: false,
         }
     );
 
@@ -348,7 +350,8 @@ fn defaults() {
             name: "iketcp0".into(),
             addresses: vec![],
             mtu: 1408,
-            mss_clamp: false
+            mss_clamp: false,
+            offload: true,
         }
     );
     let a = &c.connections[0];

@@ -553,6 +553,7 @@ impl Validator<'_> {
             addresses,
             mtu,
             mss_clamp: t.mss_clamp.unwrap_or(false),
+            offload: t.offload.unwrap_or(true),
         })
     }
 

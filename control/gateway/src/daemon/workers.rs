@@ -45,6 +45,7 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
         name: cfg.tun.name.clone(),
         mtu: usize::from(cfg.tun.mtu),
         multi_queue: n > 1,
+        offload: cfg.tun.offload,
     };
     // Every queue is opened here, so the device exists (and can be configured) before any
     // worker runs, and an error stops the start-up cleanly.
