@@ -9,6 +9,7 @@ mod crypto;
 mod driver;
 mod ike;
 mod pipeline;
+mod plot;
 mod report;
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,8 @@ enum Cmd {
     Driver(driver::Args),
     /// The packet path end to end (crypto-only, tcp-only, pipeline, kernel) in one run.
     Pipeline(pipeline::Args),
+    /// Draws the tunnel comparison (`bench/tunnels/compare.sh`) as a PNG bar chart.
+    Plot(plot::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Ike(a) => ike::run(&a),
         Cmd::Driver(a) => driver::run(&a),
         Cmd::Pipeline(a) => pipeline::run(&a),
+        Cmd::Plot(a) => plot::run(&a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,7 +22,8 @@
 # LIMITS_B (lines of gwB's [limits] section, \n-separated), TUNNELS (N tunnels between host
 # address pairs instead of one between the sites), REKEY_TIME, CHILD_REKEY_TIME, PEER_C (any
 # value: a third gateway gwC, namespace $LAB-gwC, 192.0.2.130 wired to gwB, with a tunnel of its
-# own from its address 198.51.100.200 inside to hostB's site).
+# own from its address 198.51.100.200 inside to hostB's site), TUN_OFFLOAD (false: gwA's and
+# gwB's [tun] offload off).
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -50,6 +51,7 @@ $(keylog_line gwA)
 name = "iketcp0"
 addresses = ["198.51.100.1/32"]
 mss_clamp = true
+offload = ${TUN_OFFLOAD:-true}
 CFG
     if [ -n "${TUNNELS:-}" ]; then
         for i in $(seq 0 $((TUNNELS - 1))); do
@@ -163,6 +165,7 @@ CFG
 name = "iketcp0"
 addresses = ["203.0.113.1/32"]
 mss_clamp = true
+offload = ${TUN_OFFLOAD:-true}
 
 [limits]
 $(printf '%b' "${LIMITS_B:-}")

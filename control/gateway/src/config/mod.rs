@@ -215,6 +215,34 @@ pub struct GatewaySection {
     /// `mark`: SO_MARK on the outer TCP sockets (kernel transport), for policy routing. Off by
     /// default.
     pub mark: Option<u32>,
+    /// How the kernel transport's outer TCP sockets are tuned.
+    pub tcp: OuterTcp,
+}
+
+/// `tcp_nodelay`, `tcp_send_buffer`, `tcp_notsent_lowat` in `[gateway]` (kernel transport).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OuterTcp {
+    /// `tcp_nodelay`: TCP_NODELAY. Default true: each frame is a whole packet of the tunnel,
+    /// and Nagle's algorithm only delays the ones behind an unacknowledged small one (an ACK of
+    /// inner TCP, an IKE message) without saving anything.
+    pub nodelay: bool,
+    /// `tcp_send_buffer`: SO_SNDBUF in bytes; default unset (the kernel's autotuning).
+    pub send_buffer: Option<usize>,
+    /// `tcp_notsent_lowat`: TCP_NOTSENT_LOWAT in bytes, the most data the kernel holds that it
+    /// has not sent yet: the outer queue stays about one window long instead of the whole send
+    /// buffer (RFC 9329 §9: a long outer queue only adds delay to the inner flows). Default
+    /// 131072; 0 leaves it unset.
+    pub notsent_lowat: Option<u32>,
+}
+
+impl Default for OuterTcp {
+    fn default() -> Self {
+        OuterTcp {
+            nodelay: true,
+            send_buffer: None,
+            notsent_lowat: Some(128 * 1024),
+        }
+    }
 }
 
 /// The outer TCP transport.

@@ -55,6 +55,9 @@ pub(super) struct RawGateway {
     pub redial_max: Option<Spanned<NumOrStr>>,
     pub redial_attempts: Option<Spanned<i64>>,
     pub mark: Option<Spanned<i64>>,
+    pub tcp_nodelay: Option<bool>,
+    pub tcp_send_buffer: Option<Spanned<i64>>,
+    pub tcp_notsent_lowat: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

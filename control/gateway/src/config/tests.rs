@@ -970,3 +970,31 @@ fn mark_is_a_positive_32_bit_number() {
     parse_err("[gateway]\nmark = 0\n", 2, 8, "mark");
     parse_err("[gateway]\nmark = 4294967296\n", 2, 8, "mark");
 }
+
+#[test]
+fn outer_tcp_options_default_and_parse() {
+    let d = dir();
+    let path = gw(&d);
+    let c = parse("", &path).unwrap();
+    assert_eq!(c.gateway.tcp, OuterTcp::default());
+    assert_eq!(c.gateway.tcp.notsent_lowat, Some(131_072));
+    let c = parse(
+        "[gateway]\ntcp_nodelay = false\ntcp_send_buffer = 262144\ntcp_notsent_lowat = 0\n",
+        &path,
+    )
+    .unwrap();
+    assert_eq!(
+        c.gateway.tcp,
+        OuterTcp {
+            nodelay: false,
+            send_buffer: Some(262_144),
+            notsent_lowat: None,
+        }
+    );
+    parse_err(
+        "[gateway]\ntcp_send_buffer = 10\n",
+        2,
+        19,
+        "tcp_send_buffer",
+    );
+}

@@ -16,9 +16,9 @@ use super::raw::{
 };
 use super::{
     Auth, ConfigError, ConfigErrorKind, ConnectionConfig, DhGroup, EspSuite, GatewayConfig,
-    GatewaySection, IkeSuite, Limits, LogFormat, LogLevel, Mode, OuterTransport, PskSecret,
-    ReconnectProbe, RedialPolicy, RemoteAddrs, SmolNic, StartAction, TrafficSelector, TunSection,
-    default_tun_mtu, proposal, values,
+    GatewaySection, IkeSuite, Limits, LogFormat, LogLevel, Mode, OuterTcp, OuterTransport,
+    PskSecret, ReconnectProbe, RedialPolicy, RemoteAddrs, SmolNic, StartAction, TrafficSelector,
+    TunSection, default_tun_mtu, proposal, values,
 };
 use iketcp_control::ike::wire::MAX_SELECTORS;
 use iketcp_dataplane::sa::replay::{MAX_WINDOW, MIN_WINDOW};
@@ -464,9 +464,25 @@ impl Validator<'_> {
             Some(m) => Some(self.int(m, "mark", 1..=i64::from(u32::MAX))?),
             None => None,
         };
+        let d = OuterTcp::default();
+        let tcp = OuterTcp {
+            nodelay: g.tcp_nodelay.unwrap_or(d.nodelay),
+            send_buffer: match &g.tcp_send_buffer {
+                Some(v) => Some(self.int(v, "tcp_send_buffer", 4096..=1 << 30)?),
+                None => d.send_buffer,
+            },
+            notsent_lowat: match &g.tcp_notsent_lowat {
+                Some(v) => match self.int::<u32>(v, "tcp_notsent_lowat", 0..=1 << 30)? {
+                    0 => None,
+                    n => Some(n),
+                },
+                None => d.notsent_lowat,
+            },
+        };
         Ok(GatewaySection {
             workers,
             mark,
+            tcp,
             transport,
             listen,
             port,

@@ -73,6 +73,9 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
         OuterTransport::Kernel => {
             let kc = KernelConfig {
                 mark: cfg.gateway.mark,
+                nodelay: cfg.gateway.tcp.nodelay,
+                so_sndbuf: cfg.gateway.tcp.send_buffer,
+                notsent_lowat: cfg.gateway.tcp.notsent_lowat,
                 max_connections: cfg.limits.max_connections,
                 untrusted_total: cfg.limits.untrusted_connections,
                 untrusted_per_source: cfg.limits.untrusted_per_source,

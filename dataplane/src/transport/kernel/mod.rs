@@ -104,6 +104,9 @@ pub struct KernelConfig {
     pub so_rcvbuf: Option<usize>,
     /// SO_SNDBUF.
     pub so_sndbuf: Option<usize>,
+    /// TCP_NOTSENT_LOWAT: the most unsent bytes the socket takes; `send` stops (and `EPOLLOUT`
+    /// waits) above it, so the outer queue stays short while the window still fills.
+    pub notsent_lowat: Option<u32>,
     /// SO_KEEPALIVE with this idle time; probes every third of it, three of them.
     pub keepalive: Option<Duration>,
     /// Gives up a connect that is not up after this long (`Down { Timeout }`); `None` leaves it to
@@ -131,6 +134,7 @@ impl Default for KernelConfig {
             nodelay: true,
             so_rcvbuf: None,
             so_sndbuf: None,
+            notsent_lowat: None,
             keepalive: None,
             connect_timeout: None,
             close_timeout: Duration::from_secs(5),
@@ -679,6 +683,10 @@ impl KernelTransport {
     fn set_options(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         if self.cfg.nodelay {
             sys::set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        }
+        if let Some(n) = self.cfg.notsent_lowat {
+            let n = c_int::try_from(n).unwrap_or(c_int::MAX);
+            sys::set_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, n)?;
         }
         self.set_socket_options(fd)?;
         if let Some(idle) = self.cfg.keepalive {

@@ -177,9 +177,35 @@ fn four_mib_each_way_intact_and_in_order() {
         keepalive: Some(Duration::from_secs(30)),
         so_rcvbuf: Some(256 * 1024),
         so_sndbuf: Some(256 * 1024),
+        // A short unsent queue: sends stop early and resume on EPOLLOUT, nothing lost.
+        notsent_lowat: Some(16 * 1024),
         ..KernelConfig::default()
     };
     let mut p = pair(cfg.clone(), cfg, v4());
+    for (t, c) in [(&p.orig, p.oc), (&p.resp, p.rc)] {
+        let fd = t.slots[c.slot as usize]
+            .stream
+            .as_ref()
+            .unwrap()
+            .as_raw_fd();
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket, writing one int into `v` (its size in `len`).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&raw mut v).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(
+            (rc, v),
+            (0, 16 * 1024),
+            "TCP_NOTSENT_LOWAT set on both ends"
+        );
+    }
     // Lazily allocated: nothing read yet, no buffer.
     assert!(p.orig.slots[p.oc.slot as usize].rbuf.is_none());
     const LEN: usize = 4 << 20;
