@@ -104,36 +104,30 @@ pub fn run(a: &Args) -> Result<(), String> {
     let width = 0.8 / series.len() as f64;
     for (si, s) in series.iter().enumerate() {
         let color = Palette99::pick(si).to_rgba();
-        let rects: Vec<Rectangle<(f64, f64)>> = bars
+        // Where each of this series' bars starts, and its height.
+        let placed: Vec<(f64, f64)> = bars
             .iter()
             .filter(|b| &b.1 == s)
             .filter_map(|b| {
                 let ti = tunnels.iter().position(|t| t == &b.0)? as f64;
-                let x0 = ti + 0.1 + width * si as f64;
-                Some(Rectangle::new(
-                    [(x0, 0.0), (x0 + width * 0.9, b.2)],
-                    color.filled(),
-                ))
+                Some((ti + 0.1 + width * si as f64, b.2))
             })
             .collect();
+        let rects = placed
+            .iter()
+            .map(|&(x0, h)| Rectangle::new([(x0, 0.0), (x0 + width * 0.9, h)], color.filled()));
         chart
             .draw_series(rects)
             .map_err(|e| e.to_string())?
             .label(s.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
-        let labels: Vec<Text<'_, (f64, f64), String>> = bars
-            .iter()
-            .filter(|b| &b.1 == s)
-            .filter_map(|b| {
-                let ti = tunnels.iter().position(|t| t == &b.0)? as f64;
-                let x0 = ti + 0.1 + width * si as f64;
-                Some(Text::new(
-                    format!("{:.2}", b.2),
-                    (x0, b.2 + top * 0.01),
-                    ("sans-serif", 11).into_font(),
-                ))
-            })
-            .collect();
+        let labels = placed.iter().map(|&(x0, h)| {
+            Text::new(
+                format!("{h:.2}"),
+                (x0, h + top * 0.01),
+                ("sans-serif", 11).into_font(),
+            )
+        });
         chart.draw_series(labels).map_err(|e| e.to_string())?;
     }
     chart

@@ -637,16 +637,51 @@ fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// An IKE initiator of the attacker's, with its own identity and the wrong key: it can do
+/// IKE_SA_INIT (no credentials needed) and build the IKE_AUTH request that would follow.
+fn attacker_initiator(
+    id: String,
+    src: Ipv4Addr,
+) -> Option<(iketcp_control::ike::session::Session, Vec<u8>)> {
+    use iketcp_control::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, PrfAlg};
+    use iketcp_control::ike::session::{Config, PskAuth, Session, SpiPool};
+    use iketcp_control::ike::wire::{Identity, TrafficSelector, TsRange};
+
+    let suite = IkeSuite::new(
+        EncrAlg::AesGcm16_256,
+        PrfAlg::HmacSha256,
+        None,
+        DhGroup::Curve25519,
+    )
+    .ok()?;
+    // An IKE_AUTH request carries traffic selectors (RFC 7296 §3.13: at least one).
+    let any = TrafficSelector::Ipv4(TsRange {
+        ip_protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+        start_addr: Ipv4Addr::UNSPECIFIED,
+        end_addr: Ipv4Addr::BROADCAST,
+    });
+    let cfg = Config {
+        local_id: Identity::Fqdn(id.into_bytes()),
+        remote_id: Identity::Fqdn(b"b.example".to_vec()),
+        auth: PskAuth::shared(b"not the key"),
+        ike_proposals: vec![suite],
+        esp_proposals: vec![(EspSuite::AesGcm16_256, false)],
+        ts_local: vec![any.clone()],
+        ts_remote: vec![any],
+        spi_pool: SpiPool::new(),
+    };
+    let local = std::net::SocketAddr::V4(SocketAddrV4::new(src, 0));
+    Session::initiator(cfg, local, std::net::SocketAddr::V4(GW_B), Instant::now()).ok()
+}
+
 /// An IKE_SA_INIT flood from 62 addresses: past `cookie_threshold` half-open IKE SAs the
 /// gateway answers with COOKIE and PUZZLE (RFC 8019; no bare cookie over TCP, RFC 9329 §6.3)
 /// and keeps no state; a genuine initiator that starts meanwhile solves its puzzle and gets its
 /// IKE SA.
 #[test]
 fn ike_sa_init_flood_brings_in_puzzles() {
-    use iketcp_control::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, PrfAlg};
-    use iketcp_control::ike::session::{Config, PskAuth, Session, SpiPool};
-    use iketcp_control::ike::wire::Identity;
-
     const COOKIE: u16 = 16390;
     const PUZZLE: u16 = 16434;
     let _g = LAB_LOCK.lock();
@@ -666,34 +701,15 @@ fn ike_sa_init_flood_brings_in_puzzles() {
     lab.ok(&["up"]);
     lab.established(Duration::from_secs(20));
 
-    let suite = IkeSuite::new(
-        EncrAlg::AesGcm16_256,
-        PrfAlg::HmacSha256,
-        None,
-        DhGroup::Curve25519,
-    )
-    .unwrap();
     let (answers, cookies, held) = in_ns(&lab.ns("atk"), move || {
         let mut held = Vec::new();
         let (mut answers, mut cookies) = (0usize, 0usize);
         for i in 0..400 {
-            let cfg = Config {
-                local_id: Identity::Fqdn(format!("flood{i}.example").into_bytes()),
-                remote_id: Identity::Fqdn(b"b.example".to_vec()),
-                auth: PskAuth::shared(b"not the key"),
-                ike_proposals: vec![suite],
-                esp_proposals: vec![(EspSuite::AesGcm16_256, false)],
-                ts_local: Vec::new(),
-                ts_remote: Vec::new(),
-                spi_pool: SpiPool::new(),
-            };
             let Ok(mut s) = connect_from(attacker(i), GW_B) else {
                 continue;
             };
-            let local = std::net::SocketAddr::V4(SocketAddrV4::new(attacker(i), 0));
             let (_session, msg) =
-                Session::initiator(cfg, local, std::net::SocketAddr::V4(GW_B), Instant::now())
-                    .unwrap();
+                attacker_initiator(format!("flood{i}.example"), attacker(i)).unwrap();
             let mut body = vec![0u8; 4];
             body.extend(msg);
             let mut out = b"IKETCP".to_vec();
@@ -1126,9 +1142,7 @@ fn syn_flood_against_the_smoltcp_transport() {
 /// are untouched throughout.
 #[test]
 fn ike_fragments_that_never_complete() {
-    use iketcp_control::ike::crypto::{DhGroup, EncrAlg, EspSuite, IkeSuite, PrfAlg};
-    use iketcp_control::ike::session::{Config, Output, PskAuth, Session, SpiPool};
-    use iketcp_control::ike::wire::{Identity, TrafficSelector, TsRange};
+    use iketcp_control::ike::session::Output;
 
     const SESSIONS: usize = 200;
     const HALF_OPEN: Duration = Duration::from_secs(5);
@@ -1155,36 +1169,9 @@ fn ike_fragments_that_never_complete() {
     /// IKE_SA_INIT with gwB from attacker address `i`: the connection, the IKE_AUTH request
     /// the initiator would send next, and its key.
     fn half_open(i: usize) -> Option<(TcpStream, Vec<u8>, skf::InitiatorKey)> {
-        let suite = IkeSuite::new(
-            EncrAlg::AesGcm16_256,
-            PrfAlg::HmacSha256,
-            None,
-            DhGroup::Curve25519,
-        )
-        .ok()?;
-        let any = TrafficSelector::Ipv4(TsRange {
-            ip_protocol: 0,
-            start_port: 0,
-            end_port: 65535,
-            start_addr: Ipv4Addr::UNSPECIFIED,
-            end_addr: Ipv4Addr::BROADCAST,
-        });
-        let cfg = Config {
-            local_id: Identity::Fqdn(format!("frag{i}.example").into_bytes()),
-            remote_id: Identity::Fqdn(b"b.example".to_vec()),
-            auth: PskAuth::shared(b"not the key"),
-            ike_proposals: vec![suite],
-            esp_proposals: vec![(EspSuite::AesGcm16_256, false)],
-            // An IKE_AUTH request carries traffic selectors (RFC 7296 §3.13: at least one).
-            ts_local: vec![any.clone()],
-            ts_remote: vec![any],
-            spi_pool: SpiPool::new(),
-        };
         let src = attacker(i % 62);
         let mut s = connect_from(src, GW_B).ok()?;
-        let local = std::net::SocketAddr::V4(SocketAddrV4::new(src, 0));
-        let (mut session, init) =
-            Session::initiator(cfg, local, std::net::SocketAddr::V4(GW_B), Instant::now()).ok()?;
+        let (mut session, init) = attacker_initiator(format!("frag{i}.example"), src)?;
         let mut out = b"IKETCP".to_vec();
         out.extend(frame(&[&[0u8; 4][..], &init].concat()));
         s.write_all(&out).ok()?;

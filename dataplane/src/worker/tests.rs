@@ -317,6 +317,15 @@ impl Rig {
         let mut burst = vec![p];
         self.engine.send_plain(&mut self.t, &mut burst);
     }
+    /// A Responder connection that carried packet 1 of the tunnel (the IKE SA's path).
+    fn carrying_conn(&mut self) -> ConnId {
+        let a = self.responder_conn("192.0.2.10:40000");
+        let f = self.peer.esp_frame(1);
+        self.t.feed(a, &f);
+        self.step();
+        assert_eq!(self.delivered(), vec![1]);
+        a
+    }
     fn responder_conn(&mut self, peer: &str) -> ConnId {
         let id = self.t.open(TcpRole::Responder, peer.parse().expect("addr"));
         self.t.feed(id, &STREAM_PREFIX);
@@ -1054,11 +1063,7 @@ fn report_sas_gives_each_sas_counters() {
 /// queued before the hold and the length of one frame.
 fn queued_until_held(cfg: EngineConfig) -> (usize, usize) {
     let mut r = Rig::new(cfg);
-    let a = r.responder_conn("192.0.2.10:40000");
-    let f = r.peer.esp_frame(1);
-    r.t.feed(a, &f);
-    r.step();
-    assert_eq!(r.delivered(), vec![1]);
+    let a = r.carrying_conn();
     r.t.set_window(a, Some(0));
     let mut sent = 0u32;
     while !r.engine.backpressured() && sent < 2000 {
@@ -1115,11 +1120,7 @@ fn a_stalled_peer_gets_drops_not_a_hold_on_the_whole_worker() {
         stall_tries: 3,
         ..EngineConfig::default()
     });
-    let a = r.responder_conn("192.0.2.10:40000");
-    let f = r.peer.esp_frame(1);
-    r.t.feed(a, &f);
-    r.step();
-    assert_eq!(r.delivered(), vec![1]);
+    let a = r.carrying_conn();
     r.t.set_window(a, Some(0));
     for n in 0..5 {
         r.send_plain(n);
