@@ -253,7 +253,12 @@ impl TunTapFd {
             }
             let len = match (&self.file).read(buf) {
                 Ok(0) => break,
-                Ok(len) => len.min(buf.len()),
+                // Larger than a super-packet can be (the device's GSO limit is 64 KiB): cut off.
+                Ok(len) if len > buf.len() => {
+                    self.stats.rx_truncated += 1;
+                    continue;
+                }
+                Ok(len) => len,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if e.kind() == ErrorKind::WouldBlock || out.len() > start {
