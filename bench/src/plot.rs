@@ -141,3 +141,62 @@ pub fn run(a: &Args) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESULTS: &str = r#"{"cpu": "test cpu", "cores": 2, "date": "2026-12-02", "results": [
+        {"tunnel": "veth", "cc": "cubic", "streams": 1, "median_gbps": 60.0},
+        {"tunnel": "iketcp-kernel", "cc": "cubic", "streams": 1, "median_gbps": 7.9},
+        {"tunnel": "iketcp-kernel", "cc": "bbr", "streams": 1, "median_gbps": 5.6},
+        {"tunnel": "boringtun", "cc": "cubic", "error": "did not come up"}]}"#;
+
+    #[test]
+    fn bars_skip_runs_without_a_figure() {
+        let v: Value = serde_json::from_str(RESULTS).unwrap_or_default();
+        let b = bars(&v);
+        assert_eq!(b.len(), 3);
+        assert_eq!(
+            b[2],
+            ("iketcp-kernel".into(), "bbr, 1 stream(s)".into(), 5.6)
+        );
+        assert_eq!(
+            distinct(b.iter().map(|x| x.0.clone())),
+            ["veth", "iketcp-kernel"]
+        );
+    }
+
+    #[test]
+    fn draws_a_png() {
+        let font = PathBuf::from("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
+        if !font.exists() {
+            println!("SKIP: no DejaVu font at {font:?} (Debian's fonts-dejavu-core)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("iketcp-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let results = dir.join("results.json");
+        let out = dir.join("plot.png");
+        std::fs::write(&results, RESULTS).unwrap_or_default();
+        let r = run(&Args {
+            results,
+            out: out.clone(),
+            font,
+        });
+        assert_eq!(r, Ok(()));
+        let png = std::fs::read(&out).unwrap_or_default();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG file");
+        let _ = std::fs::remove_dir_all(&dir);
+        // No results: a clear error, no file.
+        let empty = dir.join("none.json");
+        assert!(
+            run(&Args {
+                results: empty,
+                out: dir.join("x.png"),
+                font: PathBuf::new()
+            })
+            .is_err()
+        );
+    }
+}
