@@ -53,6 +53,27 @@ fn two_gateways(name: &str, transport_b: &'static str) {
         bps / 1e9
     );
     assert!(bps > 0.0);
+    // The TUN offload at work (`[tun] offload`, on by default): gwA read the inner TCP as
+    // super-packets and cut them, gwB joined the decrypted segments on the way out.
+    let worker_sum = |g: &str, name: &str| -> u64 {
+        lab.status(g).map_or(0, |s| {
+            s["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| w[name].as_u64().unwrap_or(0))
+                .sum()
+        })
+    };
+    let (cut, joined) = lab.wait_for("offload counters", Duration::from_secs(5), || {
+        let f = (
+            worker_sum("gwA", "tun_super_in"),
+            worker_sum("gwB", "tun_joined_out"),
+        );
+        (f.0 > 0 && f.1 > 0).then_some(f)
+    });
+    println!("TUN offload: gwA cut {cut} super-packets, gwB joined {joined} writes");
+    assert_eq!(worker_sum("gwA", "tun_offload_errors"), 0);
 
     println!("[lab {:?}] ss -K", t0.elapsed());
     // The outer TCP connection killed under traffic: the Originator reconnects, same IKE SA.

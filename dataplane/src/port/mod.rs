@@ -27,6 +27,17 @@ pub enum Medium {
     Ethernet,
 }
 
+/// A port's offload figures, for the worker's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffloadCounters {
+    /// Super-packets read and cut into segments.
+    pub super_in: u64,
+    /// Writes that joined two or more segments.
+    pub joined_out: u64,
+    /// Packets read that could not be cut, dropped.
+    pub errors: u64,
+}
+
 /// One packet in a buffer with headroom: the data is `buf[start..end]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
@@ -236,4 +247,9 @@ pub trait Port: Send {
 
     /// Largest packet (IP packet, or Ethernet frame without FCS) the port carries.
     fn mtu(&self) -> usize;
+
+    /// What segmentation offload did so far (a TUN device with `offload`; zeros elsewhere).
+    fn offload_counters(&self) -> OffloadCounters {
+        OffloadCounters::default()
+    }
 }

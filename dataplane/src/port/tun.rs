@@ -501,6 +501,15 @@ macro_rules! tun_tap_port {
             fn mtu(&self) -> usize {
                 self.dev.mtu()
             }
+
+            fn offload_counters(&self) -> $crate::port::OffloadCounters {
+                let s = self.dev.stats();
+                $crate::port::OffloadCounters {
+                    super_in: s.rx_super,
+                    joined_out: s.tx_joined,
+                    errors: s.rx_offload_errors,
+                }
+            }
         }
     };
 }

@@ -156,6 +156,10 @@ impl<T: Transport, P: Port> Worker<T, P> {
                 let st = self.engine.stats();
                 st.tcp_refused.store(r.refused, Ordering::Relaxed);
                 st.tcp_untrusted.store(r.untrusted, Ordering::Relaxed);
+                let o = self.plain.offload_counters();
+                st.tun_super_in.store(o.super_in, Ordering::Relaxed);
+                st.tun_joined_out.store(o.joined_out, Ordering::Relaxed);
+                st.tun_offload_errors.store(o.errors, Ordering::Relaxed);
                 self.engine.report_stats();
                 last_stats = now;
             }

@@ -123,6 +123,12 @@ counters! {
     tcp_refused,
     /// Untrusted accepted connections open at the last stats report (a gauge).
     tcp_untrusted,
+    /// TUN offload: TCP super-packets read and cut into segments, as of the last stats report.
+    tun_super_in,
+    /// TUN offload: writes that joined two or more decrypted segments, likewise.
+    tun_joined_out,
+    /// TUN offload: packets read that could not be cut (dropped), likewise.
+    tun_offload_errors,
 }
 
 impl WorkerStats {
