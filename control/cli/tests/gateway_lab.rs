@@ -55,16 +55,7 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     assert!(bps > 0.0);
     // The TUN offload at work (`[tun] offload`, on by default): gwA read the inner TCP as
     // super-packets and cut them, gwB joined the decrypted segments on the way out.
-    let worker_sum = |g: &str, name: &str| -> u64 {
-        lab.status(g).map_or(0, |s| {
-            s["workers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|w| w[name].as_u64().unwrap_or(0))
-                .sum()
-        })
-    };
+    let worker_sum = |g: &str, name: &str| lab.worker_counter(g, name).unwrap_or(0);
     let (cut, joined) = lab.wait_for("offload counters", Duration::from_secs(5), || {
         let f = (
             worker_sum("gwA", "tun_super_in"),

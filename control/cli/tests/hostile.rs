@@ -123,13 +123,7 @@ fn footprint(lab: &Lab) -> (u64, usize) {
 
 /// gwB's data-plane counter `name`, summed over its workers.
 fn counter(lab: &Lab, name: &str) -> u64 {
-    let s = lab.status("gwB").unwrap();
-    s["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| w[name].as_u64().unwrap_or(0))
-        .sum()
+    lab.worker_counter("gwB", name).unwrap()
 }
 
 /// gwB's IKE SA and Child SA SPIs.

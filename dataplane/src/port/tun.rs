@@ -127,6 +127,8 @@ pub struct TunTapFd {
     stats: TunTapStats,
     /// The read buffer for super-packets, when opened with offload.
     vnet: Option<Vec<u8>>,
+    /// The packets of the run being joined (offload writes), kept between calls.
+    run: Vec<Packet>,
 }
 
 impl TunTapFd {
@@ -169,6 +171,7 @@ impl TunTapFd {
             mtu: cfg.mtu,
             stats: TunTapStats::default(),
             vnet: offload.then(|| vec![0u8; VNET_HDR_LEN + MAX_SUPER]),
+            run: Vec::with_capacity(if offload { MAX_RUN } else { 0 }),
         })
     }
 
@@ -291,7 +294,7 @@ impl TunTapFd {
         pkts: &mut VecDeque<Packet>,
     ) -> io::Result<usize> {
         let mut sent = 0;
-        let mut run_pkts: Vec<Packet> = Vec::with_capacity(MAX_RUN);
+        let mut run_pkts = std::mem::take(&mut self.run);
         let mut next_seg = pkts.front().and_then(|p| Segment::parse(p.data()));
         while let Some(first) = pkts.pop_front() {
             let seg = next_seg.take();
@@ -353,6 +356,7 @@ impl TunTapFd {
                 pool.put(p);
             }
         }
+        self.run = run_pkts;
         self.stats.tx_packets += sent as u64;
         Ok(sent)
     }

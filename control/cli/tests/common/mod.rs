@@ -137,6 +137,19 @@ impl Lab {
         s
     }
 
+    /// Gateway `g`'s data-plane counter `name`, summed over its workers (None: no status).
+    pub fn worker_counter(&self, g: &str, name: &str) -> Option<u64> {
+        let s = self.status(g)?;
+        Some(
+            s["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| w[name].as_u64().unwrap_or(0))
+                .sum(),
+        )
+    }
+
     pub fn status(&self, g: &str) -> Option<Value> {
         let o = Command::new(BIN)
             .args(["status", "--json", "--socket"])

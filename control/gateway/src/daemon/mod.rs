@@ -35,6 +35,18 @@ const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 /// Refusals by the transports' limits are logged at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A counter's line is due when it grew and the last line (`logged`: the count then, and when)
+/// is [`REFUSAL_LOG_INTERVAL`] old: returns the growth since and records this line.
+fn log_due(logged: &mut (u64, Instant), count: u64, now: Instant) -> Option<u64> {
+    let (last, at) = *logged;
+    if count > last && now.duration_since(at) >= REFUSAL_LOG_INTERVAL {
+        *logged = (count, now);
+        Some(count - last)
+    } else {
+        None
+    }
+}
+
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug)]
 pub enum GatewayError {
@@ -314,23 +326,19 @@ impl Daemon {
             .fold((0, 0, 0), |(r, u, h), s| {
                 (r + s.tcp_refused, u + s.tcp_untrusted, h + s.queue_held)
             });
-        let (last, at) = self.queue_holds_logged;
-        if held > last && now.duration_since(at) >= REFUSAL_LOG_INTERVAL {
+        if let Some(times) = log_due(&mut self.queue_holds_logged, held, now) {
             // Info, not a warning: under a bulk transfer this is TCP's ordinary backpressure.
             tracing::info!(
-                times = held - last,
+                times,
                 "a connection's send queue reached [limits] queued_bytes_per_connection or 512 frames; plaintext for it waited (a slow path, or a peer not reading)"
             );
-            self.queue_holds_logged = (held, now);
         }
-        let (last, at) = self.refusals_logged;
-        if refused > last && now.duration_since(at) >= REFUSAL_LOG_INTERVAL {
+        if let Some(refused) = log_due(&mut self.refusals_logged, refused, now) {
             tracing::warn!(
-                refused = refused - last,
+                refused,
                 untrusted_open = untrusted,
                 "connections refused by [limits] (untrusted connections in all or per source, connection slots, half-open accepts)"
             );
-            self.refusals_logged = (refused, now);
         }
     }
 
