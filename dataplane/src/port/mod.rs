@@ -1,7 +1,9 @@
-//! Packet I/O in bursts. A port moves whole packets (IP, or Ethernet frames for TAP) between a worker
-//! and something else: another worker (`mem`), the kernel (`tun`, `tap`). Ports never allocate per
-//! packet on their own: buffers come from the worker's [`PacketPool`].
+//! Packet I/O in bursts. A port moves whole packets (IP, or Ethernet frames for TAP and AF_XDP)
+//! between a worker and something else: another worker (`mem`), the kernel (`tun`, `tap`), a NIC
+//! driven from userspace (`af_xdp`). Ports never allocate per packet on their own: buffers come
+//! from the worker's [`PacketPool`].
 
+pub mod af_xdp;
 pub mod mem;
 pub mod offload;
 pub mod steer;
@@ -36,6 +38,17 @@ pub struct OffloadCounters {
     pub joined_out: u64,
     /// Packets read that could not be cut, dropped.
     pub errors: u64,
+}
+
+/// A port's link figures, for the worker's counters (an AF_XDP port; zeros elsewhere).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Frames received from the link.
+    pub rx_packets: u64,
+    /// Frames handed to the link.
+    pub tx_packets: u64,
+    /// Frames dropped by the port or by the kernel's rings.
+    pub dropped: u64,
 }
 
 /// One packet in a buffer with headroom: the data is `buf[start..end]`.
@@ -251,5 +264,10 @@ pub trait Port: Send {
     /// What segmentation offload did so far (a TUN device with `offload`; zeros elsewhere).
     fn offload_counters(&self) -> OffloadCounters {
         OffloadCounters::default()
+    }
+
+    /// What the link did so far (an AF_XDP port; zeros elsewhere).
+    fn link_counters(&self) -> LinkCounters {
+        LinkCounters::default()
     }
 }

@@ -1,0 +1,223 @@
+use super::*;
+use crate::port::tun::testutil::in_fresh_netns;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const OURS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 0x53, 2];
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Opens the port on `xb`, or says why not.
+fn open_on_xb() -> Option<XskPort> {
+    let mut cfg = XskConfig::new("xb", 1514);
+    cfg.steal.ipv4 = Some(OURS);
+    cfg.frames = 256;
+    match XskPort::open(&cfg) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!("SKIP: cannot open an AF_XDP port: {e}");
+            None
+        }
+    }
+}
+
+/// A veth pair: `xa` (the kernel, 198.51.100.1) and `xb` (198.51.100.3 for the kernel; the port
+/// answers for 198.51.100.2 on it).
+fn veth_pair() -> bool {
+    ip(&["link", "set", "lo", "up"])
+        && ip(&["link", "add", "xa", "type", "veth", "peer", "name", "xb"])
+        && ip(&["addr", "add", "198.51.100.1/24", "dev", "xa"])
+        && ip(&["addr", "add", "198.51.100.3/24", "dev", "xb"])
+        && ip(&["link", "set", "xa", "up"])
+        && ip(&["link", "set", "xb", "up"])
+}
+
+/// The answer of a tiny host at OURS: ARP replies and ICMP echo replies.
+fn answer(frame: &[u8]) -> Option<Vec<u8>> {
+    let eth_src = frame.get(6..12)?;
+    match frame.get(12..14)? {
+        [0x08, 0x06] => {
+            let arp = frame.get(14..42)?;
+            if arp[6..8] != [0, 1] || arp[24..28] != OURS.octets() {
+                return None;
+            }
+            let mut r = Vec::with_capacity(42);
+            r.extend_from_slice(eth_src);
+            r.extend_from_slice(&MAC);
+            r.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+            r.extend_from_slice(&MAC);
+            r.extend_from_slice(&OURS.octets());
+            r.extend_from_slice(&arp[8..18]);
+            Some(r)
+        }
+        [0x08, 0x00] => {
+            let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]));
+            let ipv4 = frame.get(14..14 + total)?;
+            if ipv4[9] != 1 || ipv4.get(ihl)? != &8 || ipv4[16..20] != OURS.octets() {
+                return None;
+            }
+            let mut r = Vec::with_capacity(14 + total);
+            r.extend_from_slice(eth_src);
+            r.extend_from_slice(&MAC);
+            r.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = ipv4.to_vec();
+            ip.copy_within(12..16, 16);
+            ip[12..16].copy_from_slice(&ipv4[16..20]);
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&ip[..ihl]);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            ip[ihl] = 0; // echo reply
+            ip[ihl + 2..ihl + 4].copy_from_slice(&[0, 0]);
+            let c = checksum(&ip[ihl..]);
+            ip[ihl + 2..ihl + 4].copy_from_slice(&c.to_be_bytes());
+            r.extend_from_slice(&ip);
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// Serves ARP and ping on the port while `ping` runs against `target`; returns whether ping
+/// got its answers and the frames the port saw.
+fn ping_through(port: &mut XskPort, target: &str) -> (bool, Vec<Vec<u8>>) {
+    let mut child = Command::new("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "1", "-q", target])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    let mut pool = PacketPool::default();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ok = loop {
+        let mut burst = Vec::new();
+        port.recv_burst(&mut pool, &mut burst, 32).unwrap();
+        let mut out = VecDeque::new();
+        for p in burst {
+            seen.push(p.data().to_vec());
+            if let Some(r) = answer(p.data()) {
+                let mut q = pool.get();
+                assert!(q.fill_from(&r));
+                out.push_back(q);
+            }
+            pool.put(p);
+        }
+        while !out.is_empty() {
+            port.send_burst(&mut pool, &mut out).unwrap();
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    (ok, seen)
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_is_attached() {
+    let mut cfg = XskConfig::new("lo", MAX_FRAME + 1);
+    assert!(matches!(XskPort::open(&cfg), Err(XskError::Config(_))));
+    cfg.mtu = 1514;
+    cfg.frames = 1000;
+    assert!(matches!(XskPort::open(&cfg), Err(XskError::Config(_))));
+    cfg.frames = 4096;
+    cfg.interface = "a\0b".into();
+    assert!(matches!(XskPort::open(&cfg), Err(XskError::Config(_))));
+    cfg.interface = "no-such-if0".into();
+    let e = XskPort::open(&cfg).unwrap_err();
+    assert!(matches!(e, XskError::NoInterface(_)), "{e}");
+    assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
+}
+
+/// A real veth with the program attached: the kernel on the other end resolves and pings the
+/// port's address, answered through the AF_XDP socket; the kernel's own address on the same
+/// interface is still the kernel's (the program passes it); dropping the port detaches the
+/// program.
+#[test]
+fn an_xsk_port_gets_its_own_frames_and_leaves_the_rest_to_the_kernel() {
+    in_fresh_netns(|| {
+        if !veth_pair() {
+            println!("SKIP: cannot create a veth pair");
+            return;
+        }
+        let Some(mut port) = open_on_xb() else { return };
+        assert_eq!(port.medium(), Medium::Ethernet);
+        assert_eq!(port.queues(), 1);
+        assert_eq!(
+            port.attach_mode(),
+            AttachMode::Native,
+            "veth has native XDP"
+        );
+        assert!(!port.zero_copy(), "veth has no zero-copy AF_XDP");
+
+        let (ok, seen) = ping_through(&mut port, "198.51.100.2");
+        assert!(
+            ok,
+            "ping through the AF_XDP port failed; saw {} frames",
+            seen.len()
+        );
+        assert!(
+            seen.iter().any(|f| f.get(12..14) == Some(&[0x08, 0x06])),
+            "no ARP"
+        );
+        let s = port.stats();
+        assert!(s.rx_packets >= 4 && s.tx_packets >= 4, "{s:?}");
+        assert_eq!(s.tx_too_big + s.rx_too_big + s.tx_kick_errors, 0, "{s:?}");
+
+        // The kernel's own address on the same interface: the program passes it.
+        let (ok, seen) = ping_through(&mut port, "198.51.100.3");
+        assert!(
+            ok,
+            "the kernel's address on the XDP interface stopped working"
+        );
+        let stolen = seen
+            .iter()
+            .filter(|f| f.get(30..34) == Some(&[198, 51, 100, 3]))
+            .count();
+        assert_eq!(
+            stolen, 0,
+            "frames for the kernel's address reached the port"
+        );
+
+        // A frame larger than the MTU is dropped and counted, not sent.
+        let mut pool = PacketPool::default();
+        let mut big = pool.get();
+        big.prepare(1515);
+        let mut q = VecDeque::from([big]);
+        assert_eq!(port.send_burst(&mut pool, &mut q).unwrap(), 1);
+        assert_eq!(port.stats().tx_too_big, 1);
+
+        drop(port);
+        let out = Command::new("ip")
+            .args(["link", "show", "xb"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("prog/xdp"),
+            "the program is still attached: {text}"
+        );
+    });
+}
