@@ -23,7 +23,8 @@
 # address pairs instead of one between the sites), REKEY_TIME, CHILD_REKEY_TIME, PEER_C (any
 # value: a third gateway gwC, namespace $LAB-gwC, 192.0.2.130 wired to gwB, with a tunnel of its
 # own from its address 198.51.100.200 inside to hostB's site), TUN_OFFLOAD (false: gwA's and
-# gwB's [tun] offload off).
+# gwB's [tun] offload off), PORT_B (with TRANSPORT_B=smoltcp: tap, the default, bridged to the
+# link; or af_xdp, AF_XDP sockets on gb1 itself with the XDP program attached, no bridge).
 set -euo pipefail
 
 LAB=${LAB:-itl}
@@ -31,6 +32,7 @@ DIR=${LAB_DIR:-/tmp/$LAB}
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$HERE/../../target/debug/iketcp}
 TRANSPORT_B=${TRANSPORT_B:-kernel}
+PORT_B=${PORT_B:-tap}
 WORKERS=${WORKERS:-1}
 KEYLOG_DIR=${KEYLOG_DIR:-}
 ESP_PROPOSALS=${ESP_PROPOSALS:-}
@@ -154,7 +156,7 @@ CFG
         cat <<CFG
 
 [smoltcp]
-tap = "iketcp-tap0"
+$(if [ "$PORT_B" = af_xdp ]; then printf 'port = "af_xdp"\ninterface = "gb1"'; else printf 'tap = "iketcp-tap0"'; fi)
 address = "192.0.2.2/24"
 mac = "02:00:00:00:02:02"
 CFG
@@ -320,7 +322,9 @@ start() {
         if "$BIN" status --socket "$DIR/$g.sock" >/dev/null 2>&1; then break; fi
         sleep 0.1
     done
-    if [ "$g" = gwB ] && [ "$TRANSPORT_B" = smoltcp ] && ! ns $GB ip link show br0 >/dev/null 2>&1; then
+    if [ "$g" = gwB ] && [ "$TRANSPORT_B" = smoltcp ] && [ "$PORT_B" = af_xdp ]; then
+        : # The XDP program on gb1 hands gwB its frames; nothing to wire.
+    elif [ "$g" = gwB ] && [ "$TRANSPORT_B" = smoltcp ] && ! ns $GB ip link show br0 >/dev/null 2>&1; then
         # The TAP is gwB's NIC: bridge it to the link towards gwA.
         ns $GB ip link add br0 type bridge
         ns $GB ip link set gb1 master br0

@@ -4,7 +4,7 @@
 //! the IKE SA keeps its SPIs, iperf3 keeps going), `kill -9` and a restart of the responder (the
 //! tunnel comes back by itself), a reload that changes one connection, metrics over HTTP, and
 //! SIGTERM (the peer logs the Delete; routes and device are gone). Once with gwB on kernel TCP,
-//! once on smoltcp over a TAP device.
+//! once on smoltcp over a TAP device, once on smoltcp over AF_XDP sockets on its link.
 //!
 //! Needs root, `/dev/net/tun`, `ip`, `ss`, `ping` and `iperf3` (`.ci/run` installs them); skips
 //! only without root or a TUN device, and says why.
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{LAB_LOCK, Lab, metric, need, unavailable};
 
-fn two_gateways(name: &str, transport_b: &'static str) {
+/// `port_b`: gwB's `[smoltcp] port` (`tap` or `af_xdp`) when it runs on smoltcp.
+fn two_gateways(name: &str, transport_b: &'static str, port_b: &str) {
     if let Some(why) = unavailable() {
         println!("SKIP gateway lab ({transport_b}): {why}");
         return;
@@ -28,8 +29,15 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     for t in ["ip", "ss", "ping", "iperf3"] {
         need(t);
     }
+    let af_xdp = port_b == "af_xdp";
+    if af_xdp {
+        // smoltcp checks checksums and veth leaves them to the receiver unless told otherwise.
+        need("ethtool");
+    }
     let _one = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::new(name, transport_b);
+    // Two workers per gateway: multi-queue TUN and forwarding between workers (and on smoltcp,
+    // the steering splitter over the one TAP or AF_XDP port).
+    let lab = Lab::with_env(name, transport_b, &[("WORKERS", "2"), ("PORT_B", port_b)]);
     let t0 = Instant::now();
     lab.ok(&["up"]);
     let spis = lab.established(Duration::from_secs(20));
@@ -65,6 +73,18 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     });
     println!("TUN offload: gwA cut {cut} super-packets, gwB joined {joined} writes");
     assert_eq!(worker_sum("gwA", "tun_offload_errors"), 0);
+    if af_xdp {
+        // gwB's frames came and went through its AF_XDP sockets on gb1, with the program on it.
+        let o = lab.exec("gwB", &["ip", "link", "show", "gb1"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(text.contains("prog/xdp"), "no XDP program on gb1: {text}");
+        let (rx, tx) = lab.wait_for("AF_XDP link counters", Duration::from_secs(5), || {
+            let f = (worker_sum("gwB", "link_rx"), worker_sum("gwB", "link_tx"));
+            // iperf3 runs hostA to hostB: gwB receives the data and sends the ACKs.
+            (f.0 > 10_000 && f.1 > 0).then_some(f)
+        });
+        println!("AF_XDP: gwB received {rx} and sent {tx} frames on gb1");
+    }
 
     println!("[lab {:?}] ss -K", t0.elapsed());
     // The outer TCP connection killed under traffic: the Originator reconnects, same IKE SA.
@@ -218,14 +238,30 @@ fn two_gateways(name: &str, transport_b: &'static str) {
     assert!(!o.status.success(), "TUN device left behind");
     let o = lab.exec("gwA", &["ip", "route", "show", "203.0.113.0/24"]);
     assert!(o.stdout.is_empty(), "route left behind");
+    if af_xdp {
+        // gwB stopped: its XDP program goes with it, and gb1 is the kernel's again.
+        lab.ok(&["stop", "gwB"]);
+        let o = lab.exec("gwB", &["ip", "link", "show", "gb1"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            !text.contains("prog/xdp"),
+            "XDP program left on gb1: {text}"
+        );
+    }
 }
 
 #[test]
 fn two_gateways_kernel_tcp() {
-    two_gateways("itk", "kernel");
+    two_gateways("itk", "kernel", "tap");
 }
 
 #[test]
 fn two_gateways_responder_on_smoltcp() {
-    two_gateways("its", "smoltcp");
+    two_gateways("its", "smoltcp", "tap");
+}
+
+/// gwB's smoltcp on AF_XDP sockets on its link (copy mode on veth), the XDP program attached.
+#[test]
+fn two_gateways_responder_on_smoltcp_over_af_xdp() {
+    two_gateways("itx", "smoltcp", "af_xdp");
 }

@@ -168,6 +168,8 @@ pub struct MemPort {
     /// TCP flows sent on; only links with a control handle track them.
     flows: Option<FlowTable>,
     stats: MemStats,
+    /// The link counters of the port behind the other end, if it publishes them (a splitter).
+    link: Option<Arc<super::SharedLinkCounters>>,
 }
 
 /// Two connected endpoints without a control handle (no TCP flow tracking, so no per-packet parsing).
@@ -204,6 +206,7 @@ fn build(cfg: MemConfig, track: bool) -> (MemPort, MemPort, MemLink) {
             delay_limit: cfg.delay_limit,
             flows: track.then(|| FlowTable::new(cfg.flow_limit)),
             stats: MemStats::default(),
+            link: None,
         }
     };
     let a = end(0, cfg.a_to_b);
@@ -335,6 +338,13 @@ impl MemPort {
     }
 }
 
+impl MemPort {
+    /// Makes [`link_counters`](Port::link_counters) report what `link` publishes.
+    pub fn report_link(&mut self, link: Arc<super::SharedLinkCounters>) {
+        self.link = Some(link);
+    }
+}
+
 impl Port for MemPort {
     fn recv_burst(
         &mut self,
@@ -445,6 +455,10 @@ impl Port for MemPort {
 
     fn mtu(&self) -> usize {
         self.mtu
+    }
+
+    fn link_counters(&self) -> super::LinkCounters {
+        self.link.as_ref().map(|l| l.load()).unwrap_or_default()
     }
 }
 

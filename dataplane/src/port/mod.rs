@@ -51,6 +51,35 @@ pub struct LinkCounters {
     pub dropped: u64,
 }
 
+/// [`LinkCounters`] published by the thread that owns a port for another to read (the steering
+/// splitter's shared port, read through worker 0's end).
+#[derive(Debug, Default)]
+pub struct SharedLinkCounters {
+    rx_packets: std::sync::atomic::AtomicU64,
+    tx_packets: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl SharedLinkCounters {
+    /// Publishes `c`.
+    pub fn store(&self, c: LinkCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.rx_packets.store(c.rx_packets, Relaxed);
+        self.tx_packets.store(c.tx_packets, Relaxed);
+        self.dropped.store(c.dropped, Relaxed);
+    }
+
+    /// The last published figures.
+    pub fn load(&self) -> LinkCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        LinkCounters {
+            rx_packets: self.rx_packets.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+        }
+    }
+}
+
 /// One packet in a buffer with headroom: the data is `buf[start..end]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {

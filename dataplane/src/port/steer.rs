@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::mem::{MemConfig, MemPort, pair};
-use super::{Medium, Packet, PacketPool, Port};
+use super::{Medium, Packet, PacketPool, Port, SharedLinkCounters};
 
 /// This worker's share of a steered port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +109,9 @@ pub struct Splitter<P: Port> {
     burst: Vec<Packet>,
     queues: Vec<VecDeque<Packet>>,
     out: VecDeque<Packet>,
+    /// The shared port's link counters, for worker 0's end to report (once, not `n` times).
+    link: Arc<SharedLinkCounters>,
+    steps: u32,
 }
 
 /// Splits `port` among `n` workers; returns the splitter and one port per worker (worker `i`
@@ -128,6 +131,11 @@ pub fn split<P: Port>(port: P, n: u16, ring: usize) -> (Splitter<P>, Vec<MemPort
         workers.push(theirs);
     }
     let queues = (0..n).map(|_| VecDeque::new()).collect();
+    let link = Arc::new(SharedLinkCounters::default());
+    link.store(port.link_counters());
+    if let Some(w) = workers.first_mut() {
+        w.report_link(link.clone());
+    }
     let s = Splitter {
         port,
         ends,
@@ -135,6 +143,8 @@ pub fn split<P: Port>(port: P, n: u16, ring: usize) -> (Splitter<P>, Vec<MemPort
         burst: Vec::with_capacity(64),
         queues,
         out: VecDeque::new(),
+        link,
+        steps: 0,
     };
     (s, workers)
 }
@@ -186,6 +196,11 @@ impl<P: Port> Splitter<P> {
         if !self.out.is_empty() {
             self.port.send_burst(&mut self.pool, &mut self.out)?;
         }
+        // Now and then, not every round: reading them may be a syscall (AF_XDP statistics).
+        self.steps = self.steps.wrapping_add(1);
+        if self.steps.is_multiple_of(4096) {
+            self.link.store(self.port.link_counters());
+        }
         Ok(moved)
     }
 
@@ -201,6 +216,10 @@ impl<P: Port> Splitter<P> {
                 while !stop.load(Ordering::Relaxed) {
                     if self.step()? == 0 {
                         idle = idle.saturating_add(1);
+                        if idle == 1024 {
+                            // Going idle: the counters are current while nothing moves.
+                            self.link.store(self.port.link_counters());
+                        }
                         if idle > 1024 {
                             std::thread::sleep(Duration::from_micros(50));
                         }
@@ -270,6 +289,57 @@ mod tests {
         for c in counts {
             assert!((800..=1250).contains(&c), "uneven spread {counts:?}");
         }
+    }
+
+    /// A port that only counts, as an AF_XDP port's link would.
+    struct Counting(u64);
+
+    impl Port for Counting {
+        fn recv_burst(
+            &mut self,
+            _: &mut PacketPool,
+            _: &mut Vec<Packet>,
+            _: usize,
+        ) -> io::Result<usize> {
+            self.0 += 1;
+            Ok(0)
+        }
+        fn send_burst(
+            &mut self,
+            _: &mut PacketPool,
+            _: &mut VecDeque<Packet>,
+        ) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn medium(&self) -> Medium {
+            Medium::Ethernet
+        }
+        fn mtu(&self) -> usize {
+            1514
+        }
+        fn link_counters(&self) -> super::super::LinkCounters {
+            super::super::LinkCounters {
+                rx_packets: self.0,
+                tx_packets: 7,
+                dropped: 1,
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_ports_link_counters_are_reported_by_worker_0_only() {
+        let (mut split, workers) = split(Counting(0), 2, 64);
+        assert_eq!(
+            workers[0].link_counters().tx_packets,
+            7,
+            "published at the split"
+        );
+        for _ in 0..4096 {
+            split.step().unwrap();
+        }
+        let c = workers[0].link_counters();
+        assert_eq!((c.rx_packets, c.tx_packets, c.dropped), (4096, 7, 1));
+        assert_eq!(workers[1].link_counters(), Default::default());
     }
 
     #[test]

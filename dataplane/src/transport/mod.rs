@@ -125,6 +125,12 @@ pub trait Transport {
     fn refusals(&self) -> Refusals {
         Refusals::default()
     }
+
+    /// What the link under a userspace stack did so far (its port's
+    /// [`link_counters`](crate::port::Port::link_counters); zeros for kernel sockets).
+    fn link_counters(&self) -> crate::port::LinkCounters {
+        crate::port::LinkCounters::default()
+    }
 }
 
 /// The group a source address is counted in by per-source limits: the address for IPv4 (also

@@ -160,6 +160,10 @@ impl<T: Transport, P: Port> Worker<T, P> {
                 st.tun_super_in.store(o.super_in, Ordering::Relaxed);
                 st.tun_joined_out.store(o.joined_out, Ordering::Relaxed);
                 st.tun_offload_errors.store(o.errors, Ordering::Relaxed);
+                let l = self.transport.link_counters();
+                st.link_rx.store(l.rx_packets, Ordering::Relaxed);
+                st.link_tx.store(l.tx_packets, Ordering::Relaxed);
+                st.link_dropped.store(l.dropped, Ordering::Relaxed);
                 self.engine.report_stats();
                 last_stats = now;
             }

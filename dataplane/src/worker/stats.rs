@@ -129,6 +129,13 @@ counters! {
     tun_joined_out,
     /// TUN offload: packets read that could not be cut (dropped), likewise.
     tun_offload_errors,
+    /// Frames the userspace stack's link (an AF_XDP port) received, as of the last stats report.
+    link_rx,
+    /// Frames it sent, likewise.
+    link_tx,
+    /// Frames it or the kernel's AF_XDP rings dropped (ring full, fill ring empty, too large),
+    /// likewise.
+    link_dropped,
 }
 
 impl WorkerStats {

@@ -250,15 +250,45 @@ impl Default for OuterTcp {
 pub enum OuterTransport {
     /// The kernel's TCP (epoll sockets).
     Kernel,
-    /// smoltcp in the workers, on a TAP device of its own.
+    /// smoltcp in the workers, on a TAP device of its own or on a NIC through AF_XDP.
     Smoltcp(SmolNic),
 }
 
-/// `[smoltcp]`: the TAP device and the address smoltcp's interface has on it.
+/// `[smoltcp] port`: where smoltcp's Ethernet frames come from and go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NicPort {
+    /// `port = "tap"` (default): `tap`, a TAP device of its own (default `iketcp-tap0`), which the
+    /// host bridges or routes.
+    Tap(String),
+    /// `port = "af_xdp"`: AF_XDP sockets on every receive queue of `interface`, with an XDP
+    /// program that steals only the frames of `address` (ARP, IP) and leaves the rest to the
+    /// kernel.
+    AfXdp {
+        /// `interface`: the NIC (required).
+        interface: String,
+        /// `xdp_mode`: `"auto"` (default: native, else generic), `"native"` or `"generic"`.
+        mode: XdpMode,
+        /// `xdp_copy`: bind in copy mode even where the driver offers zero-copy. Default false.
+        force_copy: bool,
+    },
+}
+
+/// `[smoltcp] xdp_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native where the driver has it, else generic.
+    Auto,
+    /// Native (in the driver) or fail.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+}
+
+/// `[smoltcp]`: the port and the address smoltcp's interface has on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmolNic {
-    /// `tap`: the TAP device. Default `iketcp-tap0`.
-    pub tap: String,
+    /// `port`, `tap`, `interface`, `xdp_mode`, `xdp_copy`.
+    pub port: NicPort,
     /// `address = "192.0.2.1/24"`: the interface address ...
     pub address: IpAddr,
     /// ... and its prefix length.
@@ -268,7 +298,8 @@ pub struct SmolNic {
     pub mac: [u8; 6],
     /// `next_hop`: the router for destinations off the link, if any.
     pub next_hop: Option<IpAddr>,
-    /// `mtu` of the TAP link, 576..=9000 (1280 minimum for IPv6). Default 1500.
+    /// `mtu` of the link, 576..=9000 (1280 minimum for IPv6; at most 3826 on AF_XDP, one
+    /// 4 KiB UMEM frame). Default 1500.
     pub mtu: u16,
 }
 

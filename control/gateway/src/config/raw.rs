@@ -63,7 +63,11 @@ pub(super) struct RawGateway {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSmoltcp {
+    pub port: Option<Spanned<String>>,
     pub tap: Option<Spanned<String>>,
+    pub interface: Option<Spanned<String>>,
+    pub xdp_mode: Option<Spanned<String>>,
+    pub xdp_copy: Option<bool>,
     pub address: Spanned<String>,
     pub mac: Option<Spanned<String>>,
     pub next_hop: Option<Spanned<String>>,

@@ -177,7 +177,7 @@ fn full_example_parses_to_the_expected_values() {
     assert_eq!(
         g.transport,
         OuterTransport::Smoltcp(SmolNic {
-            tap: "tap7".into(),
+            port: NicPort::Tap("tap7".into()),
             address: "192.0.2.1".parse().unwrap(),
             prefix_len: 24,
             mac: [0x02, 0x00, 192, 0, 2, 1],
@@ -629,6 +629,91 @@ fn smoltcp_needs_its_table_and_the_table_needs_smoltcp() {
         2,
         13,
         "use \"kernel\" or \"smoltcp\"",
+    );
+}
+
+#[test]
+fn smoltcp_on_af_xdp() {
+    let d = dir();
+    let head = "[gateway]\ntransport = \"smoltcp\"\n\n[smoltcp]\naddress = \"192.0.2.2/24\"\n";
+    let ok = format!(
+        "{head}port = \"af_xdp\"\ninterface = \"eth1\"\nxdp_mode = \"native\"\nxdp_copy = true\n"
+    );
+    let c = parse(&ok, &gw(&d)).unwrap();
+    let OuterTransport::Smoltcp(nic) = &c.gateway.transport else {
+        panic!("{:?}", c.gateway.transport)
+    };
+    assert_eq!(
+        nic.port,
+        NicPort::AfXdp {
+            interface: "eth1".into(),
+            mode: XdpMode::Native,
+            force_copy: true,
+        }
+    );
+    let c = parse(
+        &format!("{head}port = \"af_xdp\"\ninterface = \"eth1\"\nmtu = 3826\n"),
+        &gw(&d),
+    )
+    .unwrap();
+    let OuterTransport::Smoltcp(nic) = &c.gateway.transport else {
+        panic!()
+    };
+    assert!(matches!(
+        nic.port,
+        NicPort::AfXdp {
+            mode: XdpMode::Auto,
+            force_copy: false,
+            ..
+        }
+    ));
+    parse_err(
+        &format!("{head}port = \"af_xdp\"\n"),
+        6,
+        8,
+        "needs interface",
+    );
+    parse_err(
+        &format!("{head}port = \"dpdk\"\n"),
+        6,
+        8,
+        "use \"tap\" or \"af_xdp\"",
+    );
+    parse_err(
+        &format!("{head}port = \"af_xdp\"\ninterface = \"eth1\"\ntap = \"t0\"\n"),
+        8,
+        7,
+        "tap is for port = \"tap\"",
+    );
+    parse_err(
+        &format!("{head}interface = \"eth1\"\n"),
+        6,
+        13,
+        "interface is for port = \"af_xdp\"",
+    );
+    parse_err(
+        &format!("{head}xdp_mode = \"native\"\n"),
+        6,
+        12,
+        "xdp_mode is for port",
+    );
+    parse_err(
+        &format!("{head}port = \"af_xdp\"\ninterface = \"eth1\"\nxdp_mode = \"hw\"\n"),
+        8,
+        12,
+        "use \"auto\"",
+    );
+    parse_err(
+        &format!("{head}port = \"af_xdp\"\ninterface = \"eth1\"\nmtu = 3827\n"),
+        8,
+        7,
+        "above 3826",
+    );
+    parse_err(
+        &format!("{head}port = \"af_xdp\"\ninterface = \"eth1/x\"\n"),
+        7,
+        13,
+        "interface",
     );
 }
 

@@ -16,11 +16,12 @@ use super::raw::{
 };
 use super::{
     Auth, ConfigError, ConfigErrorKind, ConnectionConfig, DhGroup, EspSuite, GatewayConfig,
-    GatewaySection, IkeSuite, Limits, LogFormat, LogLevel, Mode, OuterTcp, OuterTransport,
+    GatewaySection, IkeSuite, Limits, LogFormat, LogLevel, Mode, NicPort, OuterTcp, OuterTransport,
     PskSecret, ReconnectProbe, RedialPolicy, RemoteAddrs, SmolNic, StartAction, TrafficSelector,
-    TunSection, default_tun_mtu, proposal, values,
+    TunSection, XdpMode, default_tun_mtu, proposal, values,
 };
 use iketcp_control::ike::wire::MAX_SELECTORS;
+use iketcp_dataplane::port::af_xdp::MAX_FRAME;
 use iketcp_dataplane::sa::replay::{MAX_WINDOW, MIN_WINDOW};
 
 /// Defaults that are not computed.
@@ -500,13 +501,76 @@ impl Validator<'_> {
     }
 
     fn smoltcp(&self, s: &RawSmoltcp) -> Result<SmolNic, ConfigError> {
-        let tap = match &s.tap {
-            Some(t) => {
-                values::interface_name(t.get_ref())
-                    .map_err(|e| self.invalid(&t.span(), format!("tap {:?}: {e}", t.get_ref())))?;
-                t.get_ref().clone()
+        let name = |t: &Spanned<String>, key: &str| {
+            values::interface_name(t.get_ref())
+                .map_err(|e| self.invalid(&t.span(), format!("{key} {:?}: {e}", t.get_ref())))
+                .map(|()| t.get_ref().clone())
+        };
+        let kind = s.port.as_ref().map_or("tap", |p| p.get_ref().as_str());
+        let port = match kind {
+            "tap" => {
+                if let Some(i) = &s.interface {
+                    return Err(self.invalid(
+                        &i.span(),
+                        "interface is for port = \"af_xdp\"; a TAP port is named by tap",
+                    ));
+                }
+                for (key, v) in [("xdp_mode", s.xdp_mode.as_ref().map(|m| m.span()))] {
+                    if let Some(span) = v {
+                        return Err(self.invalid(&span, format!("{key} is for port = \"af_xdp\"")));
+                    }
+                }
+                NicPort::Tap(match &s.tap {
+                    Some(t) => name(t, "tap")?,
+                    None => DEFAULT_TAP.to_owned(),
+                })
             }
-            None => DEFAULT_TAP.to_owned(),
+            "af_xdp" => {
+                if let Some(t) = &s.tap {
+                    return Err(self.invalid(
+                        &t.span(),
+                        "tap is for port = \"tap\"; AF_XDP runs on an interface",
+                    ));
+                }
+                let interface = match &s.interface {
+                    Some(i) => name(i, "interface")?,
+                    None => {
+                        let span = s.port.as_ref().map(|p| p.span()).unwrap_or_default();
+                        return Err(
+                            self.invalid(&span, "port = \"af_xdp\" needs interface (the NIC)")
+                        );
+                    }
+                };
+                let mode = match s
+                    .xdp_mode
+                    .as_ref()
+                    .map(|m| (m.get_ref().as_str(), m.span()))
+                {
+                    None | Some(("auto", _)) => XdpMode::Auto,
+                    Some(("native", _)) => XdpMode::Native,
+                    Some(("generic", _)) => XdpMode::Generic,
+                    Some((other, span)) => {
+                        return Err(self.invalid(
+                            &span,
+                            format!(
+                                "xdp_mode = {other:?}: use \"auto\", \"native\" or \"generic\""
+                            ),
+                        ));
+                    }
+                };
+                NicPort::AfXdp {
+                    interface,
+                    mode,
+                    force_copy: s.xdp_copy.unwrap_or(false),
+                }
+            }
+            other => {
+                let span = s.port.as_ref().map(|p| p.span()).unwrap_or_default();
+                return Err(self.invalid(
+                    &span,
+                    format!("port = {other:?}: use \"tap\" or \"af_xdp\""),
+                ));
+            }
         };
         let (address, prefix_len) =
             self.cidr(s.address.get_ref(), &s.address.span(), "address", false)?;
@@ -532,8 +596,18 @@ impl Validator<'_> {
             Some(m) => self.mtu(m, "mtu", address.is_ipv6())?,
             None => DEFAULT_LINK_MTU,
         };
+        if matches!(port, NicPort::AfXdp { .. }) && usize::from(mtu) + 14 > MAX_FRAME {
+            let span = s.mtu.as_ref().map(|m| m.span()).unwrap_or_default();
+            return Err(self.invalid(
+                &span,
+                format!(
+                    "mtu {mtu} is above {} on an AF_XDP port (one 4 KiB UMEM frame)",
+                    MAX_FRAME - 14
+                ),
+            ));
+        }
         Ok(SmolNic {
-            tap,
+            port,
             address,
             prefix_len,
             mac,

@@ -1,7 +1,8 @@
 //! The data plane of the gateway: one pinned worker per configured core, each with its own
 //! TUN queue (multi-queue TUN, so the kernel spreads inner flows over the workers) and its own
-//! outer TCP stack: kernel sockets, or smoltcp over the TAP device that is the gateway's NIC
-//! (shared by the workers through a steering splitter when there are several).
+//! outer TCP stack: kernel sockets, or smoltcp over the gateway's NIC: a TAP device, or AF_XDP
+//! sockets on a real interface (shared by the workers through a steering splitter when there are
+//! several).
 
 use std::io;
 use std::net::IpAddr;
@@ -9,15 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
+use iketcp_dataplane::port::Port;
+use iketcp_dataplane::port::af_xdp::{AttachMode, Steal, XskConfig, XskPort};
 use iketcp_dataplane::port::steer::{Steer, split};
 use iketcp_dataplane::port::tap::Tap;
 use iketcp_dataplane::port::tun::{Tun, TunConfig};
 use iketcp_dataplane::transport::kernel::{KernelConfig, KernelTransport};
 use iketcp_dataplane::transport::smol::{SmolConfig, SmolTransport};
-use iketcp_dataplane::worker::handle::{DataplaneHandle, EVENT_QUEUE, gateway_channels};
+use iketcp_dataplane::worker::handle::{
+    DataplaneHandle, EVENT_QUEUE, WorkerChannels, gateway_channels,
+};
 use iketcp_dataplane::worker::{EngineConfig, WorkerConfig, spawn};
 
-use crate::config::{GatewayConfig, OuterTransport};
+use crate::config::{GatewayConfig, NicPort, OuterTransport, XdpMode};
 
 /// The running workers.
 #[derive(Debug)]
@@ -27,7 +32,7 @@ pub struct Workers {
     /// Their threads.
     pub joins: Vec<JoinHandle<io::Result<()>>>,
     /// The steering thread of a shared TAP, if any.
-    pub splitter: Option<(Arc<AtomicBool>, JoinHandle<io::Result<()>>)>,
+    pub splitter: Splitter,
     /// The TUN device's name.
     pub tun_name: String,
 }
@@ -89,46 +94,58 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
             }
         }
         OuterTransport::Smoltcp(nic) => {
-            let tap = Tap::open(&nic.tap, usize::from(nic.mtu) + 14)?;
             let gateway = match nic.next_hop {
                 Some(IpAddr::V4(a)) => Some(a),
                 _ => None,
             };
-            let smol = |steer: Option<Steer>| SmolConfig {
+            let smol = SmolConfig {
                 local_addrs: vec![nic.address],
                 mac: Some(nic.mac),
                 gateway,
-                steer,
                 max_connections: cfg.limits.max_connections,
                 untrusted_per_listener: cfg.limits.untrusted_connections,
                 untrusted_per_source: cfg.limits.untrusted_per_source,
                 ..SmolConfig::default()
             };
-            if n == 1 {
-                let sc = smol(None);
-                let (side, tun) = sides
-                    .into_iter()
-                    .zip(tuns)
-                    .next()
-                    .ok_or_else(|| io::Error::other("no worker"))?;
-                joins.push(spawn(side, wcfg(0), move || {
-                    Ok((SmolTransport::new(tap, sc)?, tun))
-                })?);
-            } else {
-                let (s, ports) = split(tap, count, 4096);
-                let stop = Arc::new(AtomicBool::new(false));
-                let j = s.spawn(stop.clone())?;
-                splitter = Some((stop, j));
-                for (i, ((side, tun), port)) in sides.into_iter().zip(tuns).zip(ports).enumerate() {
-                    let sc = smol(Some(Steer {
-                        index: i as u16,
-                        count,
-                    }));
-                    joins.push(spawn(side, wcfg(i), move || {
-                        Ok((SmolTransport::new(port, sc)?, tun))
-                    })?);
+            let frame = usize::from(nic.mtu) + 14;
+            let sides: Vec<_> = sides.into_iter().zip(tuns).collect();
+            splitter = match &nic.port {
+                NicPort::Tap(name) => {
+                    spawn_smol(Tap::open(name, frame)?, sides, &smol, &wcfg, &mut joins)?
                 }
-            }
+                NicPort::AfXdp {
+                    interface,
+                    mode,
+                    force_copy,
+                } => {
+                    let mut xc = XskConfig::new(interface, frame);
+                    xc.steal = match nic.address {
+                        IpAddr::V4(a) => Steal {
+                            ipv4: Some(a),
+                            ipv6: None,
+                        },
+                        IpAddr::V6(a) => Steal {
+                            ipv4: None,
+                            ipv6: Some(a),
+                        },
+                    };
+                    xc.attach = match mode {
+                        XdpMode::Auto => AttachMode::Auto,
+                        XdpMode::Native => AttachMode::Native,
+                        XdpMode::Generic => AttachMode::Generic,
+                    };
+                    xc.force_copy = *force_copy;
+                    let port = XskPort::open(&xc)?;
+                    tracing::info!(
+                        interface = %interface,
+                        queues = port.queues(),
+                        xdp = ?port.attach_mode(),
+                        zero_copy = port.zero_copy(),
+                        "AF_XDP port open"
+                    );
+                    spawn_smol(port, sides, &smol, &wcfg, &mut joins)?
+                }
+            };
         }
     }
     Ok(Workers {
@@ -137,6 +154,46 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
         splitter,
         tun_name,
     })
+}
+
+type Splitter = Option<(Arc<AtomicBool>, JoinHandle<io::Result<()>>)>;
+
+/// Starts the smoltcp workers on `port`: one worker owns it, or a steering splitter shares it
+/// among several (returned, to be stopped at shutdown).
+fn spawn_smol<P: Port + 'static>(
+    port: P,
+    sides: Vec<(WorkerChannels, Tun)>,
+    smol: &SmolConfig,
+    wcfg: &dyn Fn(usize) -> WorkerConfig,
+    joins: &mut Vec<JoinHandle<io::Result<()>>>,
+) -> io::Result<Splitter> {
+    let count = u16::try_from(sides.len()).map_err(|_| io::Error::other("too many workers"))?;
+    if count == 1 {
+        let sc = smol.clone();
+        let Some((side, tun)) = sides.into_iter().next() else {
+            return Err(io::Error::other("no worker"));
+        };
+        joins.push(spawn(side, wcfg(0), move || {
+            Ok((SmolTransport::new(port, sc)?, tun))
+        })?);
+        return Ok(None);
+    }
+    let (s, ports) = split(port, count, 4096);
+    let stop = Arc::new(AtomicBool::new(false));
+    let j = s.spawn(stop.clone())?;
+    for (i, ((side, tun), port)) in sides.into_iter().zip(ports).enumerate() {
+        let sc = SmolConfig {
+            steer: Some(Steer {
+                index: i as u16,
+                count,
+            }),
+            ..smol.clone()
+        };
+        joins.push(spawn(side, wcfg(i), move || {
+            Ok((SmolTransport::new(port, sc)?, tun))
+        })?);
+    }
+    Ok(Some((stop, j)))
 }
 
 /// The cores to pin to, in order.

@@ -1634,4 +1634,8 @@ impl<P: Port> Transport for SmolTransport<P> {
             untrusted: self.untrusted.total() as u64,
         }
     }
+
+    fn link_counters(&self) -> crate::port::LinkCounters {
+        self.port.link_counters()
+    }
 }
