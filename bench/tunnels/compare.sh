@@ -6,6 +6,7 @@
 #   veth            plain routing gwA -> gwB, no tunnel (the ceiling)
 #   iketcp-kernel   iketcp gateway, both sides on kernel TCP
 #   iketcp-smoltcp  iketcp gateway, gwB on its own TCP stack (smoltcp on a TAP)
+#   iketcp-af_xdp   the same with smoltcp on AF_XDP sockets on gwB's link (copy mode on veth)
 #   iketcp-kernel-no-offload  iketcp-kernel with [tun] offload = false (one syscall per packet)
 #   openvpn-tcp     OpenVPN over TCP, AES-256-GCM, its defaults
 #   openvpn-tcp-tuned  the same with tcp-nodelay and the kernel's own socket buffers
@@ -31,11 +32,11 @@ SECS=${SECS:-10}
 RUNS=${RUNS:-3}
 CCS=${CCS:-cubic bbr}
 STREAMS=${STREAMS:-1 4}
-KINDS=${KINDS:-veth iketcp-kernel iketcp-smoltcp iketcp-kernel-no-offload openvpn-tcp openvpn-tcp-tuned openvpn-udp boringtun}
+KINDS=${KINDS:-veth iketcp-kernel iketcp-smoltcp iketcp-af_xdp iketcp-kernel-no-offload openvpn-tcp openvpn-tcp-tuned openvpn-udp boringtun}
 OUT=${OUT:-docs/compare}
 LOSS=${LOSS:-}
 export LAB=${LAB:-itc}
-unset TUNNELS ATTACKER PEER_C LIMITS_B  # two-gateways.sh options that must not leak in
+unset TUNNELS ATTACKER PEER_C LIMITS_B PORT_B  # two-gateways.sh options that must not leak in
 export LAB_DIR=/tmp/$LAB
 LABSH=$ROOT/tests/lab/two-gateways.sh
 HA=$LAB-hostA GA=$LAB-gwA GB=$LAB-gwB HB=$LAB-hostB
@@ -166,6 +167,7 @@ tunnel_up() {
         veth) up_veth ;;
         iketcp-kernel) up_iketcp kernel ;;
         iketcp-smoltcp) up_iketcp smoltcp ;;
+        iketcp-af_xdp) up_iketcp smoltcp ;;
         iketcp-kernel-no-offload) up_iketcp kernel ;;
         openvpn-tcp) up_openvpn tcp default ;;
         openvpn-tcp-tuned) up_openvpn tcp tuned ;;
@@ -231,6 +233,8 @@ for cc in $CCS; do
         lab_down
         transport=kernel
         [ "$t" = iketcp-smoltcp ] && transport=smoltcp
+        export PORT_B=tap
+        [ "$t" = iketcp-af_xdp ] && transport=smoltcp && PORT_B=af_xdp
         export TUN_OFFLOAD=true
         [ "$t" = iketcp-kernel-no-offload ] && TUN_OFFLOAD=false
         lab_net "$cc" "$transport"

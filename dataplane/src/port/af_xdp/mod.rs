@@ -116,6 +116,8 @@ struct Queue {
     tx_slab: HeapSlab,
     /// Frames on the receive side (fill ring, kernel, RX ring), at most `frames / 2`.
     rx_side: usize,
+    /// Frames handed to the TX ring and not yet back through the completion ring.
+    tx_in_flight: usize,
     zero_copy: bool,
 }
 
@@ -289,13 +291,20 @@ impl Queue {
             rx_slab: HeapSlab::with_capacity(BURST),
             tx_slab: HeapSlab::with_capacity(BURST),
             rx_side,
+            tx_in_flight: 0,
             zero_copy,
         })
     }
 
     /// Frames the kernel finished sending go back to the UMEM.
     fn reap(&mut self) {
-        while self.completion.dequeue(&mut self.umem, BURST) == BURST {}
+        loop {
+            let n = self.completion.dequeue(&mut self.umem, BURST);
+            self.tx_in_flight = self.tx_in_flight.saturating_sub(n);
+            if n < BURST {
+                break;
+            }
+        }
     }
 
     /// Gives the kernel free frames to receive into, keeping half of the UMEM for sending.
@@ -318,30 +327,55 @@ impl Queue {
         // through the completion ring.
         let sent = unsafe { self.tx.send(&mut self.tx_slab) };
         stats.tx_packets += sent as u64;
+        self.tx_in_flight += sent;
         if sent > 0 {
+            kick(&self.socket, stats);
+        }
+    }
+
+    /// Frames in the TX ring the kernel has not sent yet get another kick: in copy mode one
+    /// `sendto` sends at most 32 of them (the kernel's `TX_BATCH_SIZE`), and without a kick the
+    /// rest would wait for the next packet to send.
+    fn kick_if_pending(&mut self, stats: &mut XskStats) {
+        if self.tx_in_flight > 0 {
             kick(&self.socket, stats);
         }
     }
 }
 
-/// `sendto(fd, NULL, 0, MSG_DONTWAIT)`: tells the kernel the TX ring has frames.
+/// Kicks per call at most: 32 frames each in copy mode, so this drains a 2048-frame TX ring.
+/// Each one that says EAGAIN has sent its 32 frames, so none is wasted.
+const MAX_KICKS: usize = 64;
+
+/// `sendto(fd, NULL, 0, MSG_DONTWAIT)`: tells the kernel the TX ring has frames. In copy mode
+/// the kernel sends up to 32 per call and says EAGAIN when more are left, so it is repeated
+/// (a few times: the rest goes with the next call).
 fn kick(socket: &XdpSocket, stats: &mut XskStats) {
-    // SAFETY: a zero-length send with no buffer and no address; the kernel reads only the ring.
-    let r = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            std::ptr::null(),
-            0,
-            libc::MSG_DONTWAIT,
-            std::ptr::null(),
-            0,
-        )
-    };
-    if r < 0 {
+    for _ in 0..MAX_KICKS {
+        // SAFETY: a zero-length send with no buffer and no address; the kernel reads only the
+        // ring.
+        let r = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if r >= 0 {
+            return;
+        }
         match io::Error::last_os_error().raw_os_error() {
-            // The ring is busy or full: the frames stay queued and go with the next kick.
-            Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR) => {}
-            _ => stats.tx_kick_errors += 1,
+            // More frames left than one call sends: again.
+            Some(libc::EAGAIN | libc::EINTR) => {}
+            // The device queue is busy or full: the frames stay in the ring for the next kick.
+            Some(libc::EBUSY | libc::ENOBUFS) => return,
+            _ => {
+                stats.tx_kick_errors += 1;
+                return;
+            }
         }
     }
 }
@@ -394,6 +428,7 @@ impl Port for XskPort {
                 break;
             };
             q.reap();
+            q.kick_if_pending(&mut self.stats);
             while got < max {
                 // SAFETY: the frames the RX ring names are `q.umem`'s; each is copied out and
                 // freed back to it below, so none outlives the UMEM.
