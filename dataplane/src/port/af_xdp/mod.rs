@@ -329,7 +329,18 @@ impl Queue {
         stats.tx_packets += sent as u64;
         self.tx_in_flight += sent;
         if sent > 0 {
-            kick(&self.socket, stats);
+            self.kick(stats);
+        }
+    }
+
+    /// Kicks until the kernel has taken the TX ring (at most [`MAX_KICKS`] times), draining the
+    /// completion ring between kicks: the kernel sends no frame it has no completion slot for.
+    fn kick(&mut self, stats: &mut XskStats) {
+        for _ in 0..MAX_KICKS {
+            if !kick_once(&self.socket, stats) {
+                return;
+            }
+            self.reap();
         }
     }
 
@@ -338,7 +349,7 @@ impl Queue {
     /// rest would wait for the next packet to send.
     fn kick_if_pending(&mut self, stats: &mut XskStats) {
         if self.tx_in_flight > 0 {
-            kick(&self.socket, stats);
+            self.kick(stats);
         }
     }
 }
@@ -347,35 +358,31 @@ impl Queue {
 /// Each one that says EAGAIN has sent its 32 frames, so none is wasted.
 const MAX_KICKS: usize = 64;
 
-/// `sendto(fd, NULL, 0, MSG_DONTWAIT)`: tells the kernel the TX ring has frames. In copy mode
-/// the kernel sends up to 32 per call and says EAGAIN when more are left, so it is repeated
-/// (a few times: the rest goes with the next call).
-fn kick(socket: &XdpSocket, stats: &mut XskStats) {
-    for _ in 0..MAX_KICKS {
-        // SAFETY: a zero-length send with no buffer and no address; the kernel reads only the
-        // ring.
-        let r = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if r >= 0 {
-            return;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            // More frames left than one call sends: again.
-            Some(libc::EAGAIN | libc::EINTR) => {}
-            // The device queue is busy or full: the frames stay in the ring for the next kick.
-            Some(libc::EBUSY | libc::ENOBUFS) => return,
-            _ => {
-                stats.tx_kick_errors += 1;
-                return;
-            }
+/// `sendto(fd, NULL, 0, MSG_DONTWAIT)`: tells the kernel the TX ring has frames. Returns
+/// whether to kick again: in copy mode the kernel sends up to 32 per call and says EAGAIN when
+/// more are left (or when the completion ring is full until it is drained).
+fn kick_once(socket: &XdpSocket, stats: &mut XskStats) -> bool {
+    // SAFETY: a zero-length send with no buffer and no address; the kernel reads only the ring.
+    let r = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if r >= 0 {
+        return false;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => true,
+        // The device queue is busy or full: the frames stay in the ring for the next kick.
+        Some(libc::EBUSY | libc::ENOBUFS) => false,
+        _ => {
+            stats.tx_kick_errors += 1;
+            false
         }
     }
 }
