@@ -408,17 +408,76 @@ fn bound_zero_copy(socket: &XdpSocket) -> bool {
     r == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
 }
 
-/// Receive queues of `interface` (`/sys/class/net/IF/queues/rx-N`); 1 if unknown.
+/// Receive queues of `interface`: its current RX plus combined channels (`ETHTOOL_GCHANNELS`,
+/// asked in the caller's network namespace), else the `rx-N` entries in sysfs, else 1.
 fn rx_queue_count(interface: &str) -> u32 {
-    let dir = format!("/sys/class/net/{interface}/queues");
-    let n = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
+    channels(interface)
+        .or_else(|| {
+            let dir = format!("/sys/class/net/{interface}/queues");
+            let n = std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                .count()
+                .count();
+            u32::try_from(n).ok()
         })
-        .unwrap_or(0);
-    u32::try_from(n).unwrap_or(1).max(1)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// `struct ethtool_channels` (include/uapi/linux/ethtool.h).
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member.
+#[repr(C)]
+struct IfreqData {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+fn channels(interface: &str) -> Option<u32> {
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..EthtoolChannels::default()
+    };
+    let mut ifr = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: (&mut ch as *mut EthtoolChannels).cast(),
+        _pad: [0; 16],
+    };
+    let bytes = interface.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    for (d, b) in ifr.name.iter_mut().zip(bytes) {
+        *d = *b as libc::c_char;
+    }
+    // SAFETY: a datagram socket only for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `ifr` is a valid ifreq naming the interface, whose data pointer points at `ch`, a
+    // valid ethtool_channels that outlives the call; the kernel writes only into `ch`.
+    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut ifr as *mut IfreqData) };
+    // SAFETY: `fd` is ours and not used after this.
+    unsafe { libc::close(fd) };
+    (r == 0).then(|| ch.rx_count + ch.combined_count)
 }
 
 impl Port for XskPort {

@@ -14,10 +14,13 @@ fn ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+const OURS6: &str = "fd00:5e::2";
+
 /// Opens the port on `xb`, or says why not.
 fn open_on_xb() -> Option<XskPort> {
     let mut cfg = XskConfig::new("xb", 1514);
     cfg.steal.ipv4 = Some(OURS);
+    cfg.steal.ipv6 = OURS6.parse().ok();
     cfg.frames = 256;
     match XskPort::open(&cfg) {
         Ok(p) => Some(p),
@@ -28,13 +31,21 @@ fn open_on_xb() -> Option<XskPort> {
     }
 }
 
-/// A veth pair: `xa` (the kernel, 198.51.100.1) and `xb` (198.51.100.3 for the kernel; the port
-/// answers for 198.51.100.2 on it).
-fn veth_pair() -> bool {
+/// A veth pair with `queues` queues each way: `xa` (the kernel, 198.51.100.1, fd00:5e::1) and
+/// `xb` (198.51.100.3 and fd00:5e::3 for the kernel; the port answers for 198.51.100.2 on it).
+fn veth_pair(queues: u32) -> bool {
+    let q = queues.to_string();
+    let qs = ["numtxqueues", &q, "numrxqueues", &q];
+    let mut add = vec!["link", "add", "xa"];
+    add.extend(qs);
+    add.extend(["type", "veth", "peer", "name", "xb"]);
+    add.extend(qs);
     ip(&["link", "set", "lo", "up"])
-        && ip(&["link", "add", "xa", "type", "veth", "peer", "name", "xb"])
+        && ip(&add)
         && ip(&["addr", "add", "198.51.100.1/24", "dev", "xa"])
         && ip(&["addr", "add", "198.51.100.3/24", "dev", "xb"])
+        && ip(&["addr", "add", "fd00:5e::1/64", "dev", "xa", "nodad"])
+        && ip(&["addr", "add", "fd00:5e::3/64", "dev", "xb", "nodad"])
         && ip(&["link", "set", "xa", "up"])
         && ip(&["link", "set", "xb", "up"])
 }
@@ -158,7 +169,7 @@ fn bad_configs_are_refused_before_anything_is_attached() {
 #[test]
 fn an_xsk_port_gets_its_own_frames_and_leaves_the_rest_to_the_kernel() {
     in_fresh_netns(|| {
-        if !veth_pair() {
+        if !veth_pair(1) {
             println!("SKIP: cannot create a veth pair");
             return;
         }
@@ -258,6 +269,62 @@ fn an_xsk_port_gets_its_own_frames_and_leaves_the_rest_to_the_kernel() {
         assert!(
             !text.contains("prog/xdp"),
             "the program is still attached: {text}"
+        );
+    });
+}
+
+/// IPv6: the neighbour solicitation for the port's address (to its solicited-node group) reaches
+/// the port; the kernel's own IPv6 address on the interface still answers.
+#[test]
+fn an_xsk_port_gets_the_neighbour_solicitations_for_its_ipv6_address() {
+    in_fresh_netns(|| {
+        if !veth_pair(1) {
+            println!("SKIP: cannot create a veth pair");
+            return;
+        }
+        let Some(mut port) = open_on_xb() else { return };
+        // Nobody answers for the port's address here: ping fails, but its solicitation came.
+        let (_, seen) = ping_through(&mut port, OURS6);
+        let group = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2];
+        let ns = seen.iter().any(|f| {
+            f.get(12..14) == Some(&[0x86, 0xdd])
+                && f.get(38..54) == Some(&group[..])
+                && f.get(54) == Some(&135)
+        });
+        assert!(
+            ns,
+            "no neighbour solicitation for {OURS6} among {} frames",
+            seen.len()
+        );
+        let (ok, seen) = ping_through(&mut port, "fd00:5e::3");
+        assert!(
+            ok,
+            "the kernel's IPv6 address on the XDP interface stopped working"
+        );
+        let mine = [0xfd, 0, 0, 0x5e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+        assert!(
+            !seen.iter().any(|f| f.get(38..54) == Some(&mine[..])),
+            "frames for the kernel's IPv6 address reached the port"
+        );
+    });
+}
+
+/// Two receive queues: a socket on each, and the port still answers (whichever queue the
+/// kernel's frames arrive on).
+#[test]
+fn an_xsk_port_binds_every_receive_queue() {
+    in_fresh_netns(|| {
+        if !veth_pair(2) {
+            println!("SKIP: cannot create a two-queue veth pair");
+            return;
+        }
+        let Some(mut port) = open_on_xb() else { return };
+        assert_eq!(port.queues(), 2);
+        let (ok, seen) = ping_through(&mut port, "198.51.100.2");
+        assert!(
+            ok,
+            "ping through a two-queue AF_XDP port failed; saw {} frames",
+            seen.len()
         );
     });
 }
