@@ -156,9 +156,8 @@ CFG
         cat <<CFG
 
 [smoltcp]
-$(if [ "$PORT_B" = af_xdp ]; then printf 'port = "af_xdp"\ninterface = "gb1"'; else printf 'tap = "iketcp-tap0"'; fi)
 address = "192.0.2.2/24"
-mac = "02:00:00:00:02:02"
+$(if [ "$PORT_B" = af_xdp ]; then printf 'port = "af_xdp"\ninterface = "gb1"  # smoltcp takes gb1'"'"'s MAC'; else printf 'tap = "iketcp-tap0"\nmac = "02:00:00:00:02:02"'; fi)
 CFG
     fi
     cat <<CFG

@@ -293,9 +293,10 @@ pub struct SmolNic {
     pub address: IpAddr,
     /// ... and its prefix length.
     pub prefix_len: u8,
-    /// `mac`: the interface's MAC. Default 02:00 followed by the last four octets of
-    /// `address` (locally administered, unicast).
-    pub mac: [u8; 6],
+    /// `mac`: smoltcp's MAC. Default on a TAP: 02:00 followed by the last four octets of
+    /// `address` (locally administered, unicast). Default on AF_XDP: `None`, the NIC's own MAC
+    /// (read at start), which the NIC's filter accepts.
+    pub mac: Option<[u8; 6]>,
     /// `next_hop`: the router for destinations off the link, if any.
     pub next_hop: Option<IpAddr>,
     /// `mtu` of the link, 576..=9000 (1280 minimum for IPv6; at most 3826 on AF_XDP, one

@@ -180,7 +180,7 @@ fn full_example_parses_to_the_expected_values() {
             port: NicPort::Tap("tap7".into()),
             address: "192.0.2.1".parse().unwrap(),
             prefix_len: 24,
-            mac: [0x02, 0x00, 192, 0, 2, 1],
+            mac: Some([0x02, 0x00, 192, 0, 2, 1]),
             next_hop: Some("192.0.2.254".parse().unwrap()),
             mtu: 9000,
         })

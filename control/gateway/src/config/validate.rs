@@ -575,9 +575,12 @@ impl Validator<'_> {
         let (address, prefix_len) =
             self.cidr(s.address.get_ref(), &s.address.span(), "address", false)?;
         let mac = match &s.mac {
-            Some(m) => values::mac(m.get_ref())
-                .map_err(|e| self.invalid(&m.span(), format!("mac {:?}: {e}", m.get_ref())))?,
-            None => values::default_mac(address),
+            Some(m) => Some(
+                values::mac(m.get_ref())
+                    .map_err(|e| self.invalid(&m.span(), format!("mac {:?}: {e}", m.get_ref())))?,
+            ),
+            None if matches!(port, NicPort::AfXdp { .. }) => None,
+            None => Some(values::default_mac(address)),
         };
         let next_hop = match &s.next_hop {
             Some(h) => {

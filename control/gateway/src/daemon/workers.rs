@@ -98,9 +98,14 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
                 Some(IpAddr::V4(a)) => Some(a),
                 _ => None,
             };
+            let mac = match (&nic.mac, &nic.port) {
+                (Some(m), _) => *m,
+                (None, NicPort::AfXdp { interface, .. }) => interface_mac(interface)?,
+                (None, NicPort::Tap(_)) => return Err(io::Error::other("no MAC for the TAP port")),
+            };
             let smol = SmolConfig {
                 local_addrs: vec![nic.address],
-                mac: Some(nic.mac),
+                mac: Some(mac),
                 gateway,
                 max_connections: cfg.limits.max_connections,
                 untrusted_per_listener: cfg.limits.untrusted_connections,
@@ -194,6 +199,27 @@ fn spawn_smol<P: Port + 'static>(
         })?);
     }
     Ok(Some((stop, j)))
+}
+
+/// The MAC address of `interface` (`/sys/class/net/IF/address`, in this process's namespace).
+fn interface_mac(interface: &str) -> io::Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{interface}/address");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = parts
+            .next()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| io::Error::other(format!("{path}: not a MAC address: {text:?}")))?;
+    }
+    if parts.next().is_some() {
+        return Err(io::Error::other(format!(
+            "{path}: not a MAC address: {text:?}"
+        )));
+    }
+    Ok(mac)
 }
 
 /// The cores to pin to, in order.
