@@ -148,7 +148,15 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
                         zero_copy = port.zero_copy(),
                         "AF_XDP port open"
                     );
-                    spawn_smol(port, sides, &smol, &wcfg, &mut joins)?
+                    if sides.len() > 1 {
+                        // Each worker reads its own queues; no steering thread (see
+                        // `XskPort::share`).
+                        let parts = port.share(count);
+                        spawn_steered(parts, sides, &smol, &wcfg, &mut joins)?;
+                        None
+                    } else {
+                        spawn_smol(port, sides, &smol, &wcfg, &mut joins)?
+                    }
                 }
             };
         }
@@ -186,6 +194,20 @@ fn spawn_smol<P: Port + 'static>(
     let (s, ports) = split(port, count, 4096);
     let stop = Arc::new(AtomicBool::new(false));
     let j = s.spawn(stop.clone())?;
+    spawn_steered(ports, sides, smol, wcfg, joins)?;
+    Ok(Some((stop, j)))
+}
+
+/// Starts one smoltcp worker on each of `ports`, the parts of one shared port: worker `i` opens
+/// connections whose 4-tuple hashes to `i` (`Steer`), so their replies come back to it.
+fn spawn_steered<P: Port + 'static>(
+    ports: Vec<P>,
+    sides: Vec<(WorkerChannels, Tun)>,
+    smol: &SmolConfig,
+    wcfg: &dyn Fn(usize) -> WorkerConfig,
+    joins: &mut Vec<JoinHandle<io::Result<()>>>,
+) -> io::Result<()> {
+    let count = u16::try_from(sides.len()).map_err(|_| io::Error::other("too many workers"))?;
     for (i, ((side, tun), port)) in sides.into_iter().zip(ports).enumerate() {
         let sc = SmolConfig {
             steer: Some(Steer {
@@ -198,7 +220,7 @@ fn spawn_smol<P: Port + 'static>(
             Ok((SmolTransport::new(port, sc)?, tun))
         })?);
     }
-    Ok(Some((stop, j)))
+    Ok(())
 }
 
 /// The MAC address of `interface` (`/sys/class/net/IF/address`, in this process's namespace).

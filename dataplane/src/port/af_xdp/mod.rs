@@ -8,6 +8,7 @@
 //! buffers are pool [`Packet`]s. In copy mode (veth, and any driver without AF_XDP zero-copy)
 //! the kernel copies into the UMEM as well; on a zero-copy NIC the kernel's copy goes away.
 
+mod mesh;
 pub mod program;
 
 use std::collections::VecDeque;
@@ -137,14 +138,23 @@ pub struct XskStats {
     /// The kernel's drops (`XDP_STATISTICS`): RX ring full, fill ring empty, other, invalid
     /// descriptors; summed over the queues.
     pub kernel_dropped: u64,
+    /// A shared part ([`XskPort::share`]): frames passed to the worker their flow belongs to.
+    pub shared_forwarded: u64,
+    /// A shared part: frames dropped because another part's ring (or the TX ring, for a part
+    /// without queues) was full.
+    pub shared_dropped: u64,
 }
 
 /// An AF_XDP port over every receive queue of one interface, with the XDP program attached for
 /// as long as it lives.
 pub struct XskPort {
-    // Dropped first: the program stops redirecting before the sockets close.
-    program: SteerProgram,
+    // Dropped first: the program stops redirecting before the sockets close. After
+    // [`share`](Self::share), worker 0's part holds it.
+    program: Option<SteerProgram>,
+    mode: AttachMode,
     queues: Vec<Queue>,
+    /// After [`share`](Self::share): the rings to the other workers' parts.
+    mesh: Option<mesh::Mesh>,
     mtu: usize,
     /// Queue to read first next time (round robin, so no queue starves the others).
     next: usize,
@@ -201,8 +211,10 @@ impl XskPort {
             queues.push(q);
         }
         Ok(XskPort {
-            program,
+            mode: program.mode(),
+            program: Some(program),
             queues,
+            mesh: None,
             mtu: cfg.mtu,
             next: 0,
             stats: XskStats::default(),
@@ -224,6 +236,10 @@ impl XskPort {
                     + k.rx_fill_ring_empty_descs
             })
             .sum();
+        if let Some(m) = &self.mesh {
+            s.shared_forwarded = m.forwarded;
+            s.shared_dropped = m.dropped;
+        }
         s
     }
 
@@ -240,7 +256,101 @@ impl XskPort {
 
     /// How the XDP program is attached.
     pub fn attach_mode(&self) -> AttachMode {
-        self.program.mode()
+        self.mode
+    }
+
+    /// Writes packets from the front of `pkts` into this part's first queue's TX ring.
+    fn transmit(&mut self, pool: &mut PacketPool, pkts: &mut VecDeque<Packet>) -> usize {
+        let mut sent = 0;
+        let mtu = self.mtu;
+        // Any queue can transmit; the first one does.
+        let Some(q) = self.queues.first_mut() else {
+            return 0;
+        };
+        q.reap();
+        q.push_tx(&mut self.stats);
+        while !pkts.is_empty() {
+            if q.tx_slab.available() == 0 {
+                q.push_tx(&mut self.stats);
+                if q.tx_slab.available() == 0 {
+                    break;
+                }
+            }
+            let Some(p) = pkts.front() else { break };
+            if p.len() > mtu {
+                self.stats.tx_too_big += 1;
+            } else {
+                // SAFETY: the frame is `q.umem`'s and goes to its TX ring (or back to it on
+                // error); the queue keeps the UMEM for as long as the rings.
+                let Some(mut frame) = (unsafe { q.umem.alloc() }) else {
+                    // Every sending frame is in flight: the rest waits for completions.
+                    break;
+                };
+                if frame.append(p.data()).is_err() {
+                    q.umem.free_packet(frame);
+                    self.stats.tx_too_big += 1;
+                } else if let Some(frame) = q.tx_slab.push_front(frame) {
+                    q.umem.free_packet(frame);
+                    break;
+                }
+            }
+            if let Some(p) = pkts.pop_front() {
+                pool.put(p);
+                sent += 1;
+            }
+        }
+        q.push_tx(&mut self.stats);
+        sent
+    }
+
+    /// Reads up to `max` frames from this part's own queues into `out`.
+    fn receive_own(&mut self, pool: &mut PacketPool, out: &mut Vec<Packet>, max: usize) -> usize {
+        let mut got = 0;
+        let n = self.queues.len();
+        for k in 0..n {
+            let Some(q) = self.queues.get_mut((self.next + k) % n) else {
+                break;
+            };
+            q.reap();
+            q.kick_if_pending(&mut self.stats);
+            while got < max {
+                // SAFETY: the frames the RX ring names are `q.umem`'s; each is copied out and
+                // freed back to it below, so none outlives the UMEM.
+                let r = unsafe { q.rx.recv(&q.umem, &mut q.rx_slab) };
+                if r == 0 {
+                    break;
+                }
+                q.rx_side = q.rx_side.saturating_sub(r);
+                while let Some(frame) = q.rx_slab.pop_back() {
+                    let mut p = pool.get();
+                    if p.fill_from(&frame) {
+                        out.push(p);
+                        got += 1;
+                        self.stats.rx_packets += 1;
+                    } else {
+                        self.stats.rx_too_big += 1;
+                        pool.put(p);
+                    }
+                    q.umem.free_packet(frame);
+                }
+            }
+            q.refill();
+            if got >= max {
+                self.next = (self.next + k + 1) % n;
+                return got;
+            }
+        }
+        got
+    }
+
+    /// Splits the port into `n` parts, one per worker, without a steering thread. The receive
+    /// queues are dealt out round robin; each part reads its own and hands a frame whose flow
+    /// hashes to another worker (`steer::flow_hash`, the hash [`Steer`](super::steer::Steer)
+    /// picks ports by) to that worker over a bounded ring, and a frame without a flow (ARP,
+    /// neighbour discovery) to every worker. A part without a queue (fewer queues than workers)
+    /// sends through a part that has one. Worker 0's part keeps the XDP program.
+    pub fn share(self, n: u16) -> Vec<XskPort> {
+        mesh::share(self, n)
     }
 }
 
@@ -487,42 +597,10 @@ impl Port for XskPort {
         out: &mut Vec<Packet>,
         max: usize,
     ) -> io::Result<usize> {
-        let mut got = 0;
-        let n = self.queues.len();
-        for k in 0..n {
-            let Some(q) = self.queues.get_mut((self.next + k) % n) else {
-                break;
-            };
-            q.reap();
-            q.kick_if_pending(&mut self.stats);
-            while got < max {
-                // SAFETY: the frames the RX ring names are `q.umem`'s; each is copied out and
-                // freed back to it below, so none outlives the UMEM.
-                let r = unsafe { q.rx.recv(&q.umem, &mut q.rx_slab) };
-                if r == 0 {
-                    break;
-                }
-                q.rx_side = q.rx_side.saturating_sub(r);
-                while let Some(frame) = q.rx_slab.pop_back() {
-                    let mut p = pool.get();
-                    if p.fill_from(&frame) {
-                        out.push(p);
-                        got += 1;
-                        self.stats.rx_packets += 1;
-                    } else {
-                        self.stats.rx_too_big += 1;
-                        pool.put(p);
-                    }
-                    q.umem.free_packet(frame);
-                }
-            }
-            q.refill();
-            if got >= max {
-                self.next = (self.next + k + 1) % n;
-                return Ok(got);
-            }
+        if self.mesh.is_none() {
+            return Ok(self.receive_own(pool, out, max));
         }
-        Ok(got)
+        Ok(mesh::receive(self, pool, out, max))
     }
 
     fn send_burst(
@@ -530,46 +608,13 @@ impl Port for XskPort {
         pool: &mut PacketPool,
         pkts: &mut VecDeque<Packet>,
     ) -> io::Result<usize> {
-        let mut sent = 0;
-        let mtu = self.mtu;
-        // Any queue can transmit; the first one does.
-        let Some(q) = self.queues.first_mut() else {
-            return Ok(0);
-        };
-        q.reap();
-        q.push_tx(&mut self.stats);
-        while !pkts.is_empty() {
-            if q.tx_slab.available() == 0 {
-                q.push_tx(&mut self.stats);
-                if q.tx_slab.available() == 0 {
-                    break;
-                }
-            }
-            let Some(p) = pkts.front() else { break };
-            if p.len() > mtu {
-                self.stats.tx_too_big += 1;
-            } else {
-                // SAFETY: the frame is `q.umem`'s and goes to its TX ring (or back to it on
-                // error); the queue keeps the UMEM for as long as the rings.
-                let Some(mut frame) = (unsafe { q.umem.alloc() }) else {
-                    // Every sending frame is in flight: the rest waits for completions.
-                    break;
-                };
-                if frame.append(p.data()).is_err() {
-                    q.umem.free_packet(frame);
-                    self.stats.tx_too_big += 1;
-                } else if let Some(frame) = q.tx_slab.push_front(frame) {
-                    q.umem.free_packet(frame);
-                    break;
-                }
-            }
-            if let Some(p) = pkts.pop_front() {
-                pool.put(p);
-                sent += 1;
-            }
+        if self.queues.is_empty()
+            && let Some(m) = &mut self.mesh
+        {
+            // No queue of its own: a part with one sends for it.
+            return m.send_via_transmitter(pool, pkts);
         }
-        q.push_tx(&mut self.stats);
-        Ok(sent)
+        Ok(self.transmit(pool, pkts))
     }
 
     fn medium(&self) -> Medium {
@@ -585,7 +630,7 @@ impl Port for XskPort {
         LinkCounters {
             rx_packets: s.rx_packets,
             tx_packets: s.tx_packets,
-            dropped: s.rx_too_big + s.tx_too_big + s.kernel_dropped,
+            dropped: s.rx_too_big + s.tx_too_big + s.kernel_dropped + s.shared_dropped,
         }
     }
 }

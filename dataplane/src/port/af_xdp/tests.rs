@@ -413,3 +413,123 @@ fn truncated_frames_are_left_to_the_kernel() {
         assert_eq!(&frames[0][..34], &eth([0x08, 0x00], &ipv4)[..]);
     });
 }
+
+/// A UDP datagram from 198.51.100.1:`sport` to the port's address, as a frame.
+fn udp_frame(sport: u16) -> Vec<u8> {
+    let mut f = MAC.to_vec();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 32, 0, 0, 0, 0, 64, 17, 0, 0, 198, 51, 100, 1];
+    ip.extend_from_slice(&OURS.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&sport.to_be_bytes());
+    ip.extend_from_slice(&[0, 9, 0, 12, 0, 0, 1, 2, 3, 4]);
+    f.extend_from_slice(&ip);
+    f
+}
+
+/// `share(2)` over `queues` receive queues: each frame of a flow reaches the part its flow
+/// hashes to, exactly once; ARP reaches both; a part without a queue of its own sends through
+/// the other.
+fn shared_parts(queues: u32) {
+    in_fresh_netns(move || {
+        if !veth_pair(queues) {
+            println!("SKIP: cannot create a veth pair");
+            return;
+        }
+        let Some(port) = open_on_xb() else { return };
+        let mut parts = port.share(2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            parts.iter().map(|p| p.queues()).sum::<usize>(),
+            queues as usize
+        );
+        let mut frames: Vec<Vec<u8>> = (1000..1040).map(udp_frame).collect();
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 198, 51, 100, 1, 0, 0, 0, 0, 0, 0]);
+        arp.extend_from_slice(&OURS.octets());
+        frames.push(arp);
+        inject(&frames);
+        let mut pool = PacketPool::default();
+        let mut seen: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while seen[0].len() + seen[1].len() < 42 && Instant::now() < deadline {
+            for (i, part) in parts.iter_mut().enumerate() {
+                let mut got = Vec::new();
+                part.recv_burst(&mut pool, &mut got, 64).unwrap();
+                seen[i].extend(got.iter().map(|p| p.data().to_vec()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for (k, f) in frames.iter().take(40).enumerate() {
+            let owner = crate::port::steer::flow_hash(f, Medium::Ethernet).unwrap() as usize % 2;
+            let at = |i: usize| {
+                seen[i]
+                    .iter()
+                    .filter(|g| g.get(..f.len()) == Some(&f[..]))
+                    .count()
+            };
+            assert_eq!(
+                (at(owner), at(1 - owner)),
+                (1, 0),
+                "flow {k} (owner {owner})"
+            );
+        }
+        for (i, s) in seen.iter().enumerate() {
+            assert_eq!(
+                s.iter().filter(|g| g[12..14] == [0x08, 0x06]).count(),
+                1,
+                "ARP at part {i}"
+            );
+        }
+
+        // Part 1 sends 100 frames; with one queue it has none and part 0 sends them for it.
+        let rx = || {
+            let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+            let line = dev
+                .lines()
+                .find(|l| l.trim_start().starts_with("xa:"))
+                .unwrap();
+            line.split_whitespace()
+                .nth(2)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let before = rx();
+        let mut q: VecDeque<Packet> = (0..100u16)
+            .map(|i| {
+                let mut p = pool.get();
+                let mut f = vec![0xff; 6];
+                f.extend_from_slice(&MAC);
+                f.extend_from_slice(&[0x88, 0xb5]);
+                f.extend_from_slice(&i.to_be_bytes());
+                f.resize(60, 0);
+                assert!(p.fill_from(&f));
+                p
+            })
+            .collect();
+        assert_eq!(parts[1].send_burst(&mut pool, &mut q).unwrap(), 100);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while rx() < before + 100 && Instant::now() < deadline {
+            for part in parts.iter_mut() {
+                part.recv_burst(&mut pool, &mut Vec::new(), 64).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(rx() - before, 100);
+        let dropped: u64 = parts.iter().map(|p| p.stats().shared_dropped).sum();
+        assert_eq!(dropped, 0);
+    });
+}
+
+#[test]
+fn a_shared_port_with_one_queue_gives_each_worker_its_flows() {
+    shared_parts(1);
+}
+
+#[test]
+fn a_shared_port_with_a_queue_per_worker_gives_each_worker_its_flows() {
+    shared_parts(2);
+}
