@@ -22,6 +22,7 @@
 #
 #   bench/tunnels/compare.sh                     # everything: ~25 min
 #   KINDS="veth iketcp-kernel" SECS=5 RUNS=1 CCS=cubic bench/tunnels/compare.sh
+#   WORKERS=2 KINDS="iketcp-smoltcp iketcp-af_xdp" bench/tunnels/compare.sh   # TAP+splitter vs AF_XDP shared
 #
 # Writes $OUT/results.json (default docs/compare) and prints a table; the plot is drawn by
 # `iketcp-bench plot $OUT/results.json $OUT/throughput.png`.
@@ -35,6 +36,8 @@ STREAMS=${STREAMS:-1 4}
 KINDS=${KINDS:-veth iketcp-kernel iketcp-smoltcp iketcp-af_xdp iketcp-kernel-no-offload openvpn-tcp openvpn-tcp-tuned openvpn-udp boringtun}
 OUT=${OUT:-docs/compare}
 LOSS=${LOSS:-}
+# iketcp workers per gateway (two-gateways.sh reads it too).
+export WORKERS=${WORKERS:-1}
 export LAB=${LAB:-itc}
 unset TUNNELS ATTACKER PEER_C LIMITS_B PORT_B  # two-gateways.sh options that must not leak in
 export LAB_DIR=/tmp/$LAB
@@ -227,7 +230,7 @@ mkdir -p "$OUT"
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 IFS='|' read -r CPU CORES FLAGS <<<"$(cpu_line)"
-echo "compare: $CPU, $CORES cores, flags: $FLAGS; $("$BIN" --version); ${SECS}s x $RUNS runs, median${LOSS:+; random loss $LOSS on the outer link, TSO/GSO off there}"
+echo "compare: $CPU, $CORES cores, flags: $FLAGS; $("$BIN" --version), $WORKERS worker(s) per iketcp gateway; ${SECS}s x $RUNS runs, median${LOSS:+; random loss $LOSS on the outer link, TSO/GSO off there}"
 for cc in $CCS; do
     for t in $KINDS; do
         lab_down
@@ -266,13 +269,14 @@ for cc in $CCS; do
     done
 done
 lab_down
-python3 - "$RESULTS" "$OUT/results.json" "$CPU" "$CORES" "$FLAGS" "$SECS" "$RUNS" "$("$BIN" --version)" <<'PY'
+python3 - "$RESULTS" "$OUT/results.json" "$CPU" "$CORES" "$FLAGS" "$SECS" "$RUNS" "$("$BIN" --version)" "$WORKERS" <<'PY'
 import json, sys, datetime
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
     "cpu": sys.argv[3], "cores": int(sys.argv[4]), "flags": sys.argv[5].split(),
     "seconds": int(sys.argv[6]), "runs": int(sys.argv[7]), "iketcp": sys.argv[8],
+    "iketcp_workers": int(sys.argv[9]),
     "command": "bench/tunnels/compare.sh",
     "results": rows,
 }
