@@ -97,6 +97,37 @@ fn answer(frame: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Frames received on `xa`, as this thread's namespace counts them (sysfs would show the
+/// process's namespace).
+fn xa_rx_packets() -> u64 {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    let line = dev
+        .lines()
+        .find(|l| l.trim_start().starts_with("xa:"))
+        .unwrap();
+    line.split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+}
+
+/// `n` numbered broadcast frames of the local experimental EtherType.
+fn broadcasts(pool: &mut PacketPool, n: u16) -> VecDeque<Packet> {
+    (0..n)
+        .map(|i| {
+            let mut p = pool.get();
+            let mut f = vec![0xff; 6];
+            f.extend_from_slice(&MAC);
+            f.extend_from_slice(&[0x88, 0xb5]);
+            f.extend_from_slice(&i.to_be_bytes());
+            f.resize(60, 0);
+            assert!(p.fill_from(&f));
+            p
+        })
+        .collect()
+}
+
 fn checksum(b: &[u8]) -> u16 {
     let mut s: u32 = b
         .chunks(2)
@@ -223,39 +254,15 @@ fn an_xsk_port_gets_its_own_frames_and_leaves_the_rest_to_the_kernel() {
 
         // One burst of 300 frames leaves in that one call: the kernel sends 32 per kick in copy
         // mode, so the port kicks until it has taken them all.
-        // This thread's namespace (sysfs shows the process's).
-        let rx = || {
-            let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
-            let line = dev
-                .lines()
-                .find(|l| l.trim_start().starts_with("xa:"))
-                .unwrap();
-            line.split_whitespace()
-                .nth(2)
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        };
-        let before = rx();
-        let mut q: VecDeque<Packet> = (0..300u16)
-            .map(|i| {
-                let mut p = pool.get();
-                let mut f = vec![0xff; 6];
-                f.extend_from_slice(&MAC);
-                f.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
-                f.extend_from_slice(&i.to_be_bytes());
-                f.resize(60, 0);
-                assert!(p.fill_from(&f));
-                p
-            })
-            .collect();
+        let before = xa_rx_packets();
+        let mut q = broadcasts(&mut pool, 300);
         assert_eq!(port.send_burst(&mut pool, &mut q).unwrap(), 300);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while rx() < before + 300 && Instant::now() < deadline {
+        while xa_rx_packets() < before + 300 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(
-            rx() - before,
+            xa_rx_packets() - before,
             300,
             "frames left in the TX ring: {:?}",
             port.stats()
@@ -485,40 +492,17 @@ fn shared_parts(queues: u32) {
         }
 
         // Part 1 sends 100 frames; with one queue it has none and part 0 sends them for it.
-        let rx = || {
-            let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
-            let line = dev
-                .lines()
-                .find(|l| l.trim_start().starts_with("xa:"))
-                .unwrap();
-            line.split_whitespace()
-                .nth(2)
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        };
-        let before = rx();
-        let mut q: VecDeque<Packet> = (0..100u16)
-            .map(|i| {
-                let mut p = pool.get();
-                let mut f = vec![0xff; 6];
-                f.extend_from_slice(&MAC);
-                f.extend_from_slice(&[0x88, 0xb5]);
-                f.extend_from_slice(&i.to_be_bytes());
-                f.resize(60, 0);
-                assert!(p.fill_from(&f));
-                p
-            })
-            .collect();
+        let before = xa_rx_packets();
+        let mut q = broadcasts(&mut pool, 100);
         assert_eq!(parts[1].send_burst(&mut pool, &mut q).unwrap(), 100);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while rx() < before + 100 && Instant::now() < deadline {
+        while xa_rx_packets() < before + 100 && Instant::now() < deadline {
             for part in parts.iter_mut() {
                 part.recv_burst(&mut pool, &mut Vec::new(), 64).unwrap();
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(rx() - before, 100);
+        assert_eq!(xa_rx_packets() - before, 100);
         let dropped: u64 = parts.iter().map(|p| p.stats().shared_dropped).sum();
         assert_eq!(dropped, 0);
     });
