@@ -7,6 +7,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -68,11 +69,12 @@ pub struct EngineConfig {
     pub ike_queue: usize,
     /// Bytes of IKE allowed beyond `conn_queue_bytes`, likewise.
     pub ike_queue_bytes: usize,
-    /// Tries in a row to add a packet to a full connection queue, with TCP taking nothing in
-    /// between, after which that connection's peer counts as stalled (a zero window, a dead
-    /// path): its packets are then dropped (`queue_full`) instead of held, so one stalled peer
-    /// never stops the plaintext of every other tunnel of the worker. Any byte TCP takes ends it.
-    pub stall_tries: u32,
+    /// How long a connection's queue may stay full with TCP taking nothing before its peer
+    /// counts as stalled (a zero window, a dead path): its packets are then dropped
+    /// (`queue_full`) instead of held, so one stalled peer holds the plaintext of the worker's
+    /// other tunnels this long at most. Any byte TCP takes ends it. Time, not loop tries: a
+    /// busy-polling worker spins through thousands of tries within one round trip.
+    pub stall_after: Duration,
     /// Decrypted packets waiting for the plaintext port; past it the worker stops reading TCP.
     pub plain_queue: usize,
     /// IKE bytes of one connection handed to control and not yet consumed; past it the worker
@@ -93,7 +95,7 @@ impl Default for EngineConfig {
             ike_queue_bytes: 512 * 1024,
             // A few milliseconds of the worker's loop: far longer than a busy connection waits
             // for its next ACK, far shorter than a retransmission timeout.
-            stall_tries: 4096,
+            stall_after: Duration::from_millis(100),
             plain_queue: 1024,
             ike_bytes_per_conn: 256 * 1024,
             ike_bytes_total: 8 * 1024 * 1024,
@@ -237,6 +239,8 @@ pub struct Engine {
     outbox: VecDeque<Event>,
     /// IKE bytes of all connections handed to control and not yet consumed.
     ike_total: Arc<AtomicUsize>,
+    /// The worker's clock at the start of this iteration ([`set_now`](Self::set_now)).
+    now: Instant,
 }
 
 /// Sends a reliable event: behind those already waiting, and kept in `outbox` if the channel is
@@ -302,7 +306,13 @@ impl Engine {
             backlog: Vec::new(),
             outbox: VecDeque::new(),
             ike_total: Arc::new(AtomicUsize::new(0)),
+            now: Instant::now(),
         }
+    }
+
+    /// The worker's monotonic clock for this iteration (the engine reads none itself).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     /// Worker index.
@@ -1004,16 +1014,17 @@ impl Engine {
                     // Checking before encapsulation keeps the queue at `conn_queue` frames, so
                     // IKE messages always find room behind it.
                     self.flush_conn(t, conn);
-                    let tries = match self.conns.get_mut(&conn) {
+                    let now = self.now;
+                    let blocked = match self.conns.get_mut(&conn) {
                         Some(c)
                             if c.out
                                 .reached(self.cfg.conn_queue, self.cfg.conn_queue_bytes) =>
                         {
-                            c.out.note_blocked()
+                            Some(c.out.note_blocked(now))
                         }
-                        _ => 0,
+                        _ => None,
                     };
-                    if tries >= self.cfg.stall_tries {
+                    if blocked.is_some_and(|b| b.for_ >= self.cfg.stall_after) {
                         if !forwarded {
                             bump(&self.stats.plain_in, 1);
                         }
@@ -1021,8 +1032,8 @@ impl Engine {
                         self.pool.put(p);
                         continue;
                     }
-                    if tries > 0 {
-                        if tries == 1 {
+                    if let Some(b) = blocked {
+                        if b.first {
                             bump(&self.stats.queue_held, 1);
                         }
                         pending.push_front((p, forwarded));

@@ -100,6 +100,7 @@ impl<T: Transport, P: Port> Worker<T, P> {
     /// One loop iteration. Returns Ok(false) when told to shut down, and whether work was done.
     pub fn step(&mut self, now: Instant) -> io::Result<(bool, bool)> {
         let e = &mut self.engine;
+        e.set_now(now);
         stats::bump(&e.stats().loops, 1);
         let before = e.stats().activity();
         if !e.handle_commands(&mut self.transport) {

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::time::{Duration, Instant};
 
 use crate::port::{Packet, PacketPool};
 
@@ -14,8 +15,17 @@ pub(crate) struct SendQueue {
     /// Bytes not yet handed to TCP (all frames, less `sent`).
     bytes: usize,
     sent: usize,
-    /// Tries in a row to add to the full queue with TCP taking nothing in between.
-    blocked_tries: u32,
+    /// Since when tries to add to the full queue find TCP taking nothing.
+    blocked_since: Option<Instant>,
+}
+
+/// What [`SendQueue::note_blocked`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocked {
+    /// The first try since TCP last took bytes.
+    pub first: bool,
+    /// How long tries have found it so.
+    pub for_: Duration,
 }
 
 impl SendQueue {
@@ -50,17 +60,28 @@ impl SendQueue {
             .collect()
     }
 
-    /// A packet found the queue full even after a write: returns how many tries in a row did
-    /// since TCP last took bytes (1 for the first).
-    pub(crate) fn note_blocked(&mut self) -> u32 {
-        self.blocked_tries = self.blocked_tries.saturating_add(1);
-        self.blocked_tries
+    /// A packet found the queue full even after a write, at `now`: whether it is the first
+    /// since TCP last took bytes, and for how long tries have found it so.
+    pub(crate) fn note_blocked(&mut self, now: Instant) -> Blocked {
+        match self.blocked_since {
+            Some(since) => Blocked {
+                first: false,
+                for_: now.saturating_duration_since(since),
+            },
+            None => {
+                self.blocked_since = Some(now);
+                Blocked {
+                    first: true,
+                    for_: Duration::ZERO,
+                }
+            }
+        }
     }
 
     /// TCP took `n` bytes: whole frames go back to the pool.
     pub(crate) fn consume(&mut self, mut n: usize, pool: &mut PacketPool) {
         if n > 0 {
-            self.blocked_tries = 0;
+            self.blocked_since = None;
         }
         self.bytes = self.bytes.saturating_sub(n);
         while let Some(front) = self.frames.front() {
@@ -119,15 +140,23 @@ mod tests {
     }
 
     #[test]
-    fn blocked_tries_count_until_tcp_takes_bytes() {
+    fn blocked_time_runs_until_tcp_takes_bytes() {
         let mut pool = PacketPool::new(2048, 8);
         let mut q = SendQueue::default();
         q.push(frame(&mut pool, 100));
-        assert_eq!(q.note_blocked(), 1);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let b = |first, for_| Blocked { first, for_ };
+        assert_eq!(q.note_blocked(t0), b(true, ms(0)));
         q.consume(0, &mut pool);
-        assert_eq!(q.note_blocked(), 2, "nothing taken: still blocked");
+        assert_eq!(
+            q.note_blocked(t0 + ms(30)),
+            b(false, ms(30)),
+            "nothing taken: still blocked"
+        );
         q.consume(1, &mut pool);
-        assert_eq!(q.note_blocked(), 1);
+        assert_eq!(q.note_blocked(t0 + ms(40)), b(true, ms(0)));
+        assert_eq!(q.note_blocked(t0 + ms(45)), b(false, ms(5)));
     }
 
     #[test]

@@ -80,7 +80,7 @@ counters! {
     /// Inner packets that could not be encapsulated (sequence exhausted, malformed).
     encap_errors,
     /// Packets dropped because their connection's queue was full: IKE messages past the IKE
-    /// allowance, inner packets once the connection's peer stalled (`EngineConfig::stall_tries`).
+    /// allowance, inner packets once the connection's peer stalled (`EngineConfig::stall_after`, 100 ms without a byte taken).
     queue_full,
     /// Times the worker stopped reading plaintext because a connection's send queue reached its
     /// frame or byte bound (`[limits] queued_bytes_per_connection`): backpressure, no drop.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::engine::{Engine, EngineConfig};
 use super::handle::{
@@ -1117,9 +1117,11 @@ fn a_zero_window_peer_holds_at_most_the_queue_byte_bound() {
 fn a_stalled_peer_gets_drops_not_a_hold_on_the_whole_worker() {
     let mut r = Rig::new(EngineConfig {
         conn_queue: 4,
-        stall_tries: 3,
+        stall_after: Duration::from_millis(100),
         ..EngineConfig::default()
     });
+    let t0 = Instant::now();
+    r.engine.set_now(t0);
     let a = r.carrying_conn();
     r.t.set_window(a, Some(0));
     for n in 0..5 {
@@ -1129,9 +1131,16 @@ fn a_stalled_peer_gets_drops_not_a_hold_on_the_whole_worker() {
         r.engine.backpressured(),
         "held at first: a full queue may drain at once"
     );
-    // Two more tries find TCP taking nothing; the third gives up on the peer.
+    // Many more tries within 100 ms find TCP taking nothing: still held (a busy loop spins
+    // through thousands of tries in one round trip of a healthy peer).
+    for _ in 0..10_000 {
+        r.engine.send_plain(&mut r.t, &mut Vec::new());
+    }
+    r.engine.set_now(t0 + Duration::from_millis(99));
     r.engine.send_plain(&mut r.t, &mut Vec::new());
     assert!(r.engine.backpressured());
+    // 100 ms without a byte taken: the peer counts as stalled.
+    r.engine.set_now(t0 + Duration::from_millis(100));
     r.engine.send_plain(&mut r.t, &mut Vec::new());
     assert!(
         !r.engine.backpressured(),
