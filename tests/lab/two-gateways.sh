@@ -294,8 +294,10 @@ net() {
         ns $GC ip link set gc1 up
         ns $GC ip route add 192.0.2.2/32 dev gc1
     fi
-    # Checksums of veth traffic are left to the receiver; smoltcp on the TAP needs them filled.
-    ns $GA ethtool -K ga1 tx off >/dev/null 2>&1 || true
+    # Checksums of veth traffic are left to the receiver; smoltcp (on the TAP or AF_XDP) needs
+    # them filled. Only then: without TX checksum offload ga1 loses TSO too, which would slow
+    # kernel TCP on the link for everything else.
+    if [ "$TRANSPORT_B" = smoltcp ]; then ns $GA ethtool -K ga1 tx off >/dev/null 2>&1 || true; fi
     (umask 077; printf 'iketcp lab pre-shared key, not for real use\n' >"$DIR/psk.secret")
     config_a >"$DIR/gwA.toml"
     config_b >"$DIR/gwB.toml"
