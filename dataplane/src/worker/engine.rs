@@ -1215,20 +1215,20 @@ impl Engine {
         let mut direct_err = None;
         let direct = empty
             && t.send_in_place(conn, |ring| {
-                let (len, body) = ring.split_at_mut(LENGTH_FIELD_LEN.min(ring.len()));
+                let Some(body) = ring.get_mut(LENGTH_FIELD_LEN..) else {
+                    return 0;
+                };
                 match e.sa.encap_into(buf, range.clone(), body) {
-                    // RFC 9329 §3.2: Length in front of the ESP packet. `encap_into` keeps
-                    // the packet within one frame (`MAX_BODY_LEN`), so it fits the field.
-                    Ok(n) => match u16::try_from(n + LENGTH_FIELD_LEN) {
-                        Ok(l) if len.len() == LENGTH_FIELD_LEN => {
-                            len.copy_from_slice(&l.to_be_bytes());
-                            n + LENGTH_FIELD_LEN
+                    // RFC 9329 §3.2: Length in front of the ESP packet.
+                    Ok(n) => {
+                        match encode_esp_in_place(ring, LENGTH_FIELD_LEN..LENGTH_FIELD_LEN + n) {
+                            Ok(frame) => frame.len(),
+                            Err(_) => {
+                                direct_err = Some(EncapError::NoRoom);
+                                0
+                            }
                         }
-                        _ => {
-                            direct_err = Some(EncapError::TooLong);
-                            0
-                        }
-                    },
+                    }
                     // No contiguous room for the frame (the ring wraps, or is nearly full):
                     // sealed in place below and queued instead.
                     Err(EncapError::NoRoom) => 0,
