@@ -140,8 +140,8 @@ impl OutboundSa {
     /// is written to `out[..n]` and `n` returned, encrypted in one pass from `buf` (the sender
     /// seals straight into the TCP send buffer this way). `buf` needs [`Self::TAILROOM`] bytes
     /// after `inner` (padding and trailer are written there, RFC 4303 §2.4) but no headroom.
-    /// `NoRoom` if `out` is too short; on any error nothing is written to `out` and the
-    /// sequence number does not advance.
+    /// `NoRoom` if `out` is too short. On error the sequence number does not advance, and every
+    /// error but `Crypto` (which a valid key never gives) is found before `out` is written.
     pub fn encap_into(
         &mut self,
         buf: &mut [u8],
@@ -244,8 +244,8 @@ impl OutboundSa {
     }
 
     /// Checks that a packet with `payload` fits (trailer and ICV behind it within `buf_len`
-    /// bytes, the whole ESP packet within one RFC 9329 frame) and that a sequence number is left, and
-    /// returns where everything goes. Changes nothing.
+    /// bytes, the whole ESP packet within one RFC 9329 frame) and that a sequence number is
+    /// left, and returns where everything goes. Changes nothing.
     #[inline]
     fn layout(&self, buf_len: usize, payload: &Range<usize>) -> Result<Layout, EncapError> {
         let pad = pad_len_for(payload.len());
