@@ -169,14 +169,8 @@ pub fn run(a: &Args) -> Result<(), String> {
 
 fn print_table(r: &Report) {
     println!(
-        "pipeline bench on {} ({} cores, {} build), {} connection(s), {} idle, MTU {}, checksum offload {}",
-        r.machine.cpu,
-        r.machine.cores,
-        r.machine.profile,
-        r.connections,
-        r.idle_connections,
-        r.mtu,
-        r.checksum_offload
+        "pipeline bench on {}, {} connection(s), {} idle, MTU {}, checksum offload {}",
+        r.machine, r.connections, r.idle_connections, r.mtu, r.checksum_offload
     );
     println!(
         "{:<12} {:<11} {:<12} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7}",

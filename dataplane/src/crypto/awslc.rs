@@ -85,4 +85,52 @@ impl Aead for AwsLcAead {
             .map(|_| ())
             .map_err(|_| CryptoError::Authentication)
     }
+
+    #[inline]
+    fn seal_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<[u8; ICV_LEN], CryptoError> {
+        if input.len() != out.len() {
+            return Err(CryptoError::LengthMismatch);
+        }
+        let mut tag = [0u8; ICV_LEN];
+        self.key
+            .seal_out_of_place_scatter(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                input,
+                out,
+                &[],
+                &mut tag,
+            )
+            .map_err(|_| CryptoError::Authentication)?;
+        Ok(tag)
+    }
+
+    #[inline]
+    fn open_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        input: &[u8],
+        out: &mut [u8],
+        icv: &[u8; ICV_LEN],
+    ) -> Result<(), CryptoError> {
+        if input.len() != out.len() {
+            return Err(CryptoError::LengthMismatch);
+        }
+        self.key
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                input,
+                icv,
+                out,
+            )
+            .map_err(|_| CryptoError::Authentication)
+    }
 }

@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -81,6 +82,37 @@ where
     ) -> Result<(), CryptoError> {
         self.cipher
             .decrypt_inout_detached(&(*nonce).into(), aad, buf.into(), &(*icv).into())
+            .map_err(|_| CryptoError::Authentication)
+    }
+
+    #[inline]
+    fn seal_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<[u8; ICV_LEN], CryptoError> {
+        let io = InOutBuf::new(input, out).map_err(|_| CryptoError::LengthMismatch)?;
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&(*nonce).into(), aad, io)
+            .map_err(|_| CryptoError::Authentication)?;
+        Ok(tag.into())
+    }
+
+    #[inline]
+    fn open_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        input: &[u8],
+        out: &mut [u8],
+        icv: &[u8; ICV_LEN],
+    ) -> Result<(), CryptoError> {
+        let io = InOutBuf::new(input, out).map_err(|_| CryptoError::LengthMismatch)?;
+        self.cipher
+            .decrypt_inout_detached(&(*nonce).into(), aad, io, &(*icv).into())
             .map_err(|_| CryptoError::Authentication)
     }
 }

@@ -6,7 +6,7 @@ use core::ops::Range;
 use super::replay::{ReplayError, ReplayWindow};
 use super::transport;
 use super::{Mode, SaError, SaParams, aad, check_spi};
-use crate::crypto::{ICV_LEN, IV_LEN, KeyedAead};
+use crate::crypto::{ICV_LEN, IV_LEN, KeyedAead, NONCE_LEN};
 use crate::wire::esp::{
     ESP_HEADER_LEN, ESP_MIN_LEN, ESP_PREFIX_LEN, TrailerError, next_header, parse_header,
     parse_trailer,
@@ -155,6 +155,50 @@ impl InboundSa {
     /// update, so forged packets cannot move the window. A failed check leaves the SA unchanged.
     pub fn decap(&mut self, buf: &mut [u8], esp: Range<usize>) -> Result<Decapped, DecapError> {
         let pkt = buf.get(esp.clone()).ok_or(DecapError::TooShort)?;
+        let h = self.check(pkt)?;
+        let ct = esp.start + ESP_PREFIX_LEN..esp.end - ICV_LEN;
+        let (a, alen) = aad(self.spi, h.seq, self.esn);
+        self.key
+            .aead()
+            .open(&h.nonce, &a[..alen], &mut buf[ct.clone()], &h.icv)
+            .map_err(|_| DecapError::Authentication)?;
+        self.accept(buf, ct, h.seq)
+    }
+
+    /// Decapsulates the ESP packet `esp` into `out` instead of in place: the plaintext is
+    /// decrypted in one pass to `out[at..]` and `esp` is not written (the receiver opens straight
+    /// out of the TCP receive buffer into a packet buffer this way). The result's range is in
+    /// `out`; transport mode rebuilds the IP header in front of `at`, so leave
+    /// [`TRANSPORT_DECAP_HEADROOM`](super::TRANSPORT_DECAP_HEADROOM) bytes there.
+    ///
+    /// The same order and guarantees as [`decap`](Self::decap): replay pre-check, ICV, then the
+    /// window (RFC 4303 §3.4.3); a failed check leaves the SA unchanged. `NoHeadroom` if `out`
+    /// has no room for the plaintext at `at`, checked before anything else is.
+    pub fn decap_into(
+        &mut self,
+        esp: &[u8],
+        out: &mut [u8],
+        at: usize,
+    ) -> Result<Decapped, DecapError> {
+        let ct_len = esp.len().saturating_sub(ESP_PREFIX_LEN + ICV_LEN);
+        let ct = at..at.checked_add(ct_len).ok_or(DecapError::NoHeadroom)?;
+        if ct.end > out.len() {
+            return Err(DecapError::NoHeadroom);
+        }
+        let h = self.check(esp)?;
+        let (a, alen) = aad(self.spi, h.seq, self.esn);
+        let input = &esp[ESP_PREFIX_LEN..esp.len() - ICV_LEN];
+        self.key
+            .aead()
+            .open_into(&h.nonce, &a[..alen], input, &mut out[ct.clone()], &h.icv)
+            .map_err(|_| DecapError::Authentication)?;
+        self.accept(out, ct, h.seq)
+    }
+
+    /// Length, SPI and the replay pre-check of the ESP packet `pkt`; its nonce and ICV. Changes
+    /// nothing.
+    #[inline]
+    fn check(&self, pkt: &[u8]) -> Result<Checked, DecapError> {
         if pkt.len() < ESP_MIN_LEN {
             return Err(DecapError::TooShort);
         }
@@ -164,18 +208,26 @@ impl InboundSa {
         }
         let seq = self.infer_seq(seq_low);
         self.window.check(seq).map_err(DecapError::Replay)?;
-
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&pkt[ESP_HEADER_LEN..ESP_PREFIX_LEN]);
         let mut icv = [0u8; ICV_LEN];
         icv.copy_from_slice(&pkt[pkt.len() - ICV_LEN..]);
-        let ct = esp.start + ESP_PREFIX_LEN..esp.end - ICV_LEN;
-        let (a, alen) = aad(spi, seq, self.esn);
-        let nonce = self.key.nonce(&iv);
-        self.key
-            .aead()
-            .open(&nonce, &a[..alen], &mut buf[ct.clone()], &icv)
-            .map_err(|_| DecapError::Authentication)?;
+        Ok(Checked {
+            seq,
+            nonce: self.key.nonce(&iv),
+            icv,
+        })
+    }
+
+    /// The packet with sequence number `seq`, decrypted at `buf[ct]`, passed its ICV: records it
+    /// in the window, then checks the trailer and the inner packet.
+    #[inline]
+    fn accept(
+        &mut self,
+        buf: &mut [u8],
+        ct: Range<usize>,
+        seq: u64,
+    ) -> Result<Decapped, DecapError> {
         // Authentic from here on: record it (RFC 4303 §3.4.3).
         self.window.update(seq).map_err(DecapError::Replay)?;
 
@@ -220,6 +272,13 @@ impl InboundSa {
             out.push(self.decap(buf.as_mut(), esp.clone()));
         }
     }
+}
+
+/// What [`InboundSa::check`] found: the packet may be opened.
+struct Checked {
+    seq: u64,
+    nonce: [u8; NONCE_LEN],
+    icv: [u8; ICV_LEN],
 }
 
 /// Length of the tunnelled IP packet; anything after it is TFC padding (RFC 4303 §2.4, §2.7),

@@ -132,6 +132,54 @@ impl OutboundSa {
         buf: &mut [u8],
         inner: Range<usize>,
     ) -> Result<Range<usize>, EncapError> {
+        let (payload, nh) = self.payload_of(buf, inner)?;
+        self.encap_payload(buf, payload, nh)
+    }
+
+    /// Encapsulates the IP packet at `buf[inner]` into `out` instead of in place: the ESP packet
+    /// is written to `out[..n]` and `n` returned, encrypted in one pass from `buf` (the sender
+    /// seals straight into the TCP send buffer this way). `buf` needs [`Self::TAILROOM`] bytes
+    /// after `inner` (padding and trailer are written there, RFC 4303 §2.4) but no headroom.
+    /// `NoRoom` if `out` is too short. On error the sequence number does not advance, and every
+    /// error but `Crypto` (which a valid key never gives) is found before `out` is written.
+    pub fn encap_into(
+        &mut self,
+        buf: &mut [u8],
+        inner: Range<usize>,
+        out: &mut [u8],
+    ) -> Result<usize, EncapError> {
+        let (payload, nh) = self.payload_of(buf, inner)?;
+        // The ICV goes to `out`, so `buf` only needs room for the trailer.
+        let l = self.layout(buf.len() + ICV_LEN, &payload)?;
+        let len = l.len;
+        let Some(out) = out.get_mut(..len) else {
+            return Err(EncapError::NoRoom);
+        };
+        let (hdr, rest) = out.split_at_mut(ESP_PREFIX_LEN);
+        let (ct, icv_out) = rest.split_at_mut(l.ct_end - payload.start);
+        let iv = self.header(hdr, l.seq, None);
+        // RFC 4303 §2.4: the trailer follows the payload inside the encrypted part; it is
+        // built behind the plaintext and encrypted with it.
+        write_padding_and_trailer(&mut buf[payload.end..l.ct_end], l.pad as u8, nh);
+        let (a, alen) = aad(self.spi, l.seq, self.esn);
+        let nonce = self.key.nonce(&iv);
+        let icv = self
+            .key
+            .aead()
+            .seal_into(&nonce, &a[..alen], &buf[payload.start..l.ct_end], ct)
+            .map_err(EncapError::Crypto)?;
+        icv_out.copy_from_slice(&icv);
+        self.commit(l.seq, payload.len());
+        Ok(len)
+    }
+
+    /// Where in `buf[inner]` the protected payload is, and its Next Header.
+    #[inline]
+    fn payload_of(
+        &self,
+        buf: &[u8],
+        inner: Range<usize>,
+    ) -> Result<(Range<usize>, u8), EncapError> {
         let pkt = buf.get(inner.clone()).ok_or(EncapError::NoRoom)?;
         let info = ip::parse(pkt).ok_or(EncapError::NotIp)?;
         let (payload, nh) = match self.mode {
@@ -154,7 +202,7 @@ impl OutboundSa {
                 )
             }
         };
-        self.encap_payload(buf, payload, nh)
+        Ok((payload, nh))
     }
 
     /// Sends a dummy packet (Next Header 59, RFC 4303 §2.6) with `len` bytes of filler at
@@ -195,6 +243,55 @@ impl OutboundSa {
         self.seal(buf, payload, nh, Some(iv))
     }
 
+    /// Checks that a packet with `payload` fits (trailer and ICV behind it within `buf_len`
+    /// bytes, the whole ESP packet within one RFC 9329 frame) and that a sequence number is
+    /// left, and returns where everything goes. Changes nothing.
+    #[inline]
+    fn layout(&self, buf_len: usize, payload: &Range<usize>) -> Result<Layout, EncapError> {
+        let pad = pad_len_for(payload.len());
+        let ct_end = payload.end + pad + ESP_TRAILER_LEN;
+        let end = ct_end + ICV_LEN;
+        if end > buf_len || payload.start > payload.end {
+            return Err(EncapError::NoRoom);
+        }
+        let len = ESP_PREFIX_LEN + (end - payload.start);
+        if len > MAX_BODY_LEN {
+            return Err(EncapError::TooLong);
+        }
+        // RFC 4303 §3.3.3: the counter never cycles; stop and let control rekey.
+        if self.seq >= self.seq_max() {
+            return Err(EncapError::SequenceExhausted);
+        }
+        Ok(Layout {
+            len,
+            ct_end,
+            end,
+            pad,
+            seq: self.seq + 1,
+        })
+    }
+
+    /// Writes the ESP header (SPI, low 32 bits of `seq`, IV) into `hdr` and returns the IV.
+    #[inline]
+    fn header(&self, hdr: &mut [u8], seq: u64, iv: Option<[u8; 8]>) -> [u8; 8] {
+        hdr[..4].copy_from_slice(&self.spi.to_be_bytes());
+        // Only the low 32 bits travel (RFC 4303 §2.2.1).
+        hdr[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+        // The IV is the 64-bit sequence number: unique under this key because the counter never
+        // repeats or wraps (RFC 4106 §3.1, RFC 7634 §2).
+        let iv = iv.unwrap_or(seq.to_be_bytes());
+        hdr[8..16].copy_from_slice(&iv);
+        iv
+    }
+
+    /// A packet with sequence number `seq` was sealed: the counter moves (RFC 4303 §3.3.3).
+    #[inline]
+    fn commit(&mut self, seq: u64, payload_len: usize) {
+        self.seq = seq;
+        self.packets += 1;
+        self.bytes += payload_len as u64;
+    }
+
     #[inline]
     fn seal(
         &mut self,
@@ -207,42 +304,20 @@ impl OutboundSa {
             .start
             .checked_sub(ESP_PREFIX_LEN)
             .ok_or(EncapError::NoRoom)?;
-        let pad = pad_len_for(payload.len());
-        let ct_end = payload.end + pad + ESP_TRAILER_LEN;
-        let end = ct_end + ICV_LEN;
-        if end > buf.len() || payload.start > payload.end {
-            return Err(EncapError::NoRoom);
-        }
-        if end - start > MAX_BODY_LEN {
-            return Err(EncapError::TooLong);
-        }
-        // RFC 4303 §3.3.3: the counter never cycles; stop and let control rekey.
-        if self.seq >= self.seq_max() {
-            return Err(EncapError::SequenceExhausted);
-        }
-        let seq = self.seq + 1;
+        let l = self.layout(buf.len(), &payload)?;
         // pad < 4 by construction.
-        write_padding_and_trailer(&mut buf[payload.end..ct_end], pad as u8, nh);
-        let hdr = &mut buf[start..payload.start];
-        hdr[..4].copy_from_slice(&self.spi.to_be_bytes());
-        // Only the low 32 bits travel (RFC 4303 §2.2.1).
-        hdr[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
-        // The IV is the 64-bit sequence number: unique under this key because the counter never
-        // repeats or wraps (RFC 4106 §3.1, RFC 7634 §2).
-        let iv = iv.unwrap_or(seq.to_be_bytes());
-        hdr[8..16].copy_from_slice(&iv);
-        let (a, alen) = aad(self.spi, seq, self.esn);
+        write_padding_and_trailer(&mut buf[payload.end..l.ct_end], l.pad as u8, nh);
+        let iv = self.header(&mut buf[start..payload.start], l.seq, iv);
+        let (a, alen) = aad(self.spi, l.seq, self.esn);
         let nonce = self.key.nonce(&iv);
         let icv = self
             .key
             .aead()
-            .seal(&nonce, &a[..alen], &mut buf[payload.start..ct_end])
+            .seal(&nonce, &a[..alen], &mut buf[payload.start..l.ct_end])
             .map_err(EncapError::Crypto)?;
-        buf[ct_end..end].copy_from_slice(&icv);
-        self.seq = seq;
-        self.packets += 1;
-        self.bytes += payload.len() as u64;
-        Ok(start..end)
+        buf[l.ct_end..l.end].copy_from_slice(&icv);
+        self.commit(l.seq, payload.len());
+        Ok(start..l.end)
     }
 
     /// Encapsulates a batch: `pkts[i]` is a buffer and the range of its inner packet; `out[i]`
@@ -257,6 +332,20 @@ impl OutboundSa {
             out.push(self.encap(buf.as_mut(), inner.clone()));
         }
     }
+}
+
+/// Where the parts of one ESP packet go in the buffer of its payload (see `OutboundSa::layout`).
+struct Layout {
+    /// Bytes of the whole ESP packet.
+    len: usize,
+    /// End of payload, padding and trailer (the encrypted part).
+    ct_end: usize,
+    /// End of the ICV.
+    end: usize,
+    /// Padding bytes (< 4).
+    pad: usize,
+    /// The sequence number the packet gets.
+    seq: u64,
 }
 
 /// Transport mode carries whole datagrams only (RFC 4303 §3.1): no IPv4 fragments, and no IPv6

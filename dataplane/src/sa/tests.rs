@@ -507,6 +507,64 @@ fn transport_mode_refuses_fragments() {
     assert_eq!(out.seq(), 0);
 }
 
+/// A corrupted ICV, opened out of place: `Authentication`, and neither the replay window nor the
+/// counters move; a replay is refused before any decryption; an output too short for the
+/// plaintext is refused before anything else (`NoHeadroom`).
+#[test]
+fn decap_into_checks_icv_before_the_window_and_replay_after() {
+    for backend in Backend::ALL {
+        let (mut out, mut inb) = pair(Suite::Aes256Gcm16, backend, false, Mode::Tunnel);
+        let inner = ipv4_packet(&[9; 100]);
+        let (mut buf, r) = framed(&inner);
+        let r = out.encap(&mut buf, r).expect("encap");
+        let esp = buf[r].to_vec();
+        let mut bad = esp.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x80;
+        let mut plain = vec![0u8; HEAD + esp.len()];
+        assert_eq!(
+            inb.decap_into(&bad, &mut plain, HEAD),
+            Err(DecapError::Authentication)
+        );
+        assert_eq!((inb.window().top(), inb.counters()), (0, (0, 0)));
+        let mut short = vec![0u8; HEAD + esp.len() - 40];
+        assert_eq!(
+            inb.decap_into(&esp, &mut short, HEAD),
+            Err(DecapError::NoHeadroom)
+        );
+        assert_eq!(inb.window().top(), 0);
+        let got = inb.decap_into(&esp, &mut plain, HEAD).expect("genuine");
+        assert!(
+            matches!(got, Decapped::Packet { ref range, seq: 1, .. } if plain[range.clone()] == inner[..])
+        );
+        assert_eq!(inb.counters(), (1, inner.len() as u64));
+        assert_eq!(
+            inb.decap_into(&esp, &mut plain, HEAD),
+            Err(DecapError::Replay(ReplayError::Duplicate))
+        );
+    }
+}
+
+/// `encap_into` with an output too short for the packet: `NoRoom`, nothing written, and the
+/// sequence number is not used up.
+#[test]
+fn encap_into_needs_room_and_keeps_the_sequence_number() {
+    let (mut out, _) = pair(Suite::Aes128Gcm16, Backend::AwsLc, false, Mode::Tunnel);
+    let inner = ipv4_packet(&[1; 60]);
+    let (mut buf, r) = framed(&inner);
+    let need = ESP_PREFIX_LEN + inner.len() + 4 + 16;
+    let mut esp = vec![0x77u8; need - 1];
+    assert_eq!(
+        out.encap_into(&mut buf, r.clone(), &mut esp),
+        Err(EncapError::NoRoom)
+    );
+    assert!(esp.iter().all(|&b| b == 0x77));
+    assert_eq!(out.seq(), 0);
+    let mut esp = vec![0u8; need];
+    assert_eq!(out.encap_into(&mut buf, r, &mut esp), Ok(need));
+    assert_eq!(out.seq(), 1);
+}
+
 #[test]
 fn encap_needs_room_and_ip() {
     let (mut out, _) = pair(Suite::Aes128Gcm16, Backend::RustCrypto, false, Mode::Tunnel);
@@ -593,6 +651,68 @@ proptest! {
             prop_assert!(in_lc.decap(&mut a, ra).is_ok());
             prop_assert!(in_rc.decap(&mut b, rb).is_ok());
         }
+    }
+
+    /// `encap_into` writes the very bytes `encap` makes in place (same suite, backend and
+    /// sequence number), and `decap_into` opens them out of place to the same inner packet as
+    /// `decap` does in place, leaving its input as it was; in tunnel and transport mode.
+    #[test]
+    fn out_of_place_matches_in_place(suite in suite_strategy(), backend in backend_strategy(),
+                                     esn: bool, transport: bool,
+                                     inners in prop::collection::vec(inner_strategy(), 1..4)) {
+        let mode = if transport { transport_v4() } else { Mode::Tunnel };
+        let (mut out_a, mut in_a) = pair(suite, backend, esn, mode);
+        let (mut out_b, mut in_b) = pair(suite, backend, esn, mode);
+        for inner in &inners {
+            if transport && inner[0] >> 4 != 4 {
+                continue;
+            }
+            let (mut a, r) = framed(inner);
+            let ra = out_a.encap(&mut a, r.clone()).expect("in place");
+            let (mut b, _) = framed(inner);
+            let mut esp = vec![0x5a; ra.len() + 7];
+            let n = out_b.encap_into(&mut b, r, &mut esp).expect("into");
+            prop_assert_eq!(&esp[..n], &a[ra.clone()]);
+            prop_assert_eq!(out_a.seq(), out_b.seq());
+            esp.truncate(n);
+            let sent = esp.clone();
+            let mut plain = vec![0u8; HEAD + n];
+            let got = in_b.decap_into(&esp, &mut plain, HEAD).expect("decap_into");
+            prop_assert_eq!(&esp, &sent, "input untouched");
+            let want = in_a.decap(&mut a, ra).expect("decap");
+            let (Decapped::Packet { range: rg, .. }, Decapped::Packet { range: rw, .. }) =
+                (got.clone(), want.clone()) else { panic!() };
+            prop_assert_eq!(&plain[rg], &a[rw]);
+            if !transport {
+                prop_assert_eq!(&a[HEAD..HEAD + inner.len()], &inner[..]);
+            }
+            prop_assert_eq!(in_a.window().top(), in_b.window().top());
+            prop_assert_eq!(in_a.counters(), in_b.counters());
+        }
+    }
+
+    /// Out of place, a changed byte anywhere (the ICV included) fails before the SA changes:
+    /// window and counters stay, the received bytes are not written, and the genuine packet is
+    /// accepted afterwards (RFC 4303 §3.4.3: ICV first, then the window).
+    #[test]
+    fn out_of_place_tampering_leaves_the_sa_untouched(suite in suite_strategy(),
+                                                      backend in backend_strategy(), esn: bool,
+                                                      inner in inner_strategy(),
+                                                      pos: prop::sample::Index, flip in 1u8..=255) {
+        let (mut out, mut inb) = pair(suite, backend, esn, Mode::Tunnel);
+        let (mut buf, r) = framed(&inner);
+        let r = out.encap(&mut buf, r).expect("encap");
+        let esp = buf[r].to_vec();
+        let mut bad = esp.clone();
+        bad[pos.index(esp.len())] ^= flip;
+        let sent = bad.clone();
+        let mut plain = vec![0u8; HEAD + esp.len()];
+        prop_assert!(inb.decap_into(&bad, &mut plain, HEAD).is_err());
+        prop_assert_eq!(&bad, &sent);
+        prop_assert_eq!(inb.window().top(), 0);
+        prop_assert_eq!(inb.counters(), (0, 0));
+        prop_assert!(inb.decap_into(&esp, &mut plain, HEAD).is_ok());
+        prop_assert_eq!(inb.window().top(), 1);
     }
 
     /// Arbitrary bytes never panic decapsulation and never change the window.

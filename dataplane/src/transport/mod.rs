@@ -88,6 +88,22 @@ pub trait Transport {
     /// Queues bytes for sending; returns how many were taken (may be fewer than `data.len()`).
     fn send(&mut self, conn: ConnId, data: &[u8]) -> io::Result<usize>;
 
+    /// Lends `f` the free part of `conn`'s send buffer that lies contiguous behind the bytes
+    /// already queued (it may be shorter than [`send_capacity`](Self::send_capacity) where the
+    /// buffer wraps); `f` writes into its front and returns how many bytes it wrote, which are
+    /// then queued for sending. Returns that number. The sender seals ESP straight into the
+    /// send buffer this way, without a copy. Transports without a buffer of their own to lend
+    /// (kernel sockets) keep this default: 0, without calling `f`; so do connections that
+    /// cannot send now.
+    fn send_in_place<F: FnOnce(&mut [u8]) -> usize>(
+        &mut self,
+        conn: ConnId,
+        f: F,
+    ) -> io::Result<usize> {
+        let _ = (conn, f);
+        Ok(0)
+    }
+
     /// Queues the buffers in order, as one stream of bytes; returns how many bytes were taken.
     /// Transports with a syscall per send override this to send a burst of frames at once.
     fn send_vectored(&mut self, conn: ConnId, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {

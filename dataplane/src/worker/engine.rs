@@ -20,10 +20,11 @@ use super::handle::{
 use super::send_queue::SendQueue;
 use super::spd::{FlowKey, Spd};
 use super::stats::{WorkerStats, bump};
+use crate::crypto::ICV_LEN;
 use crate::port::{HEADROOM, Packet, PacketPool};
 use crate::sa::{DecapError, Decapped, EncapError, InboundSa, OutboundSa};
 use crate::transport::{CloseReason, ConnId, TcpRole, Transport, TransportEvent};
-use crate::wire::esp::parse_header;
+use crate::wire::esp::{ESP_PREFIX_LEN, parse_header};
 use crate::wire::frame::{
     FrameDecoder, FrameEncoder, FrameKind, FrameLoc, FrameRef, LENGTH_FIELD_LEN,
     MAX_IKE_MESSAGE_LEN, NON_ESP_MARKER, StreamError, encode_esp_in_place,
@@ -806,6 +807,8 @@ impl Engine {
                 .is_some_and(|c| c.ike_bytes.load(Ordering::Relaxed) >= self.cfg.ike_bytes_per_conn)
     }
 
+    /// Deframes one received chunk, then handles its frames in order; each run of consecutive
+    /// ESP frames for one SA is decrypted as a batch (see [`rx_esp_run`](Self::rx_esp_run)).
     fn process_rx(&mut self, id: ConnId, buf: &mut [u8]) {
         // Out of the map while its frames are handled, so the frame bytes (which may live in the
         // decoder's carry buffer) and the rest of the engine can be borrowed together.
@@ -817,44 +820,55 @@ impl Engine {
             self.frames.clear();
             let res = c.decoder.decode(buf, &mut self.frames);
             let frames = std::mem::take(&mut self.frames);
-            for f in &frames {
+            let mut i = 0;
+            while let Some(f) = frames.get(i) {
                 if c.health.doomed.is_some() {
                     break;
                 }
-                let bytes: &mut [u8] = match f.loc {
-                    FrameLoc::Input => match buf.get_mut(f.range.clone()) {
-                        Some(b) => b,
-                        None => continue,
-                    },
-                    FrameLoc::Carry => match c.decoder.carry_mut().get_mut(f.range.clone()) {
-                        Some(b) => b,
-                        None => continue,
-                    },
+                let ConnState {
+                    role,
+                    decoder,
+                    health,
+                    ike_sas,
+                    trusted,
+                    ike_bytes,
+                    ..
+                } = &mut c;
+                let mut src = FrameSource {
+                    buf: &mut *buf,
+                    carry: decoder.carry_mut(),
                 };
                 match f.kind {
                     FrameKind::Ike => {
-                        c.health.unparseable_run = 0;
-                        bump(&self.stats.ike_in, 1);
-                        let msg = IkeBytes::charged(bytes.to_vec(), &c.ike_bytes, &self.ike_total);
-                        let conn = self.conn(id);
-                        self.emit(Event::IkeMessage { conn, msg });
+                        health.unparseable_run = 0;
+                        if let Some(bytes) = src.get(f) {
+                            bump(&self.stats.ike_in, 1);
+                            let msg = IkeBytes::charged(bytes.to_vec(), ike_bytes, &self.ike_total);
+                            let conn = self.conn(id);
+                            self.emit(Event::IkeMessage { conn, msg });
+                        }
                     }
                     FrameKind::Esp => {
-                        c.health.unparseable_run = 0;
-                        let rx = (&mut c.health, &mut c.ike_sas, &mut c.trusted);
-                        self.rx_esp(id, c.role, bytes, rx);
+                        health.unparseable_run = 0;
+                        let rx = (health, ike_sas, trusted);
+                        // At least the first frame; the frames it took are done.
+                        i += self
+                            .rx_esp_run(id, *role, &frames[i..], &mut src, rx)
+                            .max(1);
+                        continue;
                     }
                     FrameKind::Unparseable => {
                         bump(&self.stats.frames_unparseable, 1);
-                        c.health.unparseable_run += 1;
+                        health.unparseable_run += 1;
                         // RFC 9329 §6.1 (R-6.1-o): too many consecutive frames that are neither
                         // IKE nor ESP mean the stream is corrupt.
-                        if c.health.unparseable_run >= self.cfg.unparseable_limit {
+                        if health.unparseable_run >= self.cfg.unparseable_limit {
                             bump(&self.stats.closed_corrupt, 1);
-                            c.health.doomed = Some(true);
+                            health.doomed = Some(true);
                         }
                     }
                 }
+                i += 1;
             }
             self.frames = frames;
             // RFC 9329 §6.6: keepalives are dropped silently; only counted.
@@ -875,15 +889,24 @@ impl Engine {
         self.conns.insert(id, c);
     }
 
+    /// Handles the ESP frame `frames[0]` and the ESP frames right behind it for the same SPI:
+    /// one SA lookup for the run, each packet decrypted straight out of the receive buffer into
+    /// a pool packet (`decap_into`: the ring is read once and nothing is copied after), checked
+    /// and delivered in order. Stops after a frame that dooms the connection or kills the SA, so
+    /// what follows is judged as it would be alone. Returns how many frames it handled.
     #[inline]
-    fn rx_esp(
+    fn rx_esp_run(
         &mut self,
         id: ConnId,
         role: TcpRole,
-        bytes: &mut [u8],
+        frames: &[FrameRef],
+        src: &mut FrameSource<'_>,
         (health, ike_sas, trusted): (&mut Health, &mut Vec<IkeSaId>, &mut bool),
-    ) {
-        let spi = parse_header(bytes).map_or(0, |h| h.0);
+    ) -> usize {
+        let Some(first) = frames.first().and_then(|f| src.get(f)) else {
+            return 1;
+        };
+        let spi = parse_header(first).map_or(0, |h| h.0);
         let conn = self.conn(id);
         let Some(e) = self.inbound.get_mut(&spi).filter(|e| !e.dead) else {
             bump(&self.stats.unknown_spi, 1);
@@ -891,12 +914,12 @@ impl Engine {
                 // Another worker holds it: not corruption (R-6.1-p). Control asks the owner to
                 // verify the packet before anything moves (R-6.1-t, R-10-e).
                 if health.foreign_run.is_multiple_of(FOREIGN_REPORT_EVERY) {
-                    let frame = bytes.to_vec();
+                    let frame = first.to_vec();
                     let ev = Event::ForeignEsp { conn, spi, frame };
                     let _ = send_lossy(&self.events, &self.stats, ev);
                 }
                 health.foreign_run = health.foreign_run.wrapping_add(1);
-                return;
+                return 1;
             }
             health.unknown_spi_run += 1;
             if health.unknown_spi_run == 1 {
@@ -908,52 +931,94 @@ impl Engine {
                 bump(&self.stats.closed_corrupt, 1);
                 health.doomed = Some(true);
             }
-            return;
+            return 1;
         };
-        let len = bytes.len();
-        match e.sa.decap(bytes, 0..len) {
-            Ok(d) => {
-                health.unknown_spi_run = 0;
-                health.foreign_run = 0;
-                if role == TcpRole::Responder && !*trusted {
-                    *trusted = true;
-                    self.to_trust.push(id);
+        // What a pool packet holds behind its headroom: the plaintext of a longer packet is
+        // decrypted in place in the receive buffer instead (and then does not fit, as before).
+        let room = self.pool.buf_size().saturating_sub(HEADROOM);
+        let mut done = 0;
+        for f in frames {
+            if f.kind != FrameKind::Esp {
+                break;
+            }
+            let Some(bytes) = src.get_mut(f) else {
+                done += 1;
+                continue;
+            };
+            if parse_header(bytes).map_or(0, |h| h.0) != spi {
+                break;
+            }
+            done += 1;
+            let ct_len = bytes.len().saturating_sub(ESP_PREFIX_LEN + ICV_LEN);
+            let mut out = (ct_len <= room).then(|| self.pool.get());
+            let res = match &mut out {
+                Some(p) => e.sa.decap_into(bytes, p.buffer_mut().0, HEADROOM),
+                None => {
+                    let len = bytes.len();
+                    e.sa.decap(bytes, 0..len)
                 }
-                // Authentic and not a replay: on the Responder this connection is now the IKE
-                // SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e). The
-                // Originator keeps the connection it chose, unless it has none.
-                let g = self.groups.entry(e.ike_sa).or_default();
-                if g.active != Some(id) && (role == TcpRole::Responder || g.active.is_none()) {
-                    g.active = Some(id);
-                    if !ike_sas.contains(&e.ike_sa) {
-                        ike_sas.push(e.ike_sa);
+            };
+            match res {
+                Ok(d) => {
+                    health.unknown_spi_run = 0;
+                    health.foreign_run = 0;
+                    if role == TcpRole::Responder && !*trusted {
+                        *trusted = true;
+                        self.to_trust.push(id);
                     }
-                    // Control learns which connection carries the IKE SA now (a reconnected
-                    // Originator may send only ESP on it).
-                    let ev = Event::PathMoved {
-                        ike_sa: e.ike_sa,
-                        conn,
+                    // Authentic and not a replay: on the Responder this connection is now the
+                    // IKE SA's path (RFC 9329 §6.1, R-6.1-t; validated as §10 asks, R-10-e).
+                    // The Originator keeps the connection it chose, unless it has none.
+                    let g = self.groups.entry(e.ike_sa).or_default();
+                    if g.active != Some(id) && (role == TcpRole::Responder || g.active.is_none()) {
+                        g.active = Some(id);
+                        if !ike_sas.contains(&e.ike_sa) {
+                            ike_sas.push(e.ike_sa);
+                        }
+                        // Control learns which connection carries the IKE SA now (a
+                        // reconnected Originator may send only ESP on it).
+                        let ev = Event::PathMoved {
+                            ike_sa: e.ike_sa,
+                            conn,
+                        };
+                        send_reliable(&self.events, &mut self.outbox, &self.stats, ev);
+                    }
+                    let inner = match out {
+                        Some(p) => Inner::Packet(p),
+                        None => Inner::At(bytes),
                     };
-                    send_reliable(&self.events, &mut self.outbox, &self.stats, ev);
+                    accepted!(self).accept(spi, e, inner, d);
+                    if e.dead {
+                        // A hard limit was reached: the rest of the run is for a dead SA.
+                        break;
+                    }
+                    continue;
                 }
-                accepted!(self).accept(spi, e, bytes, d);
+                Err(DecapError::Authentication) => {
+                    // RFC 9329 §6.1 (R-6.1-o): a failed ICV on a known SPI means corruption:
+                    // close. The frames behind it are not looked at.
+                    bump(&self.stats.icv_failures, 1);
+                    bump(&self.stats.closed_corrupt, 1);
+                    health.doomed = Some(true);
+                }
+                Err(DecapError::Replay(_)) => {
+                    health.unknown_spi_run = 0;
+                    bump(&self.stats.replays, 1);
+                }
+                Err(_) => {
+                    // Too short to be ESP, or authentic but unusable (padding, Next Header,
+                    // inner packet): dropped, not corruption of the stream.
+                    bump(&self.stats.bad_payload, 1);
+                }
             }
-            Err(DecapError::Authentication) => {
-                // RFC 9329 §6.1 (R-6.1-o): a failed ICV on a known SPI means corruption: close.
-                bump(&self.stats.icv_failures, 1);
-                bump(&self.stats.closed_corrupt, 1);
-                health.doomed = Some(true);
+            if let Some(p) = out {
+                self.pool.put(p);
             }
-            Err(DecapError::Replay(_)) => {
-                health.unknown_spi_run = 0;
-                bump(&self.stats.replays, 1);
-            }
-            Err(_) => {
-                // Too short to be ESP, or authentic but unusable (padding, Next Header, inner
-                // packet): dropped, not corruption of the stream.
-                bump(&self.stats.bad_payload, 1);
+            if health.doomed.is_some() {
+                break;
             }
         }
+        done
     }
 
     /// `Command::VerifyEsp`: a packet that arrived on another worker's connection, checked with
@@ -966,7 +1031,7 @@ impl Engine {
         let len = frame.len();
         match e.sa.decap(frame, 0..len) {
             Ok(d) => {
-                accepted!(self).accept(spi, e, frame, d);
+                accepted!(self).accept(spi, e, Inner::At(frame), d);
                 Ok(())
             }
             Err(DecapError::Authentication) => {
@@ -996,8 +1061,10 @@ impl Engine {
         pending.extend(burst.drain(..).map(|p| (p, false)));
         let mut touched: Vec<ConnId> = Vec::new();
         while let Some((mut p, forwarded)) = pending.pop_front() {
-            match self.encap_one(&mut p, forwarded) {
-                Ok(conn) => {
+            match self.encap_one(t, &mut p, forwarded) {
+                // Sealed straight into TCP's send buffer: the plaintext buffer is free again.
+                Ok(None) => self.pool.put(p),
+                Ok(Some(conn)) => {
                     let Some(c) = self.conns.get_mut(&conn) else {
                         self.pool.put(p);
                         continue;
@@ -1094,18 +1161,19 @@ impl Engine {
         self.mesh.inbox_len() > 0
     }
 
-    fn queue_full(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| {
-            c.out
-                .reached(self.cfg.conn_queue, self.cfg.conn_queue_bytes)
-        })
-    }
-
-    /// SPD lookup and ESP encapsulation of one packet, in place, turned into an RFC 9329 frame.
-    /// Returns the connection to send it on; `Full` (packet untouched) if that connection's queue
-    /// is full; `Forward` (untouched) if another worker holds its SA; or the counter to bump for
-    /// a dropped packet. A packet `forwarded` here was counted in `fwd_in`, not `plain_in`.
-    fn encap_one(&mut self, p: &mut Packet, forwarded: bool) -> Result<ConnId, Encap<'_>> {
+    /// SPD lookup and ESP encapsulation of one packet into an RFC 9329 frame. Where the
+    /// connection's queue is empty the frame is sealed straight into TCP's send buffer
+    /// (`Ok(None)`, the packet untouched); otherwise, or where the buffer has no contiguous room
+    /// for it, in place in the packet, which then holds the frame (`Ok(Some(conn))`, to be
+    /// queued behind the frames waiting). `Full` (packet untouched) if that connection's queue
+    /// is full; `Forward` (untouched) if another worker holds its SA; or the counter to bump
+    /// for a dropped packet. A packet `forwarded` here was counted in `fwd_in`, not `plain_in`.
+    fn encap_one<T: Transport>(
+        &mut self,
+        t: &mut T,
+        p: &mut Packet,
+        forwarded: bool,
+    ) -> Result<Option<ConnId>, Encap<'_>> {
         let count_in = |stats: &WorkerStats| {
             if !forwarded {
                 bump(&stats.plain_in, 1);
@@ -1137,7 +1205,16 @@ impl Engine {
             count_in(&self.stats);
             return Err(Encap::Drop(Some(&self.stats.no_connection)));
         };
-        if self.queue_full(conn) {
+        // One lookup for both: is the queue full (then nothing is encapsulated), is it empty
+        // (then the frame may go straight to TCP, in order).
+        let (full, empty) = self.conns.get(&conn).map_or((false, false), |c| {
+            (
+                c.out
+                    .reached(self.cfg.conn_queue, self.cfg.conn_queue_bytes),
+                c.out.is_empty(),
+            )
+        });
+        if full {
             return Err(Encap::Full(conn));
         }
         count_in(&self.stats);
@@ -1146,8 +1223,45 @@ impl Engine {
         };
         let inner_len = p.len() as u64;
         let (buf, range) = p.buffer_mut();
-        let esp = match e.sa.encap(buf, range) {
-            Ok(r) => r,
+        let mut direct_err = None;
+        let direct = empty
+            && t.send_in_place(conn, |ring| {
+                let Some(body) = ring.get_mut(LENGTH_FIELD_LEN..) else {
+                    return 0;
+                };
+                match e.sa.encap_into(buf, range.clone(), body) {
+                    // RFC 9329 §3.2: Length in front of the ESP packet.
+                    Ok(n) => {
+                        match encode_esp_in_place(ring, LENGTH_FIELD_LEN..LENGTH_FIELD_LEN + n) {
+                            Ok(frame) => frame.len(),
+                            Err(_) => {
+                                direct_err = Some(EncapError::NoRoom);
+                                0
+                            }
+                        }
+                    }
+                    // No contiguous room for the frame (the ring wraps, or is nearly full):
+                    // sealed in place below and queued instead.
+                    Err(EncapError::NoRoom) => 0,
+                    Err(err) => {
+                        direct_err = Some(err);
+                        0
+                    }
+                }
+            })
+            .is_ok_and(|n| n > 0);
+        let res = match direct_err {
+            Some(err) => Err(err),
+            None if direct => Ok(None),
+            // RFC 9329 §3.2: Length in front of the ESP packet, in the headroom.
+            None => e.sa.encap(buf, range).and_then(|esp| {
+                encode_esp_in_place(buf, esp)
+                    .map(Some)
+                    .map_err(|_| EncapError::NoRoom)
+            }),
+        };
+        let frame = match res {
+            Ok(frame) => frame,
             Err(EncapError::SequenceExhausted) => {
                 e.dead = true;
                 self.emit_expiry(spi, Direction::Outbound, true, ExpiryCause::Sequence);
@@ -1155,11 +1269,10 @@ impl Engine {
             }
             Err(_) => return Err(Encap::Drop(Some(&self.stats.encap_errors))),
         };
-        // RFC 9329 §3.2: Length in front of the ESP packet, in the headroom.
-        let Ok(frame) = encode_esp_in_place(buf, esp) else {
-            return Err(Encap::Drop(Some(&self.stats.encap_errors)));
-        };
-        p.set_range(frame);
+        let queued = frame.map(|frame| {
+            p.set_range(frame);
+            conn
+        });
         bump(&self.stats.esp_out, 1);
         bump(&self.stats.bytes_encap, inner_len);
         let (packets, bytes) = e.sa.counters();
@@ -1180,7 +1293,7 @@ impl Engine {
         for (hard, cause) in fired {
             self.emit_expiry(spi, Direction::Outbound, hard, cause);
         }
-        Ok(conn)
+        Ok(queued)
     }
 
     fn emit_expiry(&mut self, spi: u32, dir: Direction, hard: bool, cause: ExpiryCause) {
@@ -1298,11 +1411,20 @@ struct Accepted<'a> {
 impl Accepted<'_> {
     /// Counts an authentic, non-replayed packet of `e`, marks its IKE SA alive, delivers the
     /// inner packet and checks the SA's traffic limits.
-    fn accept(&mut self, spi: u32, e: &mut InEntry, bytes: &[u8], d: Decapped) {
+    fn accept(&mut self, spi: u32, e: &mut InEntry, inner: Inner<'_>, d: Decapped) {
         bump(&self.stats.esp_in, 1);
         self.groups.entry(e.ike_sa).or_default().inbound_seen = true;
-        match d {
-            Decapped::Packet { range, .. } => {
+        match (d, inner) {
+            (Decapped::Packet { range, .. }, Inner::Packet(mut p)) => {
+                if p.set_range(range) {
+                    bump(&self.stats.bytes_decap, p.len() as u64);
+                    self.plain_out.push_back(p);
+                } else {
+                    bump(&self.stats.bad_payload, 1);
+                    self.pool.put(p);
+                }
+            }
+            (Decapped::Packet { range, .. }, Inner::At(bytes)) => {
                 let mut p = self.pool.get();
                 if bytes.get(range).is_some_and(|inner| p.fill_from(inner)) {
                     bump(&self.stats.bytes_decap, p.len() as u64);
@@ -1312,7 +1434,12 @@ impl Accepted<'_> {
                     self.pool.put(p);
                 }
             }
-            Decapped::Dummy { .. } => bump(&self.stats.dummies, 1),
+            (Decapped::Dummy { .. }, inner) => {
+                bump(&self.stats.dummies, 1);
+                if let Inner::Packet(p) = inner {
+                    self.pool.put(p);
+                }
+            }
         }
         let (packets, bytes) = e.sa.counters();
         let index = self.index;
@@ -1334,6 +1461,36 @@ impl Accepted<'_> {
                 send_reliable(events, outbox, stats, ev);
             },
         );
+    }
+}
+
+/// Where an authentic packet's plaintext is: decrypted into a pool packet (`decap_into`), or in
+/// place in the bytes it arrived in (`decap`), to be copied out.
+enum Inner<'a> {
+    Packet(Packet),
+    At(&'a [u8]),
+}
+
+/// The bytes one received chunk's frames live in: the chunk, or the decoder's carry buffer
+/// for a frame that began in an earlier chunk.
+struct FrameSource<'a> {
+    buf: &'a mut [u8],
+    carry: &'a mut [u8],
+}
+
+impl FrameSource<'_> {
+    fn get(&self, f: &FrameRef) -> Option<&[u8]> {
+        match f.loc {
+            FrameLoc::Input => self.buf.get(f.range.clone()),
+            FrameLoc::Carry => self.carry.get(f.range.clone()),
+        }
+    }
+
+    fn get_mut(&mut self, f: &FrameRef) -> Option<&mut [u8]> {
+        match f.loc {
+            FrameLoc::Input => self.buf.get_mut(f.range.clone()),
+            FrameLoc::Carry => self.carry.get_mut(f.range.clone()),
+        }
     }
 }
 

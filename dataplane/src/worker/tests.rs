@@ -33,15 +33,33 @@ struct FakeConn {
     window: Option<usize>,
 }
 
-#[derive(Default)]
 struct FakeTransport {
     conns: HashMap<ConnId, FakeConn>,
+    /// `send_in_place` lends at most this many contiguous bytes (within the window), as a ring
+    /// near its wrap would; `None`: it lends nothing (a kernel socket).
+    lend: Option<usize>,
+    /// Calls of `send_in_place` that took bytes.
+    in_place_sends: usize,
     events: Vec<TransportEvent>,
     next: u32,
     /// Connections the engine marked trusted, in order.
     trusted: Vec<ConnId>,
     /// Addresses `listen` was called for, in order.
     listens: Vec<SocketAddr>,
+}
+
+impl Default for FakeTransport {
+    fn default() -> Self {
+        FakeTransport {
+            conns: HashMap::new(),
+            lend: Some(usize::MAX),
+            in_place_sends: 0,
+            events: Vec::new(),
+            next: 0,
+            trusted: Vec::new(),
+            listens: Vec::new(),
+        }
+    }
 }
 
 impl FakeTransport {
@@ -129,6 +147,31 @@ impl Transport for FakeTransport {
                     *w -= n;
                 }
                 c.tx.extend_from_slice(&data[..n]);
+                Ok(n)
+            }
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn send_in_place<F: FnOnce(&mut [u8]) -> usize>(
+        &mut self,
+        conn: ConnId,
+        f: F,
+    ) -> io::Result<usize> {
+        let Some(lend) = self.lend else {
+            return Ok(0);
+        };
+        match self.conns.get_mut(&conn) {
+            Some(c) if c.closed.is_none() => {
+                // Stale bytes, as a ring buffer's free part holds.
+                let mut ring = vec![0xa5u8; c.window.unwrap_or(lend).min(lend).min(1 << 17)];
+                let n = f(&mut ring).min(ring.len());
+                if let Some(w) = &mut c.window {
+                    *w -= n;
+                }
+                c.tx.extend_from_slice(&ring[..n]);
+                if n > 0 {
+                    self.in_place_sends += 1;
+                }
                 Ok(n)
             }
             _ => Err(io::ErrorKind::NotConnected.into()),
@@ -1162,4 +1205,194 @@ fn a_stalled_peer_gets_drops_not_a_hold_on_the_whole_worker() {
     r.step();
     let (nums, _) = r.peer.read(&r.t.take_tx(a), Role::Responder);
     assert_eq!(nums, vec![0, 1, 2, 3, 10]);
+}
+
+/// A rig with these traffic limits on both SAs (and no others installed).
+fn rig_with_lifetime(lifetime: Lifetime) -> Rig {
+    let (handle, mut sides) = channels(1);
+    let engine = Engine::new(
+        sides.remove(0),
+        EngineConfig::default(),
+        PacketPool::new(4096, 64),
+    );
+    let mut r = Rig {
+        engine,
+        t: FakeTransport::default(),
+        handle,
+        peer: Peer::new(),
+        ack: 0,
+    };
+    r.install(lifetime);
+    r
+}
+
+#[test]
+fn frames_are_sealed_straight_into_the_send_buffer_when_nothing_waits() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.carrying_conn();
+    for n in 0..5 {
+        r.send_plain(n);
+    }
+    assert_eq!(r.t.in_place_sends, 5, "one frame per lend, no queue");
+    let (nums, _) = r.peer.read(&r.t.take_tx(a), Role::Responder);
+    assert_eq!(nums, vec![0, 1, 2, 3, 4]);
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.esp_out, s.encap_errors), (5, 0));
+    // The same through a transport that lends nothing (kernel sockets): the queue path.
+    r.t.lend = None;
+    for n in 5..8 {
+        r.send_plain(n);
+    }
+    assert_eq!(r.t.in_place_sends, 5);
+    let (nums, _) = r.peer.read(&r.t.take_tx(a), Role::Responder);
+    assert_eq!(nums, vec![5, 6, 7]);
+}
+
+/// The send buffer lends less than a frame (its ring wraps there): that frame is sealed in the
+/// packet and queued, TCP takes part of it, and what comes behind it waits behind it; once the
+/// queue is empty, frames go straight into the buffer again. The stream stays whole and in order
+/// and no sequence number is lost or used twice.
+#[test]
+fn a_frame_the_lent_space_cannot_hold_is_queued_and_written_in_part() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.carrying_conn();
+    r.send_plain(0);
+    let frame = r.t.conns[&a].tx.len();
+    assert_eq!(r.t.in_place_sends, 1);
+    r.t.lend = Some(frame - 1);
+    r.t.set_window(a, Some(frame / 2));
+    r.send_plain(1);
+    assert_eq!(
+        r.t.in_place_sends, 1,
+        "no room for the whole frame: not sealed there"
+    );
+    assert_eq!(
+        r.t.conns[&a].tx.len(),
+        frame + frame / 2,
+        "half the frame taken"
+    );
+    // Room again (ACKs came in) while the rest of frame 1 still waits in the queue.
+    r.t.lend = Some(usize::MAX);
+    r.t.set_window(a, None);
+    r.send_plain(2);
+    assert_eq!(
+        r.t.in_place_sends, 1,
+        "frames behind a waiting one wait behind it"
+    );
+    r.step();
+    r.send_plain(3);
+    assert_eq!(
+        r.t.in_place_sends, 2,
+        "the queue drained: straight in again"
+    );
+    let (nums, _) = r.peer.read(&r.t.take_tx(a), Role::Responder);
+    assert_eq!(nums, vec![0, 1, 2, 3]);
+    r.cmd(Command::ReportSas { ack: 9 });
+    let out = r.events().into_iter().find_map(|e| match e {
+        Event::SaCounters { sas, .. } => sas
+            .into_iter()
+            .find(|c| c.dir == Direction::Outbound)
+            .map(|c| c.packets),
+        _ => None,
+    });
+    assert_eq!(out, Some(4), "one sequence number per frame");
+    assert_eq!(
+        r.peer.out.seq(),
+        1,
+        "(the peer sent packet 1 of the tunnel only)"
+    );
+    assert_eq!(
+        r.peer.inb.window().top(),
+        4,
+        "sequence numbers 1..=4, none skipped"
+    );
+}
+
+/// RFC 9329 §6.1 (R-6.1-o) within one received chunk: the frames before a forged one are
+/// delivered; the forged one is counted and closes the connection; the frames behind it are not
+/// decrypted, so neither it nor they moved the replay window (RFC 4303 §3.4.3): on a new
+/// connection the genuine packet and the one after it still get through.
+#[test]
+fn r_6_1_o_a_bad_frame_in_a_batch_delivers_those_before_it_and_closes() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let f3 = {
+        let mut chunk = Vec::new();
+        chunk.extend(r.peer.esp_frame(1));
+        chunk.extend(r.peer.esp_frame(2));
+        let f3 = r.peer.esp_frame(3);
+        let mut bad = f3.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        chunk.extend(bad);
+        let f4 = r.peer.esp_frame(4);
+        chunk.extend(&f4);
+        r.t.feed(a, &chunk);
+        let mut good = f3;
+        good.extend(f4);
+        good
+    };
+    r.step();
+    assert_eq!(r.delivered(), vec![1, 2]);
+    assert_eq!(r.t.closed(a), Some(true), "closed with RST");
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.esp_in, s.icv_failures, s.closed_corrupt), (2, 1, 1));
+    let b = r.responder_conn("192.0.2.10:40001");
+    r.t.feed(b, &f3);
+    r.step();
+    assert_eq!(r.delivered(), vec![3, 4], "3 and 4 were never recorded");
+    assert_eq!(r.engine.stats().snapshot().replays, 0);
+}
+
+/// A run of frames for one SA stops where the SA reaches its hard limit: the frames behind it
+/// are for a dead SA, as they would be one at a time.
+#[test]
+fn a_batch_stops_at_the_hard_limit_of_its_sa() {
+    let mut r = rig_with_lifetime(Lifetime {
+        soft_packets: u64::MAX,
+        hard_packets: 2,
+        soft_bytes: u64::MAX,
+        hard_bytes: u64::MAX,
+    });
+    let a = r.responder_conn("192.0.2.10:40000");
+    let mut chunk = Vec::new();
+    for n in 1..=4 {
+        chunk.extend(r.peer.esp_frame(n));
+    }
+    r.t.feed(a, &chunk);
+    r.step();
+    assert_eq!(r.delivered(), vec![1, 2]);
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.esp_in, s.unknown_spi), (2, 2));
+    assert_eq!(
+        r.t.closed(a),
+        None,
+        "a few unknown SPIs are tolerated (R-6.1-p)"
+    );
+}
+
+/// ESP whose plaintext would not fit a pool packet is decrypted in place in the receive buffer,
+/// authenticated and counted as before, and dropped as unusable (`bad_payload`), not delivered
+/// cut short.
+#[test]
+fn esp_longer_than_a_pool_packet_is_opened_in_place_and_dropped() {
+    let mut r = Rig::new(EngineConfig::default());
+    let a = r.responder_conn("192.0.2.10:40000");
+    let big = 5000;
+    let mut pkt = inner(9);
+    pkt.resize(big, 0);
+    pkt[2..4].copy_from_slice(&(big as u16).to_be_bytes());
+    let mut buf = vec![0u8; 64 + big + 32];
+    buf[64..64 + big].copy_from_slice(&pkt);
+    let esp = r.peer.out.encap(&mut buf, 64..64 + big).expect("encap");
+    let mut frame = vec![0u8; esp.len() + 2];
+    let n = encode_esp(&buf[esp], &mut frame).expect("frame");
+    frame.truncate(n);
+    frame.extend(r.peer.esp_frame(10));
+    r.t.feed(a, &frame);
+    r.step();
+    assert_eq!(r.delivered(), vec![10]);
+    let s = r.engine.stats().snapshot();
+    assert_eq!((s.esp_in, s.bad_payload, s.icv_failures), (2, 1, 0));
+    assert_eq!(r.t.closed(a), None);
 }

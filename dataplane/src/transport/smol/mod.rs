@@ -1581,6 +1581,27 @@ impl<P: Port> Transport for SmolTransport<P> {
         Ok(n)
     }
 
+    fn send_in_place<F: FnOnce(&mut [u8]) -> usize>(
+        &mut self,
+        conn: ConnId,
+        f: F,
+    ) -> io::Result<usize> {
+        let c = self.live_mut(conn).ok_or_else(dead)?;
+        // smoltcp lends the contiguous free window of its ring and takes what `f` wrote (never
+        // more than the window: it asserts that). Not yet (or no longer) sendable: nothing.
+        let n = c
+            .sock()
+            .send(|buf| {
+                let n = f(buf).min(buf.len());
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n > 0 {
+            self.mark_dirty(conn.slot);
+        }
+        Ok(n)
+    }
+
     fn send_vectored(&mut self, conn: ConnId, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         // One slot lookup for the whole burst of frames.
         let c = self.live_mut(conn).ok_or_else(dead)?;

@@ -1509,3 +1509,63 @@ fn ipv6_sources_are_counted_per_64() {
     assert_eq!(a.load().half_open, 3);
     assert_eq!(a.stats().half_open_refused_source, 1);
 }
+
+/// `send_in_place` lends the contiguous free part of the socket's send ring: what the closure
+/// writes at its front is sent, in order with `send`; where the ring wraps it lends only the part
+/// up to the end, so a caller needing more gets less than `send_capacity` and must fall back to
+/// `send`; a dead id lends nothing.
+#[test]
+fn send_in_place_lends_the_contiguous_ring_and_sends_what_was_written() {
+    let buf = 4096;
+    let mut n = Net::new(cfg(A, buf), cfg(B, buf), 64);
+    let (ida, idb) = one_conn(&mut n);
+    let data = pattern(3000, 7);
+    let mut lent = 0;
+    let wrote =
+        n.b.send_in_place(idb, |ring| {
+            lent = ring.len();
+            ring[..1000].copy_from_slice(&data[..1000]);
+            1000
+        })
+        .unwrap();
+    assert_eq!(
+        (wrote, lent),
+        (1000, buf),
+        "an empty ring lends all of itself"
+    );
+    assert_eq!(n.b.send(idb, &data[1000..3000]).unwrap(), 2000);
+    let mut got = HashMap::new();
+    for _ in 0..100 {
+        n.step();
+        drain(&mut n.a, &mut got);
+    }
+    assert_eq!(got.get(&ida).map(Vec::as_slice), Some(&data[..]));
+    // A wrapped ring: `a` stops reading, `b` fills `a`'s window, queues 3000 more (at the
+    // ring's start) and gets 2000 of them acknowledged once `a` reads 2000: 1000 bytes wait at
+    // 2000..3000, so 1096 are free behind them and 2000 in front.
+    let fill = pattern(buf, 3);
+    assert_eq!(n.b.send(idb, &fill).unwrap(), buf);
+    n.settle();
+    assert_eq!(n.b.send(idb, &data).unwrap(), 3000);
+    n.settle();
+    let mut read = 0;
+    while read < 2000 {
+        read += n.a.recv(ida, |b| b.len().min(2000 - read)).unwrap();
+    }
+    n.settle();
+    assert_eq!(n.b.send_capacity(idb), buf - 1000);
+    let mut lent = 0;
+    let wrote =
+        n.b.send_in_place(idb, |ring| {
+            lent = ring.len();
+            0
+        })
+        .unwrap();
+    assert_eq!(
+        (wrote, lent),
+        (0, buf - 3000),
+        "only the part up to the ring's end"
+    );
+    n.b.abort(idb);
+    assert!(n.b.send_in_place(idb, |_| unreachable!()).is_err());
+}
