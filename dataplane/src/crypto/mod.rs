@@ -193,26 +193,20 @@ pub trait Aead: Send + Sync + fmt::Debug {
         buf: &mut [u8],
         icv: &[u8; ICV_LEN],
     ) -> Result<(), CryptoError>;
-    /// Encrypts `input` into `out` (of the same length) and returns the ICV; `input` is left as
-    /// it is. Lets the sender seal straight into a TCP send buffer. The default copies and seals
-    /// in place; the backends encrypt out of place in one pass.
+    /// Encrypts `input` into `out` (of the same length, else `LengthMismatch`) in one pass and
+    /// returns the ICV; `input` is left as it is. Lets the sender seal straight into a TCP send
+    /// buffer.
     fn seal_into(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         input: &[u8],
         out: &mut [u8],
-    ) -> Result<[u8; ICV_LEN], CryptoError> {
-        if input.len() != out.len() {
-            return Err(CryptoError::LengthMismatch);
-        }
-        out.copy_from_slice(input);
-        self.seal(nonce, aad, out)
-    }
-    /// Verifies `icv` over `input` and decrypts it into `out` (of the same length); `input` is
-    /// left as it is. Lets the receiver decrypt straight out of a TCP receive buffer into a
-    /// packet buffer. On error `out` holds unspecified bytes. The default copies and opens in
-    /// place; the backends decrypt out of place in one pass.
+    ) -> Result<[u8; ICV_LEN], CryptoError>;
+    /// Verifies `icv` over `input` and decrypts it into `out` (of the same length, else
+    /// `LengthMismatch`) in one pass; `input` is left as it is. Lets the receiver decrypt
+    /// straight out of a TCP receive buffer into a packet buffer. On error `out` holds
+    /// unspecified bytes.
     fn open_into(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -220,13 +214,7 @@ pub trait Aead: Send + Sync + fmt::Debug {
         input: &[u8],
         out: &mut [u8],
         icv: &[u8; ICV_LEN],
-    ) -> Result<(), CryptoError> {
-        if input.len() != out.len() {
-            return Err(CryptoError::LengthMismatch);
-        }
-        out.copy_from_slice(input);
-        self.open(nonce, aad, out, icv)
-    }
+    ) -> Result<(), CryptoError>;
 }
 
 /// Builds a keyed AEAD for `suite` from a bare cipher key (no salt).
