@@ -39,6 +39,9 @@ mod raw;
 mod validate;
 mod values;
 
+/// A unicast MAC address like `02:00:00:00:00:01` (as `[smoltcp] mac` and sysfs write them).
+pub(crate) use values::mac as parse_mac;
+
 #[cfg(test)]
 mod tests;
 
@@ -273,16 +276,9 @@ pub enum NicPort {
     },
 }
 
-/// `[smoltcp] xdp_mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpMode {
-    /// Native where the driver has it, else generic.
-    Auto,
-    /// Native (in the driver) or fail.
-    Native,
-    /// Generic (skb) XDP.
-    Generic,
-}
+/// `[smoltcp] xdp_mode`: how the AF_XDP port attaches its XDP program (the data plane's own
+/// type: `Auto`, `Native`, `Generic`).
+pub use iketcp_dataplane::port::af_xdp::AttachMode as XdpMode;
 
 /// `[smoltcp]`: the port and the address smoltcp's interface has on it.
 #[derive(Clone, Debug, PartialEq, Eq)]

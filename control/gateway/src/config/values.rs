@@ -325,7 +325,7 @@ pub(super) fn hex(s: &str) -> Result<Vec<u8>, String> {
 }
 
 /// `02:00:00:00:00:01` (or with `-`); a unicast address.
-pub(super) fn mac(s: &str) -> Result<[u8; 6], String> {
+pub(crate) fn mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
     let mut out = [0u8; 6];
     if parts.len() != out.len() {

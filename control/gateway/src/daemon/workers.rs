@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
 use iketcp_dataplane::port::Port;
-use iketcp_dataplane::port::af_xdp::{AttachMode, Steal, XskConfig, XskPort};
+use iketcp_dataplane::port::af_xdp::{Steal, XskConfig, XskPort};
 use iketcp_dataplane::port::steer::{Steer, split};
 use iketcp_dataplane::port::tap::Tap;
 use iketcp_dataplane::port::tun::{Tun, TunConfig};
@@ -22,7 +22,7 @@ use iketcp_dataplane::worker::handle::{
 };
 use iketcp_dataplane::worker::{EngineConfig, WorkerConfig, spawn};
 
-use crate::config::{GatewayConfig, NicPort, OuterTransport, XdpMode};
+use crate::config::{GatewayConfig, NicPort, OuterTransport, parse_mac};
 
 /// The running workers.
 #[derive(Debug)]
@@ -134,11 +134,7 @@ pub fn start(cfg: &GatewayConfig, pin: bool) -> io::Result<Workers> {
                             ipv6: Some(a),
                         },
                     };
-                    xc.attach = match mode {
-                        XdpMode::Auto => AttachMode::Auto,
-                        XdpMode::Native => AttachMode::Native,
-                        XdpMode::Generic => AttachMode::Generic,
-                    };
+                    xc.attach = *mode;
                     xc.force_copy = *force_copy;
                     let port = XskPort::open(&xc)?;
                     tracing::info!(
@@ -228,20 +224,7 @@ fn interface_mac(interface: &str) -> io::Result<[u8; 6]> {
     let path = format!("/sys/class/net/{interface}/address");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for b in &mut mac {
-        *b = parts
-            .next()
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| io::Error::other(format!("{path}: not a MAC address: {text:?}")))?;
-    }
-    if parts.next().is_some() {
-        return Err(io::Error::other(format!(
-            "{path}: not a MAC address: {text:?}"
-        )));
-    }
-    Ok(mac)
+    parse_mac(text.trim()).map_err(|e| io::Error::other(format!("{path}: {text:?}: {e}")))
 }
 
 /// The cores to pin to, in order.
