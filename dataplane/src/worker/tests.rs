@@ -846,20 +846,7 @@ fn delete_returns_sa_and_stops_traffic() {
 
 #[test]
 fn lifetimes_fire_soft_then_hard() {
-    let (handle, mut sides) = channels(1);
-    let engine = Engine::new(
-        sides.remove(0),
-        EngineConfig::default(),
-        PacketPool::new(4096, 64),
-    );
-    let mut r = Rig {
-        engine,
-        t: FakeTransport::default(),
-        handle,
-        peer: Peer::new(),
-        ack: 0,
-    };
-    r.install(Lifetime {
+    let mut r = rig_with_lifetime(Lifetime {
         soft_packets: 2,
         hard_packets: 3,
         soft_bytes: u64::MAX,
